@@ -1,0 +1,119 @@
+"""DecoderConfig: one dataclass for the paper's synthetic models and real Llama/Gemma LLMs."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+MLP_KINDS = ("gelu", "swiglu", "geglu")
+NORM_KINDS = ("layernorm", "rmsnorm", "gemma_rmsnorm")
+PE_KINDS = ("rope", "sinusoidal", "alibi", "learned", "none")
+INIT_KINDS = ("c3", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Architecture of the decoder (model.Decoder). Validated on construction.
+
+  Attributes:
+    num_layers, d_model, num_heads: L, D, H.
+    num_kv_heads: KV heads (GQA); None = num_heads. Must divide num_heads.
+    head_dim: Dh; None = d_model // num_heads.
+    mlp: 'gelu' (tanh-approximate GELU, 2 matrices), 'swiglu' or 'geglu' (3 matrices).
+    mlp_dim: F, hidden width; None = 4 * d_model.
+    use_mlp: False drops the MLP block (attention-only layers, as in C.3).
+    norm: 'layernorm' (scale+bias), 'rmsnorm' (x*w), 'gemma_rmsnorm' (x*(1+w)).
+    norm_eps: epsilon inside the norm's rsqrt.
+    pe: 'rope' | 'sinusoidal' | 'alibi' | 'learned' | 'none'.
+    rope_theta: RoPE base; rope_layout 'half' (HF rotate_half) or 'interleaved' (GGUF).
+    max_len: longest sequence the learned PE table (or a user's sweep) supports.
+    causal: causal mask (False = bidirectional).
+    sliding_window: attend only to keys with i - j < window (None = global).
+    vocab_size: > 0 for token-id input; 0 for raw-vector input ([B, N, D] floats).
+    tie_embeddings: logits use the input embedding matrix transposed.
+    embed_scale: multiply embeddings by sqrt(d_model) rounded to the storage dtype (Gemma).
+    init: 'c3' (paper C.3: every weight ~ N(0, init_var) with init_var = 1/d_model) or
+      'normal' (N(0, init_var) with init_var given, e.g. 1.0 for Fig 10).
+    init_var: variance of the Gaussian init; None = 1/d_model.
+    query_scale: multiplier of q.k; None = 1/sqrt(head_dim).
+  """
+  num_layers: int = 2
+  d_model: int = 64
+  num_heads: int = 4
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  mlp: str = "gelu"
+  mlp_dim: int | None = None
+  use_mlp: bool = True
+  norm: str = "layernorm"
+  norm_eps: float = 1e-6
+  pe: str = "rope"
+  rope_theta: float = 10000.0
+  rope_layout: str = "half"
+  max_len: int = 4096
+  causal: bool = True
+  sliding_window: int | None = None
+  vocab_size: int = 0
+  tie_embeddings: bool = True
+  embed_scale: bool = False
+  init: str = "c3"
+  init_var: float | None = None
+  query_scale: float | None = None
+
+  def __post_init__(self):
+    def bad(msg):
+      raise ValueError(f"DecoderConfig: {msg}")
+    for name in ("num_layers", "d_model", "num_heads", "max_len"):
+      if getattr(self, name) < 1:
+        bad(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.mlp not in MLP_KINDS:
+      bad(f"unknown mlp {self.mlp!r}; valid: {', '.join(MLP_KINDS)}")
+    if self.norm not in NORM_KINDS:
+      bad(f"unknown norm {self.norm!r}; valid: {', '.join(NORM_KINDS)}")
+    if self.pe not in PE_KINDS:
+      bad(f"unknown pe {self.pe!r}; valid: {', '.join(PE_KINDS)}")
+    if self.init not in INIT_KINDS:
+      bad(f"unknown init {self.init!r}; valid: {', '.join(INIT_KINDS)}")
+    if self.rope_layout not in ("half", "interleaved"):
+      bad(f"unknown rope_layout {self.rope_layout!r}; valid: half, interleaved")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      bad(f"num_heads={self.num_heads} does not divide d_model={self.d_model} "
+          "(set head_dim explicitly for a non-dividing head count)")
+    if self.num_heads % self.kv_heads:
+      bad(f"num_kv_heads={self.kv_heads} must divide num_heads={self.num_heads}")
+    if self.pe == "rope" and self.dh % 2:
+      bad(f"RoPE needs an even head_dim, got {self.dh}")
+    if self.pe == "sinusoidal" and self.d_model % 2:
+      bad(f"sinusoidal PE needs an even d_model, got {self.d_model}")
+    if self.sliding_window is not None and self.sliding_window < 1:
+      bad(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def dh(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def ff(self) -> int:
+    return self.mlp_dim or 4 * self.d_model
+
+  @property
+  def variance(self) -> float:
+    return 1.0 / self.d_model if self.init_var is None else self.init_var
+
+  @property
+  def qk_scale(self) -> float:
+    return 1.0 / math.sqrt(self.dh) if self.query_scale is None else self.query_scale
+
+  def check_length(self, n: int) -> None:
+    """Fail fast if a length exceeds what the positional encoding supports."""
+    if self.pe == "learned" and n > self.max_len:
+      raise ValueError(f"length {n} exceeds the learned PE table (max_len={self.max_len})")
+
+  def replace(self, **kw) -> "DecoderConfig":
+    return dataclasses.replace(self, **kw)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)

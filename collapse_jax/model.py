@@ -1,0 +1,250 @@
+"""The one decoder (Flax Linen) for synthetic models and real Llama/Gemma checkpoints.
+
+Pre-LN, exactly the paper's section 2:
+    z = Attn(norm1(v)) + v;   v' = MLP(norm2(z)) + z;   y = norm3(v^(L)).
+
+Every arithmetic op asks the precision policy (``precision.Policy``): operands are upcast,
+computed in the compute/accumulation dtype and rounded at named points. Parameter layout
+(what checkpoint loaders fill; all kernels are [in, out...]):
+
+    embed/embedding [V, D]            (token input only)
+    pos_embed/embedding [max_len, D]  (pe='learned' only)
+    layer_{l}/norm1/scale [D] (+ bias [D] for layernorm)
+    layer_{l}/attn/{q [D,H,Dh], k [D,KV,Dh], v [D,KV,Dh], o [H,Dh,D]}
+    layer_{l}/norm2/...
+    layer_{l}/mlp/{up [D,F], gate [D,F] (GLU only), down [F,D]}
+    final_norm/...
+    lm_head/kernel [D, V]             (token input, untied only)
+
+Intermediates (``collect``) come from the same forward, never a second copy:
+    'residual'      [L+1, B, N, D]     v^(0..L) (the residual stream entering each layer + output)
+    'heads'         [L, B, N, H, Dh]   per-head attention outputs sum_j p_ij v_j
+    'attn_weights'  [L, B, H, N, M]    attention matrices (M = cache + N keys)
+    'kv'            [L, B, N, KV, Dh]  keys (post-RoPE) and values, for a KV cache
+    'logits'        [B, N, V]          (token models)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from collapse_jax import positional
+from collapse_jax.config import DecoderConfig
+from collapse_jax.precision import Policy
+
+COLLECTABLE = ("residual", "heads", "attn_weights", "kv", "logits")
+
+
+def _normal(var: float):
+  std = math.sqrt(var)
+  return lambda key, shape, dtype=jnp.float32: std * jax.random.normal(key, shape, dtype)
+
+
+class Norm(nn.Module):
+  """LayerNorm / RMSNorm / Gemma (1+w) RMSNorm, statistics in the policy's softmax dtype."""
+  config: DecoderConfig
+  policy: Policy
+
+  @nn.compact
+  def __call__(self, x, point="norm"):
+    cfg, pol = self.config, self.policy
+    d = x.shape[-1]
+    scale_init = nn.initializers.zeros if cfg.norm == "gemma_rmsnorm" else nn.initializers.ones
+    w = self.param("scale", scale_init, (d,), jnp.float32)
+    step = pol.sm_step
+    xs = step(lambda v: v, x)
+    if cfg.norm == "layernorm":
+      mean = step(lambda v: jnp.sum(v, -1, keepdims=True) / d, xs)
+      xs = step(jnp.subtract, xs, mean)
+    ms = step(lambda v: jnp.sum(v * v, -1, keepdims=True) / d, xs)
+    inv = step(lambda v: jax.lax.rsqrt(v + cfg.norm_eps), ms)
+    xn = step(jnp.multiply, xs, inv)
+    wc = pol.to_compute(w)
+    out = pol.to_compute(xn) * ((1.0 + wc) if cfg.norm == "gemma_rmsnorm" else wc)
+    if cfg.norm == "layernorm":
+      out = out + pol.to_compute(self.param("bias", nn.initializers.zeros, (d,), jnp.float32))
+    return pol.round(out, point)
+
+
+class Attention(nn.Module):
+  config: DecoderConfig
+  policy: Policy
+
+  @nn.compact
+  def __call__(self, h_BND, q_pos_BN, k_pos_BM, k_valid_BM, cache_kv=None):
+    cfg, pol = self.config, self.policy
+    D, H, KV, Dh = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh
+    G = H // KV
+    init = _normal(cfg.variance)
+    wq = self.param("q", init, (D, H, Dh), jnp.float32)
+    wk = self.param("k", init, (D, KV, Dh), jnp.float32)
+    wv = self.param("v", init, (D, KV, Dh), jnp.float32)
+    wo = self.param("o", init, (H, Dh, D), jnp.float32)
+    q = pol.round(pol.dot("bnd,dhk->bnhk", h_BND, wq), "qkv")
+    k = pol.round(pol.dot("bnd,dhk->bnhk", h_BND, wk), "qkv")
+    v = pol.round(pol.dot("bnd,dhk->bnhk", h_BND, wv), "qkv")
+    if cfg.pe == "rope":
+      q = pol.round(positional.apply_rope(pol.to_compute(q), q_pos_BN, cfg.rope_theta,
+                                          cfg.rope_layout), "rope")
+      k = pol.round(positional.apply_rope(pol.to_compute(k), q_pos_BN, cfg.rope_theta,
+                                          cfg.rope_layout), "rope")
+    new_kv = (k, v)
+    if cache_kv is not None:  # prefix keys/values [B, M0, KV, Dh] (stored dtype)
+      k = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
+      v = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
+    B, N = h_BND.shape[:2]
+    q_BNKGD = q.reshape(B, N, KV, G, Dh)
+    scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BNKGD, k, scale=cfg.qk_scale), "scores")
+    mask_BNM = k_valid_BM[:, None, :]
+    if cfg.causal:
+      mask_BNM = mask_BNM & (k_pos_BM[:, None, :] <= q_pos_BN[:, :, None])
+    if cfg.sliding_window is not None:
+      dist = jnp.abs(q_pos_BN[:, :, None] - k_pos_BM[:, None, :])
+      mask_BNM = mask_BNM & (dist < cfg.sliding_window)
+    bias = None
+    if cfg.pe == "alibi":
+      bias = positional.alibi_bias(q_pos_BN, k_pos_BM, H, cfg.causal, pol.compute_dtype)
+      bias = bias.reshape(B, KV, G, N, -1)
+    probs = pol.softmax(scores, mask_BNM[:, None, None], bias)  # [B, KV, G, N, M]
+    heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v), "heads").reshape(B, N, H, Dh)
+    out = pol.round(pol.dot("bnhk,hkd->bnd", heads, wo), "attn_out")
+    return out, heads, probs.reshape(B, H, N, -1), new_kv
+
+
+class MLP(nn.Module):
+  config: DecoderConfig
+  policy: Policy
+
+  @nn.compact
+  def __call__(self, h_BND):
+    cfg, pol = self.config, self.policy
+    init = _normal(cfg.variance)
+    up = pol.round(pol.dot("bnd,df->bnf", h_BND, self.param("up", init, (cfg.d_model, cfg.ff))),
+                   "mlp_hidden")
+    if cfg.mlp == "gelu":
+      act = jax.nn.gelu(pol.to_compute(up), approximate=True)
+    else:
+      gate = pol.round(pol.dot("bnd,df->bnf", h_BND,
+                               self.param("gate", init, (cfg.d_model, cfg.ff))), "mlp_hidden")
+      g = pol.to_compute(gate)
+      fn = jax.nn.silu(g) if cfg.mlp == "swiglu" else jax.nn.gelu(g, approximate=True)
+      act = fn * pol.to_compute(up)
+    act = pol.round(act, "mlp_act")
+    return pol.round(pol.dot("bnf,fd->bnd", act, self.param("down", init, (cfg.ff, cfg.d_model))),
+                     "mlp_out")
+
+
+class Block(nn.Module):
+  config: DecoderConfig
+  policy: Policy
+
+  @nn.compact
+  def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None):
+    pol = self.policy
+    a, heads, probs, kv = Attention(self.config, pol, name="attn")(
+        Norm(self.config, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
+    z = pol.round(pol.to_compute(v_BND) + pol.to_compute(a), "residual")
+    if not self.config.use_mlp:
+      return z, heads, probs, kv
+    m = MLP(self.config, pol, name="mlp")(Norm(self.config, pol, name="norm2")(z))
+    return pol.round(pol.to_compute(z) + pol.to_compute(m), "residual"), heads, probs, kv
+
+
+class Decoder(nn.Module):
+  """Decoder-only Transformer. See module docstring for parameters and intermediates."""
+  config: DecoderConfig
+  policy: Policy
+  collect: Sequence[str] = ()
+
+  @nn.compact
+  def __call__(self, inputs, positions=None, key_valid=None, cache=None):
+    """Args:
+      inputs: int [B, N] token ids (vocab_size > 0) or float [B, N, D] vectors.
+      positions: int [B, N] absolute positions (default 0..N-1).
+      key_valid: bool [B, N] which of the N new tokens may be attended to (padding mask;
+        default all True).
+      cache: optional prefix {'k','v': [L, B, M0, KV, Dh], 'pos': int [B, M0],
+        'valid': bool [B, M0]}: new tokens attend to valid prefix keys too.
+    Returns: dict with 'y' [B, N, D] (final normalised output) and requested intermediates.
+    """
+    cfg, pol = self.config, self.policy
+    unknown = set(self.collect) - set(COLLECTABLE)
+    if unknown:
+      raise ValueError(f"unknown intermediates {sorted(unknown)}; valid: {COLLECTABLE}")
+    B, N = inputs.shape[:2]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N))
+    if key_valid is None:
+      key_valid = jnp.ones((B, N), bool)
+    init = _normal(cfg.variance)
+    if cfg.vocab_size:
+      table = self.param("embed", lambda k, s: {"embedding": init(k, s)}, (cfg.vocab_size, cfg.d_model))
+      x = pol.to_compute(jnp.take(table["embedding"], inputs, axis=0))
+    else:
+      if inputs.ndim != 3 or inputs.shape[-1] != cfg.d_model:
+        raise ValueError(f"vector inputs must be [B, N, {cfg.d_model}], got {inputs.shape}")
+      table = None
+      x = pol.to_compute(inputs)
+    if cfg.embed_scale:
+      x = x * pol.to_compute(jnp.asarray(math.sqrt(cfg.d_model), pol.storage_dtype))
+    if cfg.pe == "sinusoidal":
+      x = x + positional.sinusoidal(positions, cfg.d_model, pol.compute_dtype)
+    elif cfg.pe == "learned":
+      pe = self.param("pos_embed", lambda k, s: {"embedding": init(k, s)}, (cfg.max_len, cfg.d_model))
+      x = x + pol.to_compute(jnp.take(pe["embedding"], positions, axis=0))
+    v = pol.round(x, "embed")
+
+    if cache is not None:
+      k_pos = jnp.concatenate([cache["pos"], positions], axis=1)
+      k_valid = jnp.concatenate([cache["valid"], key_valid], axis=1)
+    else:
+      k_pos, k_valid = positions, key_valid
+    residual, heads, weights, ks, vs = [v], [], [], [], []
+    for l in range(cfg.num_layers):
+      cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
+      v, h, p, kv = Block(cfg, pol, name=f"layer_{l}")(v, positions, k_pos, k_valid, cache_kv)
+      residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
+    y = Norm(cfg, pol, name="final_norm")(v, point="final_norm")
+
+    out: dict[str, Any] = {"y": y}
+    if "residual" in self.collect:
+      out["residual"] = jnp.stack(residual)
+    if "heads" in self.collect:
+      out["heads"] = jnp.stack(heads)
+    if "attn_weights" in self.collect:
+      out["attn_weights"] = jnp.stack(weights)
+    if "kv" in self.collect:
+      out["k"], out["v"] = jnp.stack(ks), jnp.stack(vs)
+    if "logits" in self.collect:
+      if not cfg.vocab_size:
+        raise ValueError("'logits' needs a token model (vocab_size > 0)")
+      if cfg.tie_embeddings:
+        out["logits"] = pol.round(pol.dot("bnd,vd->bnv", y, table["embedding"]), "logits")
+      else:
+        w = self.param("lm_head", lambda k, s: {"kernel": init(k, s)}, (cfg.d_model, cfg.vocab_size))
+        out["logits"] = pol.round(pol.dot("bnd,dv->bnv", y, w["kernel"]), "logits")
+    return out
+
+
+def init_params(config: DecoderConfig, key, policy: Policy | None = None) -> dict:
+  """float32 parameters (C.3 Gaussian init). Cast with ``policy.cast_params`` before use."""
+  from collapse_jax.precision import get_policy
+  dec = Decoder(config, policy or get_policy("float32"), collect=("logits",) if (
+      config.vocab_size and not config.tie_embeddings) else ())
+  dummy = (jnp.zeros((1, 2), jnp.int32) if config.vocab_size
+           else jnp.zeros((1, 2, config.d_model), jnp.float32))
+  return jax.tree_util.tree_map(lambda p: p.astype(jnp.float32),
+                                dec.init(key, dummy)["params"])
+
+
+def forward(config: DecoderConfig, policy: Policy, params, inputs, *, collect=(),
+            positions=None, key_valid=None, cache=None) -> dict:
+  """Pure forward: ``params`` must already be cast by ``policy.cast_params``.
+  jit/vmap/grad-safe; ``collect`` must be static under jit."""
+  policy.check_available()
+  return Decoder(config, policy, tuple(collect)).apply(
+      {"params": params}, inputs, positions, key_valid, cache)

@@ -1,0 +1,249 @@
+"""The precision policy: the ONLY place that decides dtypes and rounding.
+
+Every op of the decoder asks a :class:`Policy` three questions:
+  * what dtype do the operands of a matmul have, and in what dtype does it accumulate
+    (:meth:`Policy.dot`);
+  * in what dtype are pointwise ops, softmax and normalisation statistics computed
+    (``compute_dtype`` / ``softmax_dtype``);
+  * where is a result rounded to the activation storage dtype (:meth:`Policy.round`,
+    called with one of :data:`ROUNDING_POINTS`).
+
+Rounding is always explicit: an op upcasts its stored inputs to the compute dtype,
+computes, and calls ``policy.round(x, point)``, which is a plain ``astype`` to the
+storage dtype (round-to-nearest-even, identical to ml_dtypes on XLA:CPU). FP8 storage is
+*emulated*: arithmetic never runs in fp8 (XLA:CPU would emulate it through f16 with
+double rounding); values are computed in f32 and stored as real fp8 arrays.
+
+Presets (``get_policy(name)``) are documented in BUILD_NOTES.md with their rounding
+points; ``Policy.describe()`` spells a policy out for results files.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+# Named places where an activation is rounded to the storage dtype. A policy rounds at the
+# points in its ``round_at``; at the others the compute-dtype value flows on unrounded.
+ROUNDING_POINTS = {
+    "embed": "input embedding after scaling and absolute PE (v^(0))",
+    "norm": "output of norm1/norm2 (input of attention/MLP)",
+    "qkv": "q, k, v projections",
+    "rope": "q and k after the rotary rotation",
+    "scores": "attention logits q.k*scale (before bias/mask/softmax)",
+    "probs": "softmax output (attention weights)",
+    "heads": "per-head attention output sum_j p_ij v_j",
+    "attn_out": "attention output projection",
+    "residual": "residual stream after each residual add (z and v^(l+1))",
+    "mlp_hidden": "MLP up/gate projections",
+    "mlp_act": "MLP activation output (act(gate)*up for GLUs)",
+    "mlp_out": "MLP down projection",
+    "final_norm": "final normalised output y = norm3(v^(L))",
+    "logits": "output logits",
+}
+ALL_POINTS = frozenset(ROUNDING_POINTS)
+
+FP8_DTYPES = (jnp.dtype(ml_dtypes.float8_e4m3fn), jnp.dtype(ml_dtypes.float8_e5m2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """A named precision policy.
+
+  Attributes:
+    name: preset name.
+    param_dtype: dtype weights are stored in (``cast_params``).
+    storage_dtype: dtype activations are stored in at the rounding points.
+    accum_dtype: matmul accumulation dtype (``preferred_element_type``).
+    compute_dtype: dtype pointwise ops (activations, RoPE rotation, residual adds,
+      scaling) are computed in before they are rounded once.
+    softmax_dtype: dtype of softmax and normalisation statistics. If ``stepwise`` the
+      result of every primitive step (max, sub, exp, sum, div; mean, rsqrt, mul) is
+      rounded to it; otherwise the whole softmax/norm runs in it and only its output is
+      rounded (at ``probs``/``norm``).
+    round_at: rounding points (keys of ROUNDING_POINTS) where values are rounded to
+      ``storage_dtype``.
+    fp8_scaling: per-tensor amax scaling at fp8 rounding points (power-of-two scale,
+      so scaling itself is exact). Scaled tensors are held as compute-dtype arrays whose
+      values are fp8 values times the tensor's scale.
+    matmul_precision: lax precision for dots (HIGHEST: no TF32/bf16-pass shortcuts).
+  """
+  name: str
+  param_dtype: Any
+  storage_dtype: Any
+  accum_dtype: Any
+  compute_dtype: Any
+  softmax_dtype: Any
+  stepwise: bool = False
+  round_at: frozenset = ALL_POINTS
+  fp8_scaling: bool = False
+  matmul_precision: Any = jax.lax.Precision.HIGHEST
+
+  def __post_init__(self):
+    unknown = set(self.round_at) - ALL_POINTS
+    if unknown:
+      raise ValueError(f"unknown rounding points {sorted(unknown)}; valid: {sorted(ALL_POINTS)}")
+    for f in ("param_dtype", "storage_dtype", "accum_dtype", "compute_dtype", "softmax_dtype"):
+      object.__setattr__(self, f, jnp.dtype(getattr(self, f)))
+
+  # -- dtype questions -----------------------------------------------------------------
+  @property
+  def is_fp8(self) -> bool:
+    return self.storage_dtype in FP8_DTYPES
+
+  @property
+  def needs_x64(self) -> bool:
+    return jnp.dtype(jnp.float64) in (self.storage_dtype, self.accum_dtype, self.compute_dtype)
+
+  @property
+  def dot_operand_dtype(self):
+    """Dtype matmul operands are fed in. fp8 values are exactly representable in bf16,
+    so fp8 operands go in as bf16 (a native bf16 x bf16 -> f32 matmul on every backend)."""
+    if self.storage_dtype in FP8_DTYPES or self.param_dtype in FP8_DTYPES:
+      return jnp.dtype(jnp.bfloat16)  # fp8 values (scaled by 2^k too) are exact in bf16
+    return self.storage_dtype
+
+  def check_available(self) -> None:
+    if self.needs_x64 and not jax.config.jax_enable_x64:
+      raise RuntimeError(
+          f"precision policy {self.name!r} needs float64: set JAX_ENABLE_X64=1 or call "
+          "collapse_jax.xla_env.enable_x64() before creating arrays.")
+
+  # -- ops -------------------------------------------------------------------------------
+  def to_compute(self, x):
+    return jnp.asarray(x).astype(self.compute_dtype)
+
+  def round(self, x, point: str):
+    """Round a compute-dtype value to storage at a named rounding point."""
+    if point not in ALL_POINTS:
+      raise KeyError(f"unknown rounding point {point!r}; valid: {sorted(ALL_POINTS)}")
+    if point not in self.round_at:
+      return x
+    if self.fp8_scaling and self.is_fp8:
+      return quantize_scaled(x.astype(self.compute_dtype), self.storage_dtype)
+    return x.astype(self.storage_dtype)
+
+  def dot(self, spec: str, a, b, scale: float | None = None):
+    """einsum(spec, a, b) with operands in ``dot_operand_dtype`` and accumulation in
+    ``accum_dtype``; optional scalar ``scale`` is applied to the accumulator (in
+    compute_dtype) before the caller rounds. Returns compute_dtype."""
+    od = self.dot_operand_dtype
+    out = jnp.einsum(spec, jnp.asarray(a).astype(od), jnp.asarray(b).astype(od),
+                     preferred_element_type=self.accum_dtype, precision=self.matmul_precision)
+    out = out.astype(self.compute_dtype)
+    if scale is not None:
+      out = out * jnp.asarray(scale, self.compute_dtype)
+    return out
+
+  def sm_step(self, fn: Callable, *xs):
+    """One softmax/norm primitive: computed in compute_dtype, rounded to softmax_dtype."""
+    return fn(*[jnp.asarray(x).astype(self.compute_dtype) for x in xs]).astype(self.softmax_dtype)
+
+  def softmax(self, scores, mask, bias=None):
+    """Masked softmax over the last axis. ``scores``: stored logits [..., K]; ``mask``: bool
+    broadcastable to scores (True = attend); ``bias``: optional additive bias (ALiBi).
+    Never creates inf/NaN: masked entries use the dtype's lowest finite value and get
+    weight exactly 0; a fully masked row gives all-zero weights. Returns stored probs."""
+    step = self.sm_step
+    s = step(lambda v: v, scores)
+    if bias is not None:
+      s = step(jnp.add, s, bias)
+    lowest = jnp.finfo(self.softmax_dtype).min
+    s = jnp.where(mask, s, jnp.asarray(lowest, self.softmax_dtype))
+    row_max = jnp.max(s, axis=-1, keepdims=True)
+    shifted = step(jnp.subtract, s, row_max)
+    e = step(jnp.exp, shifted)
+    e = jnp.where(mask, e, jnp.zeros((), self.softmax_dtype))
+    total = step(lambda v: jnp.sum(v, axis=-1, keepdims=True), e)
+    safe_total = jnp.where(total > 0, total, jnp.ones((), self.softmax_dtype))
+    p = step(jnp.divide, e, safe_total)
+    return self.round(p.astype(self.compute_dtype), "probs")
+
+  def cast_params(self, params):
+    """Cast a float32 parameter pytree to ``param_dtype`` (fp8 with scaling: per-tensor
+    power-of-two-scaled fp8 values held in compute dtype)."""
+    def cast(p):
+      p = jnp.asarray(p)
+      if not jnp.issubdtype(p.dtype, jnp.floating):
+        return p
+      if self.fp8_scaling and self.param_dtype in FP8_DTYPES:
+        return quantize_scaled(p.astype(self.compute_dtype), self.param_dtype)
+      return p.astype(self.param_dtype)
+    return jax.tree_util.tree_map(cast, params)
+
+  def describe(self) -> dict:
+    return {
+        "name": self.name,
+        "param_dtype": str(self.param_dtype),
+        "storage_dtype": str(self.storage_dtype),
+        "matmul_operand_dtype": str(self.dot_operand_dtype),
+        "accum_dtype": str(self.accum_dtype),
+        "compute_dtype": str(self.compute_dtype),
+        "softmax_dtype": str(self.softmax_dtype),
+        "softmax_stepwise_rounding": self.stepwise,
+        "round_at": sorted(self.round_at),
+        "fp8_scaling": self.fp8_scaling,
+        "matmul_precision": str(self.matmul_precision),
+    }
+
+
+def quantize_scaled(x, fp8_dtype):
+  """Per-tensor amax scaling: x -> fp8(x / s) * s with s a power of two such that
+  amax / s <= max(fp8). Returns x.dtype. A zero tensor gets s = 1."""
+  fmax = float(ml_dtypes.finfo(fp8_dtype).max)
+  amax = jnp.max(jnp.abs(x))
+  exp = jnp.ceil(jnp.log2(jnp.where(amax > 0, amax, fmax) / fmax))
+  s = jnp.exp2(exp).astype(x.dtype)
+  return (x / s).astype(fp8_dtype).astype(x.dtype) * s
+
+
+def _preset(name, storage, *, param=None, softmax=jnp.float32, stepwise=False,
+            compute=jnp.float32, accum=jnp.float32, **kw):
+  return Policy(name=name, param_dtype=param or storage, storage_dtype=storage,
+                accum_dtype=accum, compute_dtype=compute, softmax_dtype=softmax,
+                stepwise=stepwise, **kw)
+
+
+PRESETS = {
+    "float64": _preset("float64", jnp.float64, softmax=jnp.float64, compute=jnp.float64,
+                       accum=jnp.float64),
+    "float32": _preset("float32", jnp.float32),
+    "bfloat16": _preset("bfloat16", jnp.bfloat16),
+    "bfloat16_pure": _preset("bfloat16_pure", jnp.bfloat16, softmax=jnp.bfloat16, stepwise=True),
+    "float16": _preset("float16", jnp.float16),
+    "float8_e4m3fn": _preset("float8_e4m3fn", ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": _preset("float8_e5m2", ml_dtypes.float8_e5m2),
+}
+
+
+def preset_names() -> list[str]:
+  return list(PRESETS)
+
+
+def get_policy(name: str | Policy, *, fp8_scaling: bool | None = None) -> Policy:
+  """Preset by name. ``fp8_scaling`` overrides the preset's (fp8 presets only)."""
+  if isinstance(name, Policy):
+    pol = name
+  else:
+    if name not in PRESETS:
+      raise ValueError(f"unknown precision {name!r}; valid: {', '.join(PRESETS)}")
+    pol = PRESETS[name]
+  if fp8_scaling is not None and fp8_scaling != pol.fp8_scaling:
+    if not pol.is_fp8:
+      raise ValueError(f"fp8_scaling applies to fp8 presets only, not {pol.name!r}")
+    pol = dataclasses.replace(pol, fp8_scaling=fp8_scaling,
+                              name=pol.name + ("_scaled" if fp8_scaling else ""))
+  return pol
+
+
+def dtype_info(dtype) -> dict:
+  """Mantissa bits, epsilon, smallest normal/subnormal and max of a float dtype."""
+  fi = ml_dtypes.finfo(jnp.dtype(dtype))
+  return {"dtype": str(jnp.dtype(dtype)), "mantissa_bits": int(fi.nmant), "eps": float(fi.eps),
+          "smallest_normal": float(fi.smallest_normal),
+          "smallest_subnormal": float(fi.smallest_subnormal), "max": float(fi.max),
+          "has_inf": bool(np.isinf(np.array(np.inf).astype(jnp.dtype(dtype)).astype(np.float64)))}
