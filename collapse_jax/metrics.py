@@ -1,0 +1,173 @@
+"""Collapse metrics: pure functions, safe under jit, vmap and grad (where differentiable).
+
+Conventions
+  * Vectors live on the last axis: ``x[..., D]``; reducing metrics return ``[...]``.
+  * ``bitwise_equal`` compares bit patterns of same-dtype arrays: ``-0.0`` and ``+0.0``
+    are DIFFERENT (distinct bit patterns) unless ``signed_zeros_equal=True``; any NaN is
+    never equal to anything, itself included (a NaN means the computation failed, not that
+    two inputs collapsed).
+  * ``ulp_distance`` counts representable values between x and y in their own dtype
+    (bf16, f16, fp8 e4m3fn/e5m2, f32, f64): ``+0.0``/``-0.0`` are 0 apart, and a NaN in
+    either gives ``ulp_max(dtype)`` (the unsigned max of the dtype's width).
+  * Distances (``linf``, ``l1``) are computed in float32 for <= 32-bit inputs (exact
+    differences for bf16/f16/fp8 values of similar magnitude; sums rounded in f32) and
+    in float64 for float64 inputs. NaN propagates into a distance.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
+
+
+def _bits(x):
+  x = jnp.asarray(x)
+  return jax.lax.bitcast_convert_type(x, _UINT[x.dtype.itemsize])
+
+
+def _check_same_dtype(x, y):
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  if x.dtype != y.dtype:
+    raise TypeError(f"compare arrays of one dtype, got {x.dtype} and {y.dtype}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"expected floating arrays, got {x.dtype}")
+  return x, y
+
+
+def bitwise_equal_elementwise(x, y, *, signed_zeros_equal: bool = False):
+  """Elementwise bit-pattern equality (NaN never equal). Shapes broadcast; bool."""
+  x, y = _check_same_dtype(x, y)
+  eq = _bits(x) == _bits(y)
+  if signed_zeros_equal:
+    eq = eq | ((x == 0) & (y == 0))
+  return eq & ~jnp.isnan(x) & ~jnp.isnan(y)
+
+
+def bitwise_equal(x, y, axis=-1, *, signed_zeros_equal: bool = False):
+  """True where x and y agree bit for bit along ``axis`` (None = whole array). [...] bool."""
+  return jnp.all(bitwise_equal_elementwise(x, y, signed_zeros_equal=signed_zeros_equal),
+                 axis=axis)
+
+
+def ulp_max(dtype) -> int:
+  """The sentinel ulp_distance returns for NaN: the unsigned max of the dtype's width."""
+  return int(jnp.iinfo(_UINT[jnp.dtype(dtype).itemsize]).max)
+
+
+def ulp_distance(x, y):
+  """Number of representable steps between x and y in their (shared) dtype, elementwise.
+
+  Unsigned result of the dtype's width (uint8 for fp8, uint16 for bf16/f16, uint32 for
+  f32, uint64 for f64), so no x64 is needed below f64 and nothing overflows: the largest
+  finite distance (-max to +max) is below the sentinel. +0.0 and -0.0 are 0 apart;
+  infinities are the neighbours of the largest finite values; NaN in either input gives
+  ``ulp_max(dtype)``."""
+  x, y = _check_same_dtype(x, y)
+  ux, uy = _bits(x), _bits(y)
+  sign = jnp.asarray(1 << (8 * x.dtype.itemsize - 1), ux.dtype)
+  mx, my = ux & ~sign, uy & ~sign
+  same_sign = (ux & sign) == (uy & sign)
+  d = jnp.where(same_sign, jnp.maximum(mx, my) - jnp.minimum(mx, my), mx + my)
+  nan = jnp.isnan(x) | jnp.isnan(y)
+  return jnp.where(nan, jnp.asarray(ulp_max(x.dtype), d.dtype), d)
+
+
+def max_ulp_distance(x, y, axis=-1):
+  """Max over ``axis`` of ulp_distance."""
+  return jnp.max(ulp_distance(x, y), axis=axis)
+
+
+def _dist_dtype(x):
+  return jnp.float64 if jnp.asarray(x).dtype == jnp.float64 else jnp.float32
+
+
+def linf_distance(x, y, axis=-1):
+  """max |x - y| over ``axis`` (in f32, or f64 for f64 inputs). [...]"""
+  dt = _dist_dtype(x)
+  return jnp.max(jnp.abs(jnp.asarray(x).astype(dt) - jnp.asarray(y).astype(dt)), axis=axis)
+
+
+def l1_distance(x, y, axis=-1):
+  """sum |x - y| over ``axis`` (in f32, or f64 for f64 inputs). [...]"""
+  dt = _dist_dtype(x)
+  return jnp.sum(jnp.abs(jnp.asarray(x).astype(dt) - jnp.asarray(y).astype(dt)), axis=axis)
+
+
+def total_variation(p, q, axis=-1):
+  """The paper's total variation delta(p, q) = sum_x |p(x) - q(x)| (NO factor 1/2)."""
+  return l1_distance(p, q, axis=axis)
+
+
+def nonfinite_count(x, axis=None):
+  """Number of NaN/inf entries (over ``axis``; None = all)."""
+  return jnp.sum(~jnp.isfinite(jnp.asarray(x)), axis=axis)
+
+
+def collapse_onset(equal_N, lengths_N, *, none=-1):
+  """First swept length n at which n and n+1 are bitwise equal.
+
+  Args: equal_N bool [..., S] (equality per swept length, in sweep order); lengths_N int
+  [S] (ascending). Returns int [...]: the length, or ``none`` if never equal."""
+  equal_N = jnp.asarray(equal_N, bool)
+  lengths_N = jnp.asarray(lengths_N)
+  idx = jnp.argmax(equal_N, axis=-1)
+  return jnp.where(jnp.any(equal_N, axis=-1), lengths_N[idx], jnp.asarray(none, lengths_N.dtype))
+
+
+def sustained_onset(equal_N, lengths_N, *, none=-1):
+  """First swept length from which EVERY later swept length is equal too.
+  Same arguments/returns as ``collapse_onset``; ``none`` if the last length is unequal."""
+  equal_N = jnp.asarray(equal_N, bool)
+  lengths_N = jnp.asarray(lengths_N)
+  suffix_all = jnp.flip(jnp.cumprod(jnp.flip(equal_N, -1).astype(jnp.int32), axis=-1), -1) > 0
+  idx = jnp.argmax(suffix_all, axis=-1)
+  return jnp.where(jnp.any(suffix_all, axis=-1), lengths_N[idx], jnp.asarray(none, lengths_N.dtype))
+
+
+def softmax_last_weight(scores, axis=-1, where=None):
+  """softmax(scores)[last] along ``axis``, computed stably in f32 (f64 for f64 input):
+  exp(s_last - max) / sum exp(s - max). ``where``: optional bool mask of valid entries
+  (the last valid entry is then the one at the largest valid index)."""
+  s = jnp.moveaxis(jnp.asarray(scores), axis, -1)
+  s = s.astype(_dist_dtype(s))
+  if where is None:
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - m)
+    return e[..., -1] / jnp.sum(e, axis=-1)
+  w = jnp.moveaxis(jnp.asarray(where, bool), axis, -1)
+  w = jnp.broadcast_to(w, s.shape)
+  lowest = jnp.finfo(s.dtype).min
+  m = jnp.max(jnp.where(w, s, lowest), axis=-1, keepdims=True)
+  e = jnp.where(w, jnp.exp(jnp.where(w, s, m) - m), 0)
+  last = s.shape[-1] - 1 - jnp.argmax(jnp.flip(w, -1), axis=-1)
+  e_last = jnp.take_along_axis(e, last[..., None], axis=-1)[..., 0]
+  return e_last / jnp.sum(e, axis=-1)
+
+
+def ulp_of(x):
+  """Spacing of the dtype at |x| (distance to the next larger-magnitude value), in f64
+  for f64 else f32. Useful to predict collapse: distance < ulp/2 rounds away."""
+  x = jnp.asarray(x)
+  dt = _dist_dtype(x)
+  u = _bits(jnp.abs(x))
+  nxt = jax.lax.bitcast_convert_type(u + jnp.asarray(1, u.dtype), x.dtype)
+  return (nxt.astype(dt) - jnp.abs(x).astype(dt))
+
+
+def summarize_pair(x, y, axis=-1) -> dict:
+  """All per-vector metrics for a pair of same-dtype arrays [..., D] -> dict of [...]."""
+  return {
+      "linf": linf_distance(x, y, axis),
+      "l1": l1_distance(x, y, axis),
+      "max_ulp": max_ulp_distance(x, y, axis),
+      "bitwise_equal": bitwise_equal(x, y, axis),
+      "nonfinite": nonfinite_count(x, axis) + nonfinite_count(y, axis),
+  }
+
+
+def np_bits(x: np.ndarray) -> np.ndarray:
+  """Host-side bit patterns (numpy) for any float dtype incl. ml_dtypes: uint view."""
+  x = np.asarray(x)
+  return x.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize])

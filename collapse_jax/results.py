@@ -1,0 +1,112 @@
+"""Results files: run directories, environment capture, atomic JSON/CSV writing."""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+def make_run_dir(out: str | None, prefix: str) -> str:
+  """``out`` if given (must not hold results already), else ``runs/<prefix>-<UTC stamp>``.
+  Never silently overwrites an existing run: a non-empty ``out`` is an error."""
+  if not out:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = os.path.join("runs", f"{prefix}-{stamp}")
+    base, i = out, 1
+    while os.path.exists(out):
+      out, i = f"{base}-{i}", i + 1
+  if os.path.isdir(out) and os.listdir(out):
+    raise FileExistsError(f"--out {out!r} already holds files; choose a new directory "
+                          "(runs are never overwritten)")
+  os.makedirs(out, exist_ok=True)
+  return out
+
+
+def environment() -> dict:
+  """Versions, backend, devices and XLA flags in force (for results.json)."""
+  import jax
+  import jaxlib
+  import flax
+  import ml_dtypes
+  devs = jax.devices()
+  return {
+      "versions": {"python": sys.version.split()[0], "jax": jax.__version__,
+                   "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+                   "ml_dtypes": ml_dtypes.__version__, "numpy": np.__version__},
+      "backend": jax.default_backend(),
+      "device_kind": devs[0].device_kind,
+      "device_count": jax.device_count(),
+      "local_device_count": jax.local_device_count(),
+      "process_count": jax.process_count(),
+      "platform": platform.platform(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax_enable_x64": bool(jax.config.jax_enable_x64),
+      "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
+def to_jsonable(obj: Any) -> Any:
+  """numpy/jax scalars and arrays -> lists/numbers; non-finite floats -> strings."""
+  if isinstance(obj, Mapping):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
+    arr = np.asarray(obj)
+    if arr.dtype.kind == "V" or arr.dtype.itemsize == 1 and arr.dtype.kind == "f":
+      arr = arr.astype(np.float32)
+    if arr.ndim == 0:
+      return to_jsonable(arr.item())
+    if arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float64):
+      arr = arr.astype(np.float64)
+    return [to_jsonable(v) for v in arr.tolist()]
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+  if isinstance(obj, (np.generic,)):
+    return to_jsonable(obj.item())
+  return obj
+
+
+def _atomic_write(path: str, text: str) -> None:
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_json(path: str, data: Any) -> None:
+  """Atomic JSON write (temp file in the same directory + rename)."""
+  _atomic_write(path, json.dumps(to_jsonable(data), indent=1) + "\n")
+
+
+def write_csv(path: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
+  """Atomic CSV write, one dict per row restricted to ``columns``."""
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+  w.writeheader()
+  for r in rows:
+    w.writerow({k: to_jsonable(v) for k, v in r.items()})
+  _atomic_write(path, buf.getvalue())
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
