@@ -108,7 +108,7 @@ class Policy:
     return self.storage_dtype
 
   def check_available(self) -> None:
-    if self.needs_x64 and not jax.config.jax_enable_x64:
+    if self.needs_x64 and not jnp.zeros((), jnp.float64).dtype == jnp.float64:
       raise RuntimeError(
           f"precision policy {self.name!r} needs float64: set JAX_ENABLE_X64=1 or call "
           "collapse_jax.xla_env.enable_x64() before creating arrays.")
@@ -196,8 +196,10 @@ def quantize_scaled(x, fp8_dtype):
   amax / s <= max(fp8). Returns x.dtype. A zero tensor gets s = 1."""
   fmax = float(ml_dtypes.finfo(fp8_dtype).max)
   amax = jnp.max(jnp.abs(x))
-  exp = jnp.ceil(jnp.log2(jnp.where(amax > 0, amax, fmax) / fmax))
-  s = jnp.exp2(exp).astype(x.dtype)
+  ratio = jnp.where(amax > 0, amax, fmax) / jnp.asarray(fmax, x.dtype)
+  mant, e = jnp.frexp(ratio)  # ratio = mant * 2^e, mant in [0.5, 1): ceil(log2) exactly
+  k = jnp.where(mant == 0.5, e - 1, e)
+  s = jnp.ldexp(jnp.ones((), x.dtype), k)
   return (x / s).astype(fp8_dtype).astype(x.dtype) * s
 
 

@@ -1,0 +1,194 @@
+"""Local Hugging Face checkpoints (config.json + *.safetensors) -> our decoder's params.
+
+Llama and Gemma (v1) families. Everything is read from disk with the ``safetensors`` numpy
+API; nothing here touches the network. Weights are returned as float32 numpy arrays in the
+layout documented in ``collapse_jax.model`` (cast them with ``policy.cast_params``).
+
+HF stores every projection as ``[out, in]`` (torch ``nn.Linear``); our kernels are
+``[in, out...]``:
+
+    q_proj [H*Dh, D]  -> attn/q [D, H, Dh]        k_proj/v_proj [KV*Dh, D] -> [D, KV, Dh]
+    o_proj [D, H*Dh]  -> attn/o [H, Dh, D]        up/gate_proj [F, D] -> [D, F]
+    down_proj [D, F]  -> mlp/down [F, D]          lm_head [V, D] -> lm_head/kernel [D, V]
+
+HF's Q/K rows are in the ``rotate_half`` RoPE layout, so configs use ``rope_layout='half'``.
+
+Gemma: embeddings scaled by sqrt(d_model) in the compute dtype (``embed_scale``), (1+w)
+RMSNorm (``norm='gemma_rmsnorm'``, HF stores w, not 1+w), GeGLU with tanh-GELU, head_dim
+from config.json (256 for Gemma 7B), tied embeddings.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from collapse_jax.config import DecoderConfig
+
+SUPPORTED_MODEL_TYPES = ("llama", "gemma")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, incomplete or uses a feature the decoder does not have."""
+
+
+def _rope_theta(cfg: Mapping) -> float:
+  """rope_theta from config.json: transformers < 5 writes ``rope_theta``, >= 5 writes
+  ``rope_parameters: {rope_type, rope_theta}``. Rope scaling variants are rejected."""
+  rp = cfg.get("rope_parameters") or {}
+  scaling = cfg.get("rope_scaling") or (rp if rp.get("rope_type", "default") != "default" else None)
+  if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
+    raise CheckpointError(f"RoPE scaling {scaling!r} is not supported by the decoder "
+                          "(positional.apply_rope implements plain RoPE only)")
+  theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+  return float(theta)
+
+
+def config_from_hf(cfg: Mapping) -> DecoderConfig:
+  """DecoderConfig from a parsed HF config.json (Llama or Gemma v1)."""
+  mt = cfg.get("model_type")
+  if mt not in SUPPORTED_MODEL_TYPES:
+    raise CheckpointError(f"model_type {mt!r} is not supported; supported: "
+                          f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+  for flag in ("attention_bias", "mlp_bias"):
+    if cfg.get(flag):
+      raise CheckpointError(f"{flag}=True is not supported (the decoder has no projection biases)")
+  d, h = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+  head_dim = cfg.get("head_dim") or d // h
+  common = dict(
+      num_layers=int(cfg["num_hidden_layers"]), d_model=d, num_heads=h,
+      num_kv_heads=int(cfg.get("num_key_value_heads") or h), head_dim=int(head_dim),
+      mlp_dim=int(cfg["intermediate_size"]), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+      pe="rope", rope_theta=_rope_theta(cfg), rope_layout="half",
+      max_len=int(cfg.get("max_position_embeddings") or 4096), causal=True,
+      vocab_size=int(cfg["vocab_size"]), init="normal", init_var=0.02 ** 2)
+  if mt == "llama":
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+      raise CheckpointError(f"Llama hidden_act {act!r} is not supported (only silu -> SwiGLU)")
+    return DecoderConfig(mlp="swiglu", norm="rmsnorm", embed_scale=False,
+                         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **common)
+  act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+  if act not in ("gelu_pytorch_tanh", "gelu"):
+    # HF Gemma maps legacy hidden_act='gelu' to the tanh approximation too (see GemmaMLP).
+    raise CheckpointError(f"Gemma activation {act!r} is not supported (only tanh-GELU)")
+  return DecoderConfig(mlp="geglu", norm="gemma_rmsnorm", embed_scale=True,
+                       tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), **common)
+
+
+def params_from_hf_state_dict(config: DecoderConfig, sd: Mapping[str, np.ndarray]) -> dict:
+  """Our params pytree (float32 numpy) from an HF-named state dict of ``[out, in]`` arrays.
+
+  Keys may carry a leading ``model.`` (as in safetensors files) or not. The Q/K rows must
+  already be in HF's rotate_half layout (``config.rope_layout == 'half'``)."""
+  def get(name, shape=None):
+    for key in (f"model.{name}", name):
+      if key in sd:
+        a = np.asarray(sd[key], dtype=np.float32)
+        if shape is not None and a.shape != tuple(shape):
+          raise CheckpointError(f"{key}: expected shape {tuple(shape)}, got {a.shape}")
+        return a
+    raise CheckpointError(f"checkpoint has no tensor {name!r} (nor 'model.{name}')")
+
+  D, H, KV, Dh, F, V = (config.d_model, config.num_heads, config.kv_heads, config.dh,
+                        config.ff, config.vocab_size)
+  params: dict = {"embed": {"embedding": get("embed_tokens.weight", (V, D))}}
+  for l in range(config.num_layers):
+    p = f"layers.{l}."
+    params[f"layer_{l}"] = {
+        "norm1": {"scale": get(p + "input_layernorm.weight", (D,))},
+        "attn": {
+            "q": get(p + "self_attn.q_proj.weight", (H * Dh, D)).T.reshape(D, H, Dh),
+            "k": get(p + "self_attn.k_proj.weight", (KV * Dh, D)).T.reshape(D, KV, Dh),
+            "v": get(p + "self_attn.v_proj.weight", (KV * Dh, D)).T.reshape(D, KV, Dh),
+            "o": get(p + "self_attn.o_proj.weight", (D, H * Dh)).T.reshape(H, Dh, D),
+        },
+        "norm2": {"scale": get(p + "post_attention_layernorm.weight", (D,))},
+        "mlp": {
+            "up": get(p + "mlp.up_proj.weight", (F, D)).T,
+            "gate": get(p + "mlp.gate_proj.weight", (F, D)).T,
+            "down": get(p + "mlp.down_proj.weight", (D, F)).T,
+        },
+    }
+  params["final_norm"] = {"scale": get("norm.weight", (D,))}
+  if not config.tie_embeddings:
+    if "lm_head.weight" not in sd:
+      raise CheckpointError("untied checkpoint has no lm_head.weight")
+    lm = np.asarray(sd["lm_head.weight"], np.float32)
+    if lm.shape != (V, D):
+      raise CheckpointError(f"lm_head.weight: expected shape {(V, D)}, got {lm.shape}")
+    params["lm_head"] = {"kernel": lm.T}
+  # Contiguous copies: transposed views would be copied again by every jnp.asarray.
+  import jax
+  return jax.tree_util.tree_map(np.ascontiguousarray, params)
+
+
+def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of ``directory/*.safetensors`` as float32 numpy arrays (bf16 included)."""
+  try:
+    from safetensors import safe_open
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("reading HF checkpoints needs `safetensors`: "
+                      "pip install 'collapse_jax[llm]' (or pip install safetensors)") from e
+  files = sorted(Path(directory).glob("*.safetensors"))
+  if not files:
+    raise CheckpointError(f"no *.safetensors files in {directory} (PyTorch .bin checkpoints are "
+                          "not read: convert them to safetensors first)")
+  out: dict[str, np.ndarray] = {}
+  for f in files:
+    raw = None
+    with safe_open(str(f), framework="np") as fh:
+      for k in fh.keys():
+        try:
+          out[k] = np.asarray(fh.get_tensor(k)).astype(np.float32)
+        except TypeError:  # numpy has no bfloat16/fp8: safetensors' numpy API refuses them
+          raw = _read_raw_safetensors(f) if raw is None else raw
+          out[k] = raw[k].astype(np.float32)
+  return out
+
+
+_RAW_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+               "F16": "float16", "F32": "float32", "F64": "float64"}
+
+
+def _read_raw_safetensors(path: Path) -> dict[str, np.ndarray]:
+  """Minimal reader for the safetensors format (8-byte little-endian header size, JSON
+  header with dtype/shape/data_offsets, raw little-endian data) for dtypes numpy lacks."""
+  import ml_dtypes
+  data = np.memmap(path, dtype=np.uint8, mode="r")  # no full read: 7B checkpoints are large
+  n = int.from_bytes(data[:8].tobytes(), "little")
+  header = json.loads(data[8:8 + n].tobytes())
+  body = data[8 + n:]
+  out = {}
+  for k, info in header.items():
+    if k == "__metadata__" or info["dtype"] not in _RAW_DTYPES:
+      continue
+    name = _RAW_DTYPES[info["dtype"]]
+    dt = np.dtype(getattr(ml_dtypes, name)) if hasattr(ml_dtypes, name) else np.dtype(name)
+    a, b = info["data_offsets"]
+    out[k] = body[a:b].view(dt.newbyteorder("<")).reshape(info["shape"])
+  return out
+
+
+def load_hf_checkpoint(directory: str | os.PathLike) -> tuple[DecoderConfig, dict]:
+  """(DecoderConfig, float32 params) from a local HF Llama/Gemma checkpoint directory.
+
+  Never downloads anything: a missing directory or file is a :class:`CheckpointError`."""
+  directory = Path(directory).expanduser()
+  cfg_path = directory / "config.json"
+  if not cfg_path.is_file():
+    raise CheckpointError(
+        f"{cfg_path} not found: pass a local HF checkpoint directory with config.json and "
+        "*.safetensors (e.g. one saved by `huggingface-cli download google/gemma-7b` on a machine "
+        "with network access); collapse_jax never downloads weights")
+  cfg = json.loads(cfg_path.read_text())
+  config = config_from_hf(cfg)
+  sd = read_safetensors(directory)
+  if config.tie_embeddings and "lm_head.weight" in sd:
+    emb = sd.get("model.embed_tokens.weight", sd.get("embed_tokens.weight"))
+    if emb is not None and not np.array_equal(sd["lm_head.weight"], emb):
+      config = config.replace(tie_embeddings=False)
+  return config, params_from_hf_state_dict(config, sd)

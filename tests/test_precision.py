@@ -1,0 +1,93 @@
+"""Precision policy: presets, errors, softmax/mask safety, fp8 scaling, dot accumulation."""
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from collapse_jax import precision
+from collapse_jax.precision import get_policy
+
+LOW = ["bfloat16", "bfloat16_pure", "float16", "float8_e4m3fn", "float8_e5m2"]
+
+
+def test_unknown_preset_lists_valid_names():
+  with pytest.raises(ValueError) as e:
+    get_policy("bf16")
+  for name in precision.PRESETS:
+    assert name in str(e.value)
+
+
+def test_presets_name_every_dtype_and_rounding_point():
+  for name in precision.PRESETS:
+    d = get_policy(name).describe()
+    for key in ("param_dtype", "storage_dtype", "accum_dtype", "softmax_dtype", "round_at"):
+      assert key in d
+    assert set(d["round_at"]) == set(precision.ROUNDING_POINTS)
+  assert get_policy("bfloat16").softmax_dtype == jnp.float32
+  assert get_policy("bfloat16_pure").softmax_dtype == jnp.bfloat16
+  assert get_policy("float8_e4m3fn").dot_operand_dtype == jnp.bfloat16
+
+
+def test_float64_needs_x64():
+  pol = get_policy("float64")
+  with jax.enable_x64(False):
+    with pytest.raises(RuntimeError, match="float64"):
+      pol.check_available()
+
+
+def test_fp8_scaling_only_for_fp8():
+  assert get_policy("float8_e4m3fn", fp8_scaling=True).fp8_scaling
+  with pytest.raises(ValueError):
+    get_policy("bfloat16", fp8_scaling=True)
+
+
+@pytest.mark.parametrize("name", LOW + ["float32"])
+def test_masked_softmax_never_nan_and_rounded(name):
+  pol = get_policy(name)
+  s = (jax.random.normal(jax.random.key(0), (3, 8, 8)) * 3).astype(pol.storage_dtype)
+  mask = jnp.tril(jnp.ones((8, 8), bool))[None] & jnp.asarray([True, True, False])[:, None, None]
+  p = jax.jit(pol.softmax)(s, mask)
+  p32 = np.asarray(p.astype(jnp.float32))
+  assert p.dtype == pol.storage_dtype and np.all(np.isfinite(p32))
+  assert np.all(p32[~np.broadcast_to(np.asarray(mask), p32.shape)] == 0)  # masked: exactly 0
+  assert np.all(p32[2] == 0)  # fully masked rows: zeros, not NaN
+  np.testing.assert_allclose(p32[:2].sum(-1), 1.0, atol=0.2 if pol.is_fp8 else 2e-2)
+
+
+def test_pure_softmax_rounds_every_step():
+  s = (jax.random.normal(jax.random.key(1), (64, 32)) * 2).astype(jnp.bfloat16)
+  mask = jnp.ones((64, 32), bool)
+  prod = np.asarray(get_policy("bfloat16").softmax(s, mask)).astype(np.float32)
+  pure = np.asarray(get_policy("bfloat16_pure").softmax(s, mask)).astype(np.float32)
+  # emulate the stepwise chain in numpy/ml_dtypes: each step in f64, rounded to bf16
+  bf = ml_dtypes.bfloat16
+  x = np.asarray(s).astype(np.float64)
+  d = (x - x.max(-1, keepdims=True)).astype(bf).astype(np.float64)
+  e = np.exp(d).astype(bf).astype(np.float64)
+  z = e.sum(-1, keepdims=True).astype(np.float32).astype(bf).astype(np.float64)
+  ref = (e / z).astype(bf).astype(np.float32)
+  assert (pure == ref).mean() > 0.999
+  assert (prod != pure).any()  # the two bf16 presets are really different
+
+
+def test_quantize_scaled_is_power_of_two_exact():
+  x = jax.random.normal(jax.random.key(2), (256,)) * 1e-3
+  for dt in precision.FP8_DTYPES:
+    q = precision.quantize_scaled(x, dt)
+    s = 2.0 ** np.ceil(np.log2(np.abs(np.asarray(x)).max() / float(ml_dtypes.finfo(dt).max)))
+    r = np.asarray(q) / s
+    np.testing.assert_array_equal(r.astype(dt).astype(np.float32), r)
+    # unscaled fp8 flushes most of these tiny values; scaled keeps them
+    assert np.count_nonzero(np.asarray(x.astype(dt))) < np.count_nonzero(r)
+
+
+@pytest.mark.parametrize("name", LOW)
+def test_dot_accumulates_in_f32_and_rounds_once(name):
+  pol = get_policy(name)
+  a = jax.random.normal(jax.random.key(3), (4, 48)).astype(pol.storage_dtype)
+  b = (jax.random.normal(jax.random.key(4), (48, 8)) / 4).astype(pol.param_dtype)
+  got = np.asarray(jax.jit(lambda a, b: pol.round(pol.dot("nk,km->nm", a, b), "qkv"))(a, b))
+  exact = np.asarray(a).astype(np.float64) @ np.asarray(b).astype(np.float64)
+  ref = exact.astype(np.float32).astype(pol.storage_dtype)  # f32 accumulate, round once
+  assert (got.view(np.uint8) == ref.view(np.uint8)).mean() > 0.99

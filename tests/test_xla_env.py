@@ -1,0 +1,74 @@
+"""XLA guards: flags appended without clobbering, and the YNN-fusion regression.
+
+On jaxlib 0.10.2 XLA:CPU's YNN fusions gave a 2.37 max error (vs float64) for a vmapped
+masked attention at N=1024 and 0.13 for jit(jacrev); collapse_jax disables them on import.
+"""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import collapse_jax  # noqa: F401  (applies the guards)
+from collapse_jax import xla_env
+
+
+def test_guard_flag_in_force_when_jaxlib_knows_it():
+  flags = os.environ.get("XLA_FLAGS", "")
+  for name, value in xla_env.GUARD_FLAGS:
+    if xla_env.jaxlib_knows_flag(name):
+      assert f"--{name}" in flags
+  assert not xla_env.jaxlib_knows_flag("xla_this_flag_does_not_exist_zzz")
+
+
+def test_user_flags_are_kept_and_respected():
+  code = ("import os, collapse_jax; print(os.environ['XLA_FLAGS'])")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3 "
+             "--xla_allow_excess_precision=true")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True).stdout.strip()
+  assert "--xla_force_host_platform_device_count=3" in out
+  assert "--xla_allow_excess_precision=true" in out and "excess_precision=false" not in out
+  if xla_env.jaxlib_knows_flag("xla_cpu_experimental_ynn_fusion_type"):
+    assert "--xla_cpu_experimental_ynn_fusion_type=" in out
+
+
+def _attention_last_row(X, Wq, Wk, Wv, n):
+  N = X.shape[0]
+  q, k, v = X @ Wq, X @ Wk, X @ Wv
+  s = q @ k.T / 8.0
+  i, j = jnp.arange(N)[:, None], jnp.arange(N)[None, :]
+  p = jax.nn.softmax(jnp.where((j <= i) & (j < n), s, -jnp.inf), -1)
+  return (p @ v)[n - 1]
+
+
+def test_ynn_regression_vmapped_attention_n1024():
+  N, d = 1024, 64
+  X = jax.random.normal(jax.random.key(0), (N, d), jnp.float32)
+  W = [jax.random.normal(jax.random.key(i), (d, d), jnp.float32) / 8 for i in (1, 2, 3)]
+  lens = jnp.asarray([4, 37, 100, N - 1, N])
+  got = np.asarray(jax.jit(jax.vmap(_attention_last_row, in_axes=(None, None, None, None, 0)))(
+      X, *W, lens))
+  Xn, Wn = np.asarray(X, np.float64), [np.asarray(w, np.float64) for w in W]
+  for row, n in zip(got, np.asarray(lens)):
+    x = Xn[:n]
+    q, k, v = x @ Wn[0], x @ Wn[1], x @ Wn[2]
+    s = q[-1] @ k.T / 8.0
+    w = np.exp(s - s.max()); w /= w.sum()
+    np.testing.assert_allclose(row, w @ v, atol=1e-4, rtol=0)  # broken path: 2.37
+
+
+def test_ynn_regression_jit_jacrev():
+  N, d = 64, 16
+  X = jax.random.normal(jax.random.key(4), (N, d), jnp.float32)
+  W = [jax.random.normal(jax.random.key(i), (d, d), jnp.float32) / 4 for i in (5, 6, 7)]
+  f = lambda x: _attention_last_row(x, *W, N)
+  jac = np.asarray(jax.jit(jax.jacrev(f))(X))
+  with jax.enable_x64(True):
+    Xd = jnp.asarray(np.asarray(X), jnp.float64)
+    Wd = [jnp.asarray(np.asarray(w), jnp.float64) for w in W]
+    ref = np.asarray(jax.jacrev(lambda x: _attention_last_row(x, *Wd, N))(Xd))
+  np.testing.assert_allclose(jac, ref, atol=2e-5, rtol=0)  # broken path: 0.13
