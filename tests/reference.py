@@ -74,7 +74,6 @@ def midpoint_distance(x32, storage) -> np.ndarray:
   r = np.asarray(x32, F32).astype(storage).astype(F64)
   # neighbours of r in storage: step to the next representable up and down
   big = float(ml_dtypes.finfo(storage).max)
-  up = np.nextafter(r.astype(F64), np.inf)  # placeholder, replaced below
   up = _storage_next(r, storage, +1)
   dn = _storage_next(r, storage, -1)
   m_up = np.where(np.isfinite(up), (r + up) / 2, np.inf)
@@ -348,7 +347,7 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach):
   if cfg.pe == "rope":
     q = P.rnd(_rope(P, cfg, P.c(q), q_pos), "rope", fuzzy=True)
     k = P.rnd(_rope(P, cfg, P.c(k), q_pos), "rope", fuzzy=True)
-  k, v = teach("k", k), teach("v", v)
+  k, v = teach("k", k, reset=False), teach("v", v, reset=False)
   new_kv = (k, v)
   if cache_kv is not None:
     k = np.concatenate([np.asarray(cache_kv[0]).astype(k.dtype), k], axis=1)
@@ -424,12 +423,15 @@ def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, 
     if track:
       amb.setdefault(key, []).append(P.ambiguous_rows.copy())
 
-  def teach(key, value, layer=None):
+  def teach(key, value, layer=None, reset=True):
+    """End of a compared quantity: record row flags, optionally start a new segment,
+    and continue from the teacher's value if one is given."""
     end_segment(key)
+    if reset:
+      new_segment()
     if teacher is None or key not in teacher:
       return value
-    t = np.asarray(teacher[key])
-    t = t[layer_idx[0] if layer is None else layer] if key != "y" else t
+    t = np.asarray(teacher[key])[layer_idx[0] if layer is None else layer]
     return t.astype(value.dtype)
 
   new_segment()
@@ -448,23 +450,21 @@ def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, 
     x = x * s if pe is None else P.fma(x, s, pe)
   elif pe is not None:
     x = x + pe
-  v = P.rnd(x, "embed", fuzzy=cfg.pe == "sinusoidal")
-  v = teach("residual", v, layer=0)
+  v0 = P.rnd(x, "embed", fuzzy=cfg.pe == "sinusoidal")
+  v = teach("residual", v0, layer=0)
 
   if cache is not None:
     k_pos = np.concatenate([np.asarray(cache["pos"]), positions], axis=1)
     k_valid = np.concatenate([np.asarray(cache["valid"], bool), key_valid], axis=1)
   else:
     k_pos, k_valid = positions, key_valid
-  residual, heads_l, probs_l, ks, vs = [v], [], [], [], []
+  residual, heads_l, probs_l, ks, vs = [v0], [], [], [], []
   for l in range(cfg.num_layers):
     layer_idx[0] = l
     p = params[f"layer_{l}"]
     cache_kv = None if cache is None else (np.asarray(cache["k"])[l], np.asarray(cache["v"])[l])
-    new_segment()
     a, heads, probs, (k, v_) = _attention(P, cfg, p["attn"], _norm(P, cfg, p["norm1"], v, "norm"),
                                           positions, k_pos, k_valid, cache_kv, teach)
-    new_segment()
     z = P.rnd(P.c(v) + P.c(a), "residual")
     if cfg.use_mlp:
       m = _mlp(P, cfg, p["mlp"], _norm(P, cfg, p["norm2"], z, "norm"))
@@ -472,15 +472,14 @@ def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, 
     own = z
     v = teach("residual", z, layer=l + 1)
     residual.append(own); heads_l.append(heads); probs_l.append(probs); ks.append(k); vs.append(v_)
-    new_segment()
   y = _norm(P, cfg, params["final_norm"], v, "final_norm")
   end_segment("y")
+  new_segment()
   out: dict[str, Any] = {"y": y, "residual": np.stack(residual), "heads": np.stack(heads_l),
                          "attn_weights": np.stack(probs_l), "k": np.stack(ks),
                          "v": np.stack(vs)}
   if cfg.vocab_size:
     yt = y if teacher is None or "y" not in teacher else np.asarray(teacher["y"]).astype(y.dtype)
-    new_segment()
     if cfg.tie_embeddings:
       logits = P.dot("bnd,vd->bnv", yt, params["embed"]["embedding"])
     else:

