@@ -108,7 +108,7 @@ class Policy:
     return self.storage_dtype
 
   def check_available(self) -> None:
-    if self.needs_x64 and not jnp.zeros((), jnp.float64).dtype == jnp.float64:
+    if self.needs_x64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
       raise RuntimeError(
           f"precision policy {self.name!r} needs float64: set JAX_ENABLE_X64=1 or call "
           "collapse_jax.xla_env.enable_x64() before creating arrays.")

@@ -50,7 +50,12 @@ def main(argv):
                          norm=F.norm, mlp=F.mlp, vocab_size=F.vocab, max_len=F.max_len + 1)
   for h in heads:
     cfg.replace(num_heads=h)  # validates: heads must divide d_model
-  grid = families.parse_lengths(F.lengths or f"1:{F.max_len}", F.max_len)
+  grid = families.parse_lengths(F.lengths or f"1:{F.max_len}")
+  if grid[-1] > F.max_len:
+    raise app.UsageError(
+        f"--lengths reaches n={grid[-1]}, beyond --max_len={F.max_len}" +
+        (" (it exceeds the learned PE table, which holds max_len+1 positions)"
+         if F.pe == "learned" else ""))
   if F.family == "prefix_repeat":
     start = (len(F.prefix_ids) if F.prefix_ids else F.prefix_len) + 1
     grid = grid[grid >= start]

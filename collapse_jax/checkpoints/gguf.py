@@ -28,7 +28,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +256,7 @@ def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
     cache: cache the dequantized float32 tensors as .npz (about 4x the GGUF size; 540 MB for
       SmolLM2) keyed by the file's size and sha256. True = ``~/.cache/collapse_jax``, a path =
       that directory, None = on iff env ``COLLAPSE_JAX_GGUF_CACHE`` is set (not '0').
-      Without a cache a load of SmolLM2 takes ~5 s on 2 cores; with it, ~1 s.
+      SmolLM2 on 2 cores: ~5-7 s without the cache, ~1.5 s from it.
   """
   path = find_smollm2_gguf() if path is None else Path(path).expanduser()
   if not path.is_file():
@@ -278,9 +277,3 @@ def load_smollm2(*, cache: bool | str | os.PathLike | None = None, permute: bool
   m = load_gguf(None, cache=cache, permute=permute)
   return m.config, m.params, tokenizer_from_metadata(m.metadata)
 
-
-if __name__ == "__main__":  # python -m collapse_jax.checkpoints.gguf: summary + timing
-  t0 = time.perf_counter()
-  m = load_gguf()
-  print(m.path, f"loaded in {time.perf_counter() - t0:.1f} s")
-  print(m.config)

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+import jax
 import numpy as np
 
 from collapse_jax.config import DecoderConfig
@@ -122,7 +123,6 @@ def params_from_hf_state_dict(config: DecoderConfig, sd: Mapping[str, np.ndarray
       raise CheckpointError(f"lm_head.weight: expected shape {(V, D)}, got {lm.shape}")
     params["lm_head"] = {"kernel": lm.T}
   # Contiguous copies: transposed views would be copied again by every jnp.asarray.
-  import jax
   return jax.tree_util.tree_map(np.ascontiguousarray, params)
 
 

@@ -90,7 +90,7 @@ def apply_chat_template(messages: Iterable[Mapping[str, str]], *,
   """SmolLM2-Instruct's chat template (the Jinja template in the GGUF's
   ``tokenizer.chat_template``) as plain Python:
 
-      <|im_start|>system\\n{default_system}<|im_end|>\\n     (only if the first message is not 'system')
+      <|im_start|>system\\n{default_system}<|im_end|>\\n  (if the first message is not 'system')
       <|im_start|>{role}\\n{content}<|im_end|>\\n             (each message)
       <|im_start|>assistant\\n                               (if add_generation_prompt)
   """
