@@ -36,35 +36,43 @@ def positive_for_log(y, floor=None):
   return np.where(y > 0, y, floor), floor
 
 
+DTYPE_COLORS = {"float64": "black", "float32": "tab:blue", "float16": "tab:green",
+                "bfloat16": "tab:orange", "bfloat16_pure": "tab:red",
+                "float8_e4m3fn": "tab:purple", "float8_e5m2": "tab:brown"}
+
+
 def collapse_plot(records, path: str, title: str, key: str = "linf") -> str:
-  """Distance vs n (log y), one curve per (dtype, heads) averaged over seeds; the
-  collapse onset (first bitwise-equal n) is marked with a dot on the floor line and a
-  dotted vertical line. Bitwise-equal pairs (distance 0) are drawn at the floor."""
+  """Distance vs n (log-log), one panel per head count, one colour per dtype (seed mean).
+  Bitwise-equal pairs (distance exactly 0) leave a gap in the curve and a tick on the
+  floor line at the bottom; the first equal n (collapse onset) is a large dot."""
   groups: dict = {}
   for r in records:
-    groups.setdefault((r["dtype"], r["heads"]), []).append(r)
+    groups.setdefault((r["heads"], r["dtype"]), []).append(r)
+  heads = sorted({h for h, _ in groups})
   all_vals = np.concatenate([np.asarray(r[key], np.float64) for r in records])
   _, floor = positive_for_log(all_vals)
-  fig, axes = subplots(figsize=(8.5, 5.2))
-  ax = axes[0, 0]
-  cmap = plt.get_cmap("tab10")
-  for i, ((dtype, heads), rs) in enumerate(sorted(groups.items())):
-    n = np.asarray(rs[0]["lengths"])
-    y = np.mean([np.asarray(r[key], np.float64) for r in rs], axis=0)
-    yplot, _ = positive_for_log(y, floor)
-    onset = min((r["collapse_onset"] for r in rs if r["collapse_onset"] > 0), default=-1)
-    label = f"{dtype}, H={heads}" + (f" (equal from n={onset})" if onset > 0 else " (never equal)")
-    ax.plot(n, yplot, lw=1.0, color=cmap(i % 10), label=label)
-    if onset > 0:
-      ax.axvline(onset, color=cmap(i % 10), ls=":", lw=0.8)
-      ax.plot([onset], [floor], "o", color=cmap(i % 10), ms=5)
-  ax.axhline(floor, color="0.6", lw=0.6, ls="--")
-  ax.text(ax.get_xlim()[0], floor, " bitwise equal", va="bottom", fontsize=7, color="0.4")
-  ax.set_yscale("log")
-  ax.set_xscale("log")
-  ax.set_xlabel("sequence length n")
-  ax.set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$ (last token)")
-  ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=7, ncol=2)
-  ax.grid(True, which="both", alpha=0.25)
+  fig, axes = subplots(1, len(heads), figsize=(6.0 * len(heads), 4.8), sharey=True)
+  for ax, h in zip(axes[0], heads):
+    for (hh, dtype), rs in groups.items():
+      if hh != h:
+        continue
+      color = DTYPE_COLORS.get(dtype.replace("_scaled", ""), None)
+      n = np.asarray(rs[0]["lengths"])
+      y = np.mean([np.asarray(r[key], np.float64) for r in rs], axis=0)
+      equal = np.all([np.asarray(r["bitwise_equal"], bool) for r in rs], axis=0)
+      onset = min((r["collapse_onset"] for r in rs if r["collapse_onset"] > 0), default=-1)
+      label = dtype + (f" (equal at {equal.sum()} n, first n={onset})" if onset > 0 else " (never equal)")
+      ax.plot(n, np.where(y > 0, y, np.nan), lw=0.8, alpha=0.85, color=color, label=label)
+      if equal.any():
+        ax.plot(n[equal], np.full(equal.sum(), floor), "|", color=color, ms=8)
+        ax.plot([onset], [floor], "o", color=color, ms=6)
+    ax.axhline(floor, color="0.6", lw=0.6, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length n")
+    ax.set_title(f"H={h}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.25)
+  axes[0, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$  (ticks at bottom: bitwise equal)")
+  fig.suptitle(title, fontsize=10)
   return save(fig, path)
