@@ -25,6 +25,7 @@ Intermediates (``collect``) come from the same forward, never a second copy:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -100,8 +101,10 @@ class Attention(nn.Module):
     q_BNKGD = q.reshape(B, N, KV, G, Dh)
     scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BNKGD, k, scale=cfg.qk_scale), "scores")
     mask_BNM = k_valid_BM[:, None, :]
-    if cfg.causal:
-      mask_BNM = mask_BNM & (k_pos_BM[:, None, :] <= q_pos_BN[:, :, None])
+    if cfg.causal:  # by sequence order (cache slots first), not by position: a copied token
+      M = k_pos_BM.shape[1]  # may repeat a position, yet must not see the tokens after it
+      q_idx = jnp.arange(M - N, M)
+      mask_BNM = mask_BNM & (jnp.arange(M)[None, None, :] <= q_idx[None, :, None])
     if cfg.sliding_window is not None:
       dist = jnp.abs(q_pos_BN[:, :, None] - k_pos_BM[:, None, :])
       mask_BNM = mask_BNM & (dist < cfg.sliding_window)
@@ -230,15 +233,21 @@ class Decoder(nn.Module):
     return out
 
 
-def init_params(config: DecoderConfig, key, policy: Policy | None = None) -> dict:
-  """float32 parameters (C.3 Gaussian init). Cast with ``policy.cast_params`` before use."""
+def init_params(config: DecoderConfig, key) -> dict:
+  """float32 parameters (C.3 Gaussian init), jit-compiled once per config (op-by-op Flax
+  init takes seconds on CPU). Cast with ``policy.cast_params`` before use."""
+  return _init_fn(config)(key)
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(config: DecoderConfig):
   from collapse_jax.precision import get_policy
-  dec = Decoder(config, policy or get_policy("float32"), collect=("logits",) if (
+  dec = Decoder(config, get_policy("float32"), collect=("logits",) if (
       config.vocab_size and not config.tie_embeddings) else ())
   dummy = (jnp.zeros((1, 2), jnp.int32) if config.vocab_size
            else jnp.zeros((1, 2, config.d_model), jnp.float32))
-  return jax.tree_util.tree_map(lambda p: p.astype(jnp.float32),
-                                dec.init(key, dummy)["params"])
+  return jax.jit(lambda key: jax.tree_util.tree_map(lambda p: p.astype(jnp.float32),
+                                                    dec.init(key, dummy)["params"]))
 
 
 def forward(config: DecoderConfig, policy: Policy, params, inputs, *, collect=(),

@@ -66,7 +66,7 @@ def _unchunk(tree, S, axis_of_n):
 _N_AXIS = {"y": 0, "residual": 1, "heads": 0}
 
 
-def _pairs_kv(cfg, pol, params, stream_T, token, lengths_S, chunk):
+def _pairs_kv(cfg, pol, params, stream_T, token, lengths_S, chunk, repeat_position=False):
   """KV-cache engine. stream_T: the shared tokens x_1.. (A_n uses the first n-1)."""
   M = stream_T.shape[0]
   pre = model_lib.forward(cfg, pol, params, stream_T[None], collect=("kv",))
@@ -74,7 +74,7 @@ def _pairs_kv(cfg, pol, params, stream_T, token, lengths_S, chunk):
   def one_chunk(n_C):
     C = n_C.shape[0]
     new = jnp.full((C, 2), token, jnp.int32)
-    pos = jnp.stack([n_C - 1, n_C], axis=1).astype(jnp.int32)
+    pos = jnp.stack([n_C - 1, n_C - 1 if repeat_position else n_C], axis=1).astype(jnp.int32)
     cache = {"k": jnp.broadcast_to(pre["k"], (cfg.num_layers, C) + pre["k"].shape[2:]),
              "v": jnp.broadcast_to(pre["v"], (cfg.num_layers, C) + pre["v"].shape[2:]),
              "pos": jnp.broadcast_to(jnp.arange(M, dtype=jnp.int32), (C, M)),
@@ -87,7 +87,8 @@ def _pairs_kv(cfg, pol, params, stream_T, token, lengths_S, chunk):
   return _map_chunks(one_chunk, lengths_S, chunk)
 
 
-def _pairs_masked(cfg, pol, params, tokens_T, token, lengths_S, chunk, shared_prefix, total):
+def _pairs_masked(cfg, pol, params, tokens_T, token, lengths_S, chunk, shared_prefix, total,
+                  repeat_position=False):
   """Reference engine: one padded forward per n (B_n), vmapped over n in chunks."""
   def one(n):
     if shared_prefix:
@@ -95,7 +96,11 @@ def _pairs_masked(cfg, pol, params, tokens_T, token, lengths_S, chunk, shared_pr
     else:
       seq = fam.stream_pair_tokens(tokens_T, token, n, total)
     valid = (jnp.arange(total) <= n)[None]
-    out = model_lib.forward(cfg, pol, params, seq[None], key_valid=valid, collect=COLLECT)
+    pos = jnp.arange(total, dtype=jnp.int32)
+    if repeat_position:  # B_n's copy of the last token keeps position n-1
+      pos = jnp.minimum(pos, n - 1)
+    out = model_lib.forward(cfg, pol, params, seq[None], positions=pos[None], key_valid=valid,
+                            collect=COLLECT)
     return _rows(out, jnp.stack([n - 1, n]))
 
   def one_chunk(n_C):
@@ -119,18 +124,23 @@ def _map_chunks(one_chunk, lengths_S, chunk):
 
 def pair_metrics(a: dict, b: dict) -> dict:
   """Metrics of A vs B per n. a/b: y [S,D], residual [L+1,S,D], heads [S,H,Dh].
-  Returns y_* [S], layer_* [L+1,S], head_* [H,S] for linf/l1/max_ulp/equal/nonfinite."""
+  Returns y_* [S], layer_* [L+1,S], head_* [H,S] for linf/l1/max_ulp/equal/nonfinite,
+  and y_absmax / head_absmax [S] (max |A| over the vector / over all heads: the magnitude
+  that sets the dtype's ulp)."""
   out = {}
   for key, x, y in (("y", a["y"], b["y"]), ("layer", a["residual"], b["residual"]),
                     ("head", jnp.moveaxis(a["heads"], 1, 0), jnp.moveaxis(b["heads"], 1, 0))):
     m = metrics.summarize_pair(x, y)
     out.update({f"{key}_{k}": v for k, v in m.items()})
+  absmax = lambda x, axis: jnp.max(jnp.abs(x.astype(metrics._dist_dtype(x))), axis=axis)
+  out["y_absmax"] = absmax(a["y"], -1)
+  out["head_absmax"] = absmax(a["heads"], (-2, -1))
   return out
 
 
 @functools.lru_cache(maxsize=64)
 def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, shared_prefix: bool,
-                  total: int, chunk: int):
+                  total: int, chunk: int, repeat_position: bool = False):
   """The jitted program for one (policy, config, engine): f(params_B, tokens_BT, token,
   lengths_S) -> metrics with a leading seed axis B. Lengths, tokens and seeds are data."""
   if engine not in ENGINES:
@@ -138,14 +148,18 @@ def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, shared_prefix: b
   if engine == "causal" and not shared_prefix:
     raise ValueError("the 'causal' engine needs a prefix family (repeat, prefix_repeat); "
                      "use 'kv_cache' or 'masked' for stream_repeat_last")
+  if engine == "causal" and repeat_position:
+    raise ValueError("repeat_position (the copied last token keeps position n-1) needs the "
+                     "'kv_cache' or 'masked' engine")
 
   def per_seed(params, tokens_T, token, lengths_S):
     if engine == "causal":
       a, b = _pairs_causal(cfg, pol, params, tokens_T, token, lengths_S, chunk)
     elif engine == "kv_cache":
-      a, b = _pairs_kv(cfg, pol, params, tokens_T, token, lengths_S, chunk)
+      a, b = _pairs_kv(cfg, pol, params, tokens_T, token, lengths_S, chunk, repeat_position)
     else:
-      a, b = _pairs_masked(cfg, pol, params, tokens_T, token, lengths_S, chunk, shared_prefix, total)
+      a, b = _pairs_masked(cfg, pol, params, tokens_T, token, lengths_S, chunk, shared_prefix,
+                           total, repeat_position)
     return pair_metrics(a, b)
 
   def program(params_B, tokens_BT, token, lengths_S):
@@ -164,15 +178,19 @@ def seed_mesh(num_seeds: int):
 
 
 def run_sweep(cfg: DecoderConfig, pol: Policy, params_B, tokens_BT, token: int, lengths,
-              *, engine: str, shared_prefix: bool, chunk: int = 32) -> dict:
+              *, engine: str, shared_prefix: bool, chunk: int = 32,
+              repeat_position: bool = False) -> dict:
   """Run one compiled sweep for a stack of seeds. params_B: policy-cast params with a
-  leading seed axis; tokens_BT: int [B, T]. Returns numpy metrics with leading axis B."""
+  leading seed axis; tokens_BT: int [B, T]. ``repeat_position``: B_n's copied last token
+  keeps position n-1 (the whole token representation, PE included, is copied, as in C.3)
+  instead of taking position n. Returns numpy metrics with leading axis B."""
   pol.check_available()
   lengths = np.asarray(lengths, np.int32)
   total = int(lengths[-1]) + 1
   if shared_prefix and tokens_BT.shape[1] < total:
     raise ValueError(f"shared sequence has {tokens_BT.shape[1]} tokens; need {total}")
-  prog = sweep_program(cfg, pol, engine, shared_prefix, total, int(min(chunk, lengths.size)))
+  prog = sweep_program(cfg, pol, engine, shared_prefix, total, int(min(chunk, lengths.size)),
+                       repeat_position)
   mesh = seed_mesh(tokens_BT.shape[0])
   tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
   if mesh is not None:  # shard the seed batch over local devices (data parallel)
@@ -200,17 +218,21 @@ def summarize(raw: dict, lengths, seed_index: int) -> dict:
                    "collapse_onset": on, "sustained_onset": sus})
   head_onsets = [_onsets(r["head_bitwise_equal"][h], lengths)[0]
                  for h in range(r["head_linf"].shape[0])]
+  all_heads = r["head_bitwise_equal"].all(0)
   return {
       "lengths": lengths,
       "linf": r["y_linf"], "l1": r["y_l1"], "max_ulp": r["y_max_ulp"],
       "bitwise_equal": r["y_bitwise_equal"],
       "collapse_onset": y_on, "sustained_onset": y_sus,
+      "absmax": r["y_absmax"],
       "nonfinite": r["y_nonfinite"], "nonfinite_total": int(r["y_nonfinite"].sum() +
                                                             r["layer_nonfinite"].sum()),
       "layers": layers,
       "last_layer_heads": {"linf_mean": r["head_linf"].mean(0), "linf_min": r["head_linf"].min(0),
                            "linf_max": r["head_linf"].max(0),
-                           "all_heads_equal": r["head_bitwise_equal"].all(0),
+                           "all_heads_equal": all_heads, "absmax": r["head_absmax"],
+                           "collapse_onset": _onsets(all_heads, lengths)[0],
+                           "sustained_onset": _onsets(all_heads, lengths)[1],
                            "collapse_onset_per_head": head_onsets},
   }
 
@@ -235,7 +257,7 @@ def csv_rows(record: dict):
 
 def run_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, lengths, seeds, *,
              engine: str | None = None, token: int = 1, prefix_len: int = 16, prefix_ids=None,
-             chunk: int = 32, log=print) -> list[dict]:
+             chunk: int = 32, repeat_position: bool = False, log=print) -> list[dict]:
   """The precision sweep: for each policy and head count, ONE compiled program runs every
   length and seed. Head counts change parameter shapes, so each is its own compile (they
   cannot be vmapped together). Returns one record (``summarize``) per (policy, heads, seed)."""
@@ -255,12 +277,29 @@ def run_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, lengths
       t0 = time.perf_counter()
       params_B = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[pol.cast_params(p) for p in params32])
       raw = run_sweep(cfg, pol, params_B, tokens_BT, token, lengths, engine=engine,
-                      shared_prefix=fams[0].shared_prefix, chunk=chunk)
+                      shared_prefix=fams[0].shared_prefix, chunk=chunk,
+                      repeat_position=repeat_position)
       for i, s in enumerate(seeds):
         rec = summarize(raw, lengths, i)
-        rec.update(dtype=pol.name, heads=heads, seed=s, engine=engine)
+        rec.update(dtype=pol.name, heads=heads, seed=s, engine=engine,
+                   repeat_position=repeat_position)
         records.append(rec)
       onsets = [r["collapse_onset"] for r in records[-len(seeds):]]
       log(f"{pol.name:>14s} H={heads:<3d} {len(lengths)} lengths x {len(seeds)} seeds "
           f"[{engine}] {time.perf_counter() - t0:6.1f}s  y collapse onset per seed: {onsets}")
   return records
+
+
+def predicted_onset(lengths, dist_ref, absmax_ref, dtype) -> int:
+  """Predict where a dtype collapses from a float64 run: the first swept n from which the
+  exact distance stays below half the dtype's ulp at the representation's magnitude
+  (ulp(absmax) / 2) for every later n. -1 if never. A heuristic: bitwise equality needs
+  every coordinate and every upstream rounding of the two paths to coincide, which the
+  exact distance alone does not decide (BUILD_NOTES.md compares it with measurements)."""
+  import ml_dtypes
+  eps = float(ml_dtypes.finfo(jnp.dtype(dtype)).eps)
+  tiny = float(ml_dtypes.finfo(jnp.dtype(dtype)).smallest_subnormal)
+  absmax = np.asarray(absmax_ref, np.float64)
+  ulp = np.maximum(eps * 2.0 ** np.floor(np.log2(np.maximum(absmax, tiny))), tiny)
+  below = np.asarray(dist_ref, np.float64) < ulp / 2
+  return int(metrics.sustained_onset(below, np.asarray(lengths)))
