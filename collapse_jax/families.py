@@ -41,26 +41,38 @@ class Family:
 
 
 def make_family(name: str, max_length: int, *, seed: int, vocab_size: int, token: int = 1,
-                prefix_len: int = 16, prefix_ids=None) -> Family:
-  """Build a family's token arrays for lengths up to ``max_length`` (largest n)."""
+                prefix_len: int = 16, prefix_ids=None, alphabet=None) -> Family:
+  """Build a family's token arrays for lengths up to ``max_length`` (largest n).
+
+  ``alphabet``: token ids random tokens are drawn from (default: the whole vocabulary).
+  ``stream_repeat_last`` with ``prefix_ids``: the stream starts with those fixed ids (e.g. a
+  prompt) followed by random tokens, so n counts the prompt too (min n = len(prefix) + 1)."""
   if name not in FAMILIES:
     raise ValueError(f"unknown family {name!r}; valid: {', '.join(FAMILIES)}")
   if not 0 <= token < vocab_size:
     raise ValueError(f"token {token} outside the vocabulary [0, {vocab_size})")
   rng = np.random.default_rng(seed)
+  pool = np.arange(vocab_size) if alphabet is None else np.asarray(alphabet, np.int64)
+  if pool.size == 0 or pool.min() < 0 or pool.max() >= vocab_size:
+    raise ValueError(f"alphabet ids must lie in [0, {vocab_size})")
+  draw = lambda k: rng.choice(pool, size=k).astype(np.int32)
   if name == "repeat":
     return Family(name, token, np.full(max_length + 1, token, np.int32), 1)
   if name == "prefix_repeat":
-    prefix = (np.asarray(prefix_ids, np.int32) if prefix_ids is not None
-              else rng.integers(0, vocab_size, prefix_len).astype(np.int32))
+    prefix = np.asarray(prefix_ids, np.int32) if prefix_ids is not None else draw(prefix_len)
     if prefix.size and (prefix.min() < 0 or prefix.max() >= vocab_size):
       raise ValueError(f"prefix ids must lie in [0, {vocab_size})")
     if max_length <= prefix.size:
       raise ValueError(f"max length {max_length} must exceed the prefix length {prefix.size}")
     seq = np.concatenate([prefix, np.full(max_length + 1 - prefix.size, token, np.int32)])
     return Family(name, token, seq, prefix.size + 1)
-  stream = rng.integers(0, vocab_size, max(max_length - 1, 1)).astype(np.int32)
-  return Family(name, token, stream, 1)
+  prefix = np.asarray(prefix_ids if prefix_ids is not None else [], np.int32)
+  if prefix.size and (prefix.min() < 0 or prefix.max() >= vocab_size):
+    raise ValueError(f"prefix ids must lie in [0, {vocab_size})")
+  if max_length <= prefix.size:
+    raise ValueError(f"max length {max_length} must exceed the prefix length {prefix.size}")
+  stream = np.concatenate([prefix, draw(max(max_length - 1 - prefix.size, 1))])
+  return Family(name, token, stream, prefix.size + 1)
 
 
 def check_lengths(family: Family, lengths) -> np.ndarray:

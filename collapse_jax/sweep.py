@@ -47,10 +47,11 @@ def _rows(out, idx_S):
           "heads": out["heads"][-1, 0, idx_S]}
 
 
-def _pairs_causal(cfg, pol, params, tokens_T, token, lengths_S, chunk):
-  del token, chunk
+def _pairs_causal(cfg, pol, params, tokens_T, rows_2S):
+  """rows_2S: int [2, S] rows of the one causal pass holding A_n's and B_n's last token
+  (n-1 and n for the prefix families; any rows for prompt-based pairs)."""
   out = model_lib.forward(cfg, pol, params, tokens_T[None], collect=COLLECT)
-  return _rows(out, lengths_S - 1), _rows(out, lengths_S)
+  return _rows(out, rows_2S[0]), _rows(out, rows_2S[1])
 
 
 def _unchunk(tree, S, axis_of_n):
@@ -152,9 +153,9 @@ def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, shared_prefix: b
     raise ValueError("repeat_position (the copied last token keeps position n-1) needs the "
                      "'kv_cache' or 'masked' engine")
 
-  def per_seed(params, tokens_T, token, lengths_S):
+  def per_seed(params, tokens_T, token, lengths_S, rows_2S):
     if engine == "causal":
-      a, b = _pairs_causal(cfg, pol, params, tokens_T, token, lengths_S, chunk)
+      a, b = _pairs_causal(cfg, pol, params, tokens_T, rows_2S)
     elif engine == "kv_cache":
       a, b = _pairs_kv(cfg, pol, params, tokens_T, token, lengths_S, chunk, repeat_position)
     else:
@@ -162,9 +163,10 @@ def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, shared_prefix: b
                            total, repeat_position)
     return pair_metrics(a, b)
 
-  def program(params_B, tokens_BT, token, lengths_S):
+  def program(params_B, tokens_BT, token, lengths_S, rows_2S):
     TRACE_COUNT[(pol.name, cfg.num_heads, engine)] += 1
-    return jax.vmap(per_seed, in_axes=(0, 0, None, None))(params_B, tokens_BT, token, lengths_S)
+    return jax.vmap(per_seed, in_axes=(0, 0, None, None, None))(
+        params_B, tokens_BT, token, lengths_S, rows_2S)
 
   return jax.jit(program)
 
@@ -179,14 +181,20 @@ def seed_mesh(num_seeds: int):
 
 def run_sweep(cfg: DecoderConfig, pol: Policy, params_B, tokens_BT, token: int, lengths,
               *, engine: str, shared_prefix: bool, chunk: int = 32,
-              repeat_position: bool = False) -> dict:
+              repeat_position: bool = False, rows=None) -> dict:
   """Run one compiled sweep for a stack of seeds. params_B: policy-cast params with a
   leading seed axis; tokens_BT: int [B, T]. ``repeat_position``: B_n's copied last token
   keeps position n-1 (the whole token representation, PE included, is copied, as in C.3)
-  instead of taking position n. Returns numpy metrics with leading axis B."""
+  instead of taking position n. ``rows`` (causal engine only): int [2, S] rows of the one
+  pass to compare (default: n-1 and n). Returns numpy metrics with leading axis B."""
   pol.check_available()
   lengths = np.asarray(lengths, np.int32)
-  total = int(lengths[-1]) + 1
+  if rows is None:
+    rows = np.stack([lengths - 1, lengths])
+  elif engine != "causal":
+    raise ValueError("explicit rows need the 'causal' engine")
+  rows = np.asarray(rows, np.int32)
+  total = int(max(lengths[-1] + 1, rows.max() + 1))
   if shared_prefix and tokens_BT.shape[1] < total:
     raise ValueError(f"shared sequence has {tokens_BT.shape[1]} tokens; need {total}")
   prog = sweep_program(cfg, pol, engine, shared_prefix, total, int(min(chunk, lengths.size)),
@@ -197,7 +205,7 @@ def run_sweep(cfg: DecoderConfig, pol: Policy, params_B, tokens_BT, token: int, 
     shard = NamedSharding(mesh, P("seeds"))
     params_B = jax.device_put(params_B, shard)
     tokens_BT = jax.device_put(tokens_BT, shard)
-  out = prog(params_B, tokens_BT, jnp.int32(token), jnp.asarray(lengths))
+  out = prog(params_B, tokens_BT, jnp.int32(token), jnp.asarray(lengths), jnp.asarray(rows))
   return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -257,7 +265,8 @@ def csv_rows(record: dict):
 
 def run_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, lengths, seeds, *,
              engine: str | None = None, token: int = 1, prefix_len: int = 16, prefix_ids=None,
-             chunk: int = 32, repeat_position: bool = False, log=print) -> list[dict]:
+             chunk: int = 32, repeat_position: bool = False, alphabet=None,
+             log=print) -> list[dict]:
   """The precision sweep: for each policy and head count, ONE compiled program runs every
   length and seed. Head counts change parameter shapes, so each is its own compile (they
   cannot be vmapped together). Returns one record (``summarize``) per (policy, heads, seed)."""
@@ -265,7 +274,8 @@ def run_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, lengths
   engine = engine or default_engine(family)
   lengths = np.asarray(lengths)
   fams = [fam.make_family(family, int(lengths[-1]), seed=s, vocab_size=base_cfg.vocab_size,
-                          token=token, prefix_len=prefix_len, prefix_ids=prefix_ids) for s in seeds]
+                          token=token, prefix_len=prefix_len, prefix_ids=prefix_ids,
+                          alphabet=alphabet) for s in seeds]
   lengths = fam.check_lengths(fams[0], lengths)
   base_cfg.check_length(int(lengths[-1]) + 1)
   tokens_BT = np.stack([f.tokens for f in fams])

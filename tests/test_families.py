@@ -43,3 +43,13 @@ def test_parse_lengths():
   for bad in ("a:b", "0:4", "log:1:2"):
     with pytest.raises(ValueError):
       fam.parse_lengths(bad)
+
+
+def test_alphabet_and_prompt_prefix_for_stream():
+  f = fam.make_family("stream_repeat_last", 40, seed=3, vocab_size=100, token=7,
+                      prefix_ids=[50, 51, 52], alphabet=[10, 11, 12])
+  assert f.min_length == 4
+  np.testing.assert_array_equal(f.tokens[:3], [50, 51, 52])
+  assert set(f.tokens[3:]) <= {10, 11, 12} and f.tokens.shape == (39,)
+  with pytest.raises(ValueError, match="alphabet"):
+    fam.make_family("repeat", 4, seed=0, vocab_size=8, alphabet=[9])
