@@ -313,3 +313,31 @@ def predicted_onset(lengths, dist_ref, absmax_ref, dtype) -> int:
   ulp = np.maximum(eps * 2.0 ** np.floor(np.log2(np.maximum(absmax, tiny))), tiny)
   below = np.asarray(dist_ref, np.float64) < ulp / 2
   return int(metrics.sustained_onset(below, np.asarray(lengths)))
+
+
+def synthetic_collapse_grid(pe: str, init_var: float, lengths, seeds, dtypes, *,
+                            d_model: int = 64, vocab: int = 1024, copy_vector: bool = True,
+                            log=print):
+  """Appendix C.3 / Figs 8 and 10: one attention layer (no MLP, one head), weights
+  N(0, init_var), a random token stream with its last token copied (``copy_vector``: the
+  copy keeps position n-1, i.e. the input vector, PE included, is copied). Runs float64
+  plus ``dtypes``; every record gains ``attn_linf``/``attn_equal``/``attn_onset``/
+  ``attn_sustained_onset`` (the last token's attention output sum_j alpha_nj v_j, the
+  quantity of Theorem B.3's proof) and ``predicted_onset`` (from the float64 run).
+  Returns (config, records)."""
+  from collapse_jax import precision as precision_lib
+  cfg = DecoderConfig(num_layers=1, d_model=d_model, num_heads=1, use_mlp=False, pe=pe,
+                      vocab_size=vocab, init_var=init_var, init="normal",
+                      max_len=int(np.max(lengths)) + 1)
+  names = ["float64"] + [d for d in dtypes if d != "float64"]
+  pols = [precision_lib.get_policy(d) for d in names]
+  recs = run_grid(cfg, pols, [1], "stream_repeat_last", lengths, list(seeds),
+                  repeat_position=copy_vector, log=log)
+  ref = {r["seed"]: r["last_layer_heads"] for r in recs if r["dtype"] == "float64"}
+  for r in recs:
+    h, base = r["last_layer_heads"], ref[r["seed"]]
+    r.update(pe=pe, attn_linf=h["linf_max"], attn_equal=h["all_heads_equal"],
+             attn_onset=h["collapse_onset"], attn_sustained_onset=h["sustained_onset"],
+             predicted_onset=predicted_onset(r["lengths"], base["linf_max"], base["absmax"],
+                                             precision_lib.get_policy(r["dtype"]).storage_dtype))
+  return cfg, recs

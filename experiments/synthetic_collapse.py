@@ -14,8 +14,7 @@ from the float64 distance and the dtype's ulp at the attention output's magnitud
 import numpy as np
 from absl import app, flags, logging
 
-import collapse_jax as cj
-from collapse_jax import families, plotting, precision, results, sweep, xla_env
+from collapse_jax import families, plotting, results, sweep, xla_env
 
 F = flags.FLAGS
 flags.DEFINE_enum("figure", "8", ["8", "10"], "8: sinusoidal PE, weights N(0,1/d); "
@@ -31,24 +30,6 @@ flags.DEFINE_enum("copy", "vector", ["vector", "token"], "vector: B_n's copied l
                   "keeps position n-1, i.e. the whole input vector (PE included) is copied, as "
                   "in C.3; token: the copy takes position n (absolute PEs then never converge)")
 flags.DEFINE_string("out", None, "output directory (default runs/synthetic-<time>)")
-
-
-def run_pe(pe, init_var, lengths, seeds, dtypes):
-  cfg = cj.DecoderConfig(num_layers=1, d_model=F.d_model, num_heads=1, use_mlp=False, pe=pe,
-                         vocab_size=F.vocab, init_var=init_var, init="normal",
-                         max_len=int(lengths[-1]) + 1)
-  pols = [precision.get_policy("float64")] + [precision.get_policy(d) for d in dtypes]
-  recs = sweep.run_grid(cfg, pols, [1], "stream_repeat_last", lengths, seeds,
-                        repeat_position=F.copy == "vector", log=logging.info)
-  ref = [r for r in recs if r["dtype"] == "float64"]
-  for r in recs:  # the compared quantity: the (single) head's attention output
-    base = ref[seeds.index(r["seed"])]["last_layer_heads"]
-    h = r["last_layer_heads"]
-    r.update(pe=pe, attn_linf=h["linf_max"], attn_equal=h["all_heads_equal"],
-             attn_onset=h["collapse_onset"], attn_sustained_onset=h["sustained_onset"])
-    r["predicted_onset"] = sweep.predicted_onset(r["lengths"], base["linf_max"], base["absmax"],
-                                                 precision.get_policy(r["dtype"]).storage_dtype)
-  return cfg, recs
 
 
 def plot(by_pe, path, title):
@@ -97,7 +78,9 @@ def main(argv):
                    (["rope", "alibi", "learned", "sinusoidal", "none"], 1.0))
   by_pe, cfgs = {}, {}
   for pe in pes:
-    cfgs[pe], by_pe[pe] = run_pe(pe, init_var, lengths, seeds, F.dtypes)
+    cfgs[pe], by_pe[pe] = sweep.synthetic_collapse_grid(
+        pe, init_var, lengths, seeds, F.dtypes, d_model=F.d_model, vocab=F.vocab,
+        copy_vector=F.copy == "vector", log=logging.info)
   results.write_json(f"{out}/results.json", {
       "experiment": "synthetic_collapse", "figure": F.figure,
       "configs": {pe: c.to_dict() for pe, c in cfgs.items()}, "flags": F.flag_values_dict(),
