@@ -27,7 +27,8 @@ class DecoderConfig:
     rope_theta: RoPE base; rope_layout 'half' (HF rotate_half) or 'interleaved' (GGUF).
     max_len: longest sequence the learned PE table (or a user's sweep) supports.
     causal: causal mask (False = bidirectional).
-    sliding_window: attend only to keys with i - j < window (None = global).
+    sliding_window: attend only to keys with |i - j| < window in positions (causal: the
+      window keys j <= i; bidirectional: both sides). None = global.
     vocab_size: > 0 for token-id input; 0 for raw-vector input ([B, N, D] floats).
     tie_embeddings: logits use the input embedding matrix transposed.
     embed_scale: multiply embeddings by sqrt(d_model) rounded to the storage dtype (Gemma).

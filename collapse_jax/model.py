@@ -179,6 +179,9 @@ class Decoder(nn.Module):
     if unknown:
       raise ValueError(f"unknown intermediates {sorted(unknown)}; valid: {COLLECTABLE}")
     B, N = inputs.shape[:2]
+    if positions is None and cache is not None:
+      raise ValueError("pass the new tokens' positions with a cache (the default 0..N-1 would "
+                       "silently mis-position RoPE/ALiBi/absolute PEs after the prefix)")
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N))
     if key_valid is None:

@@ -61,10 +61,10 @@ class Policy:
     accum_dtype: matmul accumulation dtype (``preferred_element_type``).
     compute_dtype: dtype pointwise ops (activations, RoPE rotation, residual adds,
       scaling) are computed in before they are rounded once.
-    softmax_dtype: dtype of softmax and normalisation statistics. If ``stepwise`` the
-      result of every primitive step (max, sub, exp, sum, div; mean, rsqrt, mul) is
-      rounded to it; otherwise the whole softmax/norm runs in it and only its output is
-      rounded (at ``probs``/``norm``).
+    softmax_dtype: dtype of softmax and normalisation statistics. The result of every
+      primitive step (max, sub, exp, sum, div; mean, rsqrt, mul) is rounded to it, so a
+      softmax_dtype below compute_dtype means step-by-step rounding (``stepwise``); when it
+      equals compute_dtype only the output is rounded (at ``probs``/``norm``).
     round_at: rounding points (keys of ROUNDING_POINTS) where values are rounded to
       ``storage_dtype``.
     fp8_scaling: per-tensor amax scaling at fp8 rounding points (power-of-two scale,
@@ -78,7 +78,6 @@ class Policy:
   accum_dtype: Any
   compute_dtype: Any
   softmax_dtype: Any
-  stepwise: bool = False
   round_at: frozenset = ALL_POINTS
   fp8_scaling: bool = False
   matmul_precision: Any = jax.lax.Precision.HIGHEST
@@ -91,6 +90,11 @@ class Policy:
       object.__setattr__(self, f, jnp.dtype(getattr(self, f)))
 
   # -- dtype questions -----------------------------------------------------------------
+  @property
+  def stepwise(self) -> bool:
+    """True if softmax/norm primitives are rounded step by step (softmax below compute)."""
+    return self.softmax_dtype != self.compute_dtype
+
   @property
   def is_fp8(self) -> bool:
     return self.storage_dtype in FP8_DTYPES
@@ -203,11 +207,11 @@ def quantize_scaled(x, fp8_dtype):
   return (x / s).astype(fp8_dtype).astype(x.dtype) * s
 
 
-def _preset(name, storage, *, param=None, softmax=jnp.float32, stepwise=False,
-            compute=jnp.float32, accum=jnp.float32, **kw):
+def _preset(name, storage, *, param=None, softmax=jnp.float32, compute=jnp.float32,
+            accum=jnp.float32, **kw):
   return Policy(name=name, param_dtype=param or storage, storage_dtype=storage,
                 accum_dtype=accum, compute_dtype=compute, softmax_dtype=softmax,
-                stepwise=stepwise, **kw)
+                **kw)
 
 
 PRESETS = {
@@ -215,7 +219,7 @@ PRESETS = {
                        accum=jnp.float64),
     "float32": _preset("float32", jnp.float32),
     "bfloat16": _preset("bfloat16", jnp.bfloat16),
-    "bfloat16_pure": _preset("bfloat16_pure", jnp.bfloat16, softmax=jnp.bfloat16, stepwise=True),
+    "bfloat16_pure": _preset("bfloat16_pure", jnp.bfloat16, softmax=jnp.bfloat16),
     "float16": _preset("float16", jnp.float16),
     "float8_e4m3fn": _preset("float8_e4m3fn", ml_dtypes.float8_e4m3fn),
     "float8_e5m2": _preset("float8_e5m2", ml_dtypes.float8_e5m2),

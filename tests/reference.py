@@ -20,12 +20,15 @@ What the emulator assumes about XLA:CPU's float32 arithmetic (each measured with
 
 * dots with contraction K <= 256 accumulate sequentially in contraction order, one FMA per
   term, in float32 (operands of bf16/f16/fp8 values have exact f32 products anyway);
-* jnp.sum over <= 32 elements is a sequential float32 left-to-right sum (``v*v`` inside a
-  sum is an FMA); longer sums are summed in float64 and rounded (XLA vectorises them);
+* jnp.sum over <= 32 elements is a sequential float32 left-to-right sum (exact match);
+  a sum of squares ``sum(v*v)`` matches a sequential FMA sum in ~98% of rows (1 ulp off
+  otherwise, treated as uncertainty); longer sums are summed in float64 and rounded
+  (XLA vectorises them);
 * ``a*b + c`` and ``a*b - c*d`` in one fusion are contracted to ``fma(a, b, +-(c*d))``;
 * ``x / const`` is rewritten to ``x * (1/const)`` (f32 reciprocal);
 * exp/tanh/sin/cos/rsqrt/logistic: float64 result rounded to float32 (XLA's own kernels
-  are 1-4 float32 ulp from this; these are the only *inexact* parts of the emulation).
+  are up to ~5 float32 ulps from this, see KERNEL_ULPS; with the sum of squares these are
+  the only *inexact* parts of the emulation).
 
 The emulator also records, for every rounding to storage whose pre-rounding value depends
 on one of those inexact kernels, how far the value lies from the storage dtype's rounding
@@ -34,7 +37,6 @@ explained 1-ulp disagreement from a real bug.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -45,10 +47,12 @@ F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 FP8 = (np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2))
 MLP_GLU = ("swiglu", "geglu")
 SEQ_SUM_MAX = 32  # XLA:CPU sums up to this many f32 elements sequentially (measured)
+EPS32 = 2.0 ** -23  # float32 ulp relative to the value (upper bound)
 
-# Rounding points whose pre-rounding value passes through an inexact f32 kernel
-# (transcendental) in the step that produces it.
-_INEXACT_KERNELS = ("exp", "tanh", "sin", "cos", "rsqrt", "logistic")
+# Largest |XLA:CPU f32 kernel - float64 rounded to f32| in f32 ulps of the result, with
+# margin. Measured on 4e6 random inputs each (jaxlib 0.10.2), error vs the exact value:
+# exp 1.01, tanh 4.67, sin/cos 0.56, rsqrt 1.70, logistic 2.46; ours adds <= 0.5.
+KERNEL_ULPS = {"exp": 2.0, "tanh": 6.0, "sincos": 2.0, "rsqrt": 3.0, "logistic": 4.0}
 
 
 def to_dtype(name) -> np.dtype:
@@ -111,26 +115,37 @@ class NumpyPolicy:
   Args:
     storage, param, operand, accum, compute, softmax: numpy dtypes (see precision.Policy).
     round_at: rounding points where values are rounded to ``storage``.
-    stepwise: round to ``softmax`` after each softmax/norm primitive (with the softmax dtype
-      equal to the compute dtype this is a no-op either way).
+    stepwise: the policy's flag. Every softmax/norm primitive produces a softmax-dtype
+      value (``sm``); with softmax dtype == compute dtype that is no rounding at all, and a
+      softmax run *in* a narrower softmax dtype rounds after every primitive anyway, so the
+      flag needs no separate code path.
     xla: emulate XLA:CPU's f32 evaluation order (FMA contraction, sequential dots and
       short sums, reciprocal multiply). False = plain math in the compute dtype.
-    band_ulps: half-width, in float32 ulps of the value, of the uncertainty band used for
-      ambiguity tracking (see ``rnd``).
+    kernel_ulps: per kernel, the largest distance, in float32 ulps of the kernel's output,
+      between XLA's f32 transcendental and ours (float64 rounded to f32); default
+      :data:`KERNEL_ULPS`. A float scales every entry (0 disables ambiguity tracking).
+
+  Ambiguity tracking (xla mode, storage/softmax dtype narrower than f32): an op whose
+  output passes through an inexact kernel hands ``rnd``/``sm`` an absolute uncertainty
+  band (float64, propagated from ``kernel_ulps`` through the op's own arithmetic plus 2 f32
+  ulps of the value for the roundings that follow). An element is *ambiguous* when a
+  rounding midpoint of the target dtype lies within the band: XLA may legitimately round
+  it to the other neighbour. Ambiguous elements are counted in ``ambiguity_log`` and
+  their token rows [B, N] flagged in ``ambiguous_rows`` (reset per compared segment).
   """
 
   def __init__(self, *, storage, param, operand, accum, compute, softmax, round_at,
-               stepwise=False, xla=True, band_ulps=0.0, name="numpy"):
+               stepwise=False, xla=True, kernel_ulps=1.0, name="numpy"):
     self.name = name
     self.st, self.pd, self.od = to_dtype(storage), to_dtype(param), to_dtype(operand)
     self.ad, self.cd, self.sd = to_dtype(accum), to_dtype(compute), to_dtype(softmax)
     self.round_at = frozenset(round_at)
     self.stepwise = bool(stepwise)
     self.xla = bool(xla) and self.cd == F32
-    self.band_ulps = float(band_ulps)
-    # ambiguity tracking: per token row [B, N] of the current segment
-    self.inexact = None      # float32 array of "uncertainty" in ulps carried by values
-    self.ambiguous_rows = None
+    if not isinstance(kernel_ulps, dict):
+      kernel_ulps = {k: float(kernel_ulps) * v for k, v in KERNEL_ULPS.items()}
+    self.kernel_ulps = dict(kernel_ulps)
+    self.ambiguous_rows = None  # bool [B, N] for the current segment, when tracking
     self.ambiguity_log: list[tuple[str, int, int]] = []  # (point, n_ambiguous, n_total)
 
   @classmethod
@@ -139,8 +154,8 @@ class NumpyPolicy:
                round_at=(), xla=False, name="reference_f64")
 
   @classmethod
-  def from_policy(cls, policy, band_ulps=8.0) -> "NumpyPolicy":
-    """From a collapse_jax Policy, reading only its describe() fields."""
+  def from_policy(cls, policy, kernel_ulps=1.0) -> "NumpyPolicy":
+    """From a collapse_jax Policy (or its describe() dict), reading only describe()."""
     d = policy.describe() if hasattr(policy, "describe") else dict(policy)
     if d.get("fp8_scaling"):
       raise NotImplementedError("the emulator does not implement fp8 per-tensor scaling")
@@ -148,39 +163,53 @@ class NumpyPolicy:
                operand=d["matmul_operand_dtype"], accum=d["accum_dtype"],
                compute=d["compute_dtype"], softmax=d["softmax_dtype"],
                round_at=d["round_at"], stepwise=d["softmax_stepwise_rounding"],
-               band_ulps=band_ulps, name=d["name"])
+               kernel_ulps=kernel_ulps, name=d["name"])
 
   # -- dtype handling --------------------------------------------------------------------
+  @property
+  def tracking(self) -> bool:
+    return self.xla and max(self.kernel_ulps.values()) > 0
+
   def c(self, x):
     return np.asarray(x).astype(self.cd)
 
-  def rnd(self, x, point, fuzzy=None):
+  def rnd(self, x, point, band=None, attn=False):
     """Round compute-dtype ``x`` to storage at a rounding point (no-op elsewhere).
-
-    ``fuzzy``: bool array broadcastable to x marking elements whose value came through an
-    inexact kernel (XLA's result may be a few f32 ulps away from ours). Such an element is
-    *ambiguous* when the storage rounding midpoint lies within ``band_ulps`` f32 ulps of x;
-    ambiguous elements are logged and flagged per token row (axes 0, 1 = B, N when
-    x.ndim >= 3)."""
+    ``band``: absolute uncertainty of x (see class docstring); ``attn``: x is laid out
+    [B, KV, G, N, M] instead of [B, N, ...]."""
     if point not in self.round_at:
       return x
-    out = np.asarray(x).astype(self.st)
-    if fuzzy is not None and self.band_ulps > 0 and self.st != self.cd:
-      amb = (midpoint_distance(x, self.st) <= self.band_ulps * ulp32(x)) & np.asarray(fuzzy)
-      self.ambiguity_log.append((point, int(amb.sum()), int(amb.size)))
-      if self.ambiguous_rows is not None and amb.any():
-        self.ambiguous_rows |= self._rows(amb, point)
-    return out
+    self._check(x, self.st, band, point, attn)
+    return np.asarray(x).astype(self.st)
 
-  def _rows(self, amb, point):
-    """Reduce an ambiguity mask to [B, N] token rows."""
-    if point in ("scores", "probs"):  # [B, KV, G, N, M]: query row n
-      return amb.any(axis=(1, 2, 4))
-    return amb.reshape(amb.shape[0], amb.shape[1], -1).any(-1)
-
-  def sm(self, x):
+  def sm(self, x, band=None, attn=False, what="softmax/norm step"):
     """Result of one softmax/norm primitive, in the softmax dtype."""
+    self._check(x, self.sd, band, what, attn)
     return np.asarray(x).astype(self.sd)
+
+  def _check(self, x, target, band, what, attn):
+    if band is None or not self.tracking or target.itemsize >= self.cd.itemsize:
+      return
+    amb = midpoint_distance(x, target) < band  # a zero band: exact, never ambiguous
+    self.ambiguity_log.append((what, int(amb.sum()), int(amb.size)))
+    if self.ambiguous_rows is not None and amb.any():
+      if attn:  # [B, KV, G, N, M] -> query rows [B, N]
+        rows = amb.any(axis=(1, 2, 4))
+      else:
+        rows = amb.reshape(amb.shape[0], amb.shape[1], -1).any(-1)
+      self.ambiguous_rows |= rows
+
+  def kband(self, y, name):
+    """Absolute error band of the f32 transcendental kernel ``name``'s output y."""
+    return self.kernel_ulps[name] * ulp32(y)
+
+  def krel(self, name):
+    """Relative error band of kernel ``name`` (ulps of the value <= 2^-23 of it)."""
+    return self.kernel_ulps[name] * EPS32
+
+  def slack(self, x):
+    """Two f32 ulps of x: roundings after an uncertain input may differ."""
+    return 2.0 * ulp32(x)
 
   # -- arithmetic ------------------------------------------------------------------------
   def kernel(self, fn64, x):
@@ -260,44 +289,60 @@ def alibi_slopes(h: int) -> np.ndarray:
 
 def _norm(P: NumpyPolicy, cfg, p, x, point):
   """LayerNorm (x-mu)/sqrt(var+eps)*w+b, RMSNorm x/sqrt(ms+eps)*w, Gemma x/..*(1+w).
-  Statistics in the softmax dtype (rounded after each primitive)."""
+  Statistics in the softmax dtype (every primitive's result is a softmax-dtype value)."""
   d = x.shape[-1]
   xs = P.sm(P.c(x))
   if cfg.norm == "layernorm":
     mean = P.sm(P.div_const(P.sum(xs), d))
     xs = P.sm(P.c(xs) - P.c(mean))
-  ms = P.sm(P.div_const(P.sum(xs, square=True), d))
-  inv = P.sm(P.kernel(lambda v: 1.0 / np.sqrt(v), P.c(ms) + np.asarray(cfg.norm_eps, P.cd)))
-  xn = P.c(P.sm(P.c(xs) * P.c(inv)))
+  ms = P.div_const(P.sum(xs, square=True), d)
+  rel = 2 * EPS32  # XLA's sum of squares is not always our sequential FMA order (~2%)
+  ms = P.sm(ms, band=rel * np.abs(ms.astype(F64)), what="norm: mean square")
+  if P.sd.itemsize < P.cd.itemsize:
+    rel = 0.0  # rounded to the softmax dtype: exact unless flagged ambiguous
+  inv = P.kernel(lambda v: 1.0 / np.sqrt(v), P.c(ms) + np.asarray(cfg.norm_eps, P.cd))
+  rel = 0.5 * rel + P.krel("rsqrt")
+  inv = P.sm(inv, band=rel * np.abs(inv.astype(F64)), what="norm: rsqrt")
+  if P.sd.itemsize < P.cd.itemsize:
+    rel = 0.0
+  xn = P.c(P.c(xs) * P.c(inv))
+  rel = rel + EPS32 if rel else 0.0  # exact inputs -> the same f32 product
+  xn = P.c(P.sm(xn, band=rel * np.abs(xn.astype(F64)), what="norm: x * rsqrt"))
+  if P.sd.itemsize < P.cd.itemsize:
+    rel = 0.0
   w = P.c(p["scale"])
   if cfg.norm == "gemma_rmsnorm":
-    out = xn * (np.asarray(1.0, P.cd) + w)
-  elif cfg.norm == "layernorm":
-    out = P.fma(xn, w, P.c(p["bias"]))
-  else:
-    out = xn * w
-  return P.rnd(out, point, fuzzy=True)
+    w = np.asarray(1.0, P.cd) + w
+  out = P.fma(xn, w, P.c(p["bias"])) if cfg.norm == "layernorm" else xn * w
+  band = rel * np.abs(xn.astype(F64) * w) + P.slack(out) if rel else None
+  return P.rnd(out, point, band=band)
 
 
 def _gelu_tanh(P: NumpyPolicy, x):
-  """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+  """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Returns (value, band)."""
   x = P.c(x)
   if not P.xla:
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))), None
   f = lambda v: np.asarray(v, F32)
   x3 = (x * x) * x
   inner = P.fma(f(0.044715), x3, x)
   th = P.kernel(np.tanh, f(math.sqrt(2 / math.pi)) * inner)
-  return x * (f(0.5) * (f(1.0) + th))
+  out = x * (f(0.5) * (f(1.0) + th))
+  # tanh's absolute error passes through 0.5 (1 + th) unamplified, then times |x|
+  return out, 0.5 * np.abs(x.astype(F64)) * P.kband(th, "tanh") + P.slack(out)
 
 
-def _sigmoid(P, x):
-  return P.kernel(lambda v: 1.0 / (1.0 + np.exp(-v)), x)
+def _silu(P, x):
+  """x * sigmoid(x), sigmoid = 1 / (1 + e^-x). Returns (value, band)."""
+  sig = P.kernel(lambda v: 1.0 / (1.0 + np.exp(-v)), x)
+  out = x * sig
+  return out, np.abs(out.astype(F64)) * P.krel("logistic") + P.slack(out)
 
 
 def _rope(P: NumpyPolicy, cfg, x, pos):
   """Rotate pairs (x_a, x_b) by angle pos * theta^(-2i/Dh): (a cos - b sin, b cos + a sin).
-  Pairs: 'half' = (i, i + Dh/2), 'interleaved' = (2i, 2i+1). x: [B, N, H, Dh]."""
+  Pairs: 'half' = (i, i + Dh/2), 'interleaved' = (2i, 2i+1). x: [B, N, H, Dh].
+  Returns (value, band)."""
   dh = x.shape[-1]
   inv = (cfg.rope_theta ** (-(np.arange(dh // 2, dtype=F64) * 2) / dh)).astype(P.cd)
   ang = pos.astype(P.cd)[:, :, None, None] * inv  # [B, N, 1, Dh/2]
@@ -308,9 +353,13 @@ def _rope(P: NumpyPolicy, cfg, x, pos):
     a, b = x[..., 0::2], x[..., 1::2]
   ra = P.fma(a, cos, -(b * sin))
   rb = P.fma(b, cos, a * sin)
+  err = (np.abs(a.astype(F64)) * P.kband(cos, "sincos")
+         + np.abs(b.astype(F64)) * P.kband(sin, "sincos"))
+  ea, eb = err + P.slack(ra), err + P.slack(rb)
   if cfg.rope_layout == "half":
-    return np.concatenate([ra, rb], axis=-1)
-  return np.stack([ra, rb], axis=-1).reshape(x.shape)
+    return np.concatenate([ra, rb], axis=-1), np.concatenate([ea, eb], axis=-1)
+  return (np.stack([ra, rb], axis=-1).reshape(x.shape),
+          np.stack([ea, eb], axis=-1).reshape(x.shape))
 
 
 def _sinusoidal(P: NumpyPolicy, pos, d):
@@ -322,19 +371,33 @@ def _sinusoidal(P: NumpyPolicy, pos, d):
 
 
 def _softmax(P: NumpyPolicy, scores, mask, bias):
-  """Masked softmax over the last axis, every primitive rounded to the softmax dtype;
-  masked entries get weight exactly 0 (fully masked row -> zeros)."""
+  """Masked softmax over the last axis, every primitive a softmax-dtype value; masked
+  entries get weight exactly 0 (a fully masked row gives zeros). Layout [B,KV,G,N,M]."""
+  narrow = P.sd.itemsize < P.cd.itemsize
   s = P.sm(P.c(scores))
   if bias is not None:
     s = P.sm(P.c(s) + P.c(bias))
   s = np.where(mask, s, np.asarray(ml_dtypes.finfo(P.sd).min, P.sd))
   mx = s.max(axis=-1, keepdims=True)
-  e = P.sm(P.kernel(np.exp, P.sm(P.c(s) - P.c(mx))))
+  e = P.kernel(np.exp, P.sm(P.c(s) - P.c(mx)))
+  rel = P.krel("exp")
+  e = P.sm(e, band=rel * np.abs(e.astype(F64)), attn=True, what="softmax: exp")
+  if narrow:
+    rel = 0.0
   e = np.where(mask, e, np.zeros((), P.sd))
-  tot = P.sm(P.sum(e))
+  tot = P.sum(e)
+  tot = P.sm(tot, band=(rel + EPS32) * np.abs(tot.astype(F64)) if rel else None, attn=True,
+             what="softmax: sum")
   tot = np.where(tot > 0, tot, np.ones((), P.sd))
-  p = P.sm(P.c(e) / P.c(tot))
-  return P.rnd(P.c(p), "probs", fuzzy=True)
+  if narrow:
+    rel = 0.0
+  p = P.c(e) / P.c(tot)
+  rel_p = 2 * rel + EPS32 if rel else 0.0
+  p = P.sm(p, band=rel_p * np.abs(p.astype(F64)) if rel_p else None, attn=True,
+           what="softmax: divide")
+  p = P.c(p)
+  return P.rnd(p, "probs", band=rel_p * np.abs(p.astype(F64)) + P.slack(p) if rel_p else None,
+               attn=True)
 
 
 def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach):
@@ -345,8 +408,9 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach):
   k = P.rnd(P.dot("bnd,dhk->bnhk", h, p["k"]), "qkv")
   v = P.rnd(P.dot("bnd,dhk->bnhk", h, p["v"]), "qkv")
   if cfg.pe == "rope":
-    q = P.rnd(_rope(P, cfg, P.c(q), q_pos), "rope", fuzzy=True)
-    k = P.rnd(_rope(P, cfg, P.c(k), q_pos), "rope", fuzzy=True)
+    rq, bq = _rope(P, cfg, P.c(q), q_pos)
+    rk, bk = _rope(P, cfg, P.c(k), q_pos)
+    q, k = P.rnd(rq, "rope", band=bq), P.rnd(rk, "rope", band=bk)
   k, v = teach("k", k, reset=False), teach("v", v, reset=False)
   new_kv = (k, v)
   if cache_kv is not None:
@@ -358,8 +422,9 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach):
   scores = P.rnd(P.dot("bnkgd,bmkd->bkgnm", qg, k, scale=cfg.qk_scale), "scores")
   qp, kp = q_pos[:, :, None].astype(np.int64), k_pos[:, None, :].astype(np.int64)
   mask = np.broadcast_to(k_valid[:, None, :], (B, N, M))
-  if cfg.causal:
-    mask = mask & (kp <= qp)
+  if cfg.causal:  # by sequence order (cache slots first, then the N new tokens), so a
+    # token that repeats an earlier position still cannot see the tokens after it
+    mask = mask & (np.arange(M)[None, None, :] <= (M - N + np.arange(N))[None, :, None])
   if cfg.sliding_window is not None:
     mask = mask & (np.abs(qp - kp) < cfg.sliding_window)
   bias = None
@@ -380,15 +445,14 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach):
 def _mlp(P, cfg, p, h):
   up = P.rnd(P.dot("bnd,df->bnf", h, p["up"]), "mlp_hidden")
   if cfg.mlp == "gelu":
-    act = _gelu_tanh(P, up)
+    act, band = _gelu_tanh(P, up)
   else:
     g = P.c(P.rnd(P.dot("bnd,df->bnf", h, p["gate"]), "mlp_hidden"))
-    if cfg.mlp == "swiglu":
-      fn = g * _sigmoid(P, g)
-    else:
-      fn = _gelu_tanh(P, g)
+    fn, band = (_silu if cfg.mlp == "swiglu" else _gelu_tanh)(P, g)
     act = fn * P.c(up)
-  act = P.rnd(act, "mlp_act", fuzzy=True)
+    if band is not None:
+      band = band * np.abs(P.c(up).astype(F64)) + P.slack(act)
+  act = P.rnd(act, "mlp_act", band=band)
   return P.rnd(P.dot("bnf,fd->bnd", act, p["down"]), "mlp_out")
 
 
@@ -450,7 +514,10 @@ def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, 
     x = x * s if pe is None else P.fma(x, s, pe)
   elif pe is not None:
     x = x + pe
-  v0 = P.rnd(x, "embed", fuzzy=cfg.pe == "sinusoidal")
+  band = None
+  if cfg.pe == "sinusoidal" and P.tracking:
+    band = P.kband(pe, "sincos") + P.slack(x)
+  v0 = P.rnd(x, "embed", band=band)
   v = teach("residual", v0, layer=0)
 
   if cache is not None:
@@ -501,12 +568,12 @@ def reference_forward_f64(cfg, params, inputs, **kw) -> dict:
   return run(NumpyPolicy.float64(), cfg, params, inp, **kw)
 
 
-def emulate_forward(cfg, policy, params_cast, inputs, *, band_ulps=8.0, **kw) -> dict:
+def emulate_forward(cfg, policy, params_cast, inputs, *, kernel_ulps=1.0, **kw) -> dict:
   """Step-by-step numpy emulation of ``policy`` (a collapse_jax Policy or its describe()
   dict). ``params_cast``: the parameters after ``policy.cast_params`` (numpy or JAX
   arrays). Extra keywords go to :func:`run` (positions, key_valid, cache, teacher, track).
   ``out['ambiguity_log']`` lists (point, ambiguous elements, elements) per rounding."""
-  P = NumpyPolicy.from_policy(policy, band_ulps=band_ulps)
+  P = NumpyPolicy.from_policy(policy, kernel_ulps=kernel_ulps)
   out = run(P, cfg, params_cast, inputs, **kw)
   out["ambiguity_log"] = P.ambiguity_log
   return out
@@ -518,3 +585,45 @@ def _cast_tree(tree, dtype):
   a = np.asarray(tree)
   return a.astype(dtype) if np.issubdtype(a.dtype, np.floating) or a.dtype in FP8 or (
       a.dtype == np.dtype(ml_dtypes.bfloat16)) else a
+
+
+# -- small numpy helpers shared by the tests ------------------------------------------------
+def bits(a) -> np.ndarray:
+  """Bit patterns of a float array (unsigned view of the same width)."""
+  a = np.ascontiguousarray(np.asarray(a))
+  return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def random_params(cfg, seed: int = 0) -> dict:
+  """float32 parameters in the decoder's layout (model module docstring), every weight
+  N(0, cfg.variance) as in C.3, norm scales 1 + N(0, 0.09) (Gemma: N(0, 0.09), it stores
+  w of x*(1+w)) and LayerNorm biases N(0, 0.09), so that a wrong w or b shows."""
+  rng = np.random.default_rng(seed)
+  std = math.sqrt(cfg.variance)
+  D, H, KV, Dh, F = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh, cfg.ff
+  w = lambda *shape: np.asarray(std * rng.standard_normal(shape), F32)
+
+  def norm():
+    base = 0.0 if cfg.norm == "gemma_rmsnorm" else 1.0
+    p = {"scale": np.asarray(base + 0.3 * rng.standard_normal(D), F32)}
+    if cfg.norm == "layernorm":
+      p["bias"] = np.asarray(0.3 * rng.standard_normal(D), F32)
+    return p
+  params: dict = {}
+  if cfg.vocab_size:
+    params["embed"] = {"embedding": w(cfg.vocab_size, D)}
+  if cfg.pe == "learned":
+    params["pos_embed"] = {"embedding": w(cfg.max_len, D)}
+  for l in range(cfg.num_layers):
+    layer = {"norm1": norm(), "attn": {"q": w(D, H, Dh), "k": w(D, KV, Dh), "v": w(D, KV, Dh),
+                                       "o": w(H, Dh, D)}}
+    if cfg.use_mlp:
+      layer["norm2"] = norm()
+      layer["mlp"] = {"up": w(D, F), "down": w(F, D)}
+      if cfg.mlp in MLP_GLU:
+        layer["mlp"]["gate"] = w(D, F)
+    params[f"layer_{l}"] = layer
+  params["final_norm"] = norm()
+  if cfg.vocab_size and not cfg.tie_embeddings:
+    params["lm_head"] = {"kernel": w(D, cfg.vocab_size)}
+  return params

@@ -1,0 +1,347 @@
+"""The jitted JAX decoder against an independent numpy float64 reference (tests/reference.py),
+plus causality, intermediates, KV cache and padding properties.
+
+Tolerances (measured on jaxlib 0.10.2, XLA:CPU, configs below):
+  * float64 policy vs float64 reference: max|a-b| / max|b| <= 1e-12 per output (measured
+    <= ~1e-15; the two differ only in summation order and libm vs XLA kernels).
+  * float32 policy vs float64 reference: <= 1e-5 (measured <= ~5e-7: a few f32 ulps
+    accumulated over two layers).
+  * KV-cache and padded/masked paths vs the plain pass: bitwise for bfloat16 and float16
+    (and float8_e4m3fn, not in the suite) on these small models (measured: 0 differing
+    bits); float32 / float64
+    differ in the last ulps (measured up to 2.4e-6 / 2e-15 absolute on outputs of size
+    ~4, i.e. <= ~6e-7 / ~5e-16 relative), asserted as max|a-b| / max|b| <= 2e-6 / 1e-13.
+  * attention rows: |sum_j p_ij - 1| <= eps(storage) + M * 2^-24 (stored weights are
+    within eps/2 relative of an f32 softmax).
+"""
+from __future__ import annotations
+
+import functools
+
+import collapse_jax  # noqa: F401  (applies the XLA guards before any computation)
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+
+from collapse_jax import model, precision
+from collapse_jax.config import MLP_KINDS, NORM_KINDS, PE_KINDS, DecoderConfig
+
+try:
+  import reference as R
+except ImportError:  # tests/ imported as a package
+  from tests import reference as R
+
+ALL = ("residual", "heads", "attn_weights", "kv", "logits")
+B, N = 2, 8
+
+
+def _collect(cfg):
+  return ALL if cfg.vocab_size else ALL[:-1]
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(cfg, preset, collect):
+  return jax.jit(functools.partial(model.forward, cfg, precision.get_policy(preset),
+                                   collect=collect))
+
+
+def _params(cfg, seed=0):
+  return R.random_params(cfg, seed)
+
+
+def _inputs(cfg, seed=0, b=B, n=N):
+  rng = np.random.default_rng(seed)
+  if cfg.vocab_size:
+    return rng.integers(0, cfg.vocab_size, (b, n)).astype(np.int32)
+  return rng.standard_normal((b, n, cfg.d_model)).astype(np.float32)
+
+
+def _run(cfg, preset, params, x, collect=None, **kw):
+  pol = precision.get_policy(preset)
+  if preset == "float64" and not cfg.vocab_size:
+    x = x.astype(np.float64)
+  f = _jitted(cfg, preset, tuple(collect if collect is not None else _collect(cfg)))
+  out = f(pol.cast_params(params), x, **kw)
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+# -- float64 decoder == float64 reference ---------------------------------------------------
+def _grid():
+  cases = {}
+  for i, (pe, norm) in enumerate((pe, norm) for pe in PE_KINDS for norm in NORM_KINDS):
+    cases[f"{pe}-{norm}"] = DecoderConfig(num_layers=1, d_model=16, num_heads=2, pe=pe,
+                                          norm=norm, mlp=MLP_KINDS[i % 3], max_len=32)
+  # (the grid cycles through every MLP kind; here one with a non-default width)
+  cases["swiglu-width24"] = DecoderConfig(num_layers=1, d_model=16, num_heads=2, mlp="swiglu",
+                                          mlp_dim=24)
+  extra = {
+      "gqa-rope": dict(num_heads=4, num_kv_heads=2, head_dim=4),
+      "gqa-alibi-mqa": dict(num_heads=4, num_kv_heads=1, head_dim=8, pe="alibi"),
+      "alibi-6heads": dict(d_model=24, num_heads=6, pe="alibi"),  # non-power-of-2 slopes
+      "alibi-bidirectional": dict(pe="alibi", causal=False, num_heads=4),
+      "rope-bidirectional": dict(causal=False),
+      "rope-interleaved-theta500": dict(rope_layout="interleaved", rope_theta=500.0),
+      "sliding-window": dict(sliding_window=3),
+      "sliding-window-bidirectional-alibi": dict(sliding_window=3, causal=False, pe="alibi"),
+      "head-dim-not-dividing": dict(num_heads=3, head_dim=6, query_scale=0.3),
+      "tokens-tied": dict(vocab_size=23),
+      "tokens-untied": dict(vocab_size=23, tie_embeddings=False, pe="learned", max_len=16),
+      "tokens-gemma-embed-scale": dict(vocab_size=23, embed_scale=True, norm="gemma_rmsnorm",
+                                       mlp="geglu"),
+      "embed-scale-sinusoidal-vectors": dict(embed_scale=True, pe="sinusoidal"),
+      "attention-only": dict(use_mlp=False, num_layers=3),
+  }
+  for name, kw in extra.items():
+    base = dict(num_layers=2, d_model=16, num_heads=2)
+    base.update(kw)
+    cases[name] = DecoderConfig(**base)
+  return cases
+
+
+GRID = _grid()
+
+
+@pytest.mark.parametrize("name", list(GRID))
+def test_float64_decoder_matches_float64_reference(name):
+  cfg = GRID[name]
+  params, x = _params(cfg), _inputs(cfg)
+  out = _run(cfg, "float64", params, x)
+  ref = R.reference_forward_f64(cfg, params, x)
+  assert set(out) <= set(ref)
+  for key, val in out.items():
+    assert val.dtype == np.float64 and val.shape == ref[key].shape, key
+    assert _rel_err(val, ref[key]) <= 1e-12, (key, _rel_err(val, ref[key]))
+
+
+def test_float64_padding_positions_and_cache_match_reference():
+  """key_valid, explicit (offset) positions and a KV cache, all in one reference check."""
+  cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=4, num_kv_heads=2, head_dim=4,
+                      pe="alibi", causal=False, sliding_window=4)
+  params, x = _params(cfg, 1), _inputs(cfg, 1, n=6)
+  pos = np.broadcast_to(np.arange(5, 11, dtype=np.int32), (B, 6))
+  valid = np.ones((B, 6), bool)
+  valid[1, 4:] = False
+  rng = np.random.default_rng(3)
+  cache = {"k": rng.standard_normal((2, B, 5, 2, 4)), "v": rng.standard_normal((2, B, 5, 2, 4)),
+           "pos": np.broadcast_to(np.arange(5, dtype=np.int32), (B, 5)),
+           "valid": np.array([[True] * 5, [False, True, True, True, True]])}
+  out = _run(cfg, "float64", params, x, positions=pos, key_valid=valid, cache=cache)
+  ref = R.reference_forward_f64(cfg, params, x, positions=pos, key_valid=valid, cache=cache)
+  for key, val in out.items():
+    assert _rel_err(val, ref[key]) <= 1e-12, (key, _rel_err(val, ref[key]))
+  assert out["attn_weights"].shape == (2, B, 4, 6, 11)
+  assert np.all(out["attn_weights"][:, 1, :, :, 0] == 0)  # invalid cache key
+  assert np.all(out["attn_weights"][:, 1, :, :, 9:] == 0)  # padded new keys
+
+
+def test_float64_causal_cache_with_repeated_positions_matches_reference():
+  """Causality is by sequence order (cache slots first): a token repeating an earlier
+  position (a copy) still cannot see the tokens after it; RoPE/ALiBi/window use positions."""
+  for pe in ("rope", "alibi"):
+    cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=2, pe=pe, sliding_window=4)
+    params, x = _params(cfg, 2), _inputs(cfg, 2, n=5)
+    pos = np.array([[4, 5, 5, 6, 2], [3, 4, 5, 6, 7]], np.int32)
+    rng = np.random.default_rng(4)
+    cache = {"k": rng.standard_normal((2, B, 4, 2, 8)), "v": rng.standard_normal((2, B, 4, 2, 8)),
+             "pos": np.array([[0, 1, 2, 3], [0, 1, 2, 2]], np.int32),
+             "valid": np.array([[True, True, False, True], [True] * 4])}
+    out = _run(cfg, "float64", params, x, positions=pos, cache=cache)
+    ref = R.reference_forward_f64(cfg, params, x, positions=pos, cache=cache)
+    for key, val in out.items():
+      assert _rel_err(val, ref[key]) <= 1e-12, (pe, key, _rel_err(val, ref[key]))
+    p = out["attn_weights"]  # [L, B, H, 5, 9]
+    n, m = np.indices((5, 9))
+    assert np.all(p[..., m > n + 4] == 0.0)
+    assert np.all(p[:, 0, :, :, 2] == 0.0)
+
+
+@pytest.mark.parametrize("name", ["rope-layernorm", "alibi-rmsnorm", "tokens-untied",
+                                  "sinusoidal-gemma_rmsnorm", "gqa-rope"])
+def test_float32_decoder_close_to_float64_reference(name):
+  cfg = GRID[name]
+  params, x = _params(cfg), _inputs(cfg)
+  out = _run(cfg, "float32", params, x)
+  ref = R.reference_forward_f64(cfg, params, x)
+  for key, val in out.items():
+    assert val.dtype == np.float32
+    assert _rel_err(val, ref[key]) <= 1e-5, (key, _rel_err(val, ref[key]))
+
+
+@pytest.mark.parametrize("cfg", [
+    DecoderConfig(num_layers=2, d_model=16, num_heads=2, vocab_size=9, tie_embeddings=False,
+                  pe="learned", max_len=8, mlp="swiglu"),
+    DecoderConfig(num_layers=1, d_model=16, num_heads=4, num_kv_heads=2, norm="rmsnorm",
+                  use_mlp=False),
+], ids=["tokens-untied-learned-swiglu", "gqa-rmsnorm-no-mlp"])
+def test_random_params_have_the_model_layout(cfg):
+  """The numpy parameter tree the tests use is exactly model.init_params' tree."""
+  shapes = lambda t: jax.tree_util.tree_map(lambda a: (tuple(a.shape), np.dtype(a.dtype)), t)
+  expect = jax.eval_shape(lambda k: model.init_params(cfg, k), jax.random.PRNGKey(0))
+  assert shapes(R.random_params(cfg)) == shapes(expect)
+
+
+def test_reference_detects_a_wrong_model():
+  """The comparison can fail: the reference of a neighbouring config is far away."""
+  cfg = GRID["rope-layernorm"]
+  params, x = _params(cfg), _inputs(cfg)
+  out = _run(cfg, "float64", params, x)
+  for wrong in (cfg.replace(rope_layout="interleaved"), cfg.replace(norm_eps=1e-3),
+                cfg.replace(mlp="geglu") if cfg.mlp == "swiglu" else cfg.replace(mlp="swiglu"),
+                cfg.replace(causal=False)):
+    try:
+      ref = R.reference_forward_f64(wrong, params, x)
+    except KeyError:  # e.g. swiglu reference needs a gate matrix the model lacks
+      continue
+    assert _rel_err(out["y"], ref["y"]) > 1e-6, wrong
+
+
+# -- causality / locality via gradients ---------------------------------------------------
+def _jacobian_blocks(cfg, n=8):
+  """|d y_i / d x_j| summed over features: [n, n] (float32 policy, jit(jacrev))."""
+  pol = precision.get_policy("float32")
+  params = pol.cast_params(_params(cfg))
+  x = _inputs(cfg, 2, b=1, n=n)[0]
+  f = lambda v: model.forward(cfg, pol, params, v[None])["y"][0]
+  jac = np.asarray(jax.jit(jax.jacrev(f))(x))  # [n, D, n, D]
+  return np.abs(jac).sum(axis=(1, 3))
+
+
+def test_causal_gradients_exactly_zero_for_future_inputs():
+  g = _jacobian_blocks(DecoderConfig(num_layers=2, d_model=16, num_heads=2, pe="alibi"))
+  i, j = np.indices(g.shape)
+  assert np.all(g[j > i] == 0.0)
+  assert np.all(g[j <= i] > 0.0)
+
+
+def test_bidirectional_gradients_nonzero_everywhere():
+  g = _jacobian_blocks(DecoderConfig(num_layers=2, d_model=16, num_heads=2, causal=False))
+  assert np.all(g > 0.0)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_sliding_window_gradients(causal):
+  w = 3
+  cfg = DecoderConfig(num_layers=1, d_model=16, num_heads=2, sliding_window=w, causal=causal)
+  g = _jacobian_blocks(cfg)
+  i, j = np.indices(g.shape)
+  inside = (np.abs(i - j) < w) & ((j <= i) if causal else True)
+  assert np.all(g[~inside] == 0.0)
+  assert np.all(g[inside] > 0.0)
+  if causal:  # two layers: the receptive field grows to 2 (w - 1)
+    g2 = _jacobian_blocks(cfg.replace(num_layers=2))
+    inside2 = (i - j <= 2 * (w - 1)) & (j <= i)
+    assert np.all(g2[~inside2] == 0.0)
+    assert np.all(g2[inside2] > 0.0)
+
+
+# -- intermediates ----------------------------------------------------------------------------
+PRESETS = ["float32", "bfloat16", "float16"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_residual0_is_rounded_embedding_and_y_is_normalised_residual(preset):
+  pol = precision.get_policy(preset)
+  st = np.dtype(pol.storage_dtype)
+  # vector input + learned PE: v0 = round(x + P[pos]); token input: v0 = E[ids]
+  cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=2, pe="learned", max_len=16,
+                      norm="rmsnorm")
+  params, x = _params(cfg), _inputs(cfg)
+  out = _run(cfg, preset, params, x)
+  pc = R._as_numpy_tree(pol.cast_params(params))
+  expect = (x + pc["pos_embed"]["embedding"][:N].astype(np.float32)).astype(st)
+  assert out["residual"].dtype == st
+  assert np.array_equal(R.bits(out["residual"][0]), R.bits(expect))
+  tcfg = DecoderConfig(num_layers=1, d_model=16, num_heads=2, vocab_size=11)
+  tparams = _params(tcfg)
+  ids = _inputs(tcfg)
+  tout = _run(tcfg, preset, tparams, ids)
+  table = R._as_numpy_tree(pol.cast_params(tparams))["embed"]["embedding"]
+  assert np.array_equal(R.bits(tout["residual"][0]), R.bits(table[ids].astype(st)))
+  # y = final_norm(residual[-1]): bit for bit with the emulator's norm (float32: its
+  # rsqrt is XLA's, a few ulps from the emulator's float64-rounded one)
+  P = R.NumpyPolicy.from_policy(pol)
+  y = R._norm(P, cfg, pc["final_norm"], out["residual"][-1], "final_norm")
+  if preset == "float32":
+    assert _rel_err(out["y"], y) <= 1e-6
+  else:
+    assert np.array_equal(R.bits(out["y"]), R.bits(y)), preset
+  # ... and close to the float64 RMSNorm of the stored residual
+  v = out["residual"][-1].astype(np.float64)
+  y64 = v / np.sqrt(np.mean(v * v, -1, keepdims=True) + cfg.norm_eps) * pc["final_norm"][
+      "scale"].astype(np.float64)
+  # per element: storage rounding (eps/2) + a few f32 ulps of the f32 norm
+  eps = float(ml_dtypes.finfo(st).eps)
+  rel = np.abs(out["y"].astype(np.float64) - y64) / np.abs(y64)
+  assert np.max(rel) <= eps / 2 + 8 * 2.0 ** -24
+
+
+@pytest.mark.parametrize("preset", PRESETS + ["float8_e4m3fn", "bfloat16_pure"])
+def test_attention_rows_sum_to_one(preset):
+  cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=2, pe="alibi", causal=False,
+                      sliding_window=5)
+  params, x = _params(cfg), _inputs(cfg, n=12)
+  valid = np.ones((B, 12), bool)
+  valid[1, 9:] = False
+  out = _run(cfg, preset, params, x, key_valid=valid)
+  p = out["attn_weights"].astype(np.float64)  # [L, B, H, N, M]
+  # each stored weight is within eps/2 relative of the f32 softmax, whose row sums to 1
+  # within a few f32 ulps per term: |sum - 1| <= eps_storage + M * eps_f32 / 2
+  eps = float(ml_dtypes.finfo(out["attn_weights"].dtype).eps)
+  assert np.max(np.abs(p.sum(-1) - 1.0)) <= eps + 12 * 2.0 ** -24
+  assert np.all(p[:, 1, :, :, 9:] == 0.0)
+  i, j = np.indices((12, 12))
+  assert np.all(p[..., np.abs(i - j) >= 5] == 0.0)
+  assert np.all(p >= 0.0)
+
+
+# max |a - b| / max |b| allowed between two paths (0: bitwise)
+PATH_TOL = {"bfloat16": 0.0, "float16": 0.0, "float32": 2e-6, "float64": 1e-13}
+
+
+def _assert_same(a, b, preset, key):
+  tol = PATH_TOL[preset]
+  if tol == 0.0:
+    assert np.array_equal(R.bits(a), R.bits(b)), (key, int((R.bits(a) != R.bits(b)).sum()))
+  else:
+    assert _rel_err(a, b) <= tol, (key, _rel_err(a, b))
+
+
+@pytest.mark.parametrize("preset,pe", [("float64", "rope"), ("float32", "rope"),
+                                       ("bfloat16", "rope"), ("float16", "rope"),
+                                       ("bfloat16", "alibi")])
+def test_kv_cache_matches_full_pass(preset, pe):
+  cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=4, num_kv_heads=2, head_dim=4,
+                      pe=pe, mlp="swiglu")
+  params, x = _params(cfg), _inputs(cfg, n=12)
+  full = _run(cfg, preset, params, x)
+  pre = _run(cfg, preset, params, x[:, :5], collect=("kv",))
+  pos = lambda a, b: np.broadcast_to(np.arange(a, b, dtype=np.int32), (B, b - a))
+  cache = {"k": pre["k"], "v": pre["v"], "pos": pos(0, 5), "valid": np.ones((B, 5), bool)}
+  suf = _run(cfg, preset, params, x[:, 5:], positions=pos(5, 12), cache=cache)
+  assert np.array_equal(R.bits(pre["k"]), R.bits(full["k"][:, :, :5]))
+  for key, sl in (("y", np.s_[:, 5:]), ("residual", np.s_[:, :, 5:]),
+                  ("heads", np.s_[:, :, 5:]), ("attn_weights", np.s_[:, :, :, 5:])):
+    _assert_same(suf[key], full[key][sl], preset, key)
+
+
+@pytest.mark.parametrize("preset,causal", [("float64", False), ("float32", False),
+                                           ("bfloat16", False), ("float16", False),
+                                           ("bfloat16", True)])
+def test_padded_pass_matches_exact_length(preset, causal):
+  cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=2, pe="rope", causal=causal,
+                      mlp="swiglu")
+  params, x = _params(cfg), _inputs(cfg, n=12)
+  valid = np.ones((B, 12), bool)
+  valid[:, 9:] = False
+  pad = _run(cfg, preset, params, x, key_valid=valid)
+  exact = _run(cfg, preset, params, x[:, :9])
+  for key, sl in (("y", np.s_[:, :9]), ("residual", np.s_[:, :, :9]),
+                  ("attn_weights", np.s_[:, :, :, :9, :9])):
+    _assert_same(pad[key][sl], exact[key], preset, key)
+  assert np.all(pad["attn_weights"][..., 9:] == 0.0)
