@@ -101,17 +101,21 @@ def parse_lengths(spec: str, max_len: int | None = None) -> np.ndarray:
   try:
     if spec.startswith("log:"):
       _, a, b, k = spec.split(":")
+      if int(k) < 1 or int(a) < 1 or int(b) < int(a):
+        raise ValueError("need 1 <= a <= b and count >= 1")
       grid = np.unique(np.round(np.geomspace(int(a), int(b), int(k))).astype(np.int64))
     elif ":" in spec:
       parts = [int(p) for p in spec.split(":")]
       a, b = parts[0], parts[1]
       step = parts[2] if len(parts) > 2 else 1
+      if step < 1 or len(parts) > 3:
+        raise ValueError("step must be >= 1")
       grid = np.arange(a, b + 1, step, dtype=np.int64)
     else:
       grid = np.unique(np.asarray([int(p) for p in spec.split(",") if p], np.int64))
   except ValueError as e:
-    raise ValueError(f"bad length grid {spec!r}: use 'a:b', 'a:b:step', 'log:a:b:count' "
-                     "or a comma list") from e
+    raise ValueError(f"bad length grid {spec!r} ({e}): use 'a:b', 'a:b:step', "
+                     "'log:a:b:count' or a comma list") from e
   if grid.size == 0 or grid[0] < 1:
     raise ValueError(f"length grid {spec!r} must be non-empty with every n >= 1")
   if max_len is not None:

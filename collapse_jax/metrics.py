@@ -3,9 +3,9 @@
 Conventions
   * Vectors live on the last axis: ``x[..., D]``; reducing metrics return ``[...]``.
   * ``bitwise_equal`` compares bit patterns of same-dtype arrays: ``-0.0`` and ``+0.0``
-    are DIFFERENT (distinct bit patterns) unless ``signed_zeros_equal=True``; any NaN is
-    never equal to anything, itself included (a NaN means the computation failed, not that
-    two inputs collapsed).
+    are DIFFERENT (distinct bit patterns) unless ``signed_zeros_equal=True``; a non-finite
+    value (NaN or +-inf) is never equal to anything, itself included: it means the
+    computation overflowed or failed, not that two inputs collapsed.
   * ``ulp_distance`` counts representable values between x and y in their own dtype
     (bf16, f16, fp8 e4m3fn/e5m2, f32, f64): ``+0.0``/``-0.0`` are 0 apart, and a NaN in
     either gives ``ulp_max(dtype)`` (the unsigned max of the dtype's width).
@@ -37,12 +37,12 @@ def _check_same_dtype(x, y):
 
 
 def bitwise_equal_elementwise(x, y, *, signed_zeros_equal: bool = False):
-  """Elementwise bit-pattern equality (NaN never equal). Shapes broadcast; bool."""
+  """Elementwise bit-pattern equality (NaN/inf never equal). Shapes broadcast; bool."""
   x, y = _check_same_dtype(x, y)
   eq = _bits(x) == _bits(y)
   if signed_zeros_equal:
     eq = eq | ((x == 0) & (y == 0))
-  return eq & ~jnp.isnan(x) & ~jnp.isnan(y)
+  return eq & jnp.isfinite(x) & jnp.isfinite(y)
 
 
 def bitwise_equal(x, y, axis=-1, *, signed_zeros_equal: bool = False):
@@ -148,7 +148,9 @@ def softmax_last_weight(scores, axis=-1, where=None):
 
 def ulp_of(x):
   """Spacing of the dtype at |x| (distance to the next larger-magnitude value), in f64
-  for f64 else f32. Useful to predict collapse: distance < ulp/2 rounds away."""
+  for f64 else f32. Useful to predict collapse: distance < ulp/2 rounds away. At the
+  dtype's largest finite value the next value is inf (or NaN for e4m3fn), so the result
+  there is inf/NaN."""
   x = jnp.asarray(x)
   dt = _dist_dtype(x)
   u = _bits(jnp.abs(x))

@@ -113,7 +113,15 @@ class Attention(nn.Module):
       bias = positional.alibi_bias(q_pos_BN, k_pos_BM, H, cfg.causal, pol.compute_dtype)
       bias = bias.reshape(B, KV, G, N, -1)
     probs = pol.softmax(scores, mask_BNM[:, None, None], bias)  # [B, KV, G, N, M]
-    heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v), "heads").reshape(B, N, H, Dh)
+    # A non-finite value (overflow) in a key the row cannot see must not leak into it via
+    # 0 * inf = NaN: zero bad values for the dot, then mark NaN only the rows that attend
+    # to a bad key. Identity (same bits) when every value is finite.
+    bad_BMK = ~jnp.all(jnp.isfinite(v), axis=-1)  # [B, M, KV]
+    v_safe = jnp.where(jnp.isfinite(v), v, jnp.zeros((), v.dtype))
+    heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v_safe), "heads")  # [B,N,KV,G,Dh]
+    sees_bad_BNK = jnp.any(mask_BNM[:, :, :, None] & bad_BMK[:, None, :, :], axis=2)
+    heads = jnp.where(sees_bad_BNK[:, :, :, None, None], jnp.asarray(jnp.nan, heads.dtype), heads)
+    heads = heads.reshape(B, N, H, Dh)
     out = pol.round(pol.dot("bnhk,hkd->bnd", heads, wo), "attn_out")
     return out, heads, probs.reshape(B, H, N, -1), new_kv
 

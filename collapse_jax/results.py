@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from collapse_jax import xla_env
+
 
 def make_run_dir(out: str | None, prefix: str) -> str:
   """``out`` if given (must not hold results already), else ``runs/<prefix>-<UTC stamp>``.
@@ -49,6 +51,7 @@ def environment() -> dict:
       "process_count": jax.process_count(),
       "platform": platform.platform(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "xla_guards_in_force": xla_env.guards_in_force(),
       "jax_enable_x64": bool(jax.config.jax_enable_x64),
       "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
@@ -85,6 +88,7 @@ def _atomic_write(path: str, text: str) -> None:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -146,6 +146,9 @@ def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, shared_prefix: b
   lengths_S) -> metrics with a leading seed axis B. Lengths, tokens and seeds are data."""
   if engine not in ENGINES:
     raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+  if not cfg.causal:
+    raise ValueError("the sweep engines read A_n's last token from B_n's causal pass; a "
+                     "bidirectional model (causal=False) needs separate exact-length forwards")
   if engine == "causal" and not shared_prefix:
     raise ValueError("the 'causal' engine needs a prefix family (repeat, prefix_repeat); "
                      "use 'kv_cache' or 'masked' for stream_repeat_last")

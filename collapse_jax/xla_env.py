@@ -27,6 +27,7 @@ GUARD_FLAGS = (
 )
 
 _applied: dict[str, str] = {}
+_applied_after_backend_start = False
 
 
 def _jaxlib_binaries() -> list[str]:
@@ -71,7 +72,9 @@ def apply_guards() -> dict[str, str]:
     flags = (flags + f" --{name}={value}").strip()
     added[name] = value
   if added:
+    global _applied_after_backend_start
     if _backend_started():
+      _applied_after_backend_start = True
       warnings.warn(
           "collapse_jax was imported after JAX started a backend; its XLA guard flags "
           f"{sorted(added)} cannot take effect in this process. Import collapse_jax (or set "
@@ -81,8 +84,10 @@ def apply_guards() -> dict[str, str]:
   return added
 
 
-def xla_flags_in_force() -> str:
-  return os.environ.get("XLA_FLAGS", "")
+def guards_in_force() -> bool:
+  """False if collapse_jax appended its guard flags after a JAX backend had started (they
+  then do not apply to this process); True otherwise."""
+  return not _applied_after_backend_start
 
 
 def enable_x64() -> None:

@@ -38,13 +38,14 @@ flags.DEFINE_string("out", None, "output directory (default runs/sweep-<UTC time
 flags.DEFINE_bool("plot", True, "write collapse.png")
 
 
-def main(argv):
-  del argv
+def _setup():
+  """Flags -> (policies, heads, config, length grid); raises ValueError on bad flags."""
   names = precision.preset_names() if F.dtype == "all" else F.dtype.split(",")
-  if any(precision.get_policy(n).needs_x64 for n in names):
-    xla_env.enable_x64()
-  policies = [precision.get_policy(n, fp8_scaling=F.fp8_scaling if precision.get_policy(n).is_fp8 else None)
-              for n in names]
+  pols = [precision.get_policy(n) for n in names]
+  if F.fp8_scaling and not any(p.is_fp8 for p in pols):
+    raise ValueError("--fp8_scaling applies to fp8 presets only; none selected")
+  policies = [precision.get_policy(p.name, fp8_scaling=F.fp8_scaling) if p.is_fp8 else p
+              for p in pols]
   heads = [int(h) for h in F.heads]
   cfg = cj.DecoderConfig(num_layers=F.layers, d_model=F.d_model, num_heads=heads[0], pe=F.pe,
                          norm=F.norm, mlp=F.mlp, vocab_size=F.vocab, max_len=F.max_len + 1)
@@ -52,13 +53,29 @@ def main(argv):
     cfg.replace(num_heads=h)  # validates: heads must divide d_model
   grid = families.parse_lengths(F.lengths or f"1:{F.max_len}")
   if grid[-1] > F.max_len:
-    raise app.UsageError(
+    raise ValueError(
         f"--lengths reaches n={grid[-1]}, beyond --max_len={F.max_len}" +
         (" (it exceeds the learned PE table, which holds max_len+1 positions)"
          if F.pe == "learned" else ""))
   if F.family == "prefix_repeat":
     start = (len(F.prefix_ids) if F.prefix_ids else F.prefix_len) + 1
+    dropped = grid[grid < start]
     grid = grid[grid >= start]
+    if grid.size == 0:
+      raise ValueError(f"no swept n >= {start} (prefix_repeat needs n > prefix length)")
+    if dropped.size:
+      logging.warning("prefix_repeat: dropped n < %d from the grid (n must exceed the prefix)", start)
+  return policies, heads, cfg, grid
+
+
+def main(argv):
+  del argv
+  try:
+    policies, heads, cfg, grid = _setup()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if any(p.needs_x64 for p in policies):
+    xla_env.enable_x64()
   out = results.make_run_dir(F.out, "sweep")
   logging.info("precision sweep -> %s", out)
   records = sweep.run_grid(cfg, policies, heads, F.family, grid, [int(s) for s in F.seeds],

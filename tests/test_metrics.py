@@ -47,6 +47,9 @@ def test_signed_zero_and_nan_conventions(dtype):
   assert not bool(metrics.bitwise_equal(z, nz, axis=None))
   assert bool(metrics.bitwise_equal(z, nz, axis=None, signed_zeros_equal=True))
   assert not bool(metrics.bitwise_equal(nan, nan, axis=None))  # identical NaN bits: never equal
+  if ml_dtypes.finfo(dtype).max < np.inf and np.isinf(np.asarray(np.inf, dtype).astype(np.float64)):
+    inf = jnp.asarray(np.inf, dtype)
+    assert not bool(metrics.bitwise_equal(inf, inf, axis=None))  # overflow: never "collapsed"
   assert bool(metrics.bitwise_equal(one, one, axis=None))
   assert int(metrics.ulp_distance(z, nz)) == 0
   assert int(metrics.ulp_distance(nan, one)) == metrics.ulp_max(dtype)
