@@ -96,9 +96,12 @@ def _atomic_write(path: str, text: str) -> None:
     raise
 
 
-def write_json(path: str, data: Any) -> None:
-  """Atomic JSON write (temp file in the same directory + rename)."""
-  _atomic_write(path, json.dumps(to_jsonable(data), indent=1) + "\n")
+def write_json(path: str, data: Any, *, compact: bool = False) -> None:
+  """Atomic JSON write (temp file in the same directory + rename). ``compact``: no
+  indentation (large per-n arrays would otherwise put every number on its own line)."""
+  text = (json.dumps(to_jsonable(data), separators=(",", ":")) if compact
+          else json.dumps(to_jsonable(data), indent=1))
+  _atomic_write(path, text + "\n")
 
 
 def write_csv(path: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:

@@ -184,12 +184,14 @@ def seed_mesh(num_seeds: int):
 
 def run_sweep(cfg: DecoderConfig, pol: Policy, params_B, tokens_BT, token: int, lengths,
               *, engine: str, shared_prefix: bool, chunk: int = 32,
-              repeat_position: bool = False, rows=None) -> dict:
+              repeat_position: bool = False, rows=None, total: int | None = None) -> dict:
   """Run one compiled sweep for a stack of seeds. params_B: policy-cast params with a
   leading seed axis; tokens_BT: int [B, T]. ``repeat_position``: B_n's copied last token
   keeps position n-1 (the whole token representation, PE included, is copied, as in C.3)
   instead of taking position n. ``rows`` (causal engine only): int [2, S] rows of the one
-  pass to compare (default: n-1 and n). Returns numpy metrics with leading axis B."""
+  pass to compare (default: n-1 and n). ``total``: pad the pass to at least this many
+  tokens, so runs with different grids share one compiled program (tokens_BT must be that
+  long). Returns numpy metrics with leading axis B."""
   pol.check_available()
   lengths = np.asarray(lengths, np.int32)
   if rows is None:
@@ -197,7 +199,7 @@ def run_sweep(cfg: DecoderConfig, pol: Policy, params_B, tokens_BT, token: int, 
   elif engine != "causal":
     raise ValueError("explicit rows need the 'causal' engine")
   rows = np.asarray(rows, np.int32)
-  total = int(max(lengths[-1] + 1, rows.max() + 1))
+  total = int(max(lengths[-1] + 1, rows.max() + 1, total or 0))
   if shared_prefix and tokens_BT.shape[1] < total:
     raise ValueError(f"shared sequence has {tokens_BT.shape[1]} tokens; need {total}")
   prog = sweep_program(cfg, pol, engine, shared_prefix, total, int(min(chunk, lengths.size)),

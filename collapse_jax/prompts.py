@@ -1,0 +1,246 @@
+"""The four prompt settings of the paper's Figure 5 as TOKEN pairs (A_n, B_n) for SmolLM2.
+
+Built with the GGUF tokenizer and SmolLM2-Instruct's chat template
+(:mod:`collapse_jax.checkpoints.tokenizer`). The user turn is ``"{question} {digits}"``:
+
+    <|im_start|>system\\n{default system prompt}<|im_end|>\\n<|im_start|>user\\n{question} {digits}
+    <|im_end|>\\n<|im_start|>assistant\\n
+
+Tokenization (checked by :func:`check_tokenization` and tests/test_real_model.py):
+  * SmolLM2's 'smollm' pre-tokenizer splits every digit on its own, so n digits are n tokens
+    ('1' is id 33, '0'..'9' are ids 32..41), and the space before the digits is its own token
+    ('Ġ', id 216). A comma is its own token (',' id 28) and never merges with a digit.
+  * The digits are followed by the fixed suffix ``<|im_end|> \\n <|im_start|> ass istant \\n``
+    (6 tokens). Tokenizing the whole chat text gives exactly ``prefix + digits + suffix``.
+
+The compared representation is the LAST DIGIT TOKEN of A_n and of B_n (``position='digit'``,
+the default): this is Theorem 4.2 / B.3's setting (two sequences that differ by a repeated
+last token, compared at their last token), and it lets prefix pairs share one causal pass.
+The end of the chat turn (``position='turn_end'``: the final ``\\n`` after ``assistant``, the
+token whose output predicts the answer) is available for exact-length forwards only: there
+A_n and B_n differ in the middle of the sequence, not at the last token.
+
+Settings (n = number of DIGIT tokens in A_n; commas are not counted):
+  (a) count ones:   A_n = prompt + 1^n,                  B_n = prompt + 1^(n+1).
+  (b) count digits: A_n = prompt + x_1..x_{n-1} 1,       B_n = prompt + x_1..x_{n-1} 1 1,
+      x_i uniform over '0'..'9' (seeded; the same x_1.. for every n). Theorem B.3's pair.
+  (c) copy ones:    as (a) with the copy question.
+  (d) copy ones with commas every third digit, grouped FROM THE LEFT ('111,111,1'), so that
+      the n-digit string is a prefix of the (n+1)-digit string: A_n = prompt + g(n),
+      B_n = prompt + g(n+1) where g(n) is n ones with ',' after every third one (no trailing
+      comma). For n % 3 == 0, B_n = A_n + ',' '1' (two extra tokens), else A_n + '1'.
+      (Thousands-style grouping from the right, '1,111', is not prefix-consistent: A_n would
+      not be a prefix of B_n and no single pass could hold both.)
+
+Exactness of the one-pass formulations:
+  * (a), (c), (d): A_n is a prefix of B_n, and every B_n is a prefix of ONE sequence
+    (``one_pass_tokens``): one causal pass holds A_n's last digit at row ``rows[0]`` and B_n's
+    at ``rows[1]``. Mathematically exact (causal attention); bits can differ from an
+    exact-length forward because XLA's blocking depends on the shape.
+  * (b): A_n is a prefix of B_n, but A_{n+1} = ... x_n 1 is NOT a prefix of B_n = ... 1 1 when
+    x_n != 1, so there is no single sequence. The kv_cache sweep engine runs one pass over
+    the stream ``prompt + x_1..x_{N-1}`` and then, per n, the two tokens [1, 1] at positions
+    [P+n-1, P+n] attending to the first P+n-1 cached keys (family length = P + n).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+SETTINGS = ("a", "b", "c", "d")
+COUNT_QUESTION = "How many ones are in the following sequences?"
+COPY_QUESTION = "Can you copy the following number?"
+_MARK = "\x00DIGITS\x00"
+
+_SPEC = {
+    "a": dict(question=COUNT_QUESTION, random_digits=False, commas=False,
+              title="(a) count: ones",
+              pair="A_n = prompt + 1^n vs B_n = prompt + 1^(n+1)"),
+    "b": dict(question=COUNT_QUESTION, random_digits=True, commas=False,
+              title="(b) count: random digits",
+              pair="A_n = prompt + x_1..x_{n-1} 1 vs B_n = prompt + x_1..x_{n-1} 1 1 (x uniform 0-9)"),
+    "c": dict(question=COPY_QUESTION, random_digits=False, commas=False,
+              title="(c) copy: ones",
+              pair="A_n = prompt + 1^n vs B_n = prompt + 1^(n+1)"),
+    "d": dict(question=COPY_QUESTION, random_digits=False, commas=True,
+              title="(d) copy: ones with commas",
+              pair="A_n = prompt + g(n) vs B_n = prompt + g(n+1), g = n ones, ',' after every 3rd"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSetting:
+  """One Figure-5 setting as token ids.
+
+  Attributes:
+    key: 'a'..'d'. title / pair: human-readable panel title and pair definition.
+    question: the user question (the digits follow after one space).
+    prefix_ids: chat template up to and including the space token before the digits.
+    suffix_ids: the tokens after the digits (end of user turn + assistant header).
+    one_id / comma_id: ids of '1' and ','. digit_ids: ids of '0'..'9'.
+    random_digits: setting (b). commas: setting (d). seed: digit seed for (b).
+    digit_stream: (b) only: the seeded digits x_1..x_K (ids), shared by every n.
+  """
+  key: str
+  title: str
+  pair: str
+  question: str
+  prefix_ids: tuple
+  suffix_ids: tuple
+  one_id: int
+  comma_id: int
+  digit_ids: tuple
+  random_digits: bool
+  commas: bool
+  seed: int
+  digit_stream: tuple = ()
+
+  # -- definitions -------------------------------------------------------------------------
+  @property
+  def one_pass(self) -> bool:
+    """True when every (A_n, B_n) lives in one causal pass (settings a, c, d)."""
+    return not self.random_digits
+
+  @property
+  def prefix_len(self) -> int:
+    return len(self.prefix_ids)
+
+  def digits(self, n: int, *, b_side: bool = False) -> np.ndarray:
+    """Token ids after the prompt of A_n (``b_side``: of B_n), up to its last digit."""
+    if n < 1:
+      raise ValueError(f"n must be >= 1, got {n}")
+    if self.random_digits:
+      if n - 1 > len(self.digit_stream):
+        raise ValueError(f"setting (b) was built for n <= {len(self.digit_stream) + 1}")
+      tail = [self.one_id] * (2 if b_side else 1)
+      return np.asarray(list(self.digit_stream[:n - 1]) + tail, np.int32)
+    m = n + 1 if b_side else n
+    if not self.commas:
+      return np.full(m, self.one_id, np.int32)
+    out = []
+    for i in range(m):
+      if i and i % 3 == 0:
+        out.append(self.comma_id)
+      out.append(self.one_id)
+    return np.asarray(out, np.int32)
+
+  def pair_tokens(self, n: int, position: str = "digit") -> tuple[np.ndarray, np.ndarray]:
+    """(A_n, B_n) token ids. ``position='digit'``: the sequences end at their last digit (the
+    compared token); ``'turn_end'``: the chat suffix follows (compared token: its last)."""
+    if position not in ("digit", "turn_end"):
+      raise ValueError(f"position must be 'digit' or 'turn_end', got {position!r}")
+    pre = np.asarray(self.prefix_ids, np.int32)
+    suf = np.asarray(self.suffix_ids if position == "turn_end" else (), np.int32)
+    return (np.concatenate([pre, self.digits(n), suf]),
+            np.concatenate([pre, self.digits(n, b_side=True), suf]))
+
+  def digit_text(self, n: int, *, b_side: bool = False) -> str:
+    """The digits of A_n (B_n) as text (with commas for (d))."""
+    table = {self.one_id: "1", self.comma_id: ","}
+    table.update({i: str(d) for d, i in enumerate(self.digit_ids)})
+    return "".join(table[int(t)] for t in self.digits(n, b_side=b_side))
+
+  def user_text(self, n: int, *, b_side: bool = False) -> str:
+    return f"{self.question} {self.digit_text(n, b_side=b_side)}"
+
+  # -- one causal pass (a, c, d) -----------------------------------------------------------
+  def one_pass_tokens(self, max_n: int) -> np.ndarray:
+    """The ONE sequence whose prefixes are every B_n (hence every A_n) for n <= max_n."""
+    if not self.one_pass:
+      raise ValueError(f"setting ({self.key}) has no single shared sequence; use kv_cache rows")
+    return self.pair_tokens(max_n)[1]
+
+  def rows(self, lengths) -> np.ndarray:
+    """int [2, S]: rows of ``one_pass_tokens`` holding A_n's and B_n's last digit token."""
+    if not self.one_pass:
+      raise ValueError(f"setting ({self.key}) has no single shared sequence; use kv_cache")
+    n = np.asarray(lengths, np.int64)
+    if n.min() < 1:
+      raise ValueError("n must be >= 1")
+    a_len = n + ((n - 1) // 3 if self.commas else 0)
+    b_len = (n + 1) + (n // 3 if self.commas else 0)
+    return np.stack([self.prefix_len + a_len - 1, self.prefix_len + b_len - 1]).astype(np.int32)
+
+  # -- kv_cache stream (b) -----------------------------------------------------------------
+  def kv_stream(self, max_n: int) -> np.ndarray:
+    """(b): prompt + x_1..x_{max_n-1} (at least one digit): the kv_cache engine's stream."""
+    k = max(max_n - 1, 1)
+    if k > len(self.digit_stream):
+      raise ValueError(f"setting (b) was built for n <= {len(self.digit_stream) + 1}")
+    return np.concatenate([np.asarray(self.prefix_ids, np.int32),
+                           np.asarray(self.digit_stream[:k], np.int32)])
+
+  def kv_lengths(self, lengths) -> np.ndarray:
+    """Sweep-engine lengths for (b): the family length counts the prompt (P + n)."""
+    return (np.asarray(lengths, np.int64) + self.prefix_len).astype(np.int32)
+
+  # -- bookkeeping -------------------------------------------------------------------------
+  def token_counts(self, lengths, position: str = "digit") -> dict:
+    """Token counts of A_n / B_n per n (and the prompt/suffix lengths)."""
+    n = np.asarray(lengths, np.int64)
+    extra = len(self.suffix_ids) if position == "turn_end" else 0
+    a = np.asarray([len(self.digits(int(i))) for i in n]) + self.prefix_len + extra
+    b = np.asarray([len(self.digits(int(i), b_side=True)) for i in n]) + self.prefix_len + extra
+    return {"prefix_tokens": self.prefix_len, "suffix_tokens": len(self.suffix_ids),
+            "A_tokens": a, "B_tokens": b, "digit_tokens_A": n, "digit_tokens_B": n + 1}
+
+  def describe(self) -> dict:
+    return {"key": self.key, "title": self.title, "pair": self.pair, "question": self.question,
+            "prefix_ids": list(self.prefix_ids), "suffix_ids": list(self.suffix_ids),
+            "prefix_tokens": self.prefix_len, "suffix_tokens": len(self.suffix_ids),
+            "one_id": self.one_id, "comma_id": self.comma_id, "digit_ids": list(self.digit_ids),
+            "seed": self.seed if self.random_digits else None,
+            "one_pass": self.one_pass,
+            "engine_formulation": ("one causal pass, explicit rows" if self.one_pass else
+                                   "kv_cache: one pass over prompt + x_1..x_{N-1}, then [1,1] per n")}
+
+
+def _single(tokenizer, text: str) -> int:
+  from collapse_jax.checkpoints.tokenizer import encode
+  ids = encode(tokenizer, text)
+  if len(ids) != 1:
+    raise ValueError(f"{text!r} is not a single token here: {ids}")
+  return ids[0]
+
+
+def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
+                 system: str | None = None) -> PromptSetting:
+  """Build setting ``key`` ('a'..'d') with the tokenizer and the chat template. ``max_n`` sizes
+  (b)'s seeded digit stream (its first digits do not depend on max_n)."""
+  from collapse_jax.checkpoints.tokenizer import chat_prompt, encode
+  if key not in _SPEC:
+    raise ValueError(f"unknown setting {key!r}; valid: {', '.join(SETTINGS)}")
+  spec = _SPEC[key]
+  text = chat_prompt(f"{spec['question']} {_MARK}", system=system)
+  pre_text, suf_text = text.split(_MARK)
+  prefix, suffix = encode(tokenizer, pre_text), encode(tokenizer, suf_text)
+  digit_ids = tuple(_single(tokenizer, str(d)) for d in range(10))
+  one_id, comma_id = digit_ids[1], _single(tokenizer, ",")
+  stream = ()
+  if spec["random_digits"]:
+    rng = np.random.default_rng(seed)  # choice() is prefix-consistent in its size
+    stream = tuple(int(i) for i in rng.choice(np.asarray(digit_ids), size=max(max_n, 2)))
+  return PromptSetting(key=key, title=spec["title"], pair=spec["pair"], question=spec["question"],
+                       prefix_ids=tuple(prefix), suffix_ids=tuple(suffix), one_id=one_id,
+                       comma_id=comma_id, digit_ids=digit_ids, random_digits=spec["random_digits"],
+                       commas=spec["commas"], seed=seed, digit_stream=stream)
+
+
+def make_settings(keys: Sequence[str], tokenizer, *, max_n: int = 1000, seed: int = 0):
+  return {k: make_setting(k, tokenizer, max_n=max_n, seed=seed) for k in keys}
+
+
+def check_tokenization(setting: PromptSetting, tokenizer, ns: Sequence[int] = (1, 2, 3, 4, 7)):
+  """Assert that tokenizing the full chat text of A_n and B_n gives exactly
+  prefix + digit tokens + suffix (so the token pairs ARE the prompts' tokenizations)."""
+  from collapse_jax.checkpoints.tokenizer import chat_prompt, encode
+  for n in ns:
+    for b_side in (False, True):
+      ids = encode(tokenizer, chat_prompt(setting.user_text(n, b_side=b_side)))
+      want = np.concatenate([setting.prefix_ids, setting.digits(n, b_side=b_side),
+                             setting.suffix_ids]).astype(np.int64)
+      if not np.array_equal(np.asarray(ids), want):
+        raise AssertionError(f"setting ({setting.key}) n={n} {'B' if b_side else 'A'}: the "
+                             f"chat text tokenizes to {ids}, the pair definition says {want.tolist()}")
