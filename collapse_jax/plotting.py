@@ -1,13 +1,14 @@
-"""matplotlib figures shared by the experiments (headless Agg backend)."""
+"""matplotlib figures shared by the experiments.
+
+The backend is left to matplotlib (it falls back to a headless one when there is no
+display), so importing this module inside a notebook does not switch the user's backend.
+Figures are closed after saving."""
 from __future__ import annotations
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def subplots(nrows=1, ncols=1, **kw):
