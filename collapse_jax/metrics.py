@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 
@@ -146,18 +145,6 @@ def softmax_last_weight(scores, axis=-1, where=None):
   return e_last / jnp.sum(e, axis=-1)
 
 
-def ulp_of(x):
-  """Spacing of the dtype at |x| (distance to the next larger-magnitude value), in f64
-  for f64 else f32. Useful to predict collapse: distance < ulp/2 rounds away. At the
-  dtype's largest finite value the next value is inf (or NaN for e4m3fn), so the result
-  there is inf/NaN."""
-  x = jnp.asarray(x)
-  dt = _dist_dtype(x)
-  u = _bits(jnp.abs(x))
-  nxt = jax.lax.bitcast_convert_type(u + jnp.asarray(1, u.dtype), x.dtype)
-  return (nxt.astype(dt) - jnp.abs(x).astype(dt))
-
-
 def summarize_pair(x, y, axis=-1) -> dict:
   """All per-vector metrics for a pair of same-dtype arrays [..., D] -> dict of [...]."""
   return {
@@ -167,9 +154,3 @@ def summarize_pair(x, y, axis=-1) -> dict:
       "bitwise_equal": bitwise_equal(x, y, axis),
       "nonfinite": nonfinite_count(x, axis) + nonfinite_count(y, axis),
   }
-
-
-def np_bits(x: np.ndarray) -> np.ndarray:
-  """Host-side bit patterns (numpy) for any float dtype incl. ml_dtypes: uint view."""
-  x = np.asarray(x)
-  return x.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize])

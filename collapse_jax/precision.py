@@ -25,7 +25,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_dtypes
-import numpy as np
 
 # Named places where an activation is rounded to the storage dtype. A policy rounds at the
 # points in its ``round_at``; at the others the compute-dtype value flows on unrounded.
@@ -244,12 +243,3 @@ def get_policy(name: str | Policy, *, fp8_scaling: bool | None = None) -> Policy
     pol = dataclasses.replace(pol, fp8_scaling=fp8_scaling,
                               name=pol.name + ("_scaled" if fp8_scaling else ""))
   return pol
-
-
-def dtype_info(dtype) -> dict:
-  """Mantissa bits, epsilon, smallest normal/subnormal and max of a float dtype."""
-  fi = ml_dtypes.finfo(jnp.dtype(dtype))
-  return {"dtype": str(jnp.dtype(dtype)), "mantissa_bits": int(fi.nmant), "eps": float(fi.eps),
-          "smallest_normal": float(fi.smallest_normal),
-          "smallest_subnormal": float(fi.smallest_subnormal), "max": float(fi.max),
-          "has_inf": bool(np.isinf(np.array(np.inf).astype(jnp.dtype(dtype)).astype(np.float64)))}

@@ -112,8 +112,3 @@ def write_csv(path: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[st
   for r in rows:
     w.writerow({k: to_jsonable(v) for k, v in r.items()})
   _atomic_write(path, buf.getvalue())
-
-
-def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)

@@ -54,19 +54,6 @@ def _pairs_causal(cfg, pol, params, tokens_T, rows_2S):
   return _rows(out, rows_2S[0]), _rows(out, rows_2S[1])
 
 
-def _unchunk(tree, S, axis_of_n):
-  """[C, ..., chunk, ...] -> [..., S, ...] for each leaf; axis_of_n maps key -> n axis."""
-  def fix(key, x):
-    ax = axis_of_n[key] + 1  # +1: the leading chunk axis
-    x = jnp.moveaxis(x, 0, ax - 1)  # put C right before the chunk axis
-    shape = x.shape[: ax - 1] + (x.shape[ax - 1] * x.shape[ax],) + x.shape[ax + 1:]
-    return x.reshape(shape).take(jnp.arange(S), axis=ax - 1)
-  return {k: fix(k, v) for k, v in tree.items()}
-
-
-_N_AXIS = {"y": 0, "residual": 1, "heads": 0}
-
-
 def _pairs_kv(cfg, pol, params, stream_T, token, lengths_S, chunk, repeat_position=False):
   """KV-cache engine. stream_T: the shared tokens x_1.. (A_n uses the first n-1)."""
   M = stream_T.shape[0]
@@ -81,9 +68,9 @@ def _pairs_kv(cfg, pol, params, stream_T, token, lengths_S, chunk, repeat_positi
              "pos": jnp.broadcast_to(jnp.arange(M, dtype=jnp.int32), (C, M)),
              "valid": jnp.arange(M)[None, :] < (n_C[:, None] - 1)}
     out = model_lib.forward(cfg, pol, params, new, positions=pos, cache=cache, collect=COLLECT)
-    a = {"y": out["y"][:, 0], "residual": out["residual"][:, :, 0], "heads": out["heads"][-1, :, 0]}
-    b = {"y": out["y"][:, 1], "residual": out["residual"][:, :, 1], "heads": out["heads"][-1, :, 1]}
-    return a, b
+    pick = lambda j: {"y": out["y"][:, j], "residual": jnp.moveaxis(out["residual"][:, :, j], 0, 1),
+                      "heads": out["heads"][-1, :, j]}
+    return pick(0), pick(1)
 
   return _map_chunks(one_chunk, lengths_S, chunk)
 
@@ -106,21 +93,26 @@ def _pairs_masked(cfg, pol, params, tokens_T, token, lengths_S, chunk, shared_pr
 
   def one_chunk(n_C):
     r = jax.vmap(one)(n_C)  # y [C,2,D], residual [C,L+1,2,D], heads [C,2,H,Dh]
-    a = {"y": r["y"][:, 0], "residual": jnp.moveaxis(r["residual"][:, :, 0], 0, 1),
-         "heads": r["heads"][:, 0]}
-    b = {"y": r["y"][:, 1], "residual": jnp.moveaxis(r["residual"][:, :, 1], 0, 1),
-         "heads": r["heads"][:, 1]}
-    return a, b
+    pick = lambda j: {"y": r["y"][:, j], "residual": r["residual"][:, :, j], "heads": r["heads"][:, j]}
+    return pick(0), pick(1)
 
   return _map_chunks(one_chunk, lengths_S, chunk)
 
 
 def _map_chunks(one_chunk, lengths_S, chunk):
+  """lax.map ``one_chunk`` over [chunk]-slices of lengths (padded by repeating the last n).
+  one_chunk returns (a, b) dicts with n leading: y [C,D], residual [C,L+1,D], heads
+  [C,H,Dh]; the result is in pair_metrics' layout (residual [L+1,S,D])."""
   S = lengths_S.shape[0]
   C = -(-S // chunk)
   padded = jnp.concatenate([lengths_S, jnp.broadcast_to(lengths_S[-1:], (C * chunk - S,))])
-  a, b = jax.lax.map(one_chunk, padded.reshape(C, chunk))
-  return _unchunk(a, S, _N_AXIS), _unchunk(b, S, _N_AXIS)
+  pairs = jax.lax.map(one_chunk, padded.reshape(C, chunk))
+
+  def join(tree):
+    flat = {k: v.reshape((C * chunk,) + v.shape[2:])[:S] for k, v in tree.items()}
+    flat["residual"] = jnp.moveaxis(flat["residual"], 0, 1)
+    return flat
+  return join(pairs[0]), join(pairs[1])
 
 
 def pair_metrics(a: dict, b: dict) -> dict:

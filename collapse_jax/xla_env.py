@@ -94,8 +94,3 @@ def enable_x64() -> None:
   """Enable float64 globally (needed by the `float64` reference preset)."""
   import jax
   jax.config.update("jax_enable_x64", True)
-
-
-def x64_enabled() -> bool:
-  import jax
-  return bool(jax.config.jax_enable_x64)
