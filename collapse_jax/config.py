@@ -113,6 +113,17 @@ class DecoderConfig:
     if self.pe == "learned" and n > self.max_len:
       raise ValueError(f"length {n} exceeds the learned PE table (max_len={self.max_len})")
 
+  def check_token_ids(self, ids, what: str = "token ids") -> None:
+    """Fail fast on host token ids outside [0, vocab_size): inside jit an out-of-range id
+    silently becomes a NaN row (or wraps, for -1). No-op for vector-input models."""
+    if not self.vocab_size:
+      return
+    import numpy as np
+    a = np.asarray(ids)
+    if a.size and (a.min() < 0 or a.max() >= self.vocab_size):
+      bad = a[(a < 0) | (a >= self.vocab_size)].ravel()[:5].tolist()
+      raise ValueError(f"{what} {bad} outside the model vocabulary [0, {self.vocab_size})")
+
   def replace(self, **kw) -> "DecoderConfig":
     return dataclasses.replace(self, **kw)
 

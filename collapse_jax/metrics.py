@@ -104,13 +104,23 @@ def nonfinite_count(x, axis=None):
   return jnp.sum(~jnp.isfinite(jnp.asarray(x)), axis=axis)
 
 
+def _onset_args(equal_N, lengths_N):
+  """Shapes are static under jit, so a mismatch raises here instead of indexing out of
+  range (jnp clamps out-of-range indices: 6 flags and 3 lengths would report 30)."""
+  equal_N = jnp.asarray(equal_N, bool)
+  lengths_N = jnp.asarray(lengths_N)
+  if lengths_N.ndim != 1 or equal_N.ndim < 1 or equal_N.shape[-1] != lengths_N.shape[0]:
+    raise ValueError(f"onset: equal_N {tuple(equal_N.shape)} must end in the length axis of "
+                     f"lengths_N {tuple(lengths_N.shape)} (one flag per swept length)")
+  return equal_N, lengths_N
+
+
 def collapse_onset(equal_N, lengths_N, *, none=-1):
   """First swept length n at which n and n+1 are bitwise equal.
 
   Args: equal_N bool [..., S] (equality per swept length, in sweep order); lengths_N int
   [S] (ascending). Returns int [...]: the length, or ``none`` if never equal."""
-  equal_N = jnp.asarray(equal_N, bool)
-  lengths_N = jnp.asarray(lengths_N)
+  equal_N, lengths_N = _onset_args(equal_N, lengths_N)
   idx = jnp.argmax(equal_N, axis=-1)
   return jnp.where(jnp.any(equal_N, axis=-1), lengths_N[idx], jnp.asarray(none, lengths_N.dtype))
 
@@ -118,8 +128,7 @@ def collapse_onset(equal_N, lengths_N, *, none=-1):
 def sustained_onset(equal_N, lengths_N, *, none=-1):
   """First swept length from which EVERY later swept length is equal too.
   Same arguments/returns as ``collapse_onset``; ``none`` if the last length is unequal."""
-  equal_N = jnp.asarray(equal_N, bool)
-  lengths_N = jnp.asarray(lengths_N)
+  equal_N, lengths_N = _onset_args(equal_N, lengths_N)
   suffix_all = jnp.flip(jnp.cumprod(jnp.flip(equal_N, -1).astype(jnp.int32), axis=-1), -1) > 0
   idx = jnp.argmax(suffix_all, axis=-1)
   return jnp.where(jnp.any(suffix_all, axis=-1), lengths_N[idx], jnp.asarray(none, lengths_N.dtype))

@@ -266,5 +266,9 @@ def forward(config: DecoderConfig, policy: Policy, params, inputs, *, collect=()
   """Pure forward: ``params`` must already be cast by ``policy.cast_params``.
   jit/vmap/grad-safe; ``collect`` must be static under jit."""
   policy.check_available()
+  shape = getattr(inputs, "shape", None)
+  if shape is not None and (len(shape) < 2 or shape[1] == 0):
+    raise ValueError(f"forward: inputs must be [B, N{', D' if not config.vocab_size else ''}] "
+                     f"with N >= 1 tokens; got shape {tuple(shape)}")
   return Decoder(config, policy, tuple(collect)).apply(
       {"params": params}, inputs, positions, key_valid, cache)

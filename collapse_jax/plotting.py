@@ -77,3 +77,22 @@ def collapse_plot(records, path: str, title: str, key: str = "linf") -> str:
   axes[0, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$  (ticks at bottom: bitwise equal)")
   fig.suptitle(title, fontsize=10)
   return save(fig, path)
+
+
+def isa_heatmap(fractions: dict, settings, path: str, title: str) -> str:
+  """Probe x numerics-path heat map of the fraction of output elements whose bits differ
+  from the reference path (``isa.differing_fraction``), each cell labelled."""
+  probes = list(fractions)
+  grid = np.asarray([[fractions[p][s] for s in settings] for p in probes])
+  fig, axes = subplots(figsize=(2.6 + 1.3 * len(settings), 0.8 + 0.28 * len(probes)))
+  ax = axes[0, 0]
+  im = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0.0, vmax=max(grid.max(), 1e-9))
+  ax.set_xticks(range(len(settings)), settings)
+  ax.set_yticks(range(len(probes)), probes, fontsize=8)
+  for i in range(len(probes)):
+    for j in range(len(settings)):
+      ax.text(j, i, "=" if grid[i, j] == 0 else f"{grid[i, j]:.1%}", ha="center",
+              va="center", fontsize=7)
+  fig.colorbar(im, ax=ax, label="fraction of elements with other bits")
+  ax.set_title(title, fontsize=9)
+  return save(fig, path)

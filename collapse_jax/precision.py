@@ -70,6 +70,12 @@ class Policy:
       so scaling itself is exact). Scaled tensors are held as compute-dtype arrays whose
       values are fp8 values times the tensor's scale.
     matmul_precision: lax precision for dots (HIGHEST: no TF32/bf16-pass shortcuts).
+    accum_block: contractions longer than this many terms are accumulated in blocks of at
+      most ``accum_block`` terms: each block is one dot (accumulated in ``accum_dtype``), and
+      the blocks' partial sums are added in order, each add rounded to ``accum_dtype``
+      (:func:`blocked_einsum`). Without it the summation order of a long contraction is
+      chosen by the backend: XLA:CPU's Eigen splits contractions longer than ~512 terms
+      differently for different core counts (BUILD_NOTES). None: one dot, backend order.
   """
   name: str
   param_dtype: Any
@@ -80,6 +86,7 @@ class Policy:
   round_at: frozenset = ALL_POINTS
   fp8_scaling: bool = False
   matmul_precision: Any = jax.lax.Precision.HIGHEST
+  accum_block: int | None = 256
 
   def __post_init__(self):
     unknown = set(self.round_at) - ALL_POINTS
@@ -87,6 +94,9 @@ class Policy:
       raise ValueError(f"unknown rounding points {sorted(unknown)}; valid: {sorted(ALL_POINTS)}")
     for f in ("param_dtype", "storage_dtype", "accum_dtype", "compute_dtype", "softmax_dtype"):
       object.__setattr__(self, f, jnp.dtype(getattr(self, f)))
+    if self.accum_block is not None and int(self.accum_block) < 1:
+      raise ValueError(f"accum_block must be a positive number of terms or None, got "
+                       f"{self.accum_block!r}")
 
   # -- dtype questions -----------------------------------------------------------------
   @property
@@ -110,11 +120,23 @@ class Policy:
       return jnp.dtype(jnp.bfloat16)  # fp8 values (scaled by 2^k too) are exact in bf16
     return self.storage_dtype
 
-  def check_available(self) -> None:
+  def unavailable_reason(self) -> str | None:
+    """Why this policy cannot run in this process (one line), or None."""
     if self.needs_x64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
-      raise RuntimeError(
-          f"precision policy {self.name!r} needs float64: set JAX_ENABLE_X64=1 or call "
-          "collapse_jax.xla_env.enable_x64() before creating arrays.")
+      return (f"precision policy {self.name!r} needs float64: set JAX_ENABLE_X64=1 or call "
+              "collapse_jax.xla_env.enable_x64() before creating arrays")
+    if {self.storage_dtype, self.param_dtype} & {jnp.dtype(jnp.float16), *FP8_DTYPES}:
+      from collapse_jax import isa
+      if (isa.effective_isa() == "SSE4_2" and jax.default_backend() == "cpu"):
+        return (f"precision policy {self.name!r} needs float16/fp8 conversions, which "
+                "XLA:CPU fails to compile with --xla_cpu_max_isa=SSE4_2 (no F16C: 'Failed "
+                "to materialize symbols'); use AVX or above")
+    return None
+
+  def check_available(self) -> None:
+    reason = self.unavailable_reason()
+    if reason:
+      raise RuntimeError(reason)
 
   # -- ops -------------------------------------------------------------------------------
   def to_compute(self, x):
@@ -135,8 +157,8 @@ class Policy:
     ``accum_dtype``; optional scalar ``scale`` is applied to the accumulator (in
     compute_dtype) before the caller rounds. Returns compute_dtype."""
     od = self.dot_operand_dtype
-    out = jnp.einsum(spec, jnp.asarray(a).astype(od), jnp.asarray(b).astype(od),
-                     preferred_element_type=self.accum_dtype, precision=self.matmul_precision)
+    out = blocked_einsum(spec, jnp.asarray(a).astype(od), jnp.asarray(b).astype(od),
+                         self.accum_dtype, self.matmul_precision, self.accum_block)
     out = out.astype(self.compute_dtype)
     if scale is not None:
       out = out * jnp.asarray(scale, self.compute_dtype)
@@ -191,7 +213,47 @@ class Policy:
         "round_at": sorted(self.round_at),
         "fp8_scaling": self.fp8_scaling,
         "matmul_precision": str(self.matmul_precision),
+        "accum_block": self.accum_block,
     }
+
+
+def blocked_einsum(spec: str, a, b, accum_dtype, precision, block: int | None):
+  """``einsum(spec, a, b)`` accumulated in ``accum_dtype``, with an explicit summation order
+  for long contractions.
+
+  With K the number of contracted terms (product of the contracted axes' sizes) and
+  ``block`` not None and K > block: the longest contracted axis c is cut into consecutive
+  blocks of kb = max(1, block // (K / |c|)) indices (the last block may be shorter); each
+  block is one dot of at most ``block`` terms, and the partial sums are added in block
+  order: acc = dot_0; acc = acc + dot_i (each add rounded to ``accum_dtype``). Only the
+  order inside a block is the backend's. Otherwise it is one einsum.
+
+  Shapes are those of ``jnp.einsum``; blocks are read with dynamic slices inside a
+  ``fori_loop`` (no padded or transposed copy of the operands)."""
+  ins, out_spec = spec.split("->")
+  sa, sb = ins.split(",")
+  dot = lambda x, y: jnp.einsum(spec, x, y, preferred_element_type=accum_dtype,
+                                precision=precision)
+  con = [ch for ch in sa if ch in sb and ch not in out_spec]
+  sizes = {ch: a.shape[sa.index(ch)] for ch in con}
+  total = 1
+  for v in sizes.values():
+    total *= v
+  if block is None or total <= block:
+    return dot(a, b)
+  c = max(con, key=lambda ch: sizes[ch])
+  kb = max(1, int(block) // (total // sizes[c]))
+  ax_a, ax_b, size = sa.index(c), sb.index(c), sizes[c]
+  n_full, rem = divmod(size, kb)
+  take = lambda x, ax, start, n: jax.lax.dynamic_slice_in_dim(x, start, n, axis=ax)
+
+  def body(i, acc):
+    return acc + dot(take(a, ax_a, i * kb, kb), take(b, ax_b, i * kb, kb))
+  acc = dot(take(a, ax_a, 0, kb), take(b, ax_b, 0, kb))
+  acc = jax.lax.fori_loop(1, n_full, body, acc)
+  if rem:
+    acc = acc + dot(take(a, ax_a, n_full * kb, rem), take(b, ax_b, n_full * kb, rem))
+  return acc
 
 
 def quantize_scaled(x, fp8_dtype):

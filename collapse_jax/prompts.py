@@ -206,9 +206,10 @@ def _single(tokenizer, text: str) -> int:
 
 
 def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
-                 system: str | None = None) -> PromptSetting:
+                 system: str | None = None, vocab_size: int | None = None) -> PromptSetting:
   """Build setting ``key`` ('a'..'d') with the tokenizer and the chat template. ``max_n`` sizes
-  (b)'s seeded digit stream (its first digits do not depend on max_n)."""
+  (b)'s seeded digit stream (its first digits do not depend on max_n). ``vocab_size``: the
+  model's; every id the setting uses must lie below it (ValueError otherwise)."""
   from collapse_jax.checkpoints.tokenizer import chat_prompt, encode
   if key not in _SPEC:
     raise ValueError(f"unknown setting {key!r}; valid: {', '.join(SETTINGS)}")
@@ -222,14 +223,21 @@ def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
   if spec["random_digits"]:
     rng = np.random.default_rng(seed)  # choice() is prefix-consistent in its size
     stream = tuple(int(i) for i in rng.choice(np.asarray(digit_ids), size=max(max_n, 2)))
+  if vocab_size is not None:
+    used = np.asarray(prefix + suffix + list(digit_ids) + [comma_id], np.int64)
+    if used.min() < 0 or used.max() >= vocab_size:
+      raise ValueError(f"setting ({key}): the tokenizer gives ids up to {int(used.max())}, "
+                       f"outside the model vocabulary [0, {vocab_size})")
   return PromptSetting(key=key, title=spec["title"], pair=spec["pair"], question=spec["question"],
                        prefix_ids=tuple(prefix), suffix_ids=tuple(suffix), one_id=one_id,
                        comma_id=comma_id, digit_ids=digit_ids, random_digits=spec["random_digits"],
                        commas=spec["commas"], seed=seed, digit_stream=stream)
 
 
-def make_settings(keys: Sequence[str], tokenizer, *, max_n: int = 1000, seed: int = 0):
-  return {k: make_setting(k, tokenizer, max_n=max_n, seed=seed) for k in keys}
+def make_settings(keys: Sequence[str], tokenizer, *, max_n: int = 1000, seed: int = 0,
+                  vocab_size: int | None = None):
+  return {k: make_setting(k, tokenizer, max_n=max_n, seed=seed, vocab_size=vocab_size)
+          for k in keys}
 
 
 def check_tokenization(setting: PromptSetting, tokenizer, ns: Sequence[int] = (1, 2, 3, 4, 7)):

@@ -52,6 +52,8 @@ def environment() -> dict:
       "platform": platform.platform(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "xla_guards_in_force": xla_env.guards_in_force(),
+      # CPU model, ISA flags, effective max ISA and whether the bits are portable
+      "numerics_path": xla_env.numerics_path(jax.default_backend()),
       "jax_enable_x64": bool(jax.config.jax_enable_x64),
       "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }

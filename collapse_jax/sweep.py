@@ -185,6 +185,8 @@ def run_sweep(cfg: DecoderConfig, pol: Policy, params_B, tokens_BT, token: int, 
   tokens, so runs with different grids share one compiled program (tokens_BT must be that
   long). Returns numpy metrics with leading axis B."""
   pol.check_available()
+  cfg.check_token_ids(tokens_BT, "sweep tokens")
+  cfg.check_token_ids([token], "the repeated token")
   lengths = np.asarray(lengths, np.int32)
   if rows is None:
     rows = np.stack([lengths - 1, lengths])

@@ -78,6 +78,7 @@ def main(argv):
     xla_env.enable_x64()
   out = results.make_run_dir(F.out, "sweep")
   logging.info("precision sweep -> %s", out)
+  print(f"numerics: {xla_env.numerics_path()['name']}")
   records = sweep.run_grid(cfg, policies, heads, F.family, grid, [int(s) for s in F.seeds],
                            engine=F.engine, token=F.token, prefix_len=F.prefix_len,
                            prefix_ids=[int(i) for i in F.prefix_ids] if F.prefix_ids else None,

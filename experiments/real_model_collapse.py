@@ -324,7 +324,8 @@ def main(argv):
   t0 = time.perf_counter()
   cfg, params32, tok = load_smollm2()
   logging.info("loaded SmolLM2-135M-Instruct in %.1fs", time.perf_counter() - t0)
-  settings = prompts.make_settings(keys, tok, max_n=int(grid[-1]) + 1, seed=F.seed)
+  settings = prompts.make_settings(keys, tok, max_n=int(grid[-1]) + 1, seed=F.seed,
+                                   vocab_size=cfg.vocab_size)
   for s in settings.values():
     prompts.check_tokenization(s, tok)
   engines = {k: ("exact" if F.engine == "exact" else resolve_engine(F.engine, s))

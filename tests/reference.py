@@ -18,13 +18,19 @@ One implementation, two modes, selected by the numpy policy :class:`NumpyPolicy`
 What the emulator assumes about XLA:CPU's float32 arithmetic (each measured with jaxlib
 0.10.2 on random data, see the test module docstrings):
 
-* dots with contraction K <= 256 accumulate sequentially in contraction order, one FMA per
-  term, in float32 (operands of bf16/f16/fp8 values have exact f32 products anyway);
+* dots with contraction K <= the policy's ``accum_block`` accumulate sequentially in
+  contraction order, one FMA per term, in float32 (operands of bf16/f16/fp8 values have
+  exact f32 products anyway); longer ones are blocks of that many terms whose partial sums
+  are added in order (``Policy.accum_block``, explicit in the model);
 * jnp.sum over <= 32 elements is a sequential float32 left-to-right sum (exact match);
-  a sum of squares ``sum(v*v)`` matches a sequential FMA sum in ~98% of rows (1 ulp off
-  otherwise, treated as uncertainty); longer sums are summed in float64 and rounded
+  a sum of squares ``sum(v*v)`` matches a sequential sum of products in ~98% of rows (1 ulp
+  off otherwise, treated as uncertainty); longer sums are summed in float64 and rounded
   (XLA vectorises them);
-* ``a*b + c`` and ``a*b - c*d`` in one fusion are contracted to ``fma(a, b, +-(c*d))``;
+* FMA contraction depends on the ISA XLA:CPU compiles for (``collapse_jax.isa``): with
+  FMA hardware (effective ISA AVX2 or AVX512, i.e. ``COLLAPSE_JAX_ISA=native`` or a cap
+  of AVX2+), ``a*b + c`` and ``a*b - c*d`` in one fusion are contracted to
+  ``fma(a, b, +-(c*d))`` and a short sum of squares adds one FMA per term; on the
+  reference path (max ISA AVX) every multiply and add is rounded separately;
 * ``x / const`` is rewritten to ``x * (1/const)`` (f32 reciprocal);
 * exp/tanh/sin/cos/rsqrt/logistic: float64 result rounded to float32 (XLA's own kernels
   are up to ~5 float32 ulps from this, see KERNEL_ULPS; with the sum of squares these are
@@ -50,9 +56,17 @@ SEQ_SUM_MAX = 32  # XLA:CPU sums up to this many f32 elements sequentially (meas
 EPS32 = 2.0 ** -23  # float32 ulp relative to the value (upper bound)
 
 # Largest |XLA:CPU f32 kernel - float64 rounded to f32| in f32 ulps of the result, with
-# margin. Measured on 4e6 random inputs each (jaxlib 0.10.2), error vs the exact value:
-# exp 1.01, tanh 4.67, sin/cos 0.56, rsqrt 1.70, logistic 2.46; ours adds <= 0.5.
-KERNEL_ULPS = {"exp": 2.0, "tanh": 6.0, "sincos": 2.0, "rsqrt": 3.0, "logistic": 4.0}
+# margin. Measured on 4e6 random inputs each (jaxlib 0.10.2), error vs the exact value,
+# worst over the ISAs (AVX-512 / AVX2 native / AVX reference path / SSE4_2): exp 1.01,
+# tanh 6.46 (4.56-4.67 with FMA, 6.46 without), sin/cos 0.56, rsqrt 2.01 (1.49 with
+# portable math), logistic 2.46; ours adds <= 0.5.
+KERNEL_ULPS = {"exp": 2.0, "tanh": 7.5, "sincos": 2.0, "rsqrt": 3.0, "logistic": 4.0}
+
+
+def xla_has_fma() -> bool:
+  """Whether XLA:CPU contracts a*b+c into FMAs in this process (effective ISA >= AVX2)."""
+  from collapse_jax import isa  # reads /proc/cpuinfo and XLA_FLAGS only; no JAX
+  return isa.effective_isa() in ("AVX2", "AVX512")
 
 
 def to_dtype(name) -> np.dtype:
@@ -119,8 +133,11 @@ class NumpyPolicy:
       value (``sm``); with softmax dtype == compute dtype that is no rounding at all, and a
       softmax run *in* a narrower softmax dtype rounds after every primitive anyway, so the
       flag needs no separate code path.
-    xla: emulate XLA:CPU's f32 evaluation order (FMA contraction, sequential dots and
-      short sums, reciprocal multiply). False = plain math in the compute dtype.
+    xla: emulate XLA:CPU's f32 evaluation order (sequential dots and short sums,
+      reciprocal multiply, FMA contraction where ``fma``). False = plain math in the compute
+      dtype.
+    fma: XLA contracts a*b+c into one FMA (default :func:`xla_has_fma`, from the ISA).
+    accum_block: the policy's dot accumulation block (None: one sequential sum).
     kernel_ulps: per kernel, the largest distance, in float32 ulps of the kernel's output,
       between XLA's f32 transcendental and ours (float64 rounded to f32); default
       :data:`KERNEL_ULPS`. A float scales every entry (0 disables ambiguity tracking).
@@ -135,13 +152,16 @@ class NumpyPolicy:
   """
 
   def __init__(self, *, storage, param, operand, accum, compute, softmax, round_at,
-               stepwise=False, xla=True, kernel_ulps=1.0, name="numpy"):
+               stepwise=False, xla=True, kernel_ulps=1.0, name="numpy", fma=None,
+               accum_block=None):
     self.name = name
     self.st, self.pd, self.od = to_dtype(storage), to_dtype(param), to_dtype(operand)
     self.ad, self.cd, self.sd = to_dtype(accum), to_dtype(compute), to_dtype(softmax)
     self.round_at = frozenset(round_at)
     self.stepwise = bool(stepwise)
     self.xla = bool(xla) and self.cd == F32
+    self.fma_hw = xla_has_fma() if fma is None else bool(fma)
+    self.accum_block = accum_block
     if not isinstance(kernel_ulps, dict):
       kernel_ulps = {k: float(kernel_ulps) * v for k, v in KERNEL_ULPS.items()}
     self.kernel_ulps = dict(kernel_ulps)
@@ -163,7 +183,7 @@ class NumpyPolicy:
                operand=d["matmul_operand_dtype"], accum=d["accum_dtype"],
                compute=d["compute_dtype"], softmax=d["softmax_dtype"],
                round_at=d["round_at"], stepwise=d["softmax_stepwise_rounding"],
-               kernel_ulps=kernel_ulps, name=d["name"])
+               kernel_ulps=kernel_ulps, name=d["name"], accum_block=d.get("accum_block"))
 
   # -- dtype handling --------------------------------------------------------------------
   @property
@@ -199,6 +219,17 @@ class NumpyPolicy:
         rows = amb.reshape(amb.shape[0], amb.shape[1], -1).any(-1)
       self.ambiguous_rows |= rows
 
+  def dot_band(self, spec, a, b):
+    """Absolute band of a f32 dot's summation order: the backend's order inside a dot is
+    its own (XLA:CPU matched a sequential f32 sum of bf16 products in 92-100% of elements
+    for K <= 64, on every ISA cap), and any two orders of a K-term f32 sum differ by at
+    most 2 (K-1) 2^-24 sum|a_i b_i| (Higham's bound, twice). Used where a dot's rounding is
+    the last step, so a flip cannot cascade (the logits)."""
+    k = _contracted_terms(spec, np.asarray(a))
+    mag = np.einsum(spec, np.abs(np.asarray(a).astype(self.od).astype(F64)),
+                    np.abs(np.asarray(b).astype(self.od).astype(F64)))
+    return 2.0 * max(k - 1, 0) * 2.0 ** -24 * mag
+
   def kband(self, y, name):
     """Absolute error band of the f32 transcendental kernel ``name``'s output y."""
     return self.kernel_ulps[name] * ulp32(y)
@@ -217,8 +248,9 @@ class NumpyPolicy:
     return fn64(np.asarray(x, F64)).astype(self.cd)
 
   def fma(self, a, b, c):
-    """a*b + c; XLA contracts it into one FMA in f32 (single rounding)."""
-    if self.xla:
+    """a*b + c: one FMA in f32 (single rounding) where XLA contracts it, else rounded
+    after the multiply and after the add."""
+    if self.xla and self.fma_hw:
       return (np.asarray(a, F64) * np.asarray(b, F64) + np.asarray(c, F64)).astype(F32)
     return self.c(a) * self.c(b) + self.c(c)
 
@@ -248,15 +280,24 @@ class NumpyPolicy:
     if self.ad == F64 or not self.xla:
       out = np.einsum(spec, a.astype(F64), b.astype(F64)).astype(self.ad)
     else:
-      out = _seq_einsum(spec, a, b)
+      out = _seq_einsum(spec, a, b, self.accum_block)
     out = out.astype(self.cd)
     if scale is not None:
       out = out * np.asarray(scale, self.cd)
     return out
 
 
-def _seq_einsum(spec, a, b):
-  """einsum with float32 accumulation, one FMA per contracted index, in order."""
+def _contracted_terms(spec, a) -> int:
+  ins, out = spec.split("->")
+  sa, sb = ins.split(",")
+  return int(np.prod([a.shape[sa.index(ch)] for ch in sa if ch in sb and ch not in out]))
+
+
+def _seq_einsum(spec, a, b, block=None):
+  """einsum with float32 accumulation, one FMA per contracted index, in order; with
+  ``block``, a contraction longer than ``block`` is summed in consecutive blocks (cut
+  along the longest contracted axis, as Policy.accum_block does) whose f32 partial sums
+  are added in order."""
   ins, out = spec.split("->")
   sa, sb = ins.split(",")
   con = [ch for ch in sa if ch in sb and ch not in out]
@@ -265,6 +306,18 @@ def _seq_einsum(spec, a, b):
   a = np.moveaxis(a, [sa.index(ch) for ch in con], list(range(len(ra), len(sa))))
   b = np.moveaxis(b, [sb.index(ch) for ch in con], list(range(len(rb), len(sb))))
   ksize = int(np.prod([a.shape[len(ra) + i] for i in range(len(con))])) if con else 1
+  if block is not None and ksize > block:
+    c = max(con, key=lambda ch: a.shape[len(ra) + con.index(ch)])
+    size, ax_a, ax_b = a.shape[len(ra) + con.index(c)], sa.index(c), sb.index(c)
+    kb = max(1, block // (ksize // size))
+    a0 = np.moveaxis(a, list(range(len(ra), len(sa))), [sa.index(ch) for ch in con])
+    b0 = np.moveaxis(b, list(range(len(rb), len(sb))), [sb.index(ch) for ch in con])
+    acc = None
+    for s0 in range(0, size, kb):
+      part = _seq_einsum(spec, np.take(a0, range(s0, min(s0 + kb, size)), axis=ax_a),
+                         np.take(b0, range(s0, min(s0 + kb, size)), axis=ax_b))
+      acc = part if acc is None else acc + part
+    return acc
   a = a.reshape(a.shape[:len(ra)] + (ksize,)).astype(F64)
   b = b.reshape(b.shape[:len(rb)] + (ksize,)).astype(F64)
   sub = f"{''.join(ra)},{''.join(rb)}->{out}"
@@ -548,10 +601,14 @@ def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, 
   if cfg.vocab_size:
     yt = y if teacher is None or "y" not in teacher else np.asarray(teacher["y"]).astype(y.dtype)
     if cfg.tie_embeddings:
-      logits = P.dot("bnd,vd->bnv", yt, params["embed"]["embedding"])
+      spec, w = "bnd,vd->bnv", params["embed"]["embedding"]
     else:
-      logits = P.dot("bnd,dv->bnv", yt, params["lm_head"]["kernel"])
+      spec, w = "bnd,dv->bnv", params["lm_head"]["kernel"]
+    logits = P.dot(spec, yt, w)
     out["logits"] = P.rnd(logits, "logits")
+    if track and P.tracking and "logits" in P.round_at:  # per element: nothing follows
+      out["ambiguous_logits_elements"] = (
+          midpoint_distance(logits, P.st) < P.dot_band(spec, yt, w))
     end_segment("logits")
   if track:
     for key, rows in amb.items():

@@ -6,11 +6,14 @@ Tolerances (measured on jaxlib 0.10.2, XLA:CPU, configs below):
     <= ~1e-15; the two differ only in summation order and libm vs XLA kernels).
   * float32 policy vs float64 reference: <= 1e-5 (measured <= ~5e-7: a few f32 ulps
     accumulated over two layers).
-  * KV-cache and padded/masked paths vs the plain pass: bitwise for bfloat16 and float16
-    (and float8_e4m3fn, not in the suite) on these small models (measured: 0 differing
-    bits); float32 / float64
-    differ in the last ulps (measured up to 2.4e-6 / 2e-15 absolute on outputs of size
-    ~4, i.e. <= ~6e-7 / ~5e-16 relative), asserted as max|a-b| / max|b| <= 2e-6 / 1e-13.
+  * KV-cache and padded/masked paths vs the plain pass: different shapes, so different
+    dot blocking and vector tails; no backend guarantees the same bits. Asserted:
+    max|a-b| / max|b| <= 2 eps(storage) for bfloat16 / float16 (measured: 0 differing
+    bits on these small models, on the AVX reference path and under the SSE4_2 (bf16
+    only), AVX2 and AVX-512 ISAs), 2e-6 / 1e-13 for float32 / float64 (measured up to
+    2.4e-6 / 2e-15 absolute on outputs of size ~4, i.e. <= ~6e-7 / ~5e-16 relative). The
+    prefix's K cache vs the full pass's: the same tolerances (float32 differs in the last
+    bit on AVX2 and AVX, equal on AVX-512).
   * attention rows: |sum_j p_ij - 1| <= eps(storage) + M * 2^-24 (stored weights are
     within eps/2 relative of an f32 softmax).
 """
@@ -244,6 +247,7 @@ def test_sliding_window_gradients(causal):
 PRESETS = ["float32", "bfloat16", "float16"]
 
 
+@pytest.mark.bitwise
 @pytest.mark.parametrize("preset", PRESETS)
 def test_residual0_is_rounded_embedding_and_y_is_normalised_residual(preset):
   pol = precision.get_policy(preset)
@@ -300,18 +304,16 @@ def test_attention_rows_sum_to_one(preset):
   assert np.all(p >= 0.0)
 
 
-# max |a - b| / max |b| allowed between two paths (0: bitwise)
-PATH_TOL = {"bfloat16": 0.0, "float16": 0.0, "float32": 2e-6, "float64": 1e-13}
+# max |a - b| / max |b| allowed between two paths (module docstring: measured worst cases)
+PATH_TOL = {"bfloat16": 2 * 2.0 ** -7, "float16": 2 * 2.0 ** -10, "float32": 2e-6,
+            "float64": 1e-13}
 
 
 def _assert_same(a, b, preset, key):
-  tol = PATH_TOL[preset]
-  if tol == 0.0:
-    assert np.array_equal(R.bits(a), R.bits(b)), (key, int((R.bits(a) != R.bits(b)).sum()))
-  else:
-    assert _rel_err(a, b) <= tol, (key, _rel_err(a, b))
+  assert _rel_err(a, b) <= PATH_TOL[preset], (key, _rel_err(a, b))
 
 
+@pytest.mark.bitwise
 @pytest.mark.parametrize("preset,pe", [("float64", "rope"), ("float32", "rope"),
                                        ("bfloat16", "rope"), ("float16", "rope"),
                                        ("bfloat16", "alibi")])
@@ -324,12 +326,13 @@ def test_kv_cache_matches_full_pass(preset, pe):
   pos = lambda a, b: np.broadcast_to(np.arange(a, b, dtype=np.int32), (B, b - a))
   cache = {"k": pre["k"], "v": pre["v"], "pos": pos(0, 5), "valid": np.ones((B, 5), bool)}
   suf = _run(cfg, preset, params, x[:, 5:], positions=pos(5, 12), cache=cache)
-  assert np.array_equal(R.bits(pre["k"]), R.bits(full["k"][:, :, :5]))
+  _assert_same(pre["k"], full["k"][:, :, :5], preset, "k")
   for key, sl in (("y", np.s_[:, 5:]), ("residual", np.s_[:, :, 5:]),
                   ("heads", np.s_[:, :, 5:]), ("attn_weights", np.s_[:, :, :, 5:])):
     _assert_same(suf[key], full[key][sl], preset, key)
 
 
+@pytest.mark.bitwise
 @pytest.mark.parametrize("preset,causal", [("float64", False), ("float32", False),
                                            ("bfloat16", False), ("float16", False),
                                            ("bfloat16", True)])
