@@ -10,7 +10,10 @@ Prints wall times (compile excluded unless stated, median of --repeats) and rati
                                                             as a user's loop pays it), measured
                                                             on --loop_lengths lengths and
                                                             extrapolated linearly to all N.
+  sweep (blocked accumulation, the default)             vs  the same sweep with the backend's
+                                                            own dot order (accum_block=None)
 """
+import dataclasses
 import time
 
 import jax
@@ -19,7 +22,7 @@ import numpy as np
 from absl import app, flags
 
 import collapse_jax as cj
-from collapse_jax import families, model, sweep
+from collapse_jax import families, model, sweep, xla_env
 
 F = flags.FLAGS
 flags.DEFINE_string("dtype", "bfloat16", "precision preset")
@@ -51,11 +54,14 @@ def main(argv):
   params_B = jax.tree_util.tree_map(lambda x: x[None], params)
   toks = f.tokens[None]
 
-  def run(engine):
-    return sweep.run_sweep(cfg, pol, params_B, toks, 1, lengths, engine=engine, shared_prefix=True)
+  def run(engine, p=pol):
+    return sweep.run_sweep(cfg, p, params_B, toks, 1, lengths, engine=engine, shared_prefix=True)
 
   t0 = time.perf_counter(); run("causal"); compile_sweep = time.perf_counter() - t0
   t_sweep = _time(lambda: run("causal"), F.repeats)
+  unblocked = dataclasses.replace(pol, accum_block=None)
+  run("causal", unblocked)
+  t_unblocked = _time(lambda: run("causal", unblocked), F.repeats)
   run("masked")
   t_masked = _time(lambda: run("masked"), F.repeats)
   fwd = jax.jit(lambda p, x: model.forward(cfg, pol, p, x, collect=("residual", "heads"))["y"])
@@ -76,12 +82,15 @@ def main(argv):
         f"L={F.layers} D={F.d_model} H={F.heads} N={N}")
   print(f"  one forward at length N+1 (warm)           {t_fwd:9.4f} s")
   print(f"  sweep, causal engine, {N} lengths (warm)   {t_sweep:9.4f} s   (first call incl. compile {compile_sweep:.2f} s)")
+  print(f"  sweep, backend dot order (accum_block=None) {t_unblocked:8.4f} s")
   print(f"  sweep, masked reference engine (warm)      {t_masked:9.4f} s")
   print(f"  per-length loop: {t_loop_each:.3f} s/length over {len(loop_ns)} lengths (compile incl.)"
         f" -> {t_loop_all:.1f} s extrapolated to {N}")
   print(f"RATIOS  sweep/forward = {t_sweep / t_fwd:.2f}   masked/sweep = {t_masked / t_sweep:.1f}   "
         f"loop/sweep = {t_loop_all / t_sweep:.0f}   loop/(sweep incl. compile) = "
-        f"{t_loop_all / (t_sweep + compile_sweep):.1f}")
+        f"{t_loop_all / (t_sweep + compile_sweep):.1f}   blocked/backend order = "
+        f"{t_sweep / t_unblocked:.2f}")
+  print(f"numerics: {xla_env.numerics_path()['name']}")
 
 
 if __name__ == "__main__":

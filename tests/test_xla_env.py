@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import collapse_jax  # noqa: F401  (applies the guards)
+import collapse_jax.isa
 from collapse_jax import xla_env
 
 
@@ -72,3 +73,23 @@ def test_ynn_regression_jit_jacrev():
     Wd = [jnp.asarray(np.asarray(w), jnp.float64) for w in W]
     ref = np.asarray(jax.jacrev(lambda x: _attention_last_row(x, *Wd, N))(Xd))
   np.testing.assert_allclose(jac, ref, atol=2e-5, rtol=0)  # broken path: 0.13
+
+
+def _flags_in_child(env_extra: dict) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "COLLAPSE_JAX_ISA")}
+  env.update(env_extra)
+  code = "import os, collapse_jax; print(os.environ.get('XLA_FLAGS', ''))"
+  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(collapse_jax.isa.native_isa() is None, reason="the reference path is x86-only")
+def test_reference_path_is_pinned_unless_native_or_user_cap():
+  ref = _flags_in_child({}).stdout
+  assert f"--xla_cpu_max_isa={xla_env.REFERENCE_ISA}" in ref
+  assert "--xla_cpu_enable_platform_dependent_math=false" in ref
+  native = _flags_in_child({"COLLAPSE_JAX_ISA": "native"}).stdout
+  assert "xla_cpu_max_isa" not in native and "platform_dependent_math" not in native
+  user = _flags_in_child({"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}).stdout
+  assert user.count("--xla_cpu_max_isa") == 1 and "--xla_cpu_max_isa=AVX2" in user
+  bad = _flags_in_child({"COLLAPSE_JAX_ISA": "fast"})
+  assert bad.returncode != 0 and "COLLAPSE_JAX_ISA='fast'" in bad.stderr
