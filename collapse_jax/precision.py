@@ -222,37 +222,44 @@ def blocked_einsum(spec: str, a, b, accum_dtype, precision, block: int | None):
   for long contractions.
 
   With K the number of contracted terms (product of the contracted axes' sizes) and
-  ``block`` not None and K > block: the longest contracted axis c is cut into consecutive
-  blocks of kb = max(1, block // (K / |c|)) indices (the last block may be shorter); each
-  block is one dot of at most ``block`` terms, and the partial sums are added in block
-  order: acc = dot_0; acc = acc + dot_i (each add rounded to ``accum_dtype``). Only the
-  order inside a block is the backend's. Otherwise it is one einsum.
+  ``block`` not None and K > block: the longest contracted axis c is cut into nb
+  consecutive blocks of kb = max(1, block // (K / |c|)) indices (zero-padded to nb * kb;
+  a zero term adds exactly 0); each block is one dot of at most ``block`` terms, and the
+  partial sums are added in block order: acc = dot_0; acc = acc + dot_i (each add rounded
+  to ``accum_dtype``). Only the order inside a block is the backend's. Otherwise it is one
+  einsum.
 
-  Shapes are those of ``jnp.einsum``; blocks are read with dynamic slices inside a
-  ``fori_loop`` (no padded or transposed copy of the operands)."""
+  Shapes are those of ``jnp.einsum``. The blocks are the batch axis of ONE batched dot
+  (one op to compile however many blocks), so the partial sums take nb times the output's
+  memory before they are added."""
   ins, out_spec = spec.split("->")
   sa, sb = ins.split(",")
-  dot = lambda x, y: jnp.einsum(spec, x, y, preferred_element_type=accum_dtype,
-                                precision=precision)
   con = [ch for ch in sa if ch in sb and ch not in out_spec]
   sizes = {ch: a.shape[sa.index(ch)] for ch in con}
   total = 1
   for v in sizes.values():
     total *= v
   if block is None or total <= block:
-    return dot(a, b)
+    return jnp.einsum(spec, a, b, preferred_element_type=accum_dtype, precision=precision)
   c = max(con, key=lambda ch: sizes[ch])
   kb = max(1, int(block) // (total // sizes[c]))
-  ax_a, ax_b, size = sa.index(c), sb.index(c), sizes[c]
-  n_full, rem = divmod(size, kb)
-  take = lambda x, ax, start, n: jax.lax.dynamic_slice_in_dim(x, start, n, axis=ax)
+  nb = -(-sizes[c] // kb)
+  used = set(spec)
+  z = next(ch for ch in "ZYXWVUTSRQPONMLKJIHGFEDCBA" if ch not in used)  # the block letter
 
-  def body(i, acc):
-    return acc + dot(take(a, ax_a, i * kb, kb), take(b, ax_b, i * kb, kb))
-  acc = dot(take(a, ax_a, 0, kb), take(b, ax_b, 0, kb))
-  acc = jax.lax.fori_loop(1, n_full, body, acc)
-  if rem:
-    acc = acc + dot(take(a, ax_a, n_full * kb, rem), take(b, ax_b, n_full * kb, rem))
+  def split(x, s_x):
+    ax = s_x.index(c)
+    pad = [(0, 0)] * x.ndim
+    pad[ax] = (0, nb * kb - sizes[c])
+    x = jnp.pad(x, pad) if nb * kb != sizes[c] else x
+    return x.reshape(x.shape[:ax] + (nb, kb) + x.shape[ax + 1:]), s_x.replace(c, z + c)
+  a2, sa2 = split(a, sa)
+  b2, sb2 = split(b, sb)
+  parts = jnp.einsum(f"{sa2},{sb2}->{z}{out_spec}", a2, b2, preferred_element_type=accum_dtype,
+                     precision=precision)
+  acc = parts[0]
+  for i in range(1, nb):
+    acc = acc + parts[i]
   return acc
 
 

@@ -70,6 +70,13 @@ def test_tokenization_facts(tok):
   assert [encode(tok, str(d)) for d in range(10)] == [[32 + d] for d in range(10)]
 
 
+def test_settings_reject_ids_outside_the_model_vocabulary(tok):
+  from collapse_jax import prompts
+  prompts.make_setting("a", tok, max_n=8, vocab_size=49152)  # SmolLM2's own vocabulary
+  with pytest.raises(ValueError, match=r"outside the model vocabulary \[0, 40\)"):
+    prompts.make_setting("a", tok, max_n=8, vocab_size=40)
+
+
 @pytest.mark.parametrize("key", ["a", "b", "c", "d"])
 def test_pair_definitions(settings, tok, key):
   from collapse_jax import prompts
