@@ -137,8 +137,9 @@ def numerics_path(backend: str | None = None) -> dict:
   """Which path computes the bits, for results files and console lines.
 
   ``portable`` is True on XLA:CPU when the effective ISA is the reference ISA and the
-  platform-dependent math is off: then the same program gives the same bits on every x86-64
-  CPU (BUILD_NOTES "What bitwise equal means" says what was measured)."""
+  platform-dependent math is off: then the same program, with the policies' default
+  ``accum_block``, gives the same bits on every x86-64 CPU (BUILD_NOTES "What bitwise equal
+  means" says what was measured)."""
   from collapse_jax import isa
   if backend is None:
     import jax
