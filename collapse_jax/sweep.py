@@ -326,8 +326,7 @@ def synthetic_collapse_grid(pe: str, init_var: float, lengths, seeds, dtypes, *,
   Returns (config, records)."""
   from collapse_jax import precision as precision_lib
   cfg = DecoderConfig(num_layers=1, d_model=d_model, num_heads=1, use_mlp=False, pe=pe,
-                      vocab_size=vocab, init_var=init_var, init="normal",
-                      max_len=int(np.max(lengths)) + 1)
+                      vocab_size=vocab, init_var=init_var, max_len=int(np.max(lengths)) + 1)
   names = ["float64"] + [d for d in dtypes if d != "float64"]
   pols = [precision_lib.get_policy(d) for d in names]
   recs = run_grid(cfg, pols, [1], "stream_repeat_last", lengths, list(seeds),

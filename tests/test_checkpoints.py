@@ -376,7 +376,7 @@ def test_gguf_loader_synthetic(tmp_path):
   cfg = DecoderConfig(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, head_dim=16,
                       mlp="swiglu", mlp_dim=96, norm="rmsnorm", norm_eps=1e-5, rope_theta=1e5,
                       vocab_size=300,
-                      max_len=256, init="normal", init_var=0.02 ** 2)
+                      max_len=256, init_var=0.02 ** 2)
   sd = _tiny_hf_state_dict(cfg, np.random.default_rng(1))
   path = tmp_path / "tiny.gguf"
   _write_tiny_gguf(path, cfg, sd, q8_embedding=True)
@@ -411,7 +411,7 @@ def test_gguf_loader_synthetic(tmp_path):
 @needs_tokenizers
 def test_gguf_tokenizer_synthetic(tmp_path):
   from collapse_jax.checkpoints import gguf as g
-  from collapse_jax.checkpoints.tokenizer import encode, load_tokenizer, tokenizer_from_metadata
+  from collapse_jax.checkpoints import encode, load_tokenizer, tokenizer_from_metadata
   cfg = DecoderConfig(num_layers=1, d_model=16, num_heads=2, mlp="swiglu", mlp_dim=32,
                       norm="rmsnorm", vocab_size=300)
   path = tmp_path / "tok.gguf"

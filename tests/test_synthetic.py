@@ -18,7 +18,7 @@ def test_copied_vector_pair_matches_exact_forwards_float64():
   """repeat_position: B_n's copy of the last token keeps position n-1 (sinusoidal PE), so
   B_n = A_n with its last input VECTOR repeated. Both engines equal exact forwards."""
   cfg = cj.DecoderConfig(num_layers=1, d_model=16, num_heads=1, use_mlp=False, pe="sinusoidal",
-                         vocab_size=64, init="normal", init_var=1 / 16)
+                         vocab_size=64, init_var=1 / 16)
   pol = cj.get_policy("float64")
   params = model.init_params(cfg, jax.random.key(0))
   f = fam.make_family("stream_repeat_last", 24, seed=0, vocab_size=64)

