@@ -96,3 +96,41 @@ def isa_heatmap(fractions: dict, settings, path: str, title: str) -> str:
   fig.colorbar(im, ax=ax, label="fraction of elements with other bits")
   ax.set_title(title, fontsize=9)
   return save(fig, path)
+
+
+def floor_figure(stages: dict, records, path: str, title: str) -> str:
+  """Left: coordinates of each stage whose stored bits differ between rows n-1 and n
+  (``diagnosis.stage_differences`` per dtype: {dtype: result}), one line per (dtype, n).
+  Right: ||y_n - y*_{n+1}||_inf vs n for sweep ``records``, one colour per dtype, with
+  bitwise-equal n on the floor line."""
+  fig, axes = subplots(1, 2, figsize=(12.0, 4.6))
+  ax = axes[0, 0]
+  for dtype, r in stages.items():
+    x = np.arange(len(r["stages"]))
+    for k, n in enumerate(r["n"]):
+      ax.plot(x, np.asarray(r["coords_differ"])[:, k], "o-", ms=4, lw=1,
+              color=DTYPE_COLORS.get(dtype, None), alpha=0.4 + 0.6 * k / max(len(r["n"]) - 1, 1),
+              label=f"{dtype}, n={n}")
+    ax.set_xticks(x, r["stages"], rotation=30, fontsize=8)
+  ax.set_ylabel("coordinates whose bits differ (row n-1 vs n)")
+  ax.legend(fontsize=7)
+  ax.grid(True, alpha=0.3)
+  ax = axes[0, 1]
+  vals = np.concatenate([np.asarray(r["linf"], np.float64) for r in records])
+  _, floor = positive_for_log(vals)
+  for r in records:
+    n, y = np.asarray(r["lengths"]), np.asarray(r["linf"], np.float64)
+    line, = ax.plot(n, np.where(y > 0, y, np.nan), lw=0.9, color=DTYPE_COLORS.get(r["dtype"]),
+                    label=f"{r['dtype']} (equal at {int(np.sum(r['bitwise_equal']))} n)")
+    eq = np.asarray(r["bitwise_equal"], bool)
+    if eq.any():
+      ax.plot(n[eq], np.full(eq.sum(), floor), "|", color=line.get_color(), ms=8)
+  ax.axhline(floor, color="0.6", lw=0.6, ls="--")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("sequence length n")
+  ax.set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$")
+  ax.legend(fontsize=7)
+  ax.grid(True, which="both", alpha=0.25)
+  fig.suptitle(title, fontsize=10)
+  return save(fig, path)
