@@ -9,6 +9,16 @@ NORM_KINDS = ("layernorm", "rmsnorm", "gemma_rmsnorm")
 PE_KINDS = ("rope", "sinusoidal", "alibi", "learned", "none")
 
 
+def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> None:
+  """Fail fast on host token ids outside [0, vocab_size): inside jit an out-of-range id
+  silently becomes a NaN row (or wraps, for -1)."""
+  import numpy as np
+  a = np.asarray(ids)
+  if a.size and (a.min() < 0 or a.max() >= vocab_size):
+    bad = a[(a < 0) | (a >= vocab_size)].ravel()[:5].tolist()
+    raise ValueError(f"{what} {bad} outside the model vocabulary [0, {vocab_size})")
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
   """Architecture of the decoder (model.Decoder). Validated on construction.
@@ -109,15 +119,9 @@ class DecoderConfig:
       raise ValueError(f"length {n} exceeds the learned PE table (max_len={self.max_len})")
 
   def check_token_ids(self, ids, what: str = "token ids") -> None:
-    """Fail fast on host token ids outside [0, vocab_size): inside jit an out-of-range id
-    silently becomes a NaN row (or wraps, for -1). No-op for vector-input models."""
-    if not self.vocab_size:
-      return
-    import numpy as np
-    a = np.asarray(ids)
-    if a.size and (a.min() < 0 or a.max() >= self.vocab_size):
-      bad = a[(a < 0) | (a >= self.vocab_size)].ravel()[:5].tolist()
-      raise ValueError(f"{what} {bad} outside the model vocabulary [0, {self.vocab_size})")
+    """:func:`check_token_ids` against this model's vocabulary (no-op for vector input)."""
+    if self.vocab_size:
+      check_token_ids(ids, self.vocab_size, what)
 
   def replace(self, **kw) -> "DecoderConfig":
     return dataclasses.replace(self, **kw)

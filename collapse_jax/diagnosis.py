@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import model
+from collapse_jax import metrics, model
 from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
@@ -29,7 +29,8 @@ def stage_names(cfg: DecoderConfig) -> list[str]:
 def stage_differences(cfg: DecoderConfig, pol: Policy, params, tokens_T, ns) -> dict:
   """One causal pass over ``tokens_T`` (int [T], T > max(ns)); ``params`` already cast by
   ``pol``. Returns {'n': [K], 'stages': [S], 'linf': float [S, K] (float64 max |row n-1 -
-  row n|), 'coords_differ': int [S, K] (stored coordinates whose bits differ), 'coords': int
+  row n|), 'coords_differ': int [S, K] (stored coordinates not bitwise equal; NaN/inf never
+  are, as in ``metrics.bitwise_equal``), 'coords': int
   [S] (coordinates per stage), 'absmax': float [S, K] (max |row n-1|)}."""
   ns = [int(n) for n in ns]
   if not ns or min(ns) < 1 or max(ns) >= len(tokens_T):
@@ -48,8 +49,7 @@ def stage_differences(cfg: DecoderConfig, pol: Policy, params, tokens_T, ns) -> 
     a, b = t[rows - 1], t[rows]
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     linf.append(np.abs(a64 - b64).max(-1))
-    bits = lambda x: np.ascontiguousarray(x).view(f"u{x.dtype.itemsize}")
-    differ.append((bits(a) != bits(b)).sum(-1))
+    differ.append((~np.asarray(metrics.bitwise_equal_elementwise(a, b))).sum(-1))
     absmax.append(np.abs(a64).max(-1))
   return {"n": ns, "stages": stage_names(cfg), "linf": np.stack(linf),
           "coords_differ": np.stack(differ), "coords": [t.shape[-1] for t in tensors],

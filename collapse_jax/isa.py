@@ -17,6 +17,7 @@ compares the bits. Nothing here changes process state.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -34,20 +35,21 @@ _REPORTED_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw"
                    "avx512_bf16", "avx512_fp16", "amx_bf16", "neon", "asimd", "sve")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+@functools.lru_cache(maxsize=None)  # the CPU does not change within a process
+def _cpuinfo() -> tuple[str, frozenset[str]]:
   model, flags = platform.processor() or platform.machine(), set()
   try:
     with open("/proc/cpuinfo") as f:
       text = f.read()
   except OSError:
-    return model, flags
+    return model, frozenset(flags)
   m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
   if m:
     model = m.group(1).strip()
   m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
   if m:
     flags = set(m.group(1).split())
-  return model, flags
+  return model, frozenset(flags)
 
 
 def native_isa(flags: set[str] | None = None) -> str | None:
@@ -136,7 +138,7 @@ def probe_outputs(seed: int = 0) -> dict:
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-def probe_under(setting: str, path: str, cwd: str | None = None) -> None:
+def probe_under(setting: str, path: str) -> None:
   """Run :func:`probe_outputs` in a fresh process on one numerics path and save it (npz).
 
   ``setting``: 'reference' (collapse_jax's pinned path), 'native' (``COLLAPSE_JAX_ISA=
@@ -155,8 +157,8 @@ def probe_under(setting: str, path: str, cwd: str | None = None) -> None:
   code = ("import sys, numpy as np, collapse_jax\n"
           "from collapse_jax import isa\n"
           "np.savez(sys.argv[1], **isa.probe_outputs())\n")
-  r = subprocess.run([sys.executable, "-c", code, path], env=env, cwd=cwd,
-                     capture_output=True, text=True)
+  r = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True,
+                     text=True)
   if r.returncode:
     last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
     raise RuntimeError(f"probe under {setting} failed: {last}")

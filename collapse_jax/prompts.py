@@ -49,6 +49,8 @@ from typing import Sequence
 
 import numpy as np
 
+from collapse_jax.config import check_token_ids
+
 SETTINGS = ("a", "b", "c", "d")
 COUNT_QUESTION = "How many ones are in the following sequences?"
 COPY_QUESTION = "Can you copy the following number?"
@@ -224,10 +226,8 @@ def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
     rng = np.random.default_rng(seed)  # choice() is prefix-consistent in its size
     stream = tuple(int(i) for i in rng.choice(np.asarray(digit_ids), size=max(max_n, 2)))
   if vocab_size is not None:
-    used = np.asarray(prefix + suffix + list(digit_ids) + [comma_id], np.int64)
-    if used.min() < 0 or used.max() >= vocab_size:
-      raise ValueError(f"setting ({key}): the tokenizer gives ids up to {int(used.max())}, "
-                       f"outside the model vocabulary [0, {vocab_size})")
+    check_token_ids(list(prefix) + list(suffix) + list(digit_ids) + [comma_id], vocab_size,
+                    f"setting ({key}): token ids")
   return PromptSetting(key=key, title=spec["title"], pair=spec["pair"], question=spec["question"],
                        prefix_ids=tuple(prefix), suffix_ids=tuple(suffix), one_id=one_id,
                        comma_id=comma_id, digit_ids=digit_ids, random_digits=spec["random_digits"],

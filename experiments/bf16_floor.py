@@ -25,7 +25,7 @@ flags.DEFINE_string("dtype", "float64,bfloat16", "precisions compared stage by s
 flags.DEFINE_list("lengths", ["1000", "4000"], "n at which rows n-1 and n are compared")
 flags.DEFINE_list("heads", ["1"], "head count (the first is used)")
 flags.DEFINE_integer("d_model", 64, "model width")
-flags.DEFINE_integer("max_len", 8192, "the ablation sweep covers log:17:max_len:300")
+flags.DEFINE_integer("max_len", 8192, "the distance sweep covers log:17:max_len:300")
 flags.DEFINE_list("seeds", ["0"], "seed (the first is used)")
 flags.DEFINE_string("out", None, "output directory (default runs/bf16_floor-<UTC time>)")
 
@@ -61,7 +61,7 @@ def main(argv):
           f"{lin[np.argmin(abs(n - 1000))]:.3g}, at n={n[-1]} {lin[-1]:.3g}")
   results.write_json(f"{out}/results.json", {
       "experiment": "bf16_floor", "config": cfg.to_dict(), "flags": F.flag_values_dict(),
-      "environment": results.environment(), "stages": stages, "ablation": records})
+      "environment": results.environment(), "stages": stages, "sweep": records})
   plotting.floor_figure(stages, records, f"{out}/bf16_floor.png",
                         f"prefix_repeat, 2L d={F.d_model} H={heads}: where rows n-1 and n "
                         "still differ (left); the distance over n (right)")

@@ -1,7 +1,7 @@
 """Test configuration: float64 is needed by the `float64` precision preset and the float64
 reference comparisons. This is the only global setting made here.
 
-A test that runs a precision policy this process cannot compile (float16 under
+A test that runs a precision policy this process cannot compile (float16 and fp8 under
 ``--xla_cpu_max_isa=SSE4_2``, see ``Policy.unavailable_reason``) is skipped with that
 reason, by the policy names in its parameters; .ci/run's SSE4_2 pass relies on it."""
 import collapse_jax  # noqa: F401  (XLA guards before any computation)
