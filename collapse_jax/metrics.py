@@ -78,6 +78,19 @@ def max_ulp_distance(x, y, axis=-1):
   return jnp.max(ulp_distance(x, y), axis=axis)
 
 
+def half_ulp(magnitude, dtype):
+  """Half the spacing of ``dtype``'s values at |magnitude| (elementwise, in f64 if x64 is on
+  else f32): eps * 2^floor(log2|m|) / 2, and at least half the smallest subnormal. Two exact
+  values closer than this CAN round to the same stored value; the level below which a
+  distance can become bitwise zero."""
+  import ml_dtypes
+  info = ml_dtypes.finfo(jnp.dtype(dtype))
+  eps, tiny = float(info.eps), float(info.smallest_subnormal)
+  m = jnp.abs(jnp.asarray(magnitude, jnp.result_type(float)))
+  ulp = eps * jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(m, tiny))))
+  return jnp.maximum(ulp, tiny) / 2
+
+
 def _dist_dtype(x):
   return jnp.float64 if jnp.asarray(x).dtype == jnp.float64 else jnp.float32
 

@@ -34,13 +34,13 @@ Settings (n = number of DIGIT tokens in A_n; commas are not counted):
 
 Exactness of the one-pass formulations:
   * (a), (c), (d): A_n is a prefix of B_n, and every B_n is a prefix of ONE sequence
-    (``one_pass_tokens``): one causal pass holds A_n's last digit at row ``rows[0]`` and B_n's
+    (``stream``): one causal pass holds A_n's last digit at row ``rows(ns)[0]`` and B_n's
     at ``rows[1]``. Mathematically exact (causal attention); bits can differ from an
     exact-length forward because XLA's blocking depends on the shape.
   * (b): A_n is a prefix of B_n, but A_{n+1} = ... x_n 1 is NOT a prefix of B_n = ... 1 1 when
     x_n != 1, so there is no single sequence. The kv_cache sweep engine runs one pass over
     the stream ``prompt + x_1..x_{N-1}`` and then, per n, the two tokens [1, 1] at positions
-    [P+n-1, P+n] attending to the first P+n-1 cached keys (family length = P + n).
+    [P+n-1, P+n] attending to the first P+n-1 cached keys (len(A_n) = P + n).
 """
 from __future__ import annotations
 
@@ -49,9 +49,11 @@ from typing import Sequence
 
 import numpy as np
 
+from collapse_jax import pairs
 from collapse_jax.config import check_token_ids
 
 SETTINGS = ("a", "b", "c", "d")
+POSITIONS = ("digit", "turn_end")
 COUNT_QUESTION = "How many ones are in the following sequences?"
 COPY_QUESTION = "Can you copy the following number?"
 _MARK = "\x00DIGITS\x00"
@@ -73,8 +75,8 @@ _SPEC = {
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptSetting:
-  """One Figure-5 setting as token ids.
+class PromptSetting(pairs.PairSet):
+  """One Figure-5 setting as a pair set of token ids (vocabulary: collapse_jax/pairs.py).
 
   Attributes:
     key: 'a'..'d'. title / pair: human-readable panel title and pair definition.
@@ -84,6 +86,8 @@ class PromptSetting:
     one_id / comma_id: ids of '1' and ','. digit_ids: ids of '0'..'9'.
     random_digits: setting (b). commas: setting (d). seed: digit seed for (b).
     digit_stream: (b) only: the seeded digits x_1..x_K (ids), shared by every n.
+    position: the compared token, 'digit' (the last digit) or 'turn_end' (the last token of
+      the chat turn; A_n and B_n then differ before it: exact-length forwards only).
   """
   key: str
   title: str
@@ -98,17 +102,66 @@ class PromptSetting:
   commas: bool
   seed: int
   digit_stream: tuple = ()
+  position: str = "digit"
+  copy: str = "token"
+  min_n: int = 1
 
-  # -- definitions -------------------------------------------------------------------------
+  # -- the pair-set interface --------------------------------------------------------------
+  @property
+  def name(self) -> str:
+    return self.key
+
+  @property
+  def token(self) -> int:
+    return self.one_id
+
   @property
   def one_pass(self) -> bool:
-    """True when every (A_n, B_n) lives in one causal pass (settings a, c, d)."""
-    return not self.random_digits
+    """(a), (c), (d) at the last digit: every B_n is a prefix of one sequence."""
+    return not self.random_digits and self.position == "digit"
+
+  @property
+  def appended(self) -> bool:
+    """(a), (b), (c) at the last digit: B_n = A_n + ['1']; (d) inserts commas."""
+    return not self.commas and self.position == "digit"
 
   @property
   def prefix_len(self) -> int:
     return len(self.prefix_ids)
 
+  def lengths_ab(self, ns) -> np.ndarray:
+    n = np.asarray(ns, np.int64)
+    extra = self.prefix_len + (len(self.suffix_ids) if self.position == "turn_end" else 0)
+    a = n + ((n - 1) // 3 if self.commas else 0)
+    b = (n + 1) + (n // 3 if self.commas else 0)
+    return np.stack([a + extra, b + extra])
+
+  def stream(self, max_n: int, min_tokens: int = 0) -> np.ndarray:
+    """One-pass settings: the sequence whose prefixes are every B_n (n <= max_n), continued
+    until it has ``min_tokens`` tokens. (b): prompt + x_1..x_{max_n-1} (at least one digit)."""
+    pre = np.asarray(self.prefix_ids, np.int32)
+    if self.one_pass:
+      m = max_n
+      while len(pre) + len(self.digits(m, b_side=True)) < min_tokens:
+        m += max(1, (min_tokens - len(pre) - len(self.digits(m, b_side=True))) // 2)
+      return np.concatenate([pre, self.digits(m, b_side=True)])
+    if not self.appended:
+      raise ValueError(f"setting ({self.key}) at position {self.position!r} has no stream: "
+                       "use the exact engine")
+    k = max(max_n - 1, 1)
+    if k > len(self.digit_stream):
+      raise ValueError(f"setting (b) was built for n <= {len(self.digit_stream) + 1}")
+    return np.concatenate([pre, np.asarray(self.digit_stream[:k], np.int32)])
+
+  def pair_tokens(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(A_n, B_n) token ids: the prompt, the digits, and at ``position='turn_end'`` the chat
+    suffix (each ends at its compared token)."""
+    pre = np.asarray(self.prefix_ids, np.int32)
+    suf = np.asarray(self.suffix_ids if self.position == "turn_end" else (), np.int32)
+    return (np.concatenate([pre, self.digits(n), suf]),
+            np.concatenate([pre, self.digits(n, b_side=True), suf]))
+
+  # -- digits and text ---------------------------------------------------------------------
   def digits(self, n: int, *, b_side: bool = False) -> np.ndarray:
     """Token ids after the prompt of A_n (``b_side``: of B_n), up to its last digit."""
     if n < 1:
@@ -128,16 +181,6 @@ class PromptSetting:
       out.append(self.one_id)
     return np.asarray(out, np.int32)
 
-  def pair_tokens(self, n: int, position: str = "digit") -> tuple[np.ndarray, np.ndarray]:
-    """(A_n, B_n) token ids. ``position='digit'``: the sequences end at their last digit (the
-    compared token); ``'turn_end'``: the chat suffix follows (compared token: its last)."""
-    if position not in ("digit", "turn_end"):
-      raise ValueError(f"position must be 'digit' or 'turn_end', got {position!r}")
-    pre = np.asarray(self.prefix_ids, np.int32)
-    suf = np.asarray(self.suffix_ids if position == "turn_end" else (), np.int32)
-    return (np.concatenate([pre, self.digits(n), suf]),
-            np.concatenate([pre, self.digits(n, b_side=True), suf]))
-
   def digit_text(self, n: int, *, b_side: bool = False) -> str:
     """The digits of A_n (B_n) as text (with commas for (d))."""
     table = {self.one_id: "1", self.comma_id: ","}
@@ -147,56 +190,21 @@ class PromptSetting:
   def user_text(self, n: int, *, b_side: bool = False) -> str:
     return f"{self.question} {self.digit_text(n, b_side=b_side)}"
 
-  # -- one causal pass (a, c, d) -----------------------------------------------------------
-  def one_pass_tokens(self, max_n: int) -> np.ndarray:
-    """The ONE sequence whose prefixes are every B_n (hence every A_n) for n <= max_n."""
-    if not self.one_pass:
-      raise ValueError(f"setting ({self.key}) has no single shared sequence; use kv_cache rows")
-    return self.pair_tokens(max_n)[1]
-
-  def rows(self, lengths) -> np.ndarray:
-    """int [2, S]: rows of ``one_pass_tokens`` holding A_n's and B_n's last digit token."""
-    if not self.one_pass:
-      raise ValueError(f"setting ({self.key}) has no single shared sequence; use kv_cache")
-    n = np.asarray(lengths, np.int64)
-    if n.min() < 1:
-      raise ValueError("n must be >= 1")
-    a_len = n + ((n - 1) // 3 if self.commas else 0)
-    b_len = (n + 1) + (n // 3 if self.commas else 0)
-    return np.stack([self.prefix_len + a_len - 1, self.prefix_len + b_len - 1]).astype(np.int32)
-
-  # -- kv_cache stream (b) -----------------------------------------------------------------
-  def kv_stream(self, max_n: int) -> np.ndarray:
-    """(b): prompt + x_1..x_{max_n-1} (at least one digit): the kv_cache engine's stream."""
-    k = max(max_n - 1, 1)
-    if k > len(self.digit_stream):
-      raise ValueError(f"setting (b) was built for n <= {len(self.digit_stream) + 1}")
-    return np.concatenate([np.asarray(self.prefix_ids, np.int32),
-                           np.asarray(self.digit_stream[:k], np.int32)])
-
-  def kv_lengths(self, lengths) -> np.ndarray:
-    """Sweep-engine lengths for (b): the family length counts the prompt (P + n)."""
-    return (np.asarray(lengths, np.int64) + self.prefix_len).astype(np.int32)
-
   # -- bookkeeping -------------------------------------------------------------------------
-  def token_counts(self, lengths, position: str = "digit") -> dict:
+  def token_counts(self, ns) -> dict:
     """Token counts of A_n / B_n per n (and the prompt/suffix lengths)."""
-    n = np.asarray(lengths, np.int64)
-    extra = len(self.suffix_ids) if position == "turn_end" else 0
-    a = np.asarray([len(self.digits(int(i))) for i in n]) + self.prefix_len + extra
-    b = np.asarray([len(self.digits(int(i), b_side=True)) for i in n]) + self.prefix_len + extra
+    n = np.asarray(ns, np.int64)
+    a, b = self.lengths_ab(n)
     return {"prefix_tokens": self.prefix_len, "suffix_tokens": len(self.suffix_ids),
             "A_tokens": a, "B_tokens": b, "digit_tokens_A": n, "digit_tokens_B": n + 1}
 
   def describe(self) -> dict:
-    return {"key": self.key, "title": self.title, "pair": self.pair, "question": self.question,
+    return {**super().describe(), "key": self.key, "title": self.title, "pair": self.pair,
+            "question": self.question, "position": self.position,
             "prefix_ids": list(self.prefix_ids), "suffix_ids": list(self.suffix_ids),
             "prefix_tokens": self.prefix_len, "suffix_tokens": len(self.suffix_ids),
             "one_id": self.one_id, "comma_id": self.comma_id, "digit_ids": list(self.digit_ids),
-            "seed": self.seed if self.random_digits else None,
-            "one_pass": self.one_pass,
-            "engine_formulation": ("one causal pass, explicit rows" if self.one_pass else
-                                   "kv_cache: one pass over prompt + x_1..x_{N-1}, then [1,1] per n")}
+            "seed": self.seed if self.random_digits else None}
 
 
 def _single(tokenizer, text: str) -> int:
@@ -208,13 +216,16 @@ def _single(tokenizer, text: str) -> int:
 
 
 def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
-                 system: str | None = None, vocab_size: int | None = None) -> PromptSetting:
+                 system: str | None = None, vocab_size: int | None = None,
+                 position: str = "digit") -> PromptSetting:
   """Build setting ``key`` ('a'..'d') with the tokenizer and the chat template. ``max_n`` sizes
   (b)'s seeded digit stream (its first digits do not depend on max_n). ``vocab_size``: the
   model's; every id the setting uses must lie below it (ValueError otherwise)."""
   from collapse_jax.checkpoints.tokenizer import chat_prompt, encode
   if key not in _SPEC:
     raise ValueError(f"unknown setting {key!r}; valid: {', '.join(SETTINGS)}")
+  if position not in POSITIONS:
+    raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
   spec = _SPEC[key]
   text = chat_prompt(f"{spec['question']} {_MARK}", system=system)
   pre_text, suf_text = text.split(_MARK)
@@ -231,13 +242,13 @@ def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
   return PromptSetting(key=key, title=spec["title"], pair=spec["pair"], question=spec["question"],
                        prefix_ids=tuple(prefix), suffix_ids=tuple(suffix), one_id=one_id,
                        comma_id=comma_id, digit_ids=digit_ids, random_digits=spec["random_digits"],
-                       commas=spec["commas"], seed=seed, digit_stream=stream)
+                       commas=spec["commas"], seed=seed, digit_stream=stream, position=position)
 
 
 def make_settings(keys: Sequence[str], tokenizer, *, max_n: int = 1000, seed: int = 0,
-                  vocab_size: int | None = None):
-  return {k: make_setting(k, tokenizer, max_n=max_n, seed=seed, vocab_size=vocab_size)
-          for k in keys}
+                  vocab_size: int | None = None, position: str = "digit"):
+  return {k: make_setting(k, tokenizer, max_n=max_n, seed=seed, vocab_size=vocab_size,
+                          position=position) for k in keys}
 
 
 def check_tokenization(setting: PromptSetting, tokenizer, ns: Sequence[int] = (1, 2, 3, 4, 7)):

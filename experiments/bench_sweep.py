@@ -22,14 +22,10 @@ import numpy as np
 from absl import app, flags
 
 import collapse_jax as cj
-from collapse_jax import families, model, sweep, xla_env
+from collapse_jax import cli, engines, pairs, model, xla_env
 
 F = flags.FLAGS
-flags.DEFINE_string("dtype", "bfloat16", "precision preset")
-flags.DEFINE_integer("max_len", 512, "N: lengths 1..N are swept")
-flags.DEFINE_integer("heads", 4, "head count")
-flags.DEFINE_integer("layers", 2, "layers")
-flags.DEFINE_integer("d_model", 64, "width")
+cli.define(dtype="bfloat16", max_len=512, heads=["4"], layers=2, d_model=64)
 flags.DEFINE_integer("loop_lengths", 16, "lengths timed in the per-length loop")
 flags.DEFINE_integer("repeats", 3, "timing repeats (median)")
 
@@ -45,17 +41,18 @@ def _time(fn, repeats):
 
 def main(argv):
   del argv
-  pol = cj.get_policy(F.dtype)
-  cfg = cj.DecoderConfig(num_layers=F.layers, d_model=F.d_model, num_heads=F.heads, vocab_size=32)
+  with cli.usage_errors():
+    pol = cli.policies(F.dtype)[0]
+    heads = cli.int_list(F.heads, "heads")[0]
+  cfg = cj.DecoderConfig(num_layers=F.layers, d_model=F.d_model, num_heads=heads, vocab_size=32)
   N = F.max_len
-  f = families.make_family("repeat", N, seed=0, vocab_size=32)
+  f = pairs.make_family("repeat", N, seed=0, vocab_size=32)
   lengths = np.arange(1, N + 1)
   params = pol.cast_params(model.init_params(cfg, jax.random.key(0)))
   params_B = jax.tree_util.tree_map(lambda x: x[None], params)
-  toks = f.tokens[None]
 
   def run(engine, p=pol):
-    return sweep.run_sweep(cfg, p, params_B, toks, 1, lengths, engine=engine, shared_prefix=True)
+    return engines.run(cfg, p, params_B, [f], lengths, engine=engine)
 
   t0 = time.perf_counter(); run("causal"); compile_sweep = time.perf_counter() - t0
   t_sweep = _time(lambda: run("causal"), F.repeats)
@@ -79,7 +76,7 @@ def main(argv):
   t_loop_all = t_loop_each * N
 
   print(f"device={jax.devices()[0].device_kind} backend={jax.default_backend()} dtype={pol.name} "
-        f"L={F.layers} D={F.d_model} H={F.heads} N={N}")
+        f"L={F.layers} D={F.d_model} H={heads} N={N}")
   print(f"  one forward at length N+1 (warm)           {t_fwd:9.4f} s")
   print(f"  sweep, causal engine, {N} lengths (warm)   {t_sweep:9.4f} s   (first call incl. compile {compile_sweep:.2f} s)")
   print(f"  sweep, backend dot order (accum_block=None) {t_unblocked:8.4f} s")

@@ -1,7 +1,7 @@
 r"""Why does bf16 stop at ~1 ulp instead of collapsing? (BUILD_NOTES, issue 3 results)
 
   python -m experiments.bf16_floor                        # default model, n = 1000, 4000
-  python -m experiments.bf16_floor --lengths=500,2000,8000 --max_len=8192
+  python -m experiments.bf16_floor --at=500,2000,8000 --max_len=8192
 
 Compares rows n-1 and n of ONE causal pass of the sweep's default model on the
 prefix_repeat family, stage by stage (``collapse_jax.diagnosis``): float64 max |difference|
@@ -18,29 +18,24 @@ import numpy as np
 from absl import app, flags
 
 import collapse_jax as cj
-from collapse_jax import diagnosis, families, model, plotting, precision, results, sweep, xla_env
+from collapse_jax import cli, diagnosis, pairs, model, plotting, results, sweep, xla_env
 
 F = flags.FLAGS
-flags.DEFINE_string("dtype", "float64,bfloat16", "precisions compared stage by stage")
-flags.DEFINE_list("lengths", ["1000", "4000"], "n at which rows n-1 and n are compared")
-flags.DEFINE_list("heads", ["1"], "head count (the first is used)")
-flags.DEFINE_integer("d_model", 64, "model width")
-flags.DEFINE_integer("max_len", 8192, "the distance sweep covers log:17:max_len:300")
-flags.DEFINE_list("seeds", ["0"], "seed (the first is used)")
-flags.DEFINE_string("out", None, "output directory (default runs/bf16_floor-<UTC time>)")
+cli.define(dtype="float64,bfloat16", heads=["1"], d_model=64, max_len=8192, lengths=None,
+           seeds=["0"], out=None)
+flags.DEFINE_list("at", ["1000", "4000"], "n at which rows n-1 and n are compared stage by stage")
 
 
 def main(argv):
   del argv
-  try:
-    pols = [precision.get_policy(n) for n in F.dtype.split(",")]
-    ns, heads, seed = [int(n) for n in F.lengths], int(F.heads[0]), int(F.seeds[0])
+  with cli.usage_errors():
+    pols = cli.policies(F.dtype)
+    ns = cli.int_list(F.at, "at")
+    heads, seed = cli.int_list(F.heads, "heads")[0], cli.int_list(F.seeds, "seeds")[0]
     cfg = cj.DecoderConfig(num_layers=2, d_model=F.d_model, num_heads=heads, vocab_size=32,
                            max_len=max(F.max_len, max(ns)) + 1)
-    fam = families.make_family("prefix_repeat", max(ns) + 1, seed=seed, vocab_size=32)
-    grid = families.parse_lengths(f"log:17:{F.max_len}:300")
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    fam = pairs.make_family("prefix_repeat", max(ns) + 1, seed=seed, vocab_size=32)
+    grid = cli.lengths(F.lengths or f"log:17:{F.max_len}:300", F.max_len)
   xla_env.enable_x64()
   out = results.make_run_dir(F.out, "bf16_floor")
   print(f"numerics: {xla_env.numerics_path()['name']}")
@@ -53,8 +48,8 @@ def main(argv):
       print(f"{pol.name:>9s} n={n}: " + "  ".join(
           f"{s}: {r['linf'][i, k]:.2g} ({r['coords_differ'][i, k]}/{r['coords'][i]})"
           for i, s in enumerate(r["stages"])))
-  records = sweep.run_grid(cfg, pols, [heads], "prefix_repeat", grid, [seed],
-                           log=lambda *a: None)
+  records = sweep.family_grid(cfg, pols, [heads], "prefix_repeat", grid, [seed],
+                              log=lambda *a: None)
   for r in records:
     lin, n = np.asarray(r["linf"]), np.asarray(r["lengths"])
     print(f"{r['dtype']:>18s}: onset {r['collapse_onset']}, |dy| at n~1000 "

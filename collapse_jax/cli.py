@@ -1,0 +1,124 @@
+"""The one flag vocabulary of every experiment, defined once.
+
+Every ``experiments/*.py`` app defines its flags with :func:`define`, which takes the names
+below (with the experiment's own defaults) and gives each the same type and meaning:
+
+  --dtype        precision presets: one name, a comma list, or ``all`` (every preset)
+  --seeds        comma list of seeds (model init and random tokens): ``0,1,2``
+  --max_len      the largest n (sequence length) swept
+  --lengths      the grid of n: ``a:b``, ``a:b:step``, ``log:a:b:count`` or ``1,2,8``;
+                 every n must be <= --max_len (default: every n in 1..max_len)
+  --heads        comma list of attention head counts
+  --out          output directory (default ``runs/<experiment>-<UTC time>``; never overwritten)
+  --plot         write the figures
+  --layers / --d_model / --pe / --norm / --mlp / --vocab   the synthetic model
+  --engine       sweep engine (collapse_jax.engines.ENGINES; default: resolved per pair set)
+  --chunk        lengths per vmapped chunk (kv_cache / masked engines)
+  --fp8_scaling  per-tensor amax scaling for the fp8 presets
+  --full         paper-scale settings instead of the fast defaults
+
+The parsers (:func:`policies`, :func:`int_list`, :func:`lengths`) are plain functions of
+strings, so they are tested without absl. Bad values raise ValueError with a one-line
+message; :func:`usage_errors` turns it into absl's one-line usage error.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+from absl import app, flags
+
+from collapse_jax import config as config_lib
+from collapse_jax import pairs
+from collapse_jax import precision
+
+FLAGS = flags.FLAGS
+
+# name -> (absl kind, help). Enum flags take their choices from the library.
+VOCABULARY = {
+    "dtype": ("string", "precision presets: a name, a comma list, or 'all' ("
+              + ", ".join(precision.preset_names()) + ")"),
+    "seeds": ("list", "comma list of seeds (model init and random tokens)"),
+    "max_len": ("integer", "largest n (sequence length) swept"),
+    "lengths": ("string", "grid of n: 'a:b', 'a:b:step', 'log:a:b:count' or '1,2,8' (every "
+                "n <= --max_len; default: every n in 1..max_len)"),
+    "heads": ("list", "comma list of attention head counts (each must divide d_model)"),
+    "out": ("string", "output directory (default runs/<experiment>-<UTC time>; never "
+            "overwritten)"),
+    "plot": ("bool", "write the figures"),
+    "layers": ("integer", "decoder layers"),
+    "d_model": ("integer", "model width"),
+    "pe": (("enum", config_lib.PE_KINDS), "positional encoding"),
+    "norm": (("enum", config_lib.NORM_KINDS), "normalisation"),
+    "mlp": (("enum", config_lib.MLP_KINDS), "MLP kind"),
+    "vocab": ("integer", "vocabulary size of the synthetic token model"),
+    "engine": ("string", "sweep engine: causal, kv_cache, masked or exact (default: the "
+               "pair set's own, see collapse_jax.engines.resolve)"),
+    "chunk": ("integer", "lengths per vmapped chunk (kv_cache / masked engines)"),
+    "fp8_scaling": ("bool", "per-tensor amax scaling for the fp8 presets"),
+    "full": ("bool", "paper-scale settings instead of the fast defaults"),
+}
+
+
+def define(**defaults) -> None:
+  """Define the named vocabulary flags with these defaults, e.g.
+  ``define(dtype="bfloat16", seeds="0", max_len=2048, out=None)``. A name outside
+  :data:`VOCABULARY` is an error: an experiment's own flags are defined next to it."""
+  for name, default in defaults.items():
+    if name not in VOCABULARY:
+      raise KeyError(f"{name!r} is not in the flag vocabulary ({', '.join(VOCABULARY)})")
+    kind, help_ = VOCABULARY[name]
+    if isinstance(kind, tuple):
+      flags.DEFINE_enum(name, default, kind[1], help_)
+    else:
+      getattr(flags, f"DEFINE_{kind}")(name, default, help_)
+
+
+def policies(spec: str, *, fp8_scaling: bool = False) -> list[precision.Policy]:
+  """'bfloat16', 'float32,bfloat16' or 'all' -> policies (unknown names: ValueError).
+  ``fp8_scaling`` applies to the fp8 presets and is an error when none is selected."""
+  names = precision.preset_names() if spec.strip() == "all" else [
+      s.strip() for s in spec.split(",") if s.strip()]
+  if not names:
+    raise ValueError("--dtype is empty: name a preset, a comma list or 'all'")
+  pols = [precision.get_policy(n) for n in names]
+  if fp8_scaling and not any(p.is_fp8 for p in pols):
+    raise ValueError("--fp8_scaling applies to fp8 presets only; none selected")
+  return [precision.get_policy(p.name, fp8_scaling=True) if fp8_scaling and p.is_fp8 else p
+          for p in pols]
+
+
+def int_list(values: Sequence[str] | str, what: str) -> list[int]:
+  """['0', '1'] or '0,1' -> [0, 1]; a non-integer or an empty list is a ValueError."""
+  if isinstance(values, str):
+    values = values.split(",")
+  try:
+    out = [int(v) for v in values if str(v).strip()]
+  except ValueError as e:
+    raise ValueError(f"--{what} must be a comma list of integers, got {','.join(values)!r}") from e
+  if not out:
+    raise ValueError(f"--{what} is empty")
+  return out
+
+
+def lengths(spec: str | None, max_len: int, hint: str = "") -> np.ndarray:
+  """The grid of n (``pairs.parse_lengths``); default every n in 1..max_len. An n beyond
+  ``max_len`` is a ValueError (the model's tables and the engines are sized by max_len),
+  with ``hint`` appended."""
+  if max_len < 1:
+    raise ValueError(f"--max_len must be >= 1, got {max_len}")
+  grid = pairs.parse_lengths(spec or f"1:{max_len}")
+  if grid[-1] > max_len:
+    raise ValueError(f"--lengths reaches n={grid[-1]}, beyond --max_len={max_len}{hint}")
+  return grid
+
+
+@contextlib.contextmanager
+def usage_errors():
+  """Bad flag values (ValueError/KeyError raised while setting up) -> absl's one-line usage
+  error instead of a traceback."""
+  try:
+    yield
+  except (ValueError, KeyError) as e:
+    raise app.UsageError(str(e).strip("'\"")) from e

@@ -1,0 +1,285 @@
+"""The sweep engines: last-token representations of (A_n, B_n) for many n, and the one
+engine registry. Words (n, A_n, B_n, stream, one pass, appended, copy): collapse_jax/pairs.py.
+
+  * ``causal``   (one-pass sets, copy='token'): one causal pass over the stream; A_n's and
+    B_n's compared tokens are the rows ``pair_set.rows(ns)``.
+  * ``kv_cache`` (appended sets): one pass over the stream collects every layer's K/V; then,
+    batched over n, the two tokens [a, a] at positions [len(A_n)-1, len(A_n)] (copy='vector':
+    both at len(A_n)-1) attend to the first len(A_n)-1 cached keys. Token 0 is A_n's last
+    token, token 1 is B_n's.
+  * ``masked``   (appended sets; the reference): per n one forward over B_n padded to
+    len(B_max) with a key-padding mask, vmapped over n (chunked with lax.map).
+  * ``exact``    (any set): separate exact-shape forwards of A_n and B_n (one compile per
+    sequence length: for small grids and for pairs no one-pass form holds).
+Every engine but ``exact`` is jit-compiled ONCE per (policy, config, engine): lengths and seeds
+are data. All compute the same mathematical function; their bits can differ because XLA's
+reduction order depends on shapes (BUILD_NOTES.md records where they agree bitwise).
+
+Per n, :func:`pair_metrics` compares A and B for the final output y, the residual stream at
+every layer (v^(0..L)) and every head's attention output at the last layer.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from collapse_jax import metrics
+from collapse_jax import model as model_lib
+from collapse_jax import pairs as pairs_lib
+from collapse_jax.config import DecoderConfig
+from collapse_jax.precision import Policy
+
+ENGINES = ("causal", "kv_cache", "masked", "exact")
+COLLECT = ("residual", "heads")
+# Number of times each (policy name, num_heads, engine) sweep program was traced: a test
+# checks it stays 1 however many lengths are swept.
+TRACE_COUNT: collections.Counter = collections.Counter()
+
+
+def resolve(engine: str | None, pair_set: pairs_lib.PairSet) -> str:
+  """The engine for a pair set: ``None``/'auto' picks causal for one-pass sets (copy
+  'token'), else kv_cache for appended sets, else exact. A named engine that cannot hold
+  the set's pairs is a ValueError saying which can."""
+  name = pair_set.name
+  if engine in (None, "auto"):
+    if pair_set.one_pass and pair_set.copy == "token":
+      return "causal"
+    return "kv_cache" if pair_set.appended else "exact"
+  if engine not in ENGINES:
+    raise ValueError(f"unknown engine {engine!r}; valid: auto, {', '.join(ENGINES)}")
+  if engine == "causal" and not pair_set.one_pass:
+    raise ValueError(f"pair set {name!r} has no single shared sequence: the causal engine "
+                     "cannot hold its pairs; use kv_cache, masked or exact")
+  if engine == "causal" and pair_set.copy == "vector":
+    raise ValueError("copy='vector' (the copied last token keeps A_n's last position) needs "
+                     "the kv_cache, masked or exact engine")
+  if engine in ("kv_cache", "masked") and not pair_set.appended:
+    raise ValueError(f"pair set {name!r}: B_n is not A_n plus a repeated last token, so "
+                     f"{engine} does not apply; use causal or exact")
+  return engine
+
+
+def _rows(out, idx_S):
+  """Gather rows idx (int [S]) of a batch-1 forward: y [S,D], residual [L+1,S,D], heads [S,H,Dh]."""
+  return {"y": out["y"][0, idx_S], "residual": out["residual"][:, 0, idx_S],
+          "heads": out["heads"][-1, 0, idx_S]}
+
+
+def _pairs_causal(cfg, pol, params, tokens_T, rows_2S):
+  """rows_2S: int [2, S] rows of the one causal pass holding A_n's and B_n's compared token."""
+  out = model_lib.forward(cfg, pol, params, tokens_T[None], collect=COLLECT)
+  return _rows(out, rows_2S[0]), _rows(out, rows_2S[1])
+
+
+def _pairs_kv(cfg, pol, params, stream_T, token, len_a_S, chunk, copy_vector=False):
+  """KV-cache engine. stream_T: A_n = stream[:len(A_n)-1] + [a]."""
+  M = stream_T.shape[0]
+  pre = model_lib.forward(cfg, pol, params, stream_T[None], collect=("kv",))
+
+  def one_chunk(n_C):
+    C = n_C.shape[0]
+    new = jnp.full((C, 2), token, jnp.int32)
+    pos = jnp.stack([n_C - 1, n_C - 1 if copy_vector else n_C], axis=1).astype(jnp.int32)
+    cache = {"k": jnp.broadcast_to(pre["k"], (cfg.num_layers, C) + pre["k"].shape[2:]),
+             "v": jnp.broadcast_to(pre["v"], (cfg.num_layers, C) + pre["v"].shape[2:]),
+             "pos": jnp.broadcast_to(jnp.arange(M, dtype=jnp.int32), (C, M)),
+             "valid": jnp.arange(M)[None, :] < (n_C[:, None] - 1)}
+    out = model_lib.forward(cfg, pol, params, new, positions=pos, cache=cache, collect=COLLECT)
+    pick = lambda j: {"y": out["y"][:, j], "residual": jnp.moveaxis(out["residual"][:, :, j], 0, 1),
+                      "heads": out["heads"][-1, :, j]}
+    return pick(0), pick(1)
+
+  return _map_chunks(one_chunk, len_a_S, chunk)
+
+
+def _pairs_masked(cfg, pol, params, tokens_T, token, len_a_S, chunk, one_pass, total,
+                  copy_vector=False):
+  """Reference engine: one padded forward per n (B_n), vmapped over n in chunks."""
+  def one(n):
+    if one_pass:
+      seq = jnp.where(jnp.arange(total) <= n, tokens_T[:total], 0).astype(jnp.int32)
+    else:
+      seq = pairs_lib.appended_pair_tokens(tokens_T, token, n, total)
+    valid = (jnp.arange(total) <= n)[None]
+    pos = jnp.arange(total, dtype=jnp.int32)
+    if copy_vector:  # B_n's copy of the last token keeps A_n's last position
+      pos = jnp.minimum(pos, n - 1)
+    out = model_lib.forward(cfg, pol, params, seq[None], positions=pos[None], key_valid=valid,
+                            collect=COLLECT)
+    return _rows(out, jnp.stack([n - 1, n]))
+
+  def one_chunk(n_C):
+    r = jax.vmap(one)(n_C)  # y [C,2,D], residual [C,L+1,2,D], heads [C,2,H,Dh]
+    pick = lambda j: {"y": r["y"][:, j], "residual": r["residual"][:, :, j], "heads": r["heads"][:, j]}
+    return pick(0), pick(1)
+
+  return _map_chunks(one_chunk, len_a_S, chunk)
+
+
+def _map_chunks(one_chunk, lengths_S, chunk):
+  """lax.map ``one_chunk`` over [chunk]-slices of lengths (padded by repeating the last n).
+  one_chunk returns (a, b) dicts with n leading: y [C,D], residual [C,L+1,D], heads
+  [C,H,Dh]; the result is in pair_metrics' layout (residual [L+1,S,D])."""
+  S = lengths_S.shape[0]
+  C = -(-S // chunk)
+  padded = jnp.concatenate([lengths_S, jnp.broadcast_to(lengths_S[-1:], (C * chunk - S,))])
+  pairs = jax.lax.map(one_chunk, padded.reshape(C, chunk))
+
+  def join(tree):
+    flat = {k: v.reshape((C * chunk,) + v.shape[2:])[:S] for k, v in tree.items()}
+    flat["residual"] = jnp.moveaxis(flat["residual"], 0, 1)
+    return flat
+  return join(pairs[0]), join(pairs[1])
+
+
+def pair_metrics(a: dict, b: dict) -> dict:
+  """Metrics of A vs B per n. a/b: y [S,D], residual [L+1,S,D], heads [S,H,Dh].
+  Returns y_* [S], layer_* [L+1,S], head_* [H,S] for linf/l1/max_ulp/equal/nonfinite,
+  and y_absmax / head_absmax [S] (max |A| over the vector / over all heads: the magnitude
+  that sets the dtype's ulp)."""
+  out = {}
+  for key, x, y in (("y", a["y"], b["y"]), ("layer", a["residual"], b["residual"]),
+                    ("head", jnp.moveaxis(a["heads"], 1, 0), jnp.moveaxis(b["heads"], 1, 0))):
+    m = metrics.summarize_pair(x, y)
+    out.update({f"{key}_{k}": v for k, v in m.items()})
+  absmax = lambda x, axis: jnp.max(jnp.abs(x.astype(metrics._dist_dtype(x))), axis=axis)
+  out["y_absmax"] = absmax(a["y"], -1)
+  out["head_absmax"] = absmax(a["heads"], (-2, -1))
+  return out
+
+
+@functools.lru_cache(maxsize=64)
+def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, one_pass: bool,
+                  total: int, chunk: int, copy_vector: bool = False):
+  """The jitted program for one (policy, config, engine) of causal/kv_cache/masked:
+  f(params_B, tokens_BT, token, len_a_S, rows_2S) -> metrics with a leading seed axis B.
+  Lengths, tokens and seeds are data."""
+  if engine not in ENGINES[:3]:
+    raise ValueError(f"sweep_program builds causal, kv_cache or masked, not {engine!r}")
+  if not cfg.causal:
+    raise ValueError("the sweep engines read A_n's last token from B_n's causal pass; a "
+                     "bidirectional model (causal=False) needs separate exact-length forwards")
+
+  def per_seed(params, tokens_T, token, len_a_S, rows_2S):
+    if engine == "causal":
+      a, b = _pairs_causal(cfg, pol, params, tokens_T, rows_2S)
+    elif engine == "kv_cache":
+      a, b = _pairs_kv(cfg, pol, params, tokens_T, token, len_a_S, chunk, copy_vector)
+    else:
+      a, b = _pairs_masked(cfg, pol, params, tokens_T, token, len_a_S, chunk, one_pass,
+                           total, copy_vector)
+    return pair_metrics(a, b)
+
+  def program(params_B, tokens_BT, token, len_a_S, rows_2S):
+    TRACE_COUNT[(pol.name, cfg.num_heads, engine)] += 1
+    return jax.vmap(per_seed, in_axes=(0, 0, None, None, None))(
+        params_B, tokens_BT, token, len_a_S, rows_2S)
+
+  return jax.jit(program)
+
+
+@functools.lru_cache(maxsize=16)
+def _exact_fn(cfg: DecoderConfig, pol: Policy):
+  """One jitted exact-length forward per (config, policy): the compared (last) token's y,
+  residual [L+1, D] and last-layer heads [H, Dh]. jit compiles once per sequence length."""
+  @jax.jit
+  def last(params, tokens_T, positions_T):
+    out = model_lib.forward(cfg, pol, params, tokens_T[None], positions=positions_T[None],
+                            collect=COLLECT)
+    return {"y": out["y"][0, -1], "residual": out["residual"][:, 0, -1],
+            "heads": out["heads"][-1, 0, -1]}
+  return last
+
+
+def _exact(cfg, pol, params, pair_set, ns) -> dict:
+  """Exact engine for one seed: metrics as pair_metrics returns them. A forward is reused
+  when B_n equals A_{n+1} (same tokens and positions)."""
+  if not cfg.causal:
+    raise ValueError("the sweep engines compare last tokens of causal passes; a bidirectional "
+                     "model (causal=False) is not supported")
+  last = _exact_fn(cfg, pol)
+  done: dict = {}
+
+  def get(tokens, positions):
+    key = np.asarray(tokens, np.int32).tobytes() + np.asarray(positions, np.int32).tobytes()
+    if key not in done:
+      done[key] = last(params, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32))
+    return done[key]
+
+  a_list, b_list = [], []
+  for n in ns:
+    (ta, tb), (pa, pb) = pair_set.pair_tokens(int(n)), pair_set.positions(int(n))
+    a_list.append(get(ta, pa))
+    b_list.append(get(tb, pb))
+  stack = lambda xs: {k: jnp.stack([x[k] for x in xs], axis=1 if k == "residual" else 0)
+                      for k in xs[0]}
+  return jax.jit(pair_metrics)(stack(a_list), stack(b_list))
+
+
+def seed_mesh(num_seeds: int):
+  """A 1-D mesh over local devices if the seed batch divides evenly, else None."""
+  devs = jax.local_devices()
+  if len(devs) > 1 and num_seeds % len(devs) == 0:
+    return Mesh(np.asarray(devs), ("seeds",))
+  return None
+
+
+def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib.PairSet],
+        ns, *, engine: str | None = None, chunk: int = 32, min_tokens: int = 0) -> dict:
+  """Run one engine over a batch of seeds.
+
+  Args:
+    params_B: policy-cast params with a leading seed axis B.
+    pair_sets: B pair sets of one kind (one per seed; e.g. a family per seed, or the same
+      prompt setting), sharing lengths and rows.
+    ns: int [S] the swept n (strictly increasing, >= min_n).
+    engine: an ENGINES name, or None/'auto' (:func:`resolve`).
+    min_tokens: causal engine: pad the one pass to at least this many tokens (continuing the
+      pattern; rows are unchanged), so pair sets with other lengths share one compiled program.
+  Returns numpy metrics (:func:`pair_metrics`) with leading axis B.
+  """
+  pol.check_available()
+  first = pair_sets[0]
+  engine = resolve(engine, first)
+  ns = first.check(ns)
+  max_n = int(ns[-1])
+  if engine == "exact":
+    out = [_exact(cfg, pol, jax.tree_util.tree_map(lambda x: x[i], params_B), s, ns)
+           for i, s in enumerate(pair_sets)]
+    return {k: np.stack([np.asarray(o[k]) for o in out]) for k in out[0]}
+  len_a = first.lengths_ab(ns)[0].astype(np.int32)
+  if engine == "causal":
+    rows = first.rows(ns)
+    total = int(max(rows.max() + 1, min_tokens))
+  else:
+    rows = np.stack([len_a - 1, len_a]).astype(np.int32)
+    total = int(len_a[-1]) + 1
+  streams = [s.stream(max_n, total if first.one_pass else 0) for s in pair_sets]
+  width = {len(x) for x in streams}
+  if len(width) != 1:
+    raise ValueError(f"the pair sets' streams differ in length ({sorted(width)}): one batch "
+                     "needs one shape")
+  tokens_BT = np.stack(streams)
+  if first.one_pass and tokens_BT.shape[1] < total:
+    raise ValueError(f"shared sequence has {tokens_BT.shape[1]} tokens; need {total}")
+  cfg.check_token_ids(tokens_BT, "sweep tokens")
+  cfg.check_token_ids([first.token], "the repeated token")
+  if engine == "causal":
+    tokens_BT = tokens_BT[:, :total]
+  prog = sweep_program(cfg, pol, engine, first.one_pass, total, int(min(chunk, ns.size)),
+                       first.copy == "vector")
+  mesh = seed_mesh(tokens_BT.shape[0])
+  tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
+  if mesh is not None:  # shard the seed batch over local devices (data parallel)
+    shard = NamedSharding(mesh, P("seeds"))
+    params_B = jax.device_put(params_B, shard)
+    tokens_BT = jax.device_put(tokens_BT, shard)
+  out = prog(params_B, tokens_BT, jnp.int32(first.token), jnp.asarray(len_a),
+             jnp.asarray(rows))
+  return {k: np.asarray(v) for k, v in out.items()}
