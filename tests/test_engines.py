@@ -1,6 +1,5 @@
 """Engines (collapse_jax/engines.py): correctness vs exact-length float64 forwards, engine
 agreement, the exact engine, resolution, one compile per (dtype, heads), device sharding."""
-import json
 import os
 import subprocess
 import sys
@@ -180,18 +179,26 @@ def test_resolve_picks_and_rejects_engines():
     engines.resolve("fast", pre)
 
 
-def test_copy_vector_engines_agree_with_exact_forwards():
-  """copy='vector' (B_n's copy keeps A_n's last position) on kv_cache, masked and exact."""
-  lengths = np.asarray([3, 7, 12])
+def test_copied_vector_pair_matches_exact_forwards_float64():
+  """copy='vector': B_n's copy of the last token keeps position n-1 (sinusoidal PE), so
+  B_n = A_n with its last input VECTOR repeated. Every engine equals hand-built forwards."""
+  cfg = cj.DecoderConfig(num_layers=1, d_model=16, num_heads=1, use_mlp=False, pe="sinusoidal",
+                         vocab_size=64, init_var=1 / 16)
   pol = cj.get_policy("float64")
-  cfg = CFG.replace(pe="sinusoidal")
-  f = fam.make_family("stream_repeat_last", 12, seed=0, vocab_size=8, copy="vector")
-  params = _stack([pol.cast_params(model.init_params(cfg, jax.random.key(0)))])
-  outs = {e: engines.run(cfg, pol, params, [f], lengths, engine=e, chunk=2)
-          for e in ("kv_cache", "masked", "exact")}
-  for e in ("kv_cache", "masked"):
-    np.testing.assert_allclose(outs[e]["y_linf"], outs["exact"]["y_linf"], rtol=1e-9, atol=1e-13)
-  assert np.all(outs["exact"]["y_linf"] > 0)
+  params = model.init_params(cfg, jax.random.key(0))
+  f = fam.make_family("stream_repeat_last", 24, seed=0, vocab_size=64, copy="vector")
+  lengths = np.asarray([2, 5, 11, 24])
+  fwd = jax.jit(lambda p, x, pos: model.forward(cfg, pol, p, x, positions=pos, collect=("heads",)))
+  for engine in ("kv_cache", "masked", "exact"):
+    out = engines.run(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params), [f],
+                      lengths, engine=engine)
+    for i, n in enumerate(lengths):
+      seq = np.asarray(fam.appended_pair_tokens(f.tokens, 1, n, n + 1))
+      pos_b = np.minimum(np.arange(n + 1), n - 1)
+      a = fwd(params, jnp.asarray(seq[:n])[None], jnp.asarray(np.arange(n))[None])
+      b = fwd(params, jnp.asarray(seq)[None], jnp.asarray(pos_b)[None])
+      ref = np.abs(np.asarray(a["heads"])[0, 0, -1] - np.asarray(b["heads"])[0, 0, -1]).max()
+      np.testing.assert_allclose(out["head_linf"][0, 0, i], ref, rtol=1e-9, atol=1e-14)
 
 
 def test_causal_pass_padded_to_min_tokens_keeps_the_pairs():

@@ -25,3 +25,15 @@ def test_run_grid_checks_seed_counts():
   f = pairs.make_family("repeat", 8, seed=0, vocab_size=8)
   with pytest.raises(ValueError, match="2 sets for 1 seeds"):
     sweep.run_grid([model], [cj.get_policy("float32")], {"r": [f, f]}, [2, 3], [0])
+
+
+def test_fig8_distance_decays_and_prediction_is_recorded():
+  lengths = pairs.parse_lengths("log:2:512:12")
+  _, recs = sweep.synthetic_collapse_grid("sinusoidal", 1 / 32, lengths, [0], ["bfloat16"],
+                                          d_model=32, vocab=256, log=lambda *a: None)
+  ref = next(r for r in recs if r["dtype"] == "float64")
+  d = np.asarray(ref["attn_linf"])
+  assert d[-1] < 0.25 * d[np.argmin(abs(lengths - 16))]  # Theorem B.3: converges
+  assert ref["attn_onset"] == -1  # float64 never bitwise equal here
+  bf = next(r for r in recs if r["dtype"] == "bfloat16")
+  assert isinstance(bf["predicted_onset"], int) and isinstance(bf["attn_onset"], int)

@@ -1,0 +1,43 @@
+"""The flag vocabulary (collapse_jax/cli.py): parsers and one-line errors."""
+import numpy as np
+import pytest
+from absl import app, flags
+
+from collapse_jax import cli
+
+
+def test_policies_parse_lists_and_all():
+  assert [p.name for p in cli.policies("float32, bfloat16")] == ["float32", "bfloat16"]
+  assert len(cli.policies("all")) == 7
+  scaled = cli.policies("bfloat16,float8_e5m2", fp8_scaling=True)
+  assert [p.name for p in scaled] == ["bfloat16", "float8_e5m2_scaled"]
+  with pytest.raises(ValueError, match="valid: float64"):
+    cli.policies("bf16")
+  with pytest.raises(ValueError, match="fp8 presets only"):
+    cli.policies("bfloat16", fp8_scaling=True)
+  with pytest.raises(ValueError, match="empty"):
+    cli.policies(" , ")
+
+
+def test_int_lists_and_lengths():
+  assert cli.int_list(["0", "2"], "seeds") == [0, 2] and cli.int_list("4,1", "heads") == [4, 1]
+  with pytest.raises(ValueError, match="--seeds must be a comma list of integers"):
+    cli.int_list(["a"], "seeds")
+  np.testing.assert_array_equal(cli.lengths(None, 4), [1, 2, 3, 4])
+  np.testing.assert_array_equal(cli.lengths("2:8:3", 8), [2, 5, 8])
+  with pytest.raises(ValueError, match="beyond --max_len=8 .learned"):
+    cli.lengths("1:9", 8, hint=" (learned")
+
+
+def test_define_uses_the_vocabulary_and_usage_errors_are_one_line():
+  if "max_len" not in flags.FLAGS:
+    cli.define(max_len=77, seeds=["0", "1"], pe="alibi")
+  assert flags.FLAGS["max_len"].default == 77 and flags.FLAGS["seeds"].default == ["0", "1"]
+  assert flags.FLAGS["max_len"].help == cli.VOCABULARY["max_len"][1]
+  with pytest.raises(flags.IllegalFlagValueError):
+    flags.FLAGS["pe"].parse("xpos")  # enums take their choices from the library
+  with pytest.raises(KeyError, match="not in the flag vocabulary"):
+    cli.define(precisions="bfloat16")
+  with pytest.raises(app.UsageError, match="^unknown precision 'x'"):
+    with cli.usage_errors():
+      cli.policies("x")
