@@ -102,6 +102,14 @@ def int_list(values: Sequence[str] | str, what: str) -> list[int]:
   return out
 
 
+def one(values: Sequence, what: str):
+  """The single value of a vocabulary list flag in an experiment that takes one (e.g.
+  ``--seeds`` where one model is studied); more than one is a ValueError, not ignored."""
+  if len(values) != 1:
+    raise ValueError(f"--{what} takes one value in this experiment, got {list(values)}")
+  return values[0]
+
+
 def lengths(spec: str | None, max_len: int, hint: str = "") -> np.ndarray:
   """The grid of n (``pairs.parse_lengths``); default every n in 1..max_len. An n beyond
   ``max_len`` is a ValueError (the model's tables and the engines are sized by max_len),

@@ -18,6 +18,11 @@ computed in the compute/accumulation dtype and rounded at named points. Paramete
 
 Intermediates (``collect``) come from the same forward, never a second copy:
     'residual'      [L+1, B, N, D]     v^(0..L) (the residual stream entering each layer + output)
+    'attn_out'      [L, B, N, D]       each layer's attention block output Attn(norm1(v^(l)))
+                                       (after the output projection, before the residual add)
+    'mid_residual'  [L, B, N, D]       z^(l) = v^(l) + attn_out^(l), the residual stream between
+                                       attention and MLP (the MLP block's input; = v^(l+1)
+                                       without MLP)
     'heads'         [L, B, N, H, Dh]   per-head attention outputs sum_j p_ij v_j
     'attn_weights'  [L, B, H, N, M]    attention matrices (M = cache + N keys)
     'kv'            [L, B, N, KV, Dh]  keys (post-RoPE) and values, for a KV cache
@@ -37,7 +42,7 @@ from collapse_jax import positional
 from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
-COLLECTABLE = ("residual", "heads", "attn_weights", "kv", "logits")
+COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", "kv", "logits")
 
 
 def _normal(var: float):
@@ -155,14 +160,15 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None):
+    """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...]."""
     pol = self.policy
     a, heads, probs, kv = Attention(self.config, pol, name="attn")(
         Norm(self.config, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
     z = pol.round(pol.to_compute(v_BND) + pol.to_compute(a), "residual")
     if not self.config.use_mlp:
-      return z, heads, probs, kv
+      return z, heads, probs, kv, a, z
     m = MLP(self.config, pol, name="mlp")(Norm(self.config, pol, name="norm2")(z))
-    return pol.round(pol.to_compute(z) + pol.to_compute(m), "residual"), heads, probs, kv
+    return pol.round(pol.to_compute(z) + pol.to_compute(m), "residual"), heads, probs, kv, a, z
 
 
 class Decoder(nn.Module):
@@ -217,16 +223,22 @@ class Decoder(nn.Module):
       k_valid = jnp.concatenate([cache["valid"], key_valid], axis=1)
     else:
       k_pos, k_valid = positions, key_valid
-    residual, heads, weights, ks, vs = [v], [], [], [], []
+    residual, heads, weights, ks, vs, attn_out, mid = [v], [], [], [], [], [], []
     for l in range(cfg.num_layers):
       cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
-      v, h, p, kv = Block(cfg, pol, name=f"layer_{l}")(v, positions, k_pos, k_valid, cache_kv)
+      v, h, p, kv, a, z = Block(cfg, pol, name=f"layer_{l}")(v, positions, k_pos, k_valid,
+                                                               cache_kv)
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
+      attn_out.append(a); mid.append(z)
     y = Norm(cfg, pol, name="final_norm")(v, point="final_norm")
 
     out: dict[str, Any] = {"y": y}
     if "residual" in self.collect:
       out["residual"] = jnp.stack(residual)
+    if "attn_out" in self.collect:
+      out["attn_out"] = jnp.stack(attn_out)
+    if "mid_residual" in self.collect:
+      out["mid_residual"] = jnp.stack(mid)
     if "heads" in self.collect:
       out["heads"] = jnp.stack(heads)
     if "attn_weights" in self.collect:

@@ -1,4 +1,14 @@
-"""matplotlib figures shared by the experiments.
+"""matplotlib figures shared by the experiments: every figure an experiment writes is a
+named function here, drawn from the experiment's results.
+
+Conventions shared by all figures:
+  * each precision has one colour and one line style (``dtype_style``): float64 thick and
+    solid underneath, the others thinner and broken on top, so curves that coincide stay
+    visible;
+  * a distance that is exactly 0 (a bitwise-equal pair) cannot sit on a log axis: it is
+    drawn at a floor line at the bottom, with a '|' tick per equal n and a dot at the first
+    one (``equal_ticks``);
+  * log x axes label whole decades only (``log_x``), so tick labels never overlap.
 
 The backend is left to matplotlib (it falls back to a headless one when there is no
 display), so importing this module inside a notebook does not switch the user's backend.
@@ -9,6 +19,9 @@ import os
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import lines, ticker
+
+from collapse_jax import metrics, precision
 
 
 def subplots(nrows=1, ncols=1, **kw):
@@ -40,39 +53,129 @@ def positive_for_log(y, floor=None):
 DTYPE_COLORS = {"float64": "black", "float32": "tab:blue", "float16": "tab:green",
                 "bfloat16": "tab:orange", "bfloat16_pure": "tab:red",
                 "float8_e4m3fn": "tab:purple", "float8_e5m2": "tab:brown"}
+# Width, dash and z-order per dtype: float64/float32/float16 often coincide, so float64 is a
+# thick solid line underneath, float32 dashed and float16 dotted on top of it.
+DTYPE_STYLES = {"float64": {"ls": "-", "lw": 3.0, "zorder": 2},
+                "float32": {"ls": "--", "lw": 1.8, "zorder": 3},
+                "float16": {"ls": ":", "lw": 2.0, "zorder": 4},
+                "bfloat16": {"ls": "-", "lw": 1.1, "zorder": 5},
+                "bfloat16_pure": {"ls": "-.", "lw": 1.1, "zorder": 5},
+                "float8_e4m3fn": {"ls": "-", "lw": 0.8, "zorder": 6},
+                "float8_e5m2": {"ls": (0, (4, 1, 1, 1)), "lw": 0.8, "zorder": 6}}
+REFERENCE_STYLE = {"color": "0.6", "ls": "-", "lw": 5.0, "alpha": 0.55, "zorder": 1}
+LEVEL_STYLE = {"ls": (0, (1, 2)), "lw": 0.9}  # half-ulp levels, in the dtype's colour
+TICK_ROW = 2.2  # collapse_plot: each dtype's equal-ticks one row (this factor) lower
 
 
-def collapse_plot(records, path: str, title: str, key: str = "linf") -> str:
-  """Distance vs n (log-log), one panel per head count, one colour per dtype (seed mean).
-  Bitwise-equal pairs (distance exactly 0) leave a gap in the curve and a tick on the
-  floor line at the bottom; the first equal n (collapse onset) is a large dot."""
+def dtype_style(name: str) -> dict:
+  """plot() keywords (color, ls, lw, zorder) of a precision preset; '_scaled' fp8 variants
+  share their preset's style, unknown names get a thin solid line in the next colour."""
+  base = name.removesuffix("_scaled")
+  return {"color": DTYPE_COLORS.get(base), **DTYPE_STYLES.get(base, {"ls": "-", "lw": 1.0,
+                                                                    "zorder": 5})}
+
+
+def half_ulp(absmax, name: str) -> np.ndarray | None:
+  """ulp(|y|)/2 in the storage dtype of preset ``name`` at magnitudes ``absmax`` [...]: two
+  values closer than this round to the same stored number. None for an unknown preset."""
+  base = name.removesuffix("_scaled")
+  if base not in precision.PRESETS:
+    return None
+  return np.asarray(metrics.half_ulp(np.asarray(absmax, np.float64),
+                                     precision.get_policy(base).storage_dtype), np.float64)
+
+
+def log_x(ax) -> None:
+  """Log x axis with few labels that never overlap; call it after plotting. A range of 30x
+  or more is labelled at whole decades only (10^k); a shorter one, which may hold no decade
+  at all, at 1-2-5 (or every integer multiple below 3x) in plain numbers. No minor labels."""
+  ax.set_xscale("log")
+  lo, hi = ax.get_xlim()
+  if hi / lo >= 30:
+    major = ticker.LogLocator(base=10, numticks=8)
+    ax.xaxis.set_major_formatter(ticker.LogFormatterSciNotation(base=10))
+  else:
+    major = ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if hi / lo >= 3 else np.arange(1, 10))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.xaxis.set_major_locator(major)
+  ax.xaxis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2, 10), numticks=12))
+  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def equal_ticks(ax, n, equal, floor: float, color, *, ms: float = 8, onset=None) -> None:
+  """Bitwise-equal n (``equal`` bool [S] over ``n`` [S]) as '|' ticks on the floor line
+  at y = ``floor``, and the first one (``onset`` > 0, e.g. the collapse onset) as a dot."""
+  n, equal = np.asarray(n), np.asarray(equal, bool)
+  if equal.any():
+    ax.plot(n[equal], np.full(equal.sum(), floor), "|", color=color, ms=ms, zorder=7)
+  if onset is not None and onset > 0:
+    ax.plot([onset], [floor], "o", color=color, ms=6, zorder=7)
+
+
+def _seed_mean(rs, key):
+  """(lengths [S], seed-mean of r[key] [S]) of records that share their lengths."""
+  return np.asarray(rs[0]["lengths"]), np.mean([np.asarray(r[key], np.float64) for r in rs], 0)
+
+
+def collapse_plot(records, path: str, title: str, key: str = "linf", reference=None) -> str:
+  """Distance ``key`` vs n (log-log), one panel per head count, one style per dtype (seed
+  mean; ``dtype_style``). Bitwise-equal pairs (distance exactly 0) leave a gap in the curve
+  and a tick on the floor line at the bottom; the first equal n (collapse onset) is a dot.
+  With several dtypes, each one's ticks form their own row, the first on the floor line.
+  Why a curve floors: each dtype's ulp(max|y_n|)/2 at the measured magnitude (records'
+  'absmax' [S]) is a thin dotted line of its colour, where it falls inside the data's range;
+  ``reference`` (float64 records of the same run: 'heads', 'seed', 'lengths', key) adds the
+  seed-mean float64 distance per panel as a thick grey line."""
   groups: dict = {}
   for r in records:
     groups.setdefault((r["heads"], r["dtype"]), []).append(r)
+  refs: dict = {}
+  for r in reference or ():
+    refs.setdefault(r["heads"], []).append(r)
   heads = sorted({h for h, _ in groups})
-  all_vals = np.concatenate([np.asarray(r[key], np.float64) for r in records])
-  _, floor = positive_for_log(all_vals)
-  fig, axes = subplots(1, len(heads), figsize=(6.0 * len(heads), 4.8), sharey=True)
+  vals = np.concatenate([np.asarray(r[key], np.float64) for r in [*records, *(reference or ())]])
+  _, floor = positive_for_log(vals)
+  top = float(np.nanmax(np.where(np.isfinite(vals), vals, np.nan), initial=floor))
+  # one row of equal-ticks per dtype that has any, below the floor
+  rows = max(1, len({d for (_, d), rs in groups.items()
+                     if any(np.any(r["bitwise_equal"]) for r in rs)}))
+  fig, axes = subplots(1, len(heads), figsize=(6.0 * len(heads), 4.8 + 0.13 * (rows + 2)),
+                       sharey=True)
   for ax, h in zip(axes[0], heads):
+    handles, row = [], 0
+    if h in refs:
+      n, y = _seed_mean(refs[h], key)
+      handles += ax.plot(n, np.where(y > 0, y, np.nan), label="float64 reference",
+                         **REFERENCE_STYLE)
+    levels = False
     for (hh, dtype), rs in groups.items():
       if hh != h:
         continue
-      color = DTYPE_COLORS.get(dtype.replace("_scaled", ""), None)
-      n = np.asarray(rs[0]["lengths"])
-      y = np.mean([np.asarray(r[key], np.float64) for r in rs], axis=0)
+      style = dtype_style(dtype)
+      n, y = _seed_mean(rs, key)
       equal = np.all([np.asarray(r["bitwise_equal"], bool) for r in rs], axis=0)
       onset = min((r["collapse_onset"] for r in rs if r["collapse_onset"] > 0), default=-1)
-      label = dtype + (f" (equal at {equal.sum()} n, first n={onset})" if onset > 0 else " (never equal)")
-      ax.plot(n, np.where(y > 0, y, np.nan), lw=0.8, alpha=0.85, color=color, label=label)
+      label = dtype + (f" (equal at {equal.sum()} n, first n={onset})" if onset > 0
+                       else " (never equal)")
+      handles += ax.plot(n, np.where(y > 0, y, np.nan), alpha=0.9, label=label, **style)
+      level = half_ulp(_seed_mean(rs, "absmax")[1], dtype) if "absmax" in rs[0] else None
+      if level is not None and level.max() > floor:  # below the data: left out, not squashed
+        ax.plot(n, level, color=style["color"], zorder=style["zorder"], **LEVEL_STYLE)
+        top, levels = max(top, float(level.max())), True
       if equal.any():
-        ax.plot(n[equal], np.full(equal.sum(), floor), "|", color=color, ms=8)
-        ax.plot([onset], [floor], "o", color=color, ms=6)
+        equal_ticks(ax, n, equal, floor / TICK_ROW ** row, style["color"], onset=onset)
+        row += 1
+    if levels:
+      handles.append(lines.Line2D([], [], color="0.3", label="ulp(max|y|)/2 (dtype's colour)",
+                                  **LEVEL_STYLE))
     ax.axhline(floor, color="0.6", lw=0.6, ls="--")
-    ax.set_xscale("log")
+    log_x(ax)
     ax.set_yscale("log")
+    ax.set_ylim(floor / TICK_ROW ** rows / 1.3, top * 1.6)
     ax.set_xlabel("sequence length n")
     ax.set_title(f"H={h}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(handles=handles, fontsize=6.5, ncol=2, loc="upper center",
+              bbox_to_anchor=(0.5, -0.14), frameon=False)
     ax.grid(True, which="both", alpha=0.25)
   axes[0, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$  (ticks at bottom: bitwise equal)")
   fig.suptitle(title, fontsize=10)
@@ -122,15 +225,262 @@ def floor_figure(stages: dict, records, path: str, title: str) -> str:
     n, y = np.asarray(r["lengths"]), np.asarray(r["linf"], np.float64)
     line, = ax.plot(n, np.where(y > 0, y, np.nan), lw=0.9, color=DTYPE_COLORS.get(r["dtype"]),
                     label=f"{r['dtype']} (equal at {int(np.sum(r['bitwise_equal']))} n)")
-    eq = np.asarray(r["bitwise_equal"], bool)
-    if eq.any():
-      ax.plot(n[eq], np.full(eq.sum(), floor), "|", color=line.get_color(), ms=8)
+    equal_ticks(ax, n, r["bitwise_equal"], floor, line.get_color())
   ax.axhline(floor, color="0.6", lw=0.6, ls="--")
-  ax.set_xscale("log")
+  log_x(ax)
   ax.set_yscale("log")
   ax.set_xlabel("sequence length n")
   ax.set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$")
   ax.legend(fontsize=7)
   ax.grid(True, which="both", alpha=0.25)
   fig.suptitle(title, fontsize=10)
+  return save(fig, path)
+
+
+def softmax_lemmas_figure(b1: dict, b2: dict, b4: dict, path: str) -> str:
+  """experiments.softmax_lemmas (``theory.softmax`` sweeps). (a) Figure 9 / Lemma B.2:
+  float64 mean with the min/max band over seeds, the mean-field estimate, and each
+  precision's seed mean (exact zeros on the floor line); (b) Lemma B.4's constant distance
+  next to B.2's decay; (c) Lemma B.1's gap vs its closed form (x: a negative gap)."""
+  precs = list(b1["gap_by_precision"])
+  ns = np.asarray(b2["n"])
+  mean64 = b2["tv_float64"].mean(1)
+  floor = 1e-7 if ns.max() <= 1e5 else None
+  fig, axes = subplots(1, 3)
+  ax = axes[0, 0]
+  ax.fill_between(ns, b2["tv_float64"].min(1), b2["tv_float64"].max(1), color="C0", alpha=0.25,
+                  label="float64 min/max over seeds")
+  ax.plot(ns, mean64, "o-", color="C0", ms=3, label="float64 mean (numpy)")
+  ax.plot(ns, b2["mean_field"], "k--", lw=1, label="mean-field estimate")
+  for p in precs:
+    tv = b2["tv_by_precision"][p]
+    y, floor = positive_for_log(tv.mean(1), floor)
+    ax.plot(ns, y, marker=".", alpha=0.9, label=p, **dtype_style(p))
+    equal_ticks(ax, ns, np.all(tv == 0, axis=1), floor, dtype_style(p)["color"],
+                onset=b2["first_zero_by_precision"][p])
+  ax.axhline(floor, color="gray", lw=0.5, ls=":")
+  ax.set(yscale="log", xlabel="sequence length n",
+         ylabel=r"$\delta(\mathrm{softmax}(x), \mathrm{softmax}(x^*))$ (L1)",
+         title=f"Fig. 9 / Lemma B.2 (k={b2['k']}; |: all seeds exactly 0, at {floor:g})")
+  ax = axes[0, 1]
+  ax.plot(b4["n"], b4["tv_float64"], "o-", color="C0", ms=3, label="B.4 alternating, float64")
+  for p in precs:
+    y, _ = positive_for_log(b4["tv_by_precision"][p], floor)
+    ax.plot(b4["n"], y, marker=".", alpha=0.9, label=f"B.4 {p}", **dtype_style(p))
+  ax.axhline(b4["limit"], color="k", ls="--", lw=1, label="2(e-1)/(e+1) = 0.9242")
+  ax.plot(ns, mean64, "s-", color="C7", ms=3, label="B.2 decay, float64 mean")
+  ax.set(yscale="log", xlabel="sequence length n (even)", ylabel="L1 distance",
+         title="Lemma B.4 (no decay) vs Lemma B.2 (decay)")
+  ax = axes[0, 2]
+  ax.plot(b1["n"], b1["gap"], "o-", color="C0", ms=3, label="float64 (numpy)")
+  ax.plot(b1["n"], b1["gap_closed_form"], "k--", lw=1, label=r"$e^{b+c}/(S(S+e^b))$")
+  for p in precs:
+    g = b1["gap_by_precision"][p]
+    y, _ = positive_for_log(np.abs(g), 1e-12)
+    ax.plot(b1["n"], y, marker=".", alpha=0.9, label=p, **dtype_style(p))
+    ax.plot(b1["n"][g < 0], y[g < 0], "x", color=dtype_style(p)["color"], ms=8)
+  ax.set(yscale="log", xlabel="n (length of x; x* has n+1)",
+         ylabel=r"softmax$(x)_n$ - softmax$(x^*)_{n+1}$",
+         title=f"Lemma B.1 (b={b1['b']}, c={b1['c']}; zeros at 1e-12, x: gap < 0)")
+  for ax in axes[0]:
+    log_x(ax)
+    ax.legend(fontsize=7)
+  return save(fig, path)
+
+
+def oversquashing_figure(sens: dict, spectral: dict, depths: dict, path: str, *,
+                         title: str, tol: float) -> str:
+  """experiments.oversquashing. (a) ||d y_n / d v_i^(0)|| per position (full and
+  attention-frozen; ``theory.sensitivity.sensitivity_vs_bound``) under Theorem 5.1's bound
+  and its per-position variant; (b) Prop. B.8: the last row's distance from its limit vs L
+  per matrix (``spectral.convergence_curves``), dotted lambda_2^L; (c) layers needed to reach
+  ``tol`` vs n (``spectral.convergence_depths``)."""
+  fig, axes = subplots(1, 3)
+  ax = axes[0, 0]
+  b = sens["bound"]
+  pos = np.arange(1, len(b["bound"]) + 1)
+  ax.plot(pos, b["bound"], color="k", lw=1.2, label="Thm 5.1 bound (paper constants)")
+  ax.plot(pos, b["bound_tight"], color="gray", lw=1, ls="--", label="bound, per-position factors")
+  ax.plot(pos, sens["frozen"]["spectral"], color="C1", lw=0.8,
+          label="sensitivity, attention frozen")
+  ax.plot(pos, sens["full"]["spectral"], color="C0", lw=0.8, alpha=0.8,
+          label="sensitivity, full gradient")
+  ax.set(yscale="log", xlabel="input position i",
+         ylabel=r"$\|\partial y_n / \partial v_i^{(0)}\|_2$", title=title)
+  ax.legend(fontsize=7)
+  ax = axes[0, 1]
+  for i, (key, r) in enumerate(spectral.items()):
+    y, _ = positive_for_log(r["err_last_row"], 1e-17)
+    ax.plot(r["L"], y, color=f"C{i}", lw=1, label=f"{key} ($\\lambda_2$={r['lambda2']:.3f}, "
+                                                   f"rate={r['rate']:.3f})")
+    ax.plot(r["L"], r["lambda2"] ** np.asarray(r["L"], float), color=f"C{i}", lw=0.6, ls=":")
+  ax.set(yscale="log", ylim=(1e-17, 2), xlabel="layers L",
+         ylabel=r"$\max_i |((\Lambda+I)/2)^L_{n,i} - [i=1]|$",
+         title=r"Prop. B.8: convergence to first column (dotted: $\lambda_2^L$)")
+  ax.legend(fontsize=6)
+  ax = axes[0, 2]
+  ax.plot(depths["n"], depths["uniform"], "o-", label="uniform causal")
+  ax.plot(depths["n"], depths["random"], "s-", label="random causal (N(0,1) scores)")
+  log_x(ax)
+  ax.set(xlabel="n", ylabel=f"layers L to reach error < {tol:g}",
+         title="Convergence depth vs sequence length")
+  ax.legend(fontsize=7)
+  return save(fig, path)
+
+
+def counting_figure(b9: dict, b10: dict, path: str, *, base: str) -> str:
+  """experiments.counting. (a) Prop. B.9: max |rep(expanded) - rep(base)| / max |rep(base)|
+  per depth for every ``theory.counting.b9_sweep`` key (solid: blocks, dashed: tiled; the
+  first multiplier opaque; 0 = bitwise equal drawn at 1e-9); (b) Cor. B.10: the last-token
+  distance of counts n-1 and n per precision (``counting_collapse``), the float64 reference,
+  bitwise-equal n as ticks at 1e-6 and the first confirmed wrong count as a dotted line."""
+  fig, axes = subplots(1, 2)
+  ax = axes[0, 0]
+  floor = 1e-9
+  first_rows = next(iter(b9.values()))
+  mults = sorted({r["multiplier"] for r in first_rows})
+  for i, (k, rows) in enumerate(b9.items()):
+    for r in rows:
+      y, _ = positive_for_log(r["max_rel_diff"][1:], floor)
+      x = np.arange(1, len(y) + 1) + 0.03 * i
+      lab = f"{k} m={r['multiplier']}" if r["arrangement"] == "blocks" else None
+      ax.plot(x, y, "-" if r["arrangement"] == "blocks" else "--", marker="o", ms=3, lw=0.8,
+              color=f"C{i}", alpha=0.4 + 0.6 * (r["multiplier"] == mults[0]), label=lab)
+  depth_names = first_rows[0]["depth"][1:]
+  ax.set_xticks(np.arange(1, len(depth_names) + 1), depth_names)
+  ax.axhline(floor, color="gray", lw=0.5, ls=":")
+  ax.set(yscale="log", xlabel="depth (residual stream v^(l), final output y)",
+         ylabel="max |rep(expanded) - rep(base)| / max |rep(base)|",
+         title=f"Prop. B.9: '{base}' vs x{mults} (— blocks, -- tiled; {floor:g} = bitwise equal)")
+  ax.legend(fontsize=6, ncol=2)
+  ax = axes[0, 1]
+  first = next(iter(b10.values()))
+  if first.get("reference"):
+    ax.plot(first["lengths"], first["reference_linf"], label=first["reference"],
+            **dtype_style(first["reference"]))
+  for i, (p, r) in enumerate(b10.items()):
+    y, _ = positive_for_log(r["linf"], 1e-6)
+    ax.plot(r["lengths"], y, alpha=0.9, label=p, **dtype_style(p))
+    equal_ticks(ax, r["lengths"], r["equal"], 1e-6, dtype_style(p)["color"], ms=10 + 4 * i)
+    if r["wrong_count"]:
+      ax.axvline(r["wrong_count"]["n"], color=dtype_style(p)["color"], ls=":", lw=1)
+  log_x(ax)
+  ax.set(yscale="log", xlabel="n (sequence [BOS, a x (n-1)])",
+         ylabel=r"$\|y_n - y_{n+1}\|_\infty$ (last token)",
+         title="Cor. B.10: counts n-1 vs n (| at 1e-6: bitwise equal; : first confirmed)")
+  ax.legend(fontsize=7)
+  return save(fig, path)
+
+
+def synthetic_figure(by_pe: dict, path: str, title: str) -> str:
+  """Figures 8/10 (``sweep.synthetic_collapse_grid`` records per PE). Top: the last token's
+  attention-output distance vs n per dtype (seed mean; equal n as ticks on the floor).
+  Bottom: predicted vs measured onset per dtype (-1: never)."""
+  pes = list(by_pe)
+  fig, axes = subplots(2, len(pes), figsize=(4.6 * len(pes), 8.0))
+  for j, pe in enumerate(pes):
+    ax, axp, recs = axes[0, j], axes[1, j], by_pe[pe]
+    floor = positive_for_log(np.concatenate([np.asarray(r["attn_linf"]) for r in recs]))[1]
+    for dtype in dict.fromkeys(r["dtype"] for r in recs):
+      rs = [r for r in recs if r["dtype"] == dtype]
+      style = dtype_style(dtype)
+      n, y = _seed_mean(rs, "attn_linf")
+      ax.plot(n, np.where(y > 0, y, np.nan), label=dtype, **style)
+      equal_ticks(ax, n, np.all([np.asarray(r["attn_equal"], bool) for r in rs], 0), floor,
+                  style["color"])
+      if dtype != "float64":
+        axp.scatter([r["predicted_onset"] for r in rs], [r["attn_onset"] for r in rs],
+                    color=style["color"], label=dtype, s=30)
+    log_x(ax)
+    ax.set(yscale="log", xlabel="n", title=f"PE: {pe}")
+    ax.axhline(floor, color="0.6", ls="--", lw=0.6)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7)
+    lim = max(2, int(max(max(r["lengths"]) for r in recs)))
+    axp.plot([1, lim], [1, lim], color="0.5", ls=":", lw=0.8, label="measured = predicted")
+    axp.set(xlabel="predicted onset n (-1: never)", ylabel="measured collapse onset n (-1: never)",
+            xscale="symlog", yscale="symlog", title=f"{pe}: predicted vs measured")
+    axp.legend(fontsize=7)
+  axes[0, 0].set_ylabel(r"$\|\sum_j\alpha_{nj}v_j - \sum_j\alpha^*_{n+1,j}v_j\|_\infty$"
+                        " (ticks: bitwise equal)")
+  fig.suptitle(title, fontsize=10)
+  return save(fig, path)
+
+
+def figure5(runs, settings: dict, path: str, caption: str) -> str:
+  """The paper's Figure 5 from compact real-model records (``records.compact``; 'pairs' names
+  the setting in ``settings``): top, the last layer's per-head distance (mean over heads,
+  min/max band); bottom, the final normalised output y; one style per dtype, equal n as
+  ticks on the floor line."""
+  keys = [k for k in settings if any(r["pairs"] == k for r in runs)]
+  fig, axes = subplots(2, len(keys), figsize=(5.2 * len(keys), 8.6))
+  vals = np.concatenate([np.asarray(r["last_layer_heads"]["linf_min"], np.float64) for r in runs]
+                        + [np.asarray(r["y"]["linf"], np.float64) for r in runs])
+  _, floor = positive_for_log(vals)
+  for col, k in enumerate(keys):
+    s = settings[k]
+    for row, what in enumerate(("heads", "y")):
+      ax = axes[row, col]
+      for r in (r for r in runs if r["pairs"] == k):
+        style = dtype_style(r["dtype"])
+        n = np.asarray(r["lengths"])
+        part = r["last_layer_heads"] if what == "heads" else r["y"]
+        mean = np.asarray(part["linf_mean" if what == "heads" else "linf"], np.float64)
+        equal = np.isin(n, part["all_heads_equal_n" if what == "heads" else "equal_n"])
+        if what == "heads":
+          lo, hi = (np.asarray(part[q], np.float64) for q in ("linf_min", "linf_max"))
+          ax.fill_between(n, np.where(lo > 0, lo, floor), np.where(hi > 0, hi, floor),
+                          color=style["color"], alpha=0.15, lw=0)
+        onset = int(n[equal][0]) if equal.any() else -1
+        label = (f"{r['dtype']} seed {r['seed']}" if r["pairs"] == "b" else r["dtype"]) + (
+            f": equal at {equal.sum()} n, first n={onset}" if onset > 0 else ": never bitwise equal")
+        if part["nonfinite_n"]:
+          label += f"; NaN/inf at {part['nonfinite_n']} n"
+        ax.plot(n, np.where(mean > 0, mean, np.nan), label=label, **style)
+        equal_ticks(ax, n, equal, floor, style["color"], ms=9)
+      ax.axhline(floor, color="0.6", lw=0.6, ls="--")
+      ax.set_yscale("log")
+      ax.set_xlabel("n (digit tokens in A_n)")
+      ax.xaxis.set_major_locator(ticker.MaxNLocator(6, integer=True))
+      ax.grid(True, which="both", alpha=0.25)
+      ax.legend(fontsize=6.5, loc="best")
+      ax.set_title(f"{s.title}\n{s.pair}" if row == 0 else
+                   f"{s.title}: final normalised output y", fontsize=8)
+  axes[0, 0].set_ylabel(r"$\|v^{(L)}_n - v^{*(L)}_{n+1}\|_\infty$ last-layer heads" "\n"
+                        "(mean over heads, band min/max; ticks: all heads bitwise equal)")
+  axes[1, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$ (ticks: bitwise equal)")
+  fig.suptitle(caption, fontsize=8.5)
+  return save(fig, path)
+
+
+def layers_figure(runs, settings: dict, path: str, caption: str) -> str:
+  """Every residual layer of compact real-model records: log10 ||v_n^(l) - v*_{n+1}^(l)||_inf
+  as a heat map over (n, layer), one panel per (dtype, setting); red cells are bitwise equal
+  or non-finite (results.json tells which)."""
+  keys = [k for k in settings if any(r["pairs"] == k for r in runs)]
+  rows = list(dict.fromkeys((r["dtype"], r["seed"]) for r in runs))
+  fig, axes = subplots(len(rows), len(keys), figsize=(4.6 * len(keys), 2.6 * len(rows)))
+  for i, (dt, seed) in enumerate(rows):
+    for j, k in enumerate(keys):
+      ax = axes[i, j]
+      r = next((r for r in runs if r["pairs"] == k and r["dtype"] == dt and r["seed"] == seed),
+               None)
+      if r is None:
+        ax.axis("off")
+        continue
+      grid = np.stack([np.asarray(l["linf"], np.float64) for l in r["layers"]])
+      with np.errstate(divide="ignore", invalid="ignore"):
+        img = np.log10(grid)  # -inf: bitwise equal, nan: non-finite
+      n = np.asarray(r["lengths"])
+      im = ax.imshow(np.where(np.isfinite(img), img, np.nan), aspect="auto", origin="lower",
+                     cmap="viridis", extent=(n[0] - 0.5, n[-1] + 0.5, -0.5, len(r["layers"]) - 0.5))
+      ax.set_facecolor("red")  # non-finite and equal cells are blank: red = NaN/inf or equal
+      fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+      ax.set_title(f"{settings[k].title} | {dt}" + (f" seed {seed}" if k == "b" else ""),
+                   fontsize=7.5)
+      ax.xaxis.set_major_locator(ticker.MaxNLocator(6, integer=True))
+      ax.set_xlabel("n", fontsize=7)
+      ax.set_ylabel("layer l (0 = embedding)", fontsize=7)
+  fig.suptitle(caption + "\ncolour: log10 ||v_n^(l) - v*_{n+1}^(l)||_inf of the residual stream; "
+               "red = bitwise equal or non-finite (see results.json)", fontsize=8)
   return save(fig, path)

@@ -76,6 +76,12 @@ class Policy:
       (:func:`blocked_einsum`). Without it the summation order of a long contraction is
       chosen by the backend: XLA:CPU's Eigen splits contractions longer than ~512 terms
       differently for different core counts (BUILD_NOTES). None: one dot, backend order.
+    frozen_attention: the attention weights carry no gradient (``stop_gradient`` on the
+      output of :meth:`softmax`): derivatives are then taken with the weights held fixed,
+      the linearisation Theorem 5.1/B.5 assumes ("attention weights independent of the
+      input"; ``theory.sensitivity``). The forward values are unchanged, bit for bit.
+      Normalisation statistics go through ``sm_step``, not ``softmax``, so they stay
+      differentiable. ``describe()`` names it only when True.
   """
   name: str
   param_dtype: Any
@@ -87,6 +93,7 @@ class Policy:
   fp8_scaling: bool = False
   matmul_precision: Any = jax.lax.Precision.HIGHEST
   accum_block: int | None = 256
+  frozen_attention: bool = False
 
   def __post_init__(self):
     unknown = set(self.round_at) - ALL_POINTS
@@ -172,7 +179,8 @@ class Policy:
     """Masked softmax over the last axis. ``scores``: stored logits [..., K]; ``mask``: bool
     broadcastable to scores (True = attend); ``bias``: optional additive bias (ALiBi).
     Never creates inf/NaN: masked entries use the dtype's lowest finite value and get
-    weight exactly 0; a fully masked row gives all-zero weights. Returns stored probs."""
+    weight exactly 0; a fully masked row gives all-zero weights. Returns stored probs
+    (without gradient when ``frozen_attention``)."""
     step = self.sm_step
     s = step(lambda v: v, scores)
     if bias is not None:
@@ -186,7 +194,8 @@ class Policy:
     total = step(lambda v: jnp.sum(v, axis=-1, keepdims=True), e)
     safe_total = jnp.where(total > 0, total, jnp.ones((), self.softmax_dtype))
     p = step(jnp.divide, e, safe_total)
-    return self.round(p.astype(self.compute_dtype), "probs")
+    probs = self.round(p.astype(self.compute_dtype), "probs")
+    return jax.lax.stop_gradient(probs) if self.frozen_attention else probs
 
   def cast_params(self, params):
     """Cast a float32 parameter pytree to ``param_dtype`` (fp8 with scaling: per-tensor
@@ -201,7 +210,7 @@ class Policy:
     return jax.tree_util.tree_map(cast, params)
 
   def describe(self) -> dict:
-    return {
+    d = {
         "name": self.name,
         "param_dtype": str(self.param_dtype),
         "storage_dtype": str(self.storage_dtype),
@@ -215,6 +224,9 @@ class Policy:
         "matmul_precision": str(self.matmul_precision),
         "accum_block": self.accum_block,
     }
+    if self.frozen_attention:  # omitted when False: results files of plain runs unchanged
+      d["frozen_attention"] = True
+    return d
 
 
 def blocked_einsum(spec: str, a, b, accum_dtype, precision, block: int | None):

@@ -41,3 +41,9 @@ def test_define_uses_the_vocabulary_and_usage_errors_are_one_line():
   with pytest.raises(app.UsageError, match="^unknown precision 'x'"):
     with cli.usage_errors():
       cli.policies("x")
+
+
+def test_one_refuses_several_values():
+  assert cli.one([3], "seeds") == 3
+  with pytest.raises(ValueError, match="--seeds takes one value in this experiment"):
+    cli.one([0, 1], "seeds")

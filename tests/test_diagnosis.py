@@ -1,15 +1,11 @@
-"""diagnosis.stage_differences against direct exact-length forwards, and the bf16_floor app."""
-import os
-import subprocess
-import sys
-
+"""diagnosis.stage_differences against direct exact-length forwards (the bf16_floor app is
+run end to end in tests/test_experiments.py)."""
 import jax
 import numpy as np
 
 import collapse_jax as cj
 from collapse_jax import diagnosis, model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = cj.DecoderConfig(num_layers=2, d_model=16, num_heads=2, vocab_size=8, mlp="swiglu")
 
 
@@ -33,14 +29,3 @@ def test_stage_differences_match_two_rows_of_one_pass():
     assert "lengths must lie in" in str(e)
   else:
     raise AssertionError("a length beyond the sequence was accepted")
-
-
-def test_bf16_floor_app_end_to_end(tmp_path):
-  out = tmp_path / "floor"
-  r = subprocess.run([sys.executable, "-m", "experiments.bf16_floor", f"--out={out}",
-                      "--lengths=20,40", "--max_len=64", "--d_model=16"], cwd=ROOT,
-                     capture_output=True, text=True)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert (out / "results.json").stat().st_size > 0
-  assert (out / "bf16_floor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert "float64 n=20" in r.stdout and "bfloat16 n=40" in r.stdout
