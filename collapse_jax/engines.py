@@ -187,11 +187,12 @@ def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, one_pass: bool,
 @functools.lru_cache(maxsize=16)
 def _exact_fn(cfg: DecoderConfig, pol: Policy):
   """One jitted exact-length forward per (config, policy): the compared (last) token's y,
-  residual [L+1, D] and last-layer heads [H, Dh]. jit compiles once per sequence length."""
+  residual [L+1, D] and last-layer heads [H, Dh]. jit compiles once per sequence length.
+  ``positions_T`` None: the plain 0..T-1 (built inside the program, as a user's forward)."""
   @jax.jit
   def last(params, tokens_T, positions_T):
-    out = model_lib.forward(cfg, pol, params, tokens_T[None], positions=positions_T[None],
-                            collect=COLLECT)
+    pos = None if positions_T is None else positions_T[None]
+    out = model_lib.forward(cfg, pol, params, tokens_T[None], positions=pos, collect=COLLECT)
     return {"y": out["y"][0, -1], "residual": out["residual"][:, 0, -1],
             "heads": out["heads"][-1, 0, -1]}
   return last
@@ -209,7 +210,10 @@ def _exact(cfg, pol, params, pair_set, ns) -> dict:
   def get(tokens, positions):
     key = np.asarray(tokens, np.int32).tobytes() + np.asarray(positions, np.int32).tobytes()
     if key not in done:
-      done[key] = last(params, jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32))
+      cfg.check_token_ids(tokens, "pair tokens")
+      plain = np.array_equal(positions, np.arange(len(tokens)))
+      done[key] = last(params, jnp.asarray(tokens, jnp.int32),
+                       None if plain else jnp.asarray(positions, jnp.int32))
     return done[key]
 
   a_list, b_list = [], []

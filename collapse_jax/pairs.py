@@ -102,6 +102,8 @@ class PairSet(abc.ABC):
     B_n's copy keeps A_n's last position."""
     la, lb = (int(v) for v in self.lengths_ab([n])[:, 0])
     pb = np.arange(lb, dtype=np.int32)
+    if self.copy == "vector" and not self.appended:
+      raise ValueError(f"pair set {self.name!r}: copy='vector' needs B_n = A_n + [a]")
     if self.copy == "vector":
       pb[-1] = la - 1
     return np.arange(la, dtype=np.int32), pb
@@ -148,6 +150,8 @@ class Family(PairSet):
     if self.one_pass:
       seq = self.stream(n)
       return seq[:n].copy(), seq[:n + 1].copy()
+    if n - 1 > self.tokens.shape[0]:
+      raise ValueError(f"{self.name} was built for n <= {self.tokens.shape[0] + 1}, not {n}")
     a = np.concatenate([self.tokens[:n - 1], [self.token]]).astype(np.int32)
     return a, np.concatenate([a, [self.token]]).astype(np.int32)
 

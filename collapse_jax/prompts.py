@@ -6,7 +6,7 @@ Built with the GGUF tokenizer and SmolLM2-Instruct's chat template
     <|im_start|>system\\n{default system prompt}<|im_end|>\\n<|im_start|>user\\n{question} {digits}
     <|im_end|>\\n<|im_start|>assistant\\n
 
-Tokenization (checked by :func:`check_tokenization` and tests/test_real_model.py):
+Tokenization (checked by :func:`check_tokenization` and tests/test_prompts.py):
   * SmolLM2's 'smollm' pre-tokenizer splits every digit on its own, so n digits are n tokens
     ('1' is id 33, '0'..'9' are ids 32..41), and the space before the digits is its own token
     ('Ġ', id 216). A comma is its own token (',' id 28) and never merges with a digit.
@@ -243,12 +243,6 @@ def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
                        prefix_ids=tuple(prefix), suffix_ids=tuple(suffix), one_id=one_id,
                        comma_id=comma_id, digit_ids=digit_ids, random_digits=spec["random_digits"],
                        commas=spec["commas"], seed=seed, digit_stream=stream, position=position)
-
-
-def make_settings(keys: Sequence[str], tokenizer, *, max_n: int = 1000, seed: int = 0,
-                  vocab_size: int | None = None, position: str = "digit"):
-  return {k: make_setting(k, tokenizer, max_n=max_n, seed=seed, vocab_size=vocab_size,
-                          position=position) for k in keys}
 
 
 def check_tokenization(setting: PromptSetting, tokenizer, ns: Sequence[int] = (1, 2, 3, 4, 7)):

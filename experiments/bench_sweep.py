@@ -42,8 +42,8 @@ def _time(fn, repeats):
 def main(argv):
   del argv
   with cli.usage_errors():
-    pol = cli.policies(F.dtype)[0]
-    heads = cli.int_list(F.heads, "heads")[0]
+    pol = cli.one(cli.policies(F.dtype), "dtype")
+    heads = cli.one(cli.int_list(F.heads, "heads"), "heads")
   cfg = cj.DecoderConfig(num_layers=F.layers, d_model=F.d_model, num_heads=heads, vocab_size=32)
   N = F.max_len
   f = pairs.make_family("repeat", N, seed=0, vocab_size=32)

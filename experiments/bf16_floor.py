@@ -31,7 +31,8 @@ def main(argv):
   with cli.usage_errors():
     pols = cli.policies(F.dtype)
     ns = cli.int_list(F.at, "at")
-    heads, seed = cli.int_list(F.heads, "heads")[0], cli.int_list(F.seeds, "seeds")[0]
+    heads = cli.one(cli.int_list(F.heads, "heads"), "heads")
+    seed = cli.one(cli.int_list(F.seeds, "seeds"), "seeds")
     cfg = cj.DecoderConfig(num_layers=2, d_model=F.d_model, num_heads=heads, vocab_size=32,
                            max_len=max(F.max_len, max(ns)) + 1)
     fam = pairs.make_family("prefix_repeat", max(ns) + 1, seed=seed, vocab_size=32)

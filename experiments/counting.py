@@ -21,7 +21,7 @@ import os
 from absl import app, flags
 
 import collapse_jax  # noqa: F401  (XLA guards before JAX starts)
-from collapse_jax import cli, plotting, results, xla_env
+from collapse_jax import cli, config as config_lib, plotting, results, xla_env
 from collapse_jax.theory import counting
 
 FLAGS = flags.FLAGS
@@ -33,7 +33,8 @@ flags.DEFINE_list("multipliers", None, "B.9 ratio-preserving multipliers (defaul
 flags.DEFINE_integer("b10_layers", 1, "B.10 model layers")
 flags.DEFINE_integer("b10_d_model", 16, "B.10 model width")
 flags.DEFINE_integer("b10_heads", 1, "B.10 model heads")
-flags.DEFINE_enum("b10_pe", "rope", ["rope", "sinusoidal", "alibi", "none"], "B.10 PE")
+flags.DEFINE_enum("b10_pe", "rope", [p for p in config_lib.PE_KINDS if p != "learned"],
+                  "B.10 PE")
 flags.DEFINE_integer("b10_n", None, "B.10 sweep length N (default 512; 8192 with --full)")
 flags.DEFINE_string("b10_dtype", None, "B.10 precisions: a comma list or 'all' (default "
                     "bfloat16,float16; --full adds float32)")

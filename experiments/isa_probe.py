@@ -14,13 +14,13 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
-from collapse_jax import isa, plotting, results, xla_env
+from collapse_jax import cli, isa, plotting, results, xla_env
 
 F = flags.FLAGS
+cli.define(out=None)
 flags.DEFINE_list("settings", ["reference", "native", "SSE4_2", "AVX2"],
                   "numerics paths: reference, native, or an --xla_cpu_max_isa cap "
                   f"({', '.join(isa.X86_LEVELS)})")
-flags.DEFINE_string("out", None, "output directory (default runs/isa-<UTC time>)")
 
 
 def main(argv):

@@ -12,7 +12,8 @@ results.json and drawn in collapse.png (not in results.csv).
 from absl import app, flags, logging
 
 import collapse_jax as cj
-from collapse_jax import cli, pairs, plotting, precision, records, results, sweep, xla_env
+from collapse_jax import (cli, engines, pairs, plotting, precision, records, results, sweep,
+                          xla_env)
 
 F = flags.FLAGS
 cli.define(dtype="bfloat16", heads=["1", "4", "16"], layers=2, d_model=64, pe="rope",
@@ -43,7 +44,17 @@ def _setup():
       raise ValueError(f"no swept n >= {start} (prefix_repeat needs n > prefix length)")
     if dropped.size:
       logging.warning("prefix_repeat: dropped n < %d from the grid (n must exceed the prefix)", start)
+  if F.chunk < 1:
+    raise ValueError(f"--chunk must be >= 1, got {F.chunk}")
+  first = pairs.make_family(F.family, int(grid[-1]), seed=seeds[0], vocab_size=F.vocab,
+                            token=F.token, prefix_len=F.prefix_len, prefix_ids=_prefix_ids())
+  engines.resolve(F.engine, first)  # the engine can hold this family's pairs
+  first.check(grid)
   return policies, heads, seeds, cfg, grid
+
+
+def _prefix_ids():
+  return [int(i) for i in F.prefix_ids] if F.prefix_ids else None
 
 
 def main(argv):
@@ -57,12 +68,10 @@ def main(argv):
   logging.info("precision sweep -> %s", out)
   print(f"numerics: {xla_env.numerics_path()['name']}")
   grid_args = dict(engine=F.engine, token=F.token, prefix_len=F.prefix_len,
-                   prefix_ids=[int(i) for i in F.prefix_ids] if F.prefix_ids else None,
-                   chunk=F.chunk, log=logging.info)
-  with cli.usage_errors():
-    runs = sweep.family_grid(cfg, policies, heads, F.family, grid, seeds, **grid_args)
-    ref = (sweep.family_grid(cfg, [precision.get_policy("float64")], heads, F.family, grid,
-                             seeds, **grid_args) if reference else [])
+                   prefix_ids=_prefix_ids(), chunk=F.chunk, log=logging.info)
+  runs = sweep.family_grid(cfg, policies, heads, F.family, grid, seeds, **grid_args)
+  ref = (sweep.family_grid(cfg, [precision.get_policy("float64")], heads, F.family, grid,
+                           seeds, **grid_args) if reference else [])
   results.write_json(f"{out}/results.json", {
       "experiment": "precision_sweep", "config": cfg.to_dict(), "family": F.family,
       "flags": F.flag_values_dict(), "policies": {p.name: p.describe() for p in policies},

@@ -23,7 +23,7 @@ import time
 from absl import app, flags, logging
 
 import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import cli, plotting, prompts, records, results, sweep, xla_env
+from collapse_jax import cli, engines, plotting, prompts, records, results, sweep, xla_env
 
 F = flags.FLAGS
 # fp8 is opt-in (--dtype=all or naming it): XLA:CPU compiles the 30-layer fp8 programs in
@@ -44,13 +44,15 @@ def _setup():
   bad = [k for k in keys if k not in prompts.SETTINGS]
   if bad:
     raise ValueError(f"unknown settings {bad}; valid: {', '.join(prompts.SETTINGS)}")
-  if F.position == "turn_end" and F.engine != "exact":
-    raise ValueError("--position=turn_end needs --engine=exact (A_n and B_n then differ "
+  if F.position == "turn_end" and F.engine not in (None, "auto", "exact"):
+    raise ValueError("--position=turn_end needs the exact engine (A_n and B_n then differ "
                      "before the compared token, so no one-pass formulation applies)")
+  if F.chunk < 1:
+    raise ValueError(f"--chunk must be >= 1, got {F.chunk}")
   return policies, seeds, keys, cli.lengths(F.lengths, F.max_len)
 
 
-def _groups(keys, tok, vocab, grid, seeds, position):
+def _groups(keys, tok, vocab, grid, seeds, position, engine):
   """Pair-set groups for run_grid: the seed-free settings once (first seed), and (b) per seed."""
   make = lambda k, s: prompts.make_setting(k, tok, max_n=int(grid[-1]) + 1, seed=s,
                                            vocab_size=vocab, position=position)
@@ -61,6 +63,7 @@ def _groups(keys, tok, vocab, grid, seeds, position):
   for sets, _ in groups:
     for s in sets.values():
       prompts.check_tokenization(s[0], tok)
+      engines.resolve(engine, s[0])  # the engine can hold this setting's pairs
   return groups
 
 
@@ -74,16 +77,17 @@ def main(argv):
   t_start = time.perf_counter()
   ckpt = load_smollm2()
   logging.info("loaded SmolLM2-135M-Instruct in %.1fs", time.perf_counter() - t_start)
-  groups = _groups(keys, ckpt.tokenizer, ckpt.config.vocab_size, grid, seeds, F.position)
+  with cli.usage_errors():
+    groups = _groups(keys, ckpt.tokenizer, ckpt.config.vocab_size, grid, seeds, F.position,
+                     F.engine)
   out = results.make_run_dir(F.out, "real")
   logging.info("real-model collapse -> %s (settings %s, %d n in [%d, %d], dtypes %s)", out,
                ",".join(keys), grid.size, grid[0], grid[-1], ",".join(p.name for p in policies))
   runs, checks = [], []
   for sets, group_seeds in groups:
     model = sweep.Model(ckpt.config, [ckpt.params] * len(group_seeds))
-    with cli.usage_errors():
-      recs = sweep.run_grid([model], policies, sets, grid, group_seeds, engine=F.engine,
-                            chunk=F.chunk, log=logging.info)
+    recs = sweep.run_grid([model], policies, sets, grid, group_seeds, engine=F.engine,
+                          chunk=F.chunk, log=logging.info)
     runs += [records.compact({**r, "position": F.position}) for r in recs]
     if F.engine == "exact" and F.cross_check and F.position == "digit":
       one = [records.compact(r) for r in sweep.run_grid([model], policies, sets, grid,

@@ -39,10 +39,9 @@ def main(argv):
                    (["rope", "alibi", "learned", "sinusoidal", "none"], 1.0))
   by_pe, cfgs = {}, {}
   for pe in pes:
-    with cli.usage_errors():
-      cfgs[pe], by_pe[pe] = sweep.synthetic_collapse_grid(
-          pe, init_var, lengths, seeds, dtypes, d_model=F.d_model, vocab=F.vocab, copy=F.copy,
-          log=logging.info)
+    cfgs[pe], by_pe[pe] = sweep.synthetic_collapse_grid(
+        pe, init_var, lengths, seeds, dtypes, d_model=F.d_model, vocab=F.vocab, copy=F.copy,
+        log=logging.info)
   results.write_json(f"{out}/results.json", {
       "experiment": "synthetic_collapse", "figure": F.figure,
       "configs": {pe: c.to_dict() for pe, c in cfgs.items()}, "flags": F.flag_values_dict(),

