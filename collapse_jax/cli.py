@@ -14,20 +14,22 @@ below (with the experiment's own defaults) and gives each the same type and mean
   --layers / --d_model / --pe / --norm / --mlp / --vocab   the synthetic model
   --engine       sweep engine (collapse_jax.engines.ENGINES; default: resolved per pair set)
   --chunk        lengths per vmapped chunk (kv_cache / masked engines)
+  --memory_budget  GiB the causal engine may use (chunked attention above it)
   --fp8_scaling  per-tensor amax scaling for the fp8 presets
   --full         paper-scale settings instead of the fast defaults
 
 The parsers (:func:`policies`, :func:`int_list`, :func:`lengths`) are plain functions of
 strings, so they are tested without absl. Bad values raise ValueError with a one-line
-message; :func:`usage_errors` turns it into absl's one-line usage error.
+message; :func:`usage_errors` prints it as one line and exits with status 2.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from collapse_jax import config as config_lib
 from collapse_jax import pairs
@@ -56,6 +58,9 @@ VOCABULARY = {
     "engine": ("string", "sweep engine: causal, kv_cache, masked or exact (default: the "
                "pair set's own, see collapse_jax.engines.resolve)"),
     "chunk": ("integer", "lengths per vmapped chunk (kv_cache / masked engines)"),
+    "memory_budget": ("float", "GiB the causal engine may use: above it the attention runs in "
+                      "chunks of query rows (memory linear in n); a run that cannot fit is "
+                      "refused before it starts"),
     "fp8_scaling": ("bool", "per-tensor amax scaling for the fp8 presets"),
     "full": ("bool", "paper-scale settings instead of the fast defaults"),
 }
@@ -124,9 +129,11 @@ def lengths(spec: str | None, max_len: int, hint: str = "") -> np.ndarray:
 
 @contextlib.contextmanager
 def usage_errors():
-  """Bad flag values (ValueError/KeyError raised while setting up) -> absl's one-line usage
-  error instead of a traceback."""
+  """Bad flag values (ValueError/KeyError raised while setting up; an --out that exists or
+  cannot be written) -> one line on stderr, ``error: <reason> (see --help)``, and exit
+  status 2: no traceback, and no page of flag help before the reason."""
   try:
     yield
-  except (ValueError, KeyError) as e:
-    raise app.UsageError(str(e).strip("'\"")) from e
+  except (ValueError, KeyError, FileExistsError, PermissionError, NotADirectoryError) as e:
+    print(f"error: {str(e).strip(chr(39) + chr(34))} (see --help)", file=sys.stderr)
+    sys.exit(2)

@@ -71,9 +71,11 @@ def _rows(out, idx_S):
           "heads": out["heads"][-1, 0, idx_S]}
 
 
-def _pairs_causal(cfg, pol, params, tokens_T, rows_2S):
-  """rows_2S: int [2, S] rows of the one causal pass holding A_n's and B_n's compared token."""
-  out = model_lib.forward(cfg, pol, params, tokens_T[None], collect=COLLECT)
+def _pairs_causal(cfg, pol, params, tokens_T, rows_2S, query_chunk=None):
+  """rows_2S: int [2, S] rows of the one causal pass holding A_n's and B_n's compared token.
+  ``query_chunk``: attention in chunks of query rows (memory linear in the pass length)."""
+  out = model_lib.forward(cfg, pol, params, tokens_T[None], collect=COLLECT,
+                          query_chunk=query_chunk)
   return _rows(out, rows_2S[0]), _rows(out, rows_2S[1])
 
 
@@ -156,7 +158,8 @@ def pair_metrics(a: dict, b: dict) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, one_pass: bool,
-                  total: int, chunk: int, copy_vector: bool = False):
+                  total: int, chunk: int, copy_vector: bool = False,
+                  query_chunk: int | None = None):
   """The jitted program for one (policy, config, engine) of causal/kv_cache/masked:
   f(params_B, tokens_BT, token, len_a_S, rows_2S) -> metrics with a leading seed axis B.
   Lengths, tokens and seeds are data."""
@@ -168,7 +171,7 @@ def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, one_pass: bool,
 
   def per_seed(params, tokens_T, token, len_a_S, rows_2S):
     if engine == "causal":
-      a, b = _pairs_causal(cfg, pol, params, tokens_T, rows_2S)
+      a, b = _pairs_causal(cfg, pol, params, tokens_T, rows_2S, query_chunk)
     elif engine == "kv_cache":
       a, b = _pairs_kv(cfg, pol, params, tokens_T, token, len_a_S, chunk, copy_vector)
     else:
@@ -226,6 +229,50 @@ def _exact(cfg, pol, params, pair_set, ns) -> dict:
   return jax.jit(pair_metrics)(stack(a_list), stack(b_list))
 
 
+# Smallest query chunk the planner picks: a chunk of 1 or 2 rows becomes a matrix-vector
+# product whose low bits differ from the unchunked pass (measured); >= 8 gave the same bits.
+MIN_QUERY_CHUNK = 16
+GiB = 2 ** 30
+
+
+def causal_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
+                      query_chunk: int | None) -> int:
+  """Estimated peak bytes of the causal engine for ``seeds`` (vmapped) passes of ``tokens``:
+  the collected residual stream and heads, one layer's activations (q, k, v, MLP hidden; f32
+  compute plus stored copies) and one chunk of attention: scores and probabilities in f32
+  and stored, mask, and the blocked value dot's partial sums. An upper-side estimate from
+  the shapes; BUILD_NOTES compares it with measured peak RSS."""
+  s = jnp.dtype(pol.storage_dtype).itemsize
+  N, D, L, H, KV, Dh = tokens, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
+  F = cfg.ff if cfg.use_mlp else 0
+  C = N if query_chunk is None else min(query_chunk, N)
+  collected = N * ((L + 1) * D + L * H * Dh) * s
+  layer = N * ((H + 2 * KV) * Dh * (4 + s) + 4 * D * (4 + s) + 3 * F * (4 + s))
+  blocks = -(-N // (pol.accum_block or N))
+  attention = C * N * (H * (10 + 2 * s) + 1 + KV) + H * C * blocks * Dh * 4
+  return int(seeds * (collected + layer + attention))
+
+
+def plan_query_chunk(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
+                     budget_bytes: float | None) -> int | None:
+  """The largest query chunk whose estimated peak fits ``budget_bytes`` (None: no budget, or
+  the whole pass fits: unchunked). ValueError with one line when even MIN_QUERY_CHUNK rows
+  do not fit: what it needs, the budget, and which flags lower it."""
+  if budget_bytes is None or causal_peak_bytes(cfg, pol, seeds, tokens, None) <= budget_bytes:
+    return None
+  lo = causal_peak_bytes(cfg, pol, seeds, tokens, MIN_QUERY_CHUNK)
+  if lo > budget_bytes:
+    raise ValueError(
+        f"the causal pass over {tokens} tokens x {seeds} seeds needs about {lo / GiB:.2f} GiB "
+        f"even in chunks of {MIN_QUERY_CHUNK} query rows; the budget is "
+        f"{budget_bytes / GiB:.2f} GiB: raise --memory_budget (if the machine has it), or lower "
+        "--max_len, the number of --seeds or the model size")
+  fixed = causal_peak_bytes(cfg, pol, seeds, tokens, 0)
+  per_row = causal_peak_bytes(cfg, pol, seeds, tokens, 1) - fixed
+  chunk = int((budget_bytes - fixed) // max(per_row, 1))
+  return max(MIN_QUERY_CHUNK, min(chunk, tokens))
+
+
 def seed_mesh(num_seeds: int):
   """A 1-D mesh over local devices if the seed batch divides evenly, else None."""
   devs = jax.local_devices()
@@ -235,7 +282,8 @@ def seed_mesh(num_seeds: int):
 
 
 def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib.PairSet],
-        ns, *, engine: str | None = None, chunk: int = 32, min_tokens: int = 0) -> dict:
+        ns, *, engine: str | None = None, chunk: int = 32, min_tokens: int = 0,
+        memory_budget: float | None = None) -> dict:
   """Run one engine over a batch of seeds.
 
   Args:
@@ -246,6 +294,8 @@ def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib
     engine: an ENGINES name, or None/'auto' (:func:`resolve`).
     min_tokens: causal engine: pad the one pass to at least this many tokens (continuing the
       pattern; rows are unchanged), so pair sets with other lengths share one compiled program.
+    memory_budget: bytes the causal engine may use (``plan_query_chunk``): the attention runs
+      in chunks of query rows when the whole pass would not fit; None: unchunked.
   Returns numpy metrics (:func:`pair_metrics`) with leading axis B.
   """
   pol.check_available()
@@ -276,8 +326,10 @@ def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib
   cfg.check_token_ids([first.token], "the repeated token")
   if engine == "causal":
     tokens_BT = tokens_BT[:, :total]
+  query_chunk = (plan_query_chunk(cfg, pol, len(pair_sets), total, memory_budget)
+                 if engine == "causal" else None)
   prog = sweep_program(cfg, pol, engine, first.one_pass, total, int(min(chunk, ns.size)),
-                       first.copy == "vector")
+                       first.copy == "vector", query_chunk)
   mesh = seed_mesh(tokens_BT.shape[0])
   tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
   if mesh is not None:  # shard the seed batch over local devices (data parallel)

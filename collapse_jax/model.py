@@ -77,8 +77,13 @@ class Norm(nn.Module):
 
 
 class Attention(nn.Module):
+  """Multi-head (GQA) attention. ``query_chunk``: compute the queries in chunks of this many
+  rows (``lax.map``), so scores and probabilities take [B, H, chunk, M] memory instead of
+  [B, H, N, M]. Every row still takes its softmax over all its keys in one reduction, with
+  the same rounding points; the attention matrices cannot be collected then."""
   config: DecoderConfig
   policy: Policy
+  query_chunk: int | None = None
 
   @nn.compact
   def __call__(self, h_BND, q_pos_BN, k_pos_BM, k_valid_BM, cache_kv=None):
@@ -103,32 +108,55 @@ class Attention(nn.Module):
       k = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
       v = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
     B, N = h_BND.shape[:2]
-    q_BNKGD = q.reshape(B, N, KV, G, Dh)
-    scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BNKGD, k, scale=cfg.qk_scale), "scores")
-    mask_BNM = k_valid_BM[:, None, :]
-    if cfg.causal:  # by sequence order (cache slots first), not by position: a copied token
-      M = k_pos_BM.shape[1]  # may repeat a position, yet must not see the tokens after it
-      q_idx = jnp.arange(M - N, M)
-      mask_BNM = mask_BNM & (jnp.arange(M)[None, None, :] <= q_idx[None, :, None])
-    if cfg.sliding_window is not None:
-      dist = jnp.abs(q_pos_BN[:, :, None] - k_pos_BM[:, None, :])
-      mask_BNM = mask_BNM & (dist < cfg.sliding_window)
-    bias = None
-    if cfg.pe == "alibi":
-      bias = positional.alibi_bias(q_pos_BN, k_pos_BM, H, cfg.causal, pol.compute_dtype)
-      bias = bias.reshape(B, KV, G, N, -1)
-    probs = pol.softmax(scores, mask_BNM[:, None, None], bias)  # [B, KV, G, N, M]
+    M = k.shape[1]
     # A non-finite value (overflow) in a key the row cannot see must not leak into it via
     # 0 * inf = NaN: zero bad values for the dot, then mark NaN only the rows that attend
     # to a bad key. Identity (same bits) when every value is finite.
     bad_BMK = ~jnp.all(jnp.isfinite(v), axis=-1)  # [B, M, KV]
     v_safe = jnp.where(jnp.isfinite(v), v, jnp.zeros((), v.dtype))
-    heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v_safe), "heads")  # [B,N,KV,G,Dh]
-    sees_bad_BNK = jnp.any(mask_BNM[:, :, :, None] & bad_BMK[:, None, :, :], axis=2)
-    heads = jnp.where(sees_bad_BNK[:, :, :, None, None], jnp.asarray(jnp.nan, heads.dtype), heads)
+    # causal masking follows sequence order (cache slots first), not positions: a copied
+    # token may repeat a position, yet must not see the tokens after it
+    q_idx_N = jnp.arange(M - N, M)
+
+    def attend(q_BCKGD, q_idx_C, q_pos_BC):
+      """Rows C of the attention: heads [B, C, KV, G, Dh], probs [B, KV, G, C, M]."""
+      C = q_idx_C.shape[0]
+      scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BCKGD, k, scale=cfg.qk_scale), "scores")
+      mask_BCM = k_valid_BM[:, None, :]
+      if cfg.causal:
+        mask_BCM = mask_BCM & (jnp.arange(M)[None, None, :] <= q_idx_C[None, :, None])
+      if cfg.sliding_window is not None:
+        dist = jnp.abs(q_pos_BC[:, :, None] - k_pos_BM[:, None, :])
+        mask_BCM = mask_BCM & (dist < cfg.sliding_window)
+      bias = None
+      if cfg.pe == "alibi":
+        bias = positional.alibi_bias(q_pos_BC, k_pos_BM, H, cfg.causal, pol.compute_dtype)
+        bias = bias.reshape(B, KV, G, C, -1)
+      probs = pol.softmax(scores, mask_BCM[:, None, None], bias)
+      heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v_safe), "heads")
+      sees_bad_BCK = jnp.any(mask_BCM[:, :, :, None] & bad_BMK[:, None, :, :], axis=2)
+      nan = jnp.asarray(jnp.nan, heads.dtype)
+      return jnp.where(sees_bad_BCK[:, :, :, None, None], nan, heads), probs
+
+    q_BNKGD = q.reshape(B, N, KV, G, Dh)
+    C = self.query_chunk
+    if C is None or C >= N:
+      heads, probs = attend(q_BNKGD, q_idx_N, q_pos_BN)
+      probs = probs.reshape(B, H, N, M)
+    else:  # pad the queries to whole chunks (padded rows are computed, then dropped)
+      nc = -(-N // C)
+      pad = nc * C - N
+      qp = jnp.pad(q_BNKGD, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+      ip = jnp.pad(q_idx_N, (0, pad), constant_values=M - 1)
+      pp = jnp.pad(q_pos_BN, ((0, 0), (0, pad)), mode="edge")
+      chunks = (jnp.moveaxis(qp.reshape(B, nc, C, KV, G, Dh), 1, 0), ip.reshape(nc, C),
+                jnp.moveaxis(pp.reshape(B, nc, C), 1, 0))
+      heads = jax.lax.map(lambda a: attend(*a)[0], chunks)  # [nc, B, C, KV, G, Dh]
+      heads = jnp.moveaxis(heads, 0, 1).reshape(B, nc * C, KV, G, Dh)[:, :N]
+      probs = None
     heads = heads.reshape(B, N, H, Dh)
     out = pol.round(pol.dot("bnhk,hkd->bnd", heads, wo), "attn_out")
-    return out, heads, probs.reshape(B, H, N, -1), new_kv
+    return out, heads, probs, new_kv
 
 
 class MLP(nn.Module):
@@ -157,12 +185,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
   config: DecoderConfig
   policy: Policy
+  query_chunk: int | None = None
 
   @nn.compact
   def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None):
     """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...]."""
     pol = self.policy
-    a, heads, probs, kv = Attention(self.config, pol, name="attn")(
+    a, heads, probs, kv = Attention(self.config, pol, self.query_chunk, name="attn")(
         Norm(self.config, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
     z = pol.round(pol.to_compute(v_BND) + pol.to_compute(a), "residual")
     if not self.config.use_mlp:
@@ -176,6 +205,7 @@ class Decoder(nn.Module):
   config: DecoderConfig
   policy: Policy
   collect: Sequence[str] = ()
+  query_chunk: int | None = None
 
   @nn.compact
   def __call__(self, inputs, positions=None, key_valid=None, cache=None):
@@ -192,6 +222,12 @@ class Decoder(nn.Module):
     unknown = set(self.collect) - set(COLLECTABLE)
     if unknown:
       raise ValueError(f"unknown intermediates {sorted(unknown)}; valid: {COLLECTABLE}")
+    if self.query_chunk is not None:
+      if self.query_chunk < 1:
+        raise ValueError(f"query_chunk must be >= 1, got {self.query_chunk}")
+      if "attn_weights" in self.collect and self.query_chunk < inputs.shape[1]:
+        raise ValueError("'attn_weights' needs the whole [N, M] attention matrix: collect it "
+                         "without query_chunk")
     B, N = inputs.shape[:2]
     if positions is None and cache is not None:
       raise ValueError("pass the new tokens' positions with a cache (the default 0..N-1 would "
@@ -226,8 +262,8 @@ class Decoder(nn.Module):
     residual, heads, weights, ks, vs, attn_out, mid = [v], [], [], [], [], [], []
     for l in range(cfg.num_layers):
       cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
-      v, h, p, kv, a, z = Block(cfg, pol, name=f"layer_{l}")(v, positions, k_pos, k_valid,
-                                                               cache_kv)
+      v, h, p, kv, a, z = Block(cfg, pol, self.query_chunk, name=f"layer_{l}")(
+          v, positions, k_pos, k_valid, cache_kv)
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
       attn_out.append(a); mid.append(z)
     y = Norm(cfg, pol, name="final_norm")(v, point="final_norm")
@@ -274,13 +310,15 @@ def _init_fn(config: DecoderConfig):
 
 
 def forward(config: DecoderConfig, policy: Policy, params, inputs, *, collect=(),
-            positions=None, key_valid=None, cache=None) -> dict:
+            positions=None, key_valid=None, cache=None, query_chunk: int | None = None) -> dict:
   """Pure forward: ``params`` must already be cast by ``policy.cast_params``.
-  jit/vmap/grad-safe; ``collect`` must be static under jit."""
+  jit/vmap/grad-safe; ``collect`` and ``query_chunk`` must be static under jit.
+  ``query_chunk``: attention over query rows in chunks of this size (memory linear in N for
+  a fixed chunk; see ``Attention``)."""
   policy.check_available()
   shape = getattr(inputs, "shape", None)
   if shape is not None and (len(shape) < 2 or shape[1] == 0):
     raise ValueError(f"forward: inputs must be [B, N{', D' if not config.vocab_size else ''}] "
                      f"with N >= 1 tokens; got shape {tuple(shape)}")
-  return Decoder(config, policy, tuple(collect)).apply(
+  return Decoder(config, policy, tuple(collect), query_chunk).apply(
       {"params": params}, inputs, positions, key_valid, cache)

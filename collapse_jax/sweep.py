@@ -45,13 +45,14 @@ def synthetic_models(base_cfg: DecoderConfig, heads_list, seeds) -> list[Model]:
 
 def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence],
              lengths, seeds, *, engine: str | None = None, chunk: int = 32,
-             log=print) -> list[dict]:
+             memory_budget: float | None = None, log=print) -> list[dict]:
   """For each model, policy and named pair set, ONE compiled engine program runs every n and
   seed (``engines.run``). ``pair_sets``: name -> one pair set per seed. Returns one record
   (``records.summarize``) per (model, policy, pair set, seed), labelled with dtype, the
   model's labels, seed, engine, pairs (the name), copy and seconds (the engine call's wall
   time). One-pass sets resolved to the causal engine are padded to a common length so that
-  they share one compiled program."""
+  they share one compiled program. ``memory_budget`` (bytes): the causal engine chunks its
+  attention over query rows to fit (``engines.plan_query_chunk``)."""
   lengths = np.asarray(lengths)
   for name, sets in pair_sets.items():
     if len(sets) != len(seeds):
@@ -75,7 +76,7 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
       for name, sets in pair_sets.items():
         t1 = time.perf_counter()
         raw = engines.run(m.cfg, pol, params_B, sets, lengths, engine=resolved[name],
-                          chunk=chunk, min_tokens=causal_tokens)
+                          chunk=chunk, min_tokens=causal_tokens, memory_budget=memory_budget)
         seconds = time.perf_counter() - t1
         for i, s in enumerate(seeds):
           rec = records_lib.summarize(raw, lengths, i)
@@ -94,7 +95,7 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
 def family_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, lengths, seeds, *,
                 engine: str | None = None, token: int = 1, prefix_len: int = 16,
                 prefix_ids=None, chunk: int = 32, copy: str = "token", alphabet=None,
-                log=print) -> list[dict]:
+                memory_budget: float | None = None, log=print) -> list[dict]:
   """The precision sweep of a synthetic family: models per head count (``synthetic_models``),
   the family per seed (``pairs.make_family``), then :func:`run_grid`."""
   lengths = np.asarray(lengths)
@@ -104,7 +105,8 @@ def family_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, leng
   lengths = fams[0].check(lengths)
   base_cfg.check_length(int(lengths[-1]) + 1)
   return run_grid(synthetic_models(base_cfg, heads_list, seeds), policies, {family: fams},
-                  lengths, list(seeds), engine=engine, chunk=chunk, log=log)
+                  lengths, list(seeds), engine=engine, chunk=chunk,
+                  memory_budget=memory_budget, log=log)
 
 
 def predicted_onset(lengths, dist_ref, absmax_ref, dtype) -> int:

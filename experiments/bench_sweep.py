@@ -12,8 +12,19 @@ Prints wall times (compile excluded unless stated, median of --repeats) and rati
                                                             extrapolated linearly to all N.
   sweep (blocked accumulation, the default)             vs  the same sweep with the backend's
                                                             own dot order (accum_block=None)
+
+  python -m experiments.bench_sweep --scaling=4096,16384,65536 --heads=1
+
+runs instead one cell per N, each in a fresh process (so its peak RSS is its own): the causal
+sweep over a log grid of 200 n up to N under --memory_budget (chunked attention when the
+whole pass would not fit), then one forward of the same length; prints the query chunk, the
+estimated and measured peak, the times and sweep/forward per N.
 """
 import dataclasses
+import json
+import resource
+import subprocess
+import sys
 import time
 
 import jax
@@ -25,7 +36,9 @@ import collapse_jax as cj
 from collapse_jax import cli, engines, pairs, model, xla_env
 
 F = flags.FLAGS
-cli.define(dtype="bfloat16", max_len=512, heads=["4"], layers=2, d_model=64)
+cli.define(dtype="bfloat16", max_len=512, heads=["4"], layers=2, d_model=64, memory_budget=2.0)
+flags.DEFINE_list("scaling", None, "N values: one scaling cell per N (memory and time)")
+flags.DEFINE_integer("scaling_cell", None, "internal: run the scaling cell of this N, print JSON")
 flags.DEFINE_integer("loop_lengths", 16, "lengths timed in the per-length loop")
 flags.DEFINE_integer("repeats", 3, "timing repeats (median)")
 
@@ -39,12 +52,63 @@ def _time(fn, repeats):
   return float(np.median(ts))
 
 
+def scaling_cell(cfg, pol, N: int) -> dict:
+  """One causal sweep (log grid of 200 n up to N) and one forward of N+1 tokens, chunked to
+  the memory budget: times, query chunk, estimated bytes and this process's peak RSS."""
+  budget = F.memory_budget * engines.GiB
+  cfg = cfg.replace(max_len=N + 1)
+  f = pairs.make_family("repeat", N, seed=0, vocab_size=32)
+  lengths = pairs.parse_lengths(f"log:1:{N}:200")
+  params = pol.cast_params(model.init_params(cfg, jax.random.key(0)))
+  params_B = jax.tree_util.tree_map(lambda x: x[None], params)
+  qc = engines.plan_query_chunk(cfg, pol, 1, N + 1, budget)
+  t0 = time.perf_counter()
+  engines.run(cfg, pol, params_B, [f], lengths, memory_budget=budget)
+  first = time.perf_counter() - t0
+  t_sweep = _time(lambda: engines.run(cfg, pol, params_B, [f], lengths, memory_budget=budget), 1)
+  fwd = jax.jit(lambda p, x: model.forward(cfg, pol, p, x, collect=("residual", "heads"),
+                                           query_chunk=qc)["y"])
+  x = jnp.asarray(f.tokens[None])
+  fwd(params, x)
+  t_fwd = _time(lambda: fwd(params, x), 1)
+  return {"N": N, "query_chunk": qc, "estimate_gib": engines.causal_peak_bytes(
+      cfg, pol, 1, N + 1, qc) / engines.GiB, "peak_rss_gib": resource.getrusage(
+      resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "sweep_first_s": first, "sweep_s": t_sweep,
+      "forward_s": t_fwd}
+
+
+def scaling(Ns):
+  print(f"scaling: dtype={F.dtype} L={F.layers} D={F.d_model} H={F.heads[0]} budget "
+        f"{F.memory_budget} GiB, one fresh process per N")
+  print(f"{'N':>7s} {'chunk':>6s} {'est GiB':>8s} {'peak RSS GiB':>13s} {'sweep s':>8s} "
+        f"{'(first)':>8s} {'forward s':>10s} {'sweep/fwd':>10s}")
+  for N in Ns:
+    cmd = [sys.executable, "-m", "experiments.bench_sweep", f"--scaling_cell={N}",
+           f"--dtype={F.dtype}", f"--heads={F.heads[0]}", f"--layers={F.layers}",
+           f"--d_model={F.d_model}", f"--memory_budget={F.memory_budget}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+      print(f"{N:>7d} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+      continue
+    c = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"{N:>7d} {str(c['query_chunk']):>6s} {c['estimate_gib']:8.2f} {c['peak_rss_gib']:13.2f} "
+          f"{c['sweep_s']:8.2f} {c['sweep_first_s']:8.2f} {c['forward_s']:10.2f} "
+          f"{c['sweep_s'] / c['forward_s']:10.2f}", flush=True)
+
+
 def main(argv):
   del argv
   with cli.usage_errors():
     pol = cli.one(cli.policies(F.dtype), "dtype")
     heads = cli.one(cli.int_list(F.heads, "heads"), "heads")
+    Ns = cli.int_list(F.scaling, "scaling") if F.scaling else None
   cfg = cj.DecoderConfig(num_layers=F.layers, d_model=F.d_model, num_heads=heads, vocab_size=32)
+  if F.scaling_cell:
+    print(json.dumps(scaling_cell(cfg, pol, F.scaling_cell)))
+    return
+  if Ns:
+    scaling(Ns)
+    return
   N = F.max_len
   f = pairs.make_family("repeat", N, seed=0, vocab_size=32)
   lengths = np.arange(1, N + 1)

@@ -28,11 +28,14 @@ def main(argv):
   settings = [s if s in ("reference", "native") else s.upper() for s in F.settings]
   bad = [s for s in settings if s not in ("reference", "native") + isa.X86_LEVELS]
   if bad or "reference" not in settings:
-    raise app.UsageError(f"--settings needs 'reference' and names from reference, native, "
-                         f"{', '.join(isa.X86_LEVELS)}; got {bad or F.settings}")
+    with cli.usage_errors():
+      raise ValueError(f"--settings needs 'reference' and names from reference, native, "
+                       f"{', '.join(isa.X86_LEVELS)}; got {bad or F.settings}")
   if isa.native_isa() is None:
-    raise app.UsageError("the ISA probe needs an x86-64 CPU")
-  out = results.make_run_dir(F.out, "isa")
+    with cli.usage_errors():
+      raise ValueError("the ISA probe needs an x86-64 CPU")
+  with cli.usage_errors():
+    out = results.make_run_dir(F.out, "isa")
   outputs = {}
   with tempfile.TemporaryDirectory() as tmp:
     for i, s in enumerate(settings):

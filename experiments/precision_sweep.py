@@ -18,7 +18,7 @@ from collapse_jax import (cli, engines, pairs, plotting, precision, records, res
 F = flags.FLAGS
 cli.define(dtype="bfloat16", heads=["1", "4", "16"], layers=2, d_model=64, pe="rope",
            norm="layernorm", mlp="gelu", vocab=32, max_len=2048, lengths=None, seeds=["0"],
-           engine=None, fp8_scaling=False, chunk=32, out=None, plot=True)
+           engine=None, fp8_scaling=False, chunk=32, memory_budget=2.0, out=None, plot=True)
 flags.DEFINE_enum("family", "prefix_repeat", pairs.FAMILIES, "pair set (collapse_jax/pairs.py)")
 flags.DEFINE_integer("prefix_len", 16, "random prefix length (prefix_repeat)")
 flags.DEFINE_list("prefix_ids", None, "explicit prefix token ids (prefix_repeat)")
@@ -48,8 +48,12 @@ def _setup():
     raise ValueError(f"--chunk must be >= 1, got {F.chunk}")
   first = pairs.make_family(F.family, int(grid[-1]), seed=seeds[0], vocab_size=F.vocab,
                             token=F.token, prefix_len=F.prefix_len, prefix_ids=_prefix_ids())
-  engines.resolve(F.engine, first)  # the engine can hold this family's pairs
   first.check(grid)
+  if engines.resolve(F.engine, first) == "causal":  # refuse what cannot fit, before starting
+    for h in heads:
+      for p in policies + [precision.get_policy("float64")] * F.reference:
+        engines.plan_query_chunk(cfg.replace(num_heads=h), p, len(seeds), int(grid[-1]) + 1,
+                                 F.memory_budget * engines.GiB)
   return policies, heads, seeds, cfg, grid
 
 
@@ -64,11 +68,13 @@ def main(argv):
   reference = F.reference and not any(p.name == "float64" for p in policies)
   if reference or any(p.needs_x64 for p in policies):
     xla_env.enable_x64()
-  out = results.make_run_dir(F.out, "sweep")
+  with cli.usage_errors():
+    out = results.make_run_dir(F.out, "sweep")
   logging.info("precision sweep -> %s", out)
   print(f"numerics: {xla_env.numerics_path()['name']}")
   grid_args = dict(engine=F.engine, token=F.token, prefix_len=F.prefix_len,
-                   prefix_ids=_prefix_ids(), chunk=F.chunk, log=logging.info)
+                   prefix_ids=_prefix_ids(), chunk=F.chunk,
+                   memory_budget=F.memory_budget * engines.GiB, log=logging.info)
   runs = sweep.family_grid(cfg, policies, heads, F.family, grid, seeds, **grid_args)
   ref = (sweep.family_grid(cfg, [precision.get_policy("float64")], heads, F.family, grid,
                            seeds, **grid_args) if reference else [])

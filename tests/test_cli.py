@@ -1,7 +1,7 @@
 """The flag vocabulary (collapse_jax/cli.py): parsers and one-line errors."""
 import numpy as np
 import pytest
-from absl import app, flags
+from absl import flags
 
 from collapse_jax import cli
 
@@ -38,9 +38,13 @@ def test_define_uses_the_vocabulary_and_usage_errors_are_one_line():
     flags.FLAGS["pe"].parse("xpos")  # enums take their choices from the library
   with pytest.raises(KeyError, match="not in the flag vocabulary"):
     cli.define(precisions="bfloat16")
-  with pytest.raises(app.UsageError, match="^unknown precision 'x'"):
+def test_usage_errors_print_one_line_and_exit_2(capsys):
+  with pytest.raises(SystemExit) as e:
     with cli.usage_errors():
       cli.policies("x")
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: unknown precision 'x'") and err.count("\n") == 1
 
 
 def test_one_refuses_several_values():

@@ -212,3 +212,26 @@ def test_causal_pass_padded_to_min_tokens_keeps_the_pairs():
   padded = engines.run(CFG, pol, params, [f], ns, min_tokens=40)
   for k in ("y_linf", "layer_linf", "head_linf"):
     np.testing.assert_allclose(padded[k], alone[k], rtol=1e-9, atol=1e-14, err_msg=k)
+
+
+def test_memory_budget_chunks_the_causal_pass_and_refuses_what_cannot_fit():
+  """A budget below the whole pass's estimate makes the causal engine chunk its attention
+  (same bits in bf16, as measured for the model); one too small for MIN_QUERY_CHUNK rows is
+  refused with one line naming the flag."""
+  cfg = CFG.replace(num_heads=4, d_model=16)
+  pol = cj.get_policy("bfloat16")
+  f = pairs.make_family("prefix_repeat", 300, seed=0, vocab_size=8, prefix_len=4)
+  params = _stack([pol.cast_params(model.init_params(cfg, jax.random.key(0)))])
+  whole_bytes = engines.causal_peak_bytes(cfg, pol, 1, 301, None)
+  budget = whole_bytes / 3
+  chunk = engines.plan_query_chunk(cfg, pol, 1, 301, budget)
+  assert engines.MIN_QUERY_CHUNK <= chunk < 301
+  assert engines.causal_peak_bytes(cfg, pol, 1, 301, chunk) <= budget
+  ns = np.arange(5, 301)
+  whole = engines.run(cfg, pol, params, [f], ns)
+  part = engines.run(cfg, pol, params, [f], ns, memory_budget=budget)
+  for k in ("y_linf", "layer_linf", "head_linf", "y_bitwise_equal"):
+    np.testing.assert_array_equal(part[k], whole[k], err_msg=k)
+  with pytest.raises(ValueError, match=r"needs about .* GiB .*raise --memory_budget"):
+    engines.plan_query_chunk(cfg, pol, 1, 301, 1000.0)
+  assert engines.plan_query_chunk(cfg, pol, 1, 301, None) is None
