@@ -253,6 +253,10 @@ def causal_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
   return int(seeds * (collected + layer + attention))
 
 
+def _size(b: float) -> str:
+  return f"{b / GiB:.2f} GiB" if b >= 0.1 * GiB else f"{b / 2 ** 20:.1f} MiB"
+
+
 def plan_query_chunk(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
                      budget_bytes: float | None) -> int | None:
   """The largest query chunk whose estimated peak fits ``budget_bytes`` (None: no budget, or
@@ -263,9 +267,9 @@ def plan_query_chunk(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
   lo = causal_peak_bytes(cfg, pol, seeds, tokens, MIN_QUERY_CHUNK)
   if lo > budget_bytes:
     raise ValueError(
-        f"the causal pass over {tokens} tokens x {seeds} seeds needs about {lo / GiB:.2f} GiB "
-        f"even in chunks of {MIN_QUERY_CHUNK} query rows; the budget is "
-        f"{budget_bytes / GiB:.2f} GiB: raise --memory_budget (if the machine has it), or lower "
+        f"the causal pass over {tokens} tokens x {seeds} seeds needs about {_size(lo)} even in "
+        f"chunks of {MIN_QUERY_CHUNK} query rows; the budget is {_size(budget_bytes)}: raise "
+        "--memory_budget (if the machine has it), or lower "
         "--max_len, the number of --seeds or the model size")
   fixed = causal_peak_bytes(cfg, pol, seeds, tokens, 0)
   per_row = causal_peak_bytes(cfg, pol, seeds, tokens, 1) - fixed

@@ -91,11 +91,12 @@ def _cli(args, tmp_path):
 def test_cli_writes_documented_outputs(tmp_path):
   out = tmp_path / "run"
   r = _cli(["--dtype=bfloat16,float8_e4m3fn", "--heads=1,2", "--d_model=16", "--max_len=64",
-            "--prefix_len=4", "--seeds=0,1", f"--out={out}"], tmp_path)
+            "--prefix_len=4", "--seeds=0,1", f"--out={out}", "--reference=false"], tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.load(open(out / "results.json"))
   for key in ("config", "policies", "environment", "runs", "family"):
     assert key in res
+  assert res["reference"] == []
   env = res["environment"]
   for key in ("versions", "backend", "device_kind", "xla_flags"):
     assert key in env
@@ -217,6 +218,14 @@ def test_bench_sweep_prints_ratios():
                      cwd=REPO, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "sweep/forward" in r.stdout and "masked/sweep" in r.stdout
+  # the scaling mode: one fresh process per N, the second one chunked by a tiny budget
+  r = subprocess.run([sys.executable, "-m", "experiments.bench_sweep", "--scaling=64,256",
+                      "--d_model=16", "--heads=2", "--memory_budget=0.001"],
+                     cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [l.split() for l in r.stdout.splitlines() if l.strip().split()[:1] in (["64"], ["256"])]
+  assert [row[0] for row in rows] == ["64", "256"], r.stdout
+  assert rows[0][1] == "None" and rows[1][1] != "None"  # 256 tokens exceed the budget: chunked
 
 
 def test_isa_probe_end_to_end(tmp_path):
