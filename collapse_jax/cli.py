@@ -34,6 +34,7 @@ from absl import flags
 from collapse_jax import config as config_lib
 from collapse_jax import pairs
 from collapse_jax import precision
+from collapse_jax import results
 
 FLAGS = flags.FLAGS
 
@@ -125,6 +126,12 @@ def lengths(spec: str | None, max_len: int, hint: str = "") -> np.ndarray:
   if grid[-1] > max_len:
     raise ValueError(f"--lengths reaches n={grid[-1]}, beyond --max_len={max_len}{hint}")
   return grid
+
+
+def run_dir(out: str | None, prefix: str) -> str:
+  """``results.make_run_dir`` with an existing or unwritable --out as a one-line error."""
+  with usage_errors():
+    return results.make_run_dir(out, prefix)
 
 
 @contextlib.contextmanager

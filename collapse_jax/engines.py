@@ -165,9 +165,6 @@ def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, one_pass: bool,
   Lengths, tokens and seeds are data."""
   if engine not in ENGINES[:3]:
     raise ValueError(f"sweep_program builds causal, kv_cache or masked, not {engine!r}")
-  if not cfg.causal:
-    raise ValueError("the sweep engines read A_n's last token from B_n's causal pass; a "
-                     "bidirectional model (causal=False) needs separate exact-length forwards")
 
   def per_seed(params, tokens_T, token, len_a_S, rows_2S):
     if engine == "causal":
@@ -204,9 +201,6 @@ def _exact_fn(cfg: DecoderConfig, pol: Policy):
 def _exact(cfg, pol, params, pair_set, ns) -> dict:
   """Exact engine for one seed: metrics as pair_metrics returns them. A forward is reused
   when B_n equals A_{n+1} (same tokens and positions)."""
-  if not cfg.causal:
-    raise ValueError("the sweep engines compare last tokens of causal passes; a bidirectional "
-                     "model (causal=False) is not supported")
   last = _exact_fn(cfg, pol)
   done: dict = {}
 
@@ -303,6 +297,10 @@ def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib
   Returns numpy metrics (:func:`pair_metrics`) with leading axis B.
   """
   pol.check_available()
+  if not cfg.causal:
+    raise ValueError("the sweep engines read A_n's last token from B_n's causal pass (or a "
+                     "causal exact-length forward); a bidirectional model (causal=False) is "
+                     "not supported")
   first = pair_sets[0]
   engine = resolve(engine, first)
   ns = first.check(ns)

@@ -53,20 +53,18 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
   time). One-pass sets resolved to the causal engine are padded to a common length so that
   they share one compiled program. ``memory_budget`` (bytes): the causal engine chunks its
   attention over query rows to fit (``engines.plan_query_chunk``)."""
-  lengths = np.asarray(lengths)
   for name, sets in pair_sets.items():
     if len(sets) != len(seeds):
       raise ValueError(f"pair set {name!r}: {len(sets)} sets for {len(seeds)} seeds")
+    lengths = sets[0].check(lengths)
   resolved = {name: engines.resolve(engine, sets[0]) for name, sets in pair_sets.items()}
-  for name, sets in pair_sets.items():
-    sets[0].check(lengths)
+  longest = max(int(sets[0].lengths_ab(lengths[-1:]).max()) for sets in pair_sets.values())
   causal_tokens = max([int(sets[0].rows(lengths).max()) + 1 for name, sets in pair_sets.items()
                        if resolved[name] == "causal"] or [0])
   records = []
   for m in models:
     if len(m.params) != len(seeds):
       raise ValueError(f"model {dict(m.labels)}: {len(m.params)} params for {len(seeds)} seeds")
-    longest = max(int(sets[0].lengths_ab(lengths[-1:]).max()) for sets in pair_sets.values())
     m.cfg.check_length(longest)
     for pol in policies:
       pol.check_available()
@@ -102,8 +100,6 @@ def family_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, leng
   fams = [pairs_lib.make_family(family, int(lengths[-1]), seed=s, vocab_size=base_cfg.vocab_size,
                                 token=token, prefix_len=prefix_len, prefix_ids=prefix_ids,
                                 alphabet=alphabet, copy=copy) for s in seeds]
-  lengths = fams[0].check(lengths)
-  base_cfg.check_length(int(lengths[-1]) + 1)
   return run_grid(synthetic_models(base_cfg, heads_list, seeds), policies, {family: fams},
                   lengths, list(seeds), engine=engine, chunk=chunk,
                   memory_budget=memory_budget, log=log)

@@ -38,8 +38,7 @@ def main(argv):
     fam = pairs.make_family("prefix_repeat", max(ns) + 1, seed=seed, vocab_size=32)
     grid = cli.lengths(F.lengths or f"log:17:{F.max_len}:300", F.max_len)
   xla_env.enable_x64()
-  with cli.usage_errors():
-    out = results.make_run_dir(F.out, "bf16_floor")
+  out = cli.run_dir(F.out, "bf16_floor")
   print(f"numerics: {xla_env.numerics_path()['name']}")
   params = model.init_params(cfg, jax.random.key(seed))
   stages = {}

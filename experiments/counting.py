@@ -59,8 +59,7 @@ def main(argv):
                                 seed=seed)
     cfg10, params10 = counting.b10_model(N, layers=FLAGS.b10_layers, d_model=FLAGS.b10_d_model,
                                          heads=FLAGS.b10_heads, pe=FLAGS.b10_pe, seed=seed)
-  with cli.usage_errors():
-    out = results.make_run_dir(FLAGS.out, "counting")
+  out = cli.run_dir(FLAGS.out, "counting")
 
   b9 = counting.b9_sweep(models, precs, base=FLAGS.base, multipliers=mults)
   b9_summary = counting.b9_summary(b9)

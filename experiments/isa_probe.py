@@ -23,19 +23,23 @@ flags.DEFINE_list("settings", ["reference", "native", "SSE4_2", "AVX2"],
                   f"({', '.join(isa.X86_LEVELS)})")
 
 
-def main(argv):
-  del argv
+def _settings() -> list[str]:
+  """--settings -> numerics-path names; ValueError on bad ones or a non-x86 host."""
   settings = [s if s in ("reference", "native") else s.upper() for s in F.settings]
   bad = [s for s in settings if s not in ("reference", "native") + isa.X86_LEVELS]
   if bad or "reference" not in settings:
-    with cli.usage_errors():
-      raise ValueError(f"--settings needs 'reference' and names from reference, native, "
-                       f"{', '.join(isa.X86_LEVELS)}; got {bad or F.settings}")
+    raise ValueError(f"--settings needs 'reference' and names from reference, native, "
+                     f"{', '.join(isa.X86_LEVELS)}; got {bad or F.settings}")
   if isa.native_isa() is None:
-    with cli.usage_errors():
-      raise ValueError("the ISA probe needs an x86-64 CPU")
+    raise ValueError("the ISA probe needs an x86-64 CPU")
+  return settings
+
+
+def main(argv):
+  del argv
   with cli.usage_errors():
-    out = results.make_run_dir(F.out, "isa")
+    settings = _settings()
+  out = cli.run_dir(F.out, "isa")
   outputs = {}
   with tempfile.TemporaryDirectory() as tmp:
     for i, s in enumerate(settings):

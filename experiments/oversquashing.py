@@ -50,8 +50,7 @@ def main(argv):
     cfg, pol, params, x = sensitivity.vector_decoder(
         n, layers=L, d_model=FLAGS.d_model, heads=heads, pe=FLAGS.pe, mlp=FLAGS.mlp,
         policy=name, seed=seed)
-  with cli.usage_errors():
-    out = results.make_run_dir(FLAGS.out, "oversquashing")
+  out = cli.run_dir(FLAGS.out, "oversquashing")
 
   t0 = time.time()
   sens = sensitivity.sensitivity_vs_bound(cfg, pol, params, x, chunk=FLAGS.vjp_chunk)

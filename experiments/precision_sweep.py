@@ -68,8 +68,7 @@ def main(argv):
   reference = F.reference and not any(p.name == "float64" for p in policies)
   if reference or any(p.needs_x64 for p in policies):
     xla_env.enable_x64()
-  with cli.usage_errors():
-    out = results.make_run_dir(F.out, "sweep")
+  out = cli.run_dir(F.out, "sweep")
   logging.info("precision sweep -> %s", out)
   print(f"numerics: {xla_env.numerics_path()['name']}")
   grid_args = dict(engine=F.engine, token=F.token, prefix_len=F.prefix_len,

@@ -80,8 +80,7 @@ def main(argv):
   with cli.usage_errors():
     groups = _groups(keys, ckpt.tokenizer, ckpt.config.vocab_size, grid, seeds, F.position,
                      F.engine)
-  with cli.usage_errors():
-    out = results.make_run_dir(F.out, "real")
+  out = cli.run_dir(F.out, "real")
   logging.info("real-model collapse -> %s (settings %s, %d n in [%d, %d], dtypes %s)", out,
                ",".join(keys), grid.size, grid[0], grid[-1], ",".join(p.name for p in policies))
   runs, checks = [], []

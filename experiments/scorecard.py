@@ -29,8 +29,7 @@ def main(argv):
   xla_env.enable_x64()
   with cli.usage_errors():
     names = scorecard.check_names(FLAGS.only)
-  with cli.usage_errors():
-    out = results.make_run_dir(FLAGS.out, "scorecard")
+  out = cli.run_dir(FLAGS.out, "scorecard")
   rows = scorecard.run(names, FLAGS.full)
   md = scorecard.to_markdown(rows)
   with open(os.path.join(out, "scorecard.md"), "w") as f:

@@ -43,8 +43,7 @@ def main(argv):
     num_n = FLAGS.num_n or (26 if FLAGS.full else 13)
     if max_len < max(2, FLAGS.min_n):
       raise ValueError(f"--max_len={max_len} is below --min_n={FLAGS.min_n}")
-  with cli.usage_errors():
-    out = results.make_run_dir(FLAGS.out, "softmax_lemmas")
+  out = cli.run_dir(FLAGS.out, "softmax_lemmas")
 
   ns2 = softmax.log_lengths(FLAGS.min_n, max_len, num_n)
   logging.info("Lemma B.2: %d lengths x %d seeds", len(ns2), len(seeds))

@@ -34,8 +34,7 @@ def main(argv):
     # [a, a] attend to identical keys)
     lengths = cli.lengths(F.lengths or f"log:2:{F.max_len}:120", F.max_len)
   xla_env.enable_x64()
-  with cli.usage_errors():
-    out = results.make_run_dir(F.out, "synthetic")
+  out = cli.run_dir(F.out, "synthetic")
   pes, init_var = ((["sinusoidal"], 1.0 / F.d_model) if F.figure == "8" else
                    (["rope", "alibi", "learned", "sinusoidal", "none"], 1.0))
   by_pe, cfgs = {}, {}

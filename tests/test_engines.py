@@ -214,6 +214,7 @@ def test_causal_pass_padded_to_min_tokens_keeps_the_pairs():
     np.testing.assert_allclose(padded[k], alone[k], rtol=1e-9, atol=1e-14, err_msg=k)
 
 
+@pytest.mark.bitwise
 def test_memory_budget_chunks_the_causal_pass_and_refuses_what_cannot_fit():
   """A budget below the whole pass's estimate makes the causal engine chunk its attention
   (same bits in bf16, as measured for the model); one too small for MIN_QUERY_CHUNK rows is
