@@ -18,6 +18,13 @@ below (with the experiment's own defaults) and gives each the same type and mean
   --fp8_scaling  per-tensor amax scaling for the fp8 presets
   --full         paper-scale settings instead of the fast defaults
 
+Job flags (experiments run as jobs of cells, collapse_jax/jobs.py; ``define(**JOB)``):
+
+  --resume       finish the run in --out: same flags, finished cells kept, the rest run
+  --heartbeat    seconds between "still working" lines inside long cells (0: none)
+  --coordinator / --num_processes / --process_id   join JAX's distributed runtime (all three)
+  --distributed  let jax.distributed.initialize() auto-detect the cluster (TPU pods, Slurm)
+
 The parsers (:func:`policies`, :func:`int_list`, :func:`lengths`) are plain functions of
 strings, so they are tested without absl. Bad values raise ValueError with a one-line
 message; :func:`usage_errors` prints it as one line and exits with status 2.
@@ -64,7 +71,23 @@ VOCABULARY = {
                       "refused before it starts"),
     "fp8_scaling": ("bool", "per-tensor amax scaling for the fp8 presets"),
     "full": ("bool", "paper-scale settings instead of the fast defaults"),
+    "resume": ("bool", "finish the run in --out: the stored flags must match; finished cells "
+               "are kept and the rest run"),
+    "heartbeat": ("float", "seconds between 'still working' lines inside long cells (0: none)"),
+    "coordinator": ("string", "HOST:PORT of process 0, to run as one of several processes "
+                    "(with --num_processes and --process_id)"),
+    "num_processes": ("integer", "number of processes of a distributed job"),
+    "process_id": ("integer", "this process's index in a distributed job (0 assembles the "
+                   "results)"),
+    "distributed": ("bool", "jax.distributed.initialize() with auto-detection (TPU pods, "
+                    "Slurm)"),
 }
+
+# The job flags with their defaults: ``define(**JOB)``. They decide where and how a run
+# happens, never its results, so --resume does not compare them (:func:`job_spec`).
+JOB = {"resume": False, "heartbeat": 60.0, "coordinator": None, "num_processes": None,
+       "process_id": None, "distributed": False}
+NOT_RESULTS = set(JOB) | {"out", "plot"}
 
 
 def define(**defaults) -> None:
@@ -79,6 +102,22 @@ def define(**defaults) -> None:
       flags.DEFINE_enum(name, default, kind[1], help_)
     else:
       getattr(flags, f"DEFINE_{kind}")(name, default, help_)
+
+
+def job_spec(main_file: str | None = None) -> dict:
+  """The flags that decide a run's results (stored in the job manifest; --resume compares
+  them): every flag of this vocabulary and of the experiment's own module (``main_file``,
+  default ``sys.argv[0]``), except :data:`NOT_RESULTS`."""
+  import os
+  main_file = os.path.abspath(main_file or sys.argv[0])
+  own = {"collapse_jax.cli", main_file}
+  out = {}
+  for name, value in FLAGS.flag_values_dict().items():
+    module = FLAGS.find_module_defining_flag(name)
+    if name not in NOT_RESULTS and module is not None and (
+        module in own or os.path.abspath(module) == main_file):
+      out[name] = value
+  return out
 
 
 def policies(spec: str, *, fp8_scaling: bool = False) -> list[precision.Policy]:

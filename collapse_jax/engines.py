@@ -27,7 +27,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from collapse_jax import metrics
 from collapse_jax import model as model_lib
@@ -271,18 +270,25 @@ def plan_query_chunk(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
   return max(MIN_QUERY_CHUNK, min(chunk, tokens))
 
 
-def seed_mesh(num_seeds: int):
-  """A 1-D mesh over local devices if the seed batch divides evenly, else None."""
-  devs = jax.local_devices()
-  if len(devs) > 1 and num_seeds % len(devs) == 0:
-    return Mesh(np.asarray(devs), ("seeds",))
-  return None
-
-
 def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib.PairSet],
         ns, *, engine: str | None = None, chunk: int = 32, min_tokens: int = 0,
-        memory_budget: float | None = None) -> dict:
-  """Run one engine over a batch of seeds.
+        memory_budget: float | None = None, device=None) -> dict:
+  """Run one engine over a batch of seeds and wait for it: :func:`launch`, then fetch.
+  Returns numpy metrics (:func:`pair_metrics`) with leading axis B."""
+  return fetch(launch(cfg, pol, params_B, pair_sets, ns, engine=engine, chunk=chunk,
+                      min_tokens=min_tokens, memory_budget=memory_budget, device=device))
+
+
+def fetch(launched: dict) -> dict:
+  """Wait for a :func:`launch` and copy its metrics to numpy."""
+  return {k: np.asarray(v) for k, v in launched.items()}
+
+
+def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib.PairSet],
+           ns, *, engine: str | None = None, chunk: int = 32, min_tokens: int = 0,
+           memory_budget: float | None = None, device=None) -> dict:
+  """Start one engine over a batch of seeds on one device, without waiting (JAX dispatches
+  asynchronously, so launches on several devices run at once).
 
   Args:
     params_B: policy-cast params with a leading seed axis B.
@@ -292,9 +298,13 @@ def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib
     engine: an ENGINES name, or None/'auto' (:func:`resolve`).
     min_tokens: causal engine: pad the one pass to at least this many tokens (continuing the
       pattern; rows are unchanged), so pair sets with other lengths share one compiled program.
-    memory_budget: bytes the causal engine may use (``plan_query_chunk``): the attention runs
-      in chunks of query rows when the whole pass would not fit; None: unchunked.
-  Returns numpy metrics (:func:`pair_metrics`) with leading axis B.
+    memory_budget: bytes the causal engine may use on the device (``plan_query_chunk``): the
+      attention runs in chunks of query rows when the whole pass would not fit; None:
+      unchunked.
+    device: the jax device that runs it (None: the default device). The program is the same
+      on every device, so a cell's bits do not depend on which device ran it.
+  Returns metrics (:func:`pair_metrics`, leading axis B) as jax arrays still being computed
+  (the exact engine, driven from Python, has finished).
   """
   pol.check_available()
   if not cfg.causal:
@@ -305,6 +315,8 @@ def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib
   engine = resolve(engine, first)
   ns = first.check(ns)
   max_n = int(ns[-1])
+  put = (lambda x: x) if device is None else (lambda x: jax.device_put(x, device))
+  params_B = put(params_B)
   if engine == "exact":
     out = [_exact(cfg, pol, jax.tree_util.tree_map(lambda x: x[i], params_B), s, ns)
            for i, s in enumerate(pair_sets)]
@@ -332,12 +344,5 @@ def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib
                  if engine == "causal" else None)
   prog = sweep_program(cfg, pol, engine, first.one_pass, total, int(min(chunk, ns.size)),
                        first.copy == "vector", query_chunk)
-  mesh = seed_mesh(tokens_BT.shape[0])
-  tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
-  if mesh is not None:  # shard the seed batch over local devices (data parallel)
-    shard = NamedSharding(mesh, P("seeds"))
-    params_B = jax.device_put(params_B, shard)
-    tokens_BT = jax.device_put(tokens_BT, shard)
-  out = prog(params_B, tokens_BT, jnp.int32(first.token), jnp.asarray(len_a),
-             jnp.asarray(rows))
-  return {k: np.asarray(v) for k, v in out.items()}
+  args = [jnp.asarray(x, jnp.int32) for x in (tokens_BT, first.token, len_a, rows)]
+  return prog(params_B, *[put(x) for x in args])

@@ -81,6 +81,18 @@ def to_jsonable(obj: Any) -> Any:
   return obj
 
 
+def from_jsonable(obj: Any) -> Any:
+  """Undo :func:`to_jsonable`'s strings for non-finite floats ('nan', 'inf', '-inf'),
+  recursively; everything else is returned as JSON gave it."""
+  if isinstance(obj, dict):
+    return {k: from_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return [from_jsonable(v) for v in obj]
+  if obj in ("nan", "inf", "-inf"):
+    return float(obj)
+  return obj
+
+
 def _atomic_write(path: str, text: str) -> None:
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)

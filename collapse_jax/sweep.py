@@ -7,12 +7,12 @@ params per seed, and a pair set per seed says which tokens to compare.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax import engines
@@ -43,66 +43,126 @@ def synthetic_models(base_cfg: DecoderConfig, heads_list, seeds) -> list[Model]:
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One cell of a grid: (model, policy, pair set, seed), run by one compiled program on one
+  device and summarised as one record. ``id`` is stable (it names the cell's shard and
+  decides which process runs it): '<dtype>/<label>=<v>/.../<pair set>/seed=<s>'."""
+  model: int  # index into the grid's models
+  policy: object  # precision.Policy
+  pairs: str  # pair set name
+  seed_index: int
+  seed: int
+  id: str
+
+
+def grid_cells(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence],
+               seeds) -> list[Cell]:
+  """Every cell, in the records' order: model, then policy, then pair set, then seed."""
+  out = []
+  for mi, m in enumerate(models):
+    tag = "".join(f"{k}={v}/" for k, v in m.labels.items())
+    for pol in policies:
+      for name in pair_sets:
+        out += [Cell(mi, pol, name, i, s, f"{pol.name}/{tag}{name}/seed={s}")
+                for i, s in enumerate(seeds)]
+  ids = [c.id for c in out]
+  if len(set(ids)) != len(ids):
+    raise ValueError("two cells share an id: give the models distinct labels")
+  return out
+
+
 def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence],
              lengths, seeds, *, engine: str | None = None, chunk: int = 32,
-             memory_budget: float | None = None, log=print) -> list[dict]:
-  """For each model, policy and named pair set, ONE compiled engine program runs every n and
-  seed (``engines.run``). ``pair_sets``: name -> one pair set per seed. Returns one record
-  (``records.summarize``) per (model, policy, pair set, seed), labelled with dtype, the
-  model's labels, seed, engine, pairs (the name), copy and seconds (the engine call's wall
-  time). One-pass sets resolved to the causal engine are padded to a common length so that
-  they share one compiled program. ``memory_budget`` (bytes): the causal engine chunks its
-  attention over query rows to fit (``engines.plan_query_chunk``)."""
+             memory_budget: float | None = None, log=print, cells=None, devices=None,
+             on_cell=None) -> list[dict]:
+  """Run the cells of a grid (``cells``: a subset of :func:`grid_cells`, default all) and
+  return one record (``records.summarize``) per cell, in the cells' order, labelled with
+  dtype, the model's labels, seed, engine, pairs (the set's name), copy and seconds.
+
+  ``pair_sets``: name -> one pair set per seed. Each (model, policy, pair set) compiles ONE
+  engine program (``engines.launch``) that runs every n of a seed; the seeds' cells run one
+  per device at a time over ``devices`` (default: the local devices; launches are
+  asynchronous, so the devices work at once), and a cell never spans devices: its bits do
+  not depend on the device count. One-pass sets resolved to the causal engine are padded to a
+  common length so that they share one program. ``memory_budget`` (bytes per device): the
+  causal engine chunks its attention over query rows to fit (``engines.plan_query_chunk``).
+  ``on_cell(cell, record)`` is called as each cell finishes (e.g. to save it)."""
   for name, sets in pair_sets.items():
     if len(sets) != len(seeds):
       raise ValueError(f"pair set {name!r}: {len(sets)} sets for {len(seeds)} seeds")
     lengths = sets[0].check(lengths)
+  for m in models:
+    if len(m.params) != len(seeds):
+      raise ValueError(f"model {dict(m.labels)}: {len(m.params)} params for {len(seeds)} seeds")
   resolved = {name: engines.resolve(engine, sets[0]) for name, sets in pair_sets.items()}
   longest = max(int(sets[0].lengths_ab(lengths[-1:]).max()) for sets in pair_sets.values())
   causal_tokens = max([int(sets[0].rows(lengths).max()) + 1 for name, sets in pair_sets.items()
                        if resolved[name] == "causal"] or [0])
-  records = []
   for m in models:
-    if len(m.params) != len(seeds):
-      raise ValueError(f"model {dict(m.labels)}: {len(m.params)} params for {len(seeds)} seeds")
     m.cfg.check_length(longest)
-    for pol in policies:
-      pol.check_available()
-      t0 = time.perf_counter()
-      cast = [pol.cast_params(p) for p in m.params]
-      params_B = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *cast)
-      for name, sets in pair_sets.items():
-        t1 = time.perf_counter()
-        raw = engines.run(m.cfg, pol, params_B, sets, lengths, engine=resolved[name],
-                          chunk=chunk, min_tokens=causal_tokens, memory_budget=memory_budget)
-        seconds = time.perf_counter() - t1
-        for i, s in enumerate(seeds):
-          rec = records_lib.summarize(raw, lengths, i)
-          rec.update(dtype=pol.name, **m.labels, seed=s, engine=resolved[name], pairs=name,
-                     copy=sets[i].copy, seconds=round(seconds, 2))
-          records.append(rec)
-        onsets = [r["collapse_onset"] for r in records[-len(seeds):]]
-        tag = " ".join(f"{k}={v}" for k, v in m.labels.items())
-        log(f"{pol.name:>14s} {tag} {name}: {len(lengths)} lengths x {len(seeds)} seeds "
-            f"[{resolved[name]}] {time.perf_counter() - t0:6.1f}s  y collapse onset per seed: "
-            f"{onsets}")
-        t0 = time.perf_counter()
+  cells = grid_cells(models, policies, pair_sets, seeds) if cells is None else list(cells)
+  free = list(devices or jax.local_devices())
+  cast: dict = {}  # (params object, policy) -> cast params; real models share one per seed
+  records, running = [], collections.deque()
+
+  def finish():
+    cell, device, t1, launched = running.popleft()
+    m, name = models[cell.model], cell.pairs
+    rec = records_lib.summarize(engines.fetch(launched), lengths, 0)
+    rec.update(dtype=cell.policy.name, **m.labels, seed=cell.seed, engine=resolved[name],
+               pairs=name, copy=pair_sets[name][cell.seed_index].copy,
+               seconds=round(time.perf_counter() - t1, 2), device=str(device))
+    records.append(rec)
+    free.append(device)
+    log(f"{cell.id} [{resolved[name]}] {rec['seconds']:.1f}s on {device}: y collapse onset "
+        f"{rec['collapse_onset']}, sustained from {rec['sustained_onset']}")
+    if on_cell is not None:
+      on_cell(cell, rec)
+
+  for cell in cells:  # one cell per device at a time, finished in order
+    if not free:
+      finish()
+    m, pol, name, device = models[cell.model], cell.policy, cell.pairs, free.pop(0)
+    pol.check_available()
+    p = m.params[cell.seed_index]
+    key = (id(p), pol)
+    if key not in cast:
+      cast = {k: v for k, v in cast.items() if k[1] == pol and k[0] in map(id, m.params)}
+      cast[key] = pol.cast_params(p)
+    params_B = jax.tree_util.tree_map(lambda x: x[None], cast[key])
+    t1 = time.perf_counter()
+    running.append((cell, device, t1, engines.launch(
+        m.cfg, pol, params_B, [pair_sets[name][cell.seed_index]], lengths,
+        engine=resolved[name], chunk=chunk, min_tokens=causal_tokens,
+        memory_budget=memory_budget, device=device)))
+  while running:
+    finish()
   return records
+
+
+def family_setup(base_cfg: DecoderConfig, heads_list, family: str, lengths, seeds, *,
+                 token: int = 1, prefix_len: int = 16, prefix_ids=None, copy: str = "token",
+                 alphabet=None) -> tuple[list[Model], dict]:
+  """A synthetic family's grid: models per head count (``synthetic_models``) and
+  {family: the family per seed} (``pairs.make_family``), as :func:`run_grid` takes them."""
+  lengths = np.asarray(lengths)
+  fams = [pairs_lib.make_family(family, int(lengths[-1]), seed=s, vocab_size=base_cfg.vocab_size,
+                                token=token, prefix_len=prefix_len, prefix_ids=prefix_ids,
+                                alphabet=alphabet, copy=copy) for s in seeds]
+  return synthetic_models(base_cfg, heads_list, seeds), {family: fams}
 
 
 def family_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, lengths, seeds, *,
                 engine: str | None = None, token: int = 1, prefix_len: int = 16,
                 prefix_ids=None, chunk: int = 32, copy: str = "token", alphabet=None,
                 memory_budget: float | None = None, log=print) -> list[dict]:
-  """The precision sweep of a synthetic family: models per head count (``synthetic_models``),
-  the family per seed (``pairs.make_family``), then :func:`run_grid`."""
-  lengths = np.asarray(lengths)
-  fams = [pairs_lib.make_family(family, int(lengths[-1]), seed=s, vocab_size=base_cfg.vocab_size,
-                                token=token, prefix_len=prefix_len, prefix_ids=prefix_ids,
-                                alphabet=alphabet, copy=copy) for s in seeds]
-  return run_grid(synthetic_models(base_cfg, heads_list, seeds), policies, {family: fams},
-                  lengths, list(seeds), engine=engine, chunk=chunk,
-                  memory_budget=memory_budget, log=log)
+  """The precision sweep of a synthetic family: :func:`family_setup`, then :func:`run_grid`."""
+  models, sets = family_setup(base_cfg, heads_list, family, lengths, seeds, token=token,
+                              prefix_len=prefix_len, prefix_ids=prefix_ids, copy=copy,
+                              alphabet=alphabet)
+  return run_grid(models, policies, sets, np.asarray(lengths), list(seeds), engine=engine,
+                  chunk=chunk, memory_budget=memory_budget, log=log)
 
 
 def predicted_onset(lengths, dist_ref, absmax_ref, dtype) -> int:

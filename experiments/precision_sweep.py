@@ -8,17 +8,26 @@ tokens, differing only by a repeated final token) become bitwise equal?
 Writes results.json, results.csv and collapse.png to --out (default runs/sweep-<time>).
 With --reference (default) a float64 run of the same grid is recorded under "reference" in
 results.json and drawn in collapse.png (not in results.csv).
+
+A job of cells (dtype x heads x seed; collapse_jax/jobs.py): each finished cell is saved at
+once under --out/cells/, --resume finishes an interrupted run, and --coordinator/
+--num_processes/--process_id (or --distributed) spread the cells over processes.
 """
+
+import functools
+import sys
+
 from absl import app, flags, logging
 
 import collapse_jax as cj
-from collapse_jax import (cli, engines, pairs, plotting, precision, records, results, sweep,
-                          xla_env)
+from collapse_jax import (cli, engines, jobs, pairs, plotting, precision, records, results,
+                          sweep, xla_env)
 
 F = flags.FLAGS
 cli.define(dtype="bfloat16", heads=["1", "4", "16"], layers=2, d_model=64, pe="rope",
            norm="layernorm", mlp="gelu", vocab=32, max_len=2048, lengths=None, seeds=["0"],
-           engine=None, fp8_scaling=False, chunk=32, memory_budget=2.0, out=None, plot=True)
+           engine=None, fp8_scaling=False, chunk=32, memory_budget=2.0, out=None, plot=True,
+           **cli.JOB)
 flags.DEFINE_enum("family", "prefix_repeat", pairs.FAMILIES, "pair set (collapse_jax/pairs.py)")
 flags.DEFINE_integer("prefix_len", 16, "random prefix length (prefix_repeat)")
 flags.DEFINE_list("prefix_ids", None, "explicit prefix token ids (prefix_repeat)")
@@ -46,14 +55,19 @@ def _setup():
       logging.warning("prefix_repeat: dropped n < %d from the grid (n must exceed the prefix)", start)
   if F.chunk < 1:
     raise ValueError(f"--chunk must be >= 1, got {F.chunk}")
+  cfg.check_token_ids([F.token], "--token")
+  cfg.check_token_ids(_prefix_ids() or [], "--prefix_ids")
   first = pairs.make_family(F.family, int(grid[-1]), seed=seeds[0], vocab_size=F.vocab,
                             token=F.token, prefix_len=F.prefix_len, prefix_ids=_prefix_ids())
   first.check(grid)
   if engines.resolve(F.engine, first) == "causal":  # refuse what cannot fit, before starting
     for h in heads:
       for p in policies + [precision.get_policy("float64")] * F.reference:
-        engines.plan_query_chunk(cfg.replace(num_heads=h), p, len(seeds), int(grid[-1]) + 1,
+        engines.plan_query_chunk(cfg.replace(num_heads=h), p, 1, int(grid[-1]) + 1,
                                  F.memory_budget * engines.GiB)
+  jobs.check_distributed(F.coordinator, F.num_processes, F.process_id, F.distributed)
+  jobs.check_out(F.out, cli.job_spec(), F.resume,
+                 F.num_processes or (2 if F.distributed else 1))
   return policies, heads, seeds, cfg, grid
 
 
@@ -62,25 +76,39 @@ def _prefix_ids():
 
 
 def main(argv):
-  del argv
+  del argv  # the command line is sys.argv (for the resume line)
   with cli.usage_errors():
     policies, heads, seeds, cfg, grid = _setup()
   reference = F.reference and not any(p.name == "float64" for p in policies)
   if reference or any(p.needs_x64 for p in policies):
     xla_env.enable_x64()
-  out = cli.run_dir(F.out, "sweep")
-  logging.info("precision sweep -> %s", out)
+  procs = jobs.start_processes(F.coordinator, F.num_processes, F.process_id, F.distributed)
   print(f"numerics: {xla_env.numerics_path()['name']}")
-  grid_args = dict(engine=F.engine, token=F.token, prefix_len=F.prefix_len,
-                   prefix_ids=_prefix_ids(), chunk=F.chunk,
-                   memory_budget=F.memory_budget * engines.GiB, log=logging.info)
-  runs = sweep.family_grid(cfg, policies, heads, F.family, grid, seeds, **grid_args)
-  ref = (sweep.family_grid(cfg, [precision.get_policy("float64")], heads, F.family, grid,
-                           seeds, **grid_args) if reference else [])
+  models, sets = sweep.family_setup(cfg, heads, F.family, grid, seeds, token=F.token,
+                                    prefix_len=F.prefix_len, prefix_ids=_prefix_ids())
+  pols = policies + [precision.get_policy("float64")] * reference
+  cells = {c.id: c for c in sweep.grid_cells(models, pols, sets, seeds)}
+  run_cells = lambda ids, save: sweep.run_grid(
+      models, pols, sets, grid, seeds, engine=F.engine, chunk=F.chunk,
+      memory_budget=F.memory_budget * engines.GiB, log=logging.info,
+      cells=[cells[i] for i in ids], on_cell=lambda c, rec: save(c.id, rec))
+  out = jobs.run(run_cells, functools.partial(_assemble, cfg, policies, reference, cells, procs),
+                 out=F.out, prefix="sweep", experiment="precision_sweep", spec=cli.job_spec(),
+                 cell_ids=list(cells), procs=procs, heartbeat_s=F.heartbeat, argv=sys.argv,
+                 module=__spec__.name)
+  if procs.index != 0:
+    print(f"process {procs.index}: cells saved; process 0 wrote the results in {out}")
+
+
+def _assemble(cfg, policies, reference, cells, procs, out, shards):
+  """Process 0: results.json, results.csv and collapse.png from every cell's shard."""
+  recs = [shards[i]["record"] for i in cells]
+  runs = [r for r in recs if not (reference and r["dtype"] == "float64")]
+  ref = [r for r in recs if reference and r["dtype"] == "float64"]
   results.write_json(f"{out}/results.json", {
       "experiment": "precision_sweep", "config": cfg.to_dict(), "family": F.family,
       "flags": F.flag_values_dict(), "policies": {p.name: p.describe() for p in policies},
-      "environment": results.environment(), "runs": runs, "reference": ref})
+      "environment": results.environment(), "layout": jobs.layout(procs), "runs": runs, "reference": ref})
   results.write_csv(f"{out}/results.csv", [row for r in runs for row in records.csv_rows(r)],
                     records.csv_columns(F.layers))
   if F.plot:

@@ -8,8 +8,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import jaxlib
 import pytest
@@ -121,6 +124,14 @@ def test_cli_writes_documented_outputs(tmp_path):
 
 @pytest.mark.parametrize("args,msg", [
     (["--dtype=bf17"], "valid: float64, float32, bfloat16"),
+    (["--seeds=a"], "--seeds must be a comma list of integers"),
+    (["--token=999"], "--token"),
+    (["--prefix_ids=100,-3"], "--prefix_ids"),
+    (["--chunk=0"], "--chunk must be >= 1"),
+    (["--family=stream_repeat_last", "--engine=causal"], "no single shared sequence"),
+    (["--resume"], "holds no job"),
+    (["--coordinator=localhost:1"], "go together"),
+    (["--max_len=100000", "--heads=16", "--memory_budget=0.01"], "raise --memory_budget"),
     (["--heads=3"], "does not divide d_model"),
     (["--pe=xpos"], "rope"),
     (["--family=ones"], "repeat"),
@@ -130,8 +141,95 @@ def test_cli_writes_documented_outputs(tmp_path):
     (["--fp8_scaling", "--dtype=bfloat16"], "fp8 presets only"),
 ])
 def test_cli_bad_flags_fail_fast(args, msg, tmp_path):
-  r = _cli(args + ["--max_len=64", f"--out={tmp_path / 'x'}"], tmp_path)
-  assert r.returncode != 0 and msg in r.stderr, r.stderr[-1500:]
+  """One line (no help page, no traceback) and no run directory created. Exit 2 (ours) or 1
+  (absl's own parse errors: the reason, then a pointer to --helpshort)."""
+  r = _cli(["--max_len=64"] + args + [f"--out={tmp_path / 'x'}"], tmp_path)
+  assert r.returncode in (1, 2) and msg in r.stderr, r.stderr[-1500:]
+  assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
+  assert not (tmp_path / "x").exists()
+
+
+# -- the sweep as a job: interrupted, resumed, on two processes (collapse_jax/jobs.py) ---------
+
+# Six cells, each with its own compile (seconds apiece): time to interrupt between them.
+JOB_ARGS = ["--dtype=float32,bfloat16", "--heads=1,2,4", "--d_model=16", "--max_len=300",
+            "--prefix_len=4", "--reference=false", "--plot=false", "--heartbeat=0"]
+
+
+def _shards(out):
+  cells = out / "cells"
+  return sorted(p.name for p in cells.iterdir() if p.suffix == ".json") if cells.exists() else []
+
+
+def _start_job(out, extra=()):
+  return subprocess.Popen([sys.executable, "-m", "experiments.precision_sweep", *JOB_ARGS,
+                           f"--out={out}", *extra], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _interrupt_after(proc, out, count, sig):
+  """Send ``sig`` once ``count`` shards exist; return (saved shards, stderr)."""
+  deadline = time.time() + 240
+  while len(_shards(out)) < count and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be interrupted"
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=60)
+  return _shards(out), err, proc.returncode
+
+
+@pytest.fixture(scope="module")
+def job_baseline(tmp_path_factory):
+  out = tmp_path_factory.mktemp("job") / "whole"
+  r = subprocess.run([sys.executable, "-m", "experiments.precision_sweep", *JOB_ARGS,
+                      f"--out={out}"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "cell 6 of 6 done" in r.stdout, r.stdout[-2000:]
+  return (out / "results.csv").read_bytes()
+
+
+def test_killed_and_interrupted_runs_resume_to_the_identical_csv(job_baseline, tmp_path):
+  out = tmp_path / "run"
+  saved, _, rc = _interrupt_after(_start_job(out), out, 1, signal.SIGKILL)
+  assert rc == -signal.SIGKILL and 1 <= len(saved) < 6, saved
+  assert not (out / "results.csv").exists()
+  # resumed, then interrupted again with SIGINT: one line, the resume command, no traceback
+  saved2, err, rc = _interrupt_after(_start_job(out, ["--resume"]), out, len(saved) + 1,
+                                     signal.SIGINT)
+  assert rc == 130 and len(saved) < len(saved2) < 6, (saved, saved2, err[-2000:])
+  assert "Traceback" not in err and "Segmentation" not in err
+  line = [l for l in err.splitlines() if l.startswith("interrupted (SIGINT)")]
+  assert line and f"--out={out} --resume" in line[0], err[-2000:]
+  assert f"{len(saved2)} of 6 cells saved" in line[0]
+  # changed flags are refused, and nothing is touched
+  r = subprocess.run([sys.executable, "-m", "experiments.precision_sweep", *JOB_ARGS,
+                      "--max_len=200", f"--out={out}", "--resume"], cwd=REPO,
+                     capture_output=True, text=True)
+  assert r.returncode == 2 and "--max_len was 300, now 200" in r.stderr, r.stderr[-1500:]
+  assert _shards(out) == saved2
+  # the resume command finishes it: the remaining cells only, and the same bytes
+  proc = _start_job(out, ["--resume"])
+  stdout, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert f"{len(saved2)} already saved, {6 - len(saved2)} to run" in stdout
+  assert (out / "results.csv").read_bytes() == job_baseline
+
+
+def test_two_processes_equal_one(job_baseline, tmp_path):
+  """Two processes on localhost (JAX's distributed runtime, gloo collectives on CPU)."""
+  with socket.socket() as sk:
+    sk.bind(("localhost", 0))
+    port = sk.getsockname()[1]
+  out = tmp_path / "two"
+  procs = [_start_job(out, [f"--coordinator=localhost:{port}", "--num_processes=2",
+                            f"--process_id={i}"]) for i in range(2)]
+  logs = [p.communicate(timeout=400) for p in procs]
+  for p, (o, e) in zip(procs, logs):
+    assert p.returncode == 0, e[-3000:]
+  assert "3 of 6 cells are this process's" in logs[0][0] and "process 1: cells saved" in logs[1][0]
+  assert (out / "results.csv").read_bytes() == job_baseline
+  lay = json.loads((out / "results.json").read_text())["layout"]
+  assert lay["processes"] == 2 and lay["sharded"] and lay["devices_total"] == 2
 
 
 def test_default_main_command_results_csv_is_byte_identical(tmp_path):
