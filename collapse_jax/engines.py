@@ -21,6 +21,7 @@ every layer (v^(0..L)) and every head's attention output at the last layer.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -70,18 +71,22 @@ def _rows(out, idx_S):
           "heads": out["heads"][-1, 0, idx_S]}
 
 
-def _pairs_causal(cfg, pol, params, tokens_T, rows_2S, query_chunk=None):
+def _pairs_causal(cfg, pol, params, tokens_T, rows_2S, query_chunk=None, query_mesh=None):
   """rows_2S: int [2, S] rows of the one causal pass holding A_n's and B_n's compared token.
-  ``query_chunk``: attention in chunks of query rows (memory linear in the pass length)."""
+  ``query_chunk``: attention in chunks of query rows (memory linear in the pass length),
+  spread over the devices of ``query_mesh`` if given."""
   out = model_lib.forward(cfg, pol, params, tokens_T[None], collect=COLLECT,
-                          query_chunk=query_chunk)
+                          query_chunk=query_chunk, query_mesh=query_mesh)
   return _rows(out, rows_2S[0]), _rows(out, rows_2S[1])
 
 
-def _pairs_kv(cfg, pol, params, stream_T, token, len_a_S, chunk, copy_vector=False):
-  """KV-cache engine. stream_T: A_n = stream[:len(A_n)-1] + [a]."""
+def _pairs_kv(cfg, pol, params, stream_T, token, len_a_S, chunk, copy_vector=False,
+              query_chunk=None):
+  """KV-cache engine. stream_T: A_n = stream[:len(A_n)-1] + [a]. ``query_chunk``: the
+  prefix pass's attention in chunks of query rows."""
   M = stream_T.shape[0]
-  pre = model_lib.forward(cfg, pol, params, stream_T[None], collect=("kv",))
+  pre = model_lib.forward(cfg, pol, params, stream_T[None], collect=("kv",),
+                          query_chunk=query_chunk)
 
   def one_chunk(n_C):
     C = n_C.shape[0]
@@ -158,18 +163,21 @@ def pair_metrics(a: dict, b: dict) -> dict:
 @functools.lru_cache(maxsize=64)
 def sweep_program(cfg: DecoderConfig, pol: Policy, engine: str, one_pass: bool,
                   total: int, chunk: int, copy_vector: bool = False,
-                  query_chunk: int | None = None):
+                  query_chunk: int | None = None, query_devices: tuple | None = None):
   """The jitted program for one (policy, config, engine) of causal/kv_cache/masked:
   f(params_B, tokens_BT, token, len_a_S, rows_2S) -> metrics with a leading seed axis B.
-  Lengths, tokens and seeds are data."""
+  Lengths, tokens and seeds are data. ``query_devices``: the causal pass's query chunks are
+  spread over these devices (inputs replicated on them)."""
   if engine not in ENGINES[:3]:
     raise ValueError(f"sweep_program builds causal, kv_cache or masked, not {engine!r}")
+  mesh = None if query_devices is None else model_lib.chunk_mesh(query_devices)
 
   def per_seed(params, tokens_T, token, len_a_S, rows_2S):
     if engine == "causal":
-      a, b = _pairs_causal(cfg, pol, params, tokens_T, rows_2S, query_chunk)
+      a, b = _pairs_causal(cfg, pol, params, tokens_T, rows_2S, query_chunk, mesh)
     elif engine == "kv_cache":
-      a, b = _pairs_kv(cfg, pol, params, tokens_T, token, len_a_S, chunk, copy_vector)
+      a, b = _pairs_kv(cfg, pol, params, tokens_T, token, len_a_S, chunk, copy_vector,
+                       query_chunk)
     else:
       a, b = _pairs_masked(cfg, pol, params, tokens_T, token, len_a_S, chunk, one_pass,
                            total, copy_vector)
@@ -270,13 +278,82 @@ def plan_query_chunk(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
   return max(MIN_QUERY_CHUNK, min(chunk, tokens))
 
 
+def appended_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, cache_tokens: int,
+                        chunk: int) -> int:
+  """Estimated peak bytes of the kv_cache engine's appended stage for ``seeds`` (vmapped):
+  the prefix's K/V [L, M, KV, Dh], and per length of a ``chunk`` (one lax.map step) its
+  broadcast copy of the cache, each layer's keys and values with the two new tokens, and
+  the two queries' scores and probabilities over M keys (f32 and stored) with their mask."""
+  s = jnp.dtype(pol.storage_dtype).itemsize
+  M, L, H, KV, Dh = cache_tokens, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
+  cache = 2 * L * M * KV * Dh * s
+  per_length = cache + 2 * (M + 2) * KV * Dh * (4 + s) + 2 * M * (H * (10 + 2 * s) + 1 + KV) + M
+  return int(seeds * (cache + chunk * per_length))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How one engine run fits the memory budget: the pass length ``tokens``, the causal (or
+  kv_cache prefix) pass's ``query_chunk`` (None: whole) and the estimated ``peak_bytes``."""
+  engine: str
+  tokens: int
+  query_chunk: int | None
+  peak_bytes: int
+
+
+def plan(cfg: DecoderConfig, pol: Policy, pair_set: pairs_lib.PairSet, ns, engine=None, *,
+         chunk: int = 32, min_tokens: int = 0, memory_budget: float | None = None,
+         seeds: int = 1) -> Plan:
+  """Plan a run of ``engine`` (None: the set's own) over ``ns`` within ``memory_budget``
+  bytes, before anything is compiled. causal: the one pass, its attention in query chunks
+  when the whole would not fit (:func:`plan_query_chunk`). kv_cache: the prefix pass
+  likewise, then ``chunk`` lengths at a time. masked: ``chunk`` padded forwards at a time.
+  exact: one forward at a time, not planned. ValueError with one line (what it needs, the
+  budget, the flag that lowers it) when it cannot fit."""
+  engine = resolve(engine, pair_set)
+  ns = pair_set.check(ns)
+  if engine == "exact":
+    return Plan(engine, int(pair_set.lengths_ab(ns[-1:]).max()), None, 0)
+  if engine == "causal":
+    tokens = int(max(pair_set.rows(ns).max() + 1, min_tokens))
+  else:
+    tokens = int(pair_set.lengths_ab(ns)[0][-1]) + 1
+  chunk = int(min(chunk, ns.size))
+  qc = None
+  if engine in ("causal", "kv_cache"):
+    qc = plan_query_chunk(cfg, pol, seeds, tokens, memory_budget)
+    peak = causal_peak_bytes(cfg, pol, seeds, tokens, qc)
+  if engine == "kv_cache":
+    stage = appended_peak_bytes(cfg, pol, seeds, tokens, chunk)
+    peak = max(peak, stage)
+  elif engine == "masked":
+    peak = stage = chunk * causal_peak_bytes(cfg, pol, seeds, tokens, None)
+  if engine != "causal" and memory_budget is not None and stage > memory_budget:
+    raise ValueError(
+        f"the {engine} engine over {tokens} tokens x {seeds} seeds needs about {_size(stage)} "
+        f"for {chunk} lengths at a time; the budget is {_size(memory_budget)}: lower --chunk"
+        + (" (1 needs " + _size(stage // chunk) + ")" if chunk > 1 else "")
+        + ", raise --memory_budget (if the machine has it), lower --max_len, or use the "
+        "causal engine where the pair set allows it")
+  return Plan(engine, tokens, qc, int(peak))
+
+
+def chunked(cfg: DecoderConfig, pol: Policy, pair_set: pairs_lib.PairSet, ns, engine=None,
+            min_tokens: int = 0, memory_budget: float | None = None, seeds: int = 1) -> bool:
+  """Whether this run is a causal pass whose attention ``memory_budget`` splits into query
+  chunks: a long cell, whose chunks can be spread over several devices."""
+  p = plan(cfg, pol, pair_set, ns, engine, min_tokens=min_tokens, memory_budget=memory_budget,
+           seeds=seeds)
+  return p.engine == "causal" and p.query_chunk is not None
+
+
 def run(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib.PairSet],
         ns, *, engine: str | None = None, chunk: int = 32, min_tokens: int = 0,
-        memory_budget: float | None = None, device=None) -> dict:
+        memory_budget: float | None = None, devices=None) -> dict:
   """Run one engine over a batch of seeds and wait for it: :func:`launch`, then fetch.
   Returns numpy metrics (:func:`pair_metrics`) with leading axis B."""
   return fetch(launch(cfg, pol, params_B, pair_sets, ns, engine=engine, chunk=chunk,
-                      min_tokens=min_tokens, memory_budget=memory_budget, device=device))
+                      min_tokens=min_tokens, memory_budget=memory_budget, devices=devices))
 
 
 def fetch(launched: dict) -> dict:
@@ -286,9 +363,9 @@ def fetch(launched: dict) -> dict:
 
 def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib.PairSet],
            ns, *, engine: str | None = None, chunk: int = 32, min_tokens: int = 0,
-           memory_budget: float | None = None, device=None) -> dict:
-  """Start one engine over a batch of seeds on one device, without waiting (JAX dispatches
-  asynchronously, so launches on several devices run at once).
+           memory_budget: float | None = None, devices=None) -> dict:
+  """Start one engine over a batch of seeds, without waiting (JAX dispatches asynchronously,
+  so launches on several devices run at once).
 
   Args:
     params_B: policy-cast params with a leading seed axis B.
@@ -301,8 +378,10 @@ def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_
     memory_budget: bytes the causal engine may use on the device (``plan_query_chunk``): the
       attention runs in chunks of query rows when the whole pass would not fit; None:
       unchunked.
-    device: the jax device that runs it (None: the default device). The program is the same
-      on every device, so a cell's bits do not depend on which device ran it.
+    devices: the jax devices that run it (None: the default device). One device: the program
+      is the same on every device, so the bits do not depend on which one ran it. Several:
+      only a chunked causal pass (:func:`chunked`), whose query chunks are spread over them
+      (``model.forward(query_mesh=...)``; bit-identical to one device, measured).
   Returns metrics (:func:`pair_metrics`, leading axis B) as jax arrays still being computed
   (the exact engine, driven from Python, has finished).
   """
@@ -315,19 +394,30 @@ def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_
   engine = resolve(engine, first)
   ns = first.check(ns)
   max_n = int(ns[-1])
-  put = (lambda x: x) if device is None else (lambda x: jax.device_put(x, device))
+  devices = None if devices is None else tuple(devices)
+  if devices is not None and len(devices) > 1 and not chunked(
+      cfg, pol, first, ns, engine, min_tokens, memory_budget, len(pair_sets)):
+    raise ValueError("only a causal pass in query chunks (one that --memory_budget does not "
+                     "hold whole) spreads over several devices")
+  if devices is None:
+    put = lambda x: x
+  else:
+    where = (devices[0] if len(devices) == 1 else jax.sharding.NamedSharding(
+        model_lib.chunk_mesh(devices), jax.sharding.PartitionSpec()))
+    put = lambda x: jax.device_put(x, where)
   params_B = put(params_B)
   if engine == "exact":
     out = [_exact(cfg, pol, jax.tree_util.tree_map(lambda x: x[i], params_B), s, ns)
            for i, s in enumerate(pair_sets)]
     return {k: np.stack([np.asarray(o[k]) for o in out]) for k in out[0]}
+  planned = plan(cfg, pol, first, ns, engine, chunk=chunk, min_tokens=min_tokens,
+                 memory_budget=memory_budget, seeds=len(pair_sets))
   len_a = first.lengths_ab(ns)[0].astype(np.int32)
+  total = planned.tokens
   if engine == "causal":
     rows = first.rows(ns)
-    total = int(max(rows.max() + 1, min_tokens))
   else:
     rows = np.stack([len_a - 1, len_a]).astype(np.int32)
-    total = int(len_a[-1]) + 1
   streams = [s.stream(max_n, total if first.one_pass else 0) for s in pair_sets]
   width = {len(x) for x in streams}
   if len(width) != 1:
@@ -340,9 +430,8 @@ def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_
   cfg.check_token_ids([first.token], "the repeated token")
   if engine == "causal":
     tokens_BT = tokens_BT[:, :total]
-  query_chunk = (plan_query_chunk(cfg, pol, len(pair_sets), total, memory_budget)
-                 if engine == "causal" else None)
   prog = sweep_program(cfg, pol, engine, first.one_pass, total, int(min(chunk, ns.size)),
-                       first.copy == "vector", query_chunk)
+                       first.copy == "vector", planned.query_chunk,
+                       devices if devices is not None and len(devices) > 1 else None)
   args = [jnp.asarray(x, jnp.int32) for x in (tokens_BT, first.token, len_a, rows)]
   return prog(params_B, *[put(x) for x in args])

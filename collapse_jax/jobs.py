@@ -94,14 +94,16 @@ def layout(procs: Processes) -> dict:
           "platform": local[0].platform,
           "sharded": procs.count > 1 or len(local) > 1,
           "how": "cells (dtype x model x seed) spread over processes by cell id and over each "
-                 "process's devices one cell per device; a cell never spans devices, so its "
-                 "bits equal a one-device run's"}
+                 "process's devices one cell per device; a long cell (attention in query "
+                 "chunks under --memory_budget) spreads its chunks over all of the process's "
+                 "devices; either way a cell's bits equal a one-device run's"}
 
 
 def describe_layout(lay: dict) -> str:
   return (f"layout: {lay['processes']} process(es) x {len(lay['local_devices'])} local "
           f"{lay['platform']} device(s) ({lay['devices_total']} in all); this is process "
-          f"{lay['process_index']}; " + ("cells spread one per device" if lay["sharded"]
+          f"{lay['process_index']}; " + ("cells spread one per device, a long cell's query "
+                                         "chunks over all" if lay["sharded"]
                                          else "one device, not sharded"))
 
 

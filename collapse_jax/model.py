@@ -42,6 +42,7 @@ from collapse_jax import positional
 from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
+QUERY_AXIS = "query_chunks"  # the mesh axis over which query chunks are spread
 COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", "kv", "logits")
 
 
@@ -80,10 +81,14 @@ class Attention(nn.Module):
   """Multi-head (GQA) attention. ``query_chunk``: compute the queries in chunks of this many
   rows (``lax.map``), so scores and probabilities take [B, H, chunk, M] memory instead of
   [B, H, N, M]. Every row still takes its softmax over all its keys in one reduction, with
-  the same rounding points; the attention matrices cannot be collected then."""
+  the same rounding points; the attention matrices cannot be collected then.
+  ``query_mesh``: a 1-D ``jax.sharding.Mesh`` (axis ``QUERY_AXIS``) over which the chunks are
+  spread (``shard_map``): each device attends its share of chunks over every key (keys and
+  values replicated), one chunk at a time; everything else runs replicated."""
   config: DecoderConfig
   policy: Policy
   query_chunk: int | None = None
+  query_mesh: Any = None
 
   @nn.compact
   def __call__(self, h_BND, q_pos_BN, k_pos_BM, k_valid_BM, cache_kv=None):
@@ -118,7 +123,7 @@ class Attention(nn.Module):
     # token may repeat a position, yet must not see the tokens after it
     q_idx_N = jnp.arange(M - N, M)
 
-    def attend(q_BCKGD, q_idx_C, q_pos_BC):
+    def attend(q_BCKGD, q_idx_C, q_pos_BC, k, v_safe, bad_BMK, k_valid_BM, k_pos_BM):
       """Rows C of the attention: heads [B, C, KV, G, Dh], probs [B, KV, G, C, M]."""
       C = q_idx_C.shape[0]
       scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BCKGD, k, scale=cfg.qk_scale), "scores")
@@ -139,19 +144,34 @@ class Attention(nn.Module):
       return jnp.where(sees_bad_BCK[:, :, :, None, None], nan, heads), probs
 
     q_BNKGD = q.reshape(B, N, KV, G, Dh)
+    keys = (k, v_safe, bad_BMK, k_valid_BM, k_pos_BM)
     C = self.query_chunk
     if C is None or C >= N:
-      heads, probs = attend(q_BNKGD, q_idx_N, q_pos_BN)
+      heads, probs = attend(q_BNKGD, q_idx_N, q_pos_BN, *keys)
       probs = probs.reshape(B, H, N, M)
     else:  # pad the queries to whole chunks (padded rows are computed, then dropped)
-      nc = -(-N // C)
+      nd = 1 if self.query_mesh is None else self.query_mesh.size
+      nc = -(-N // (C * nd)) * nd  # whole chunks, a share of equal size per device
       pad = nc * C - N
       qp = jnp.pad(q_BNKGD, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
       ip = jnp.pad(q_idx_N, (0, pad), constant_values=M - 1)
       pp = jnp.pad(q_pos_BN, ((0, 0), (0, pad)), mode="edge")
       chunks = (jnp.moveaxis(qp.reshape(B, nc, C, KV, G, Dh), 1, 0), ip.reshape(nc, C),
                 jnp.moveaxis(pp.reshape(B, nc, C), 1, 0))
-      heads = jax.lax.map(lambda a: attend(*a)[0], chunks)  # [nc, B, C, KV, G, Dh]
+      run = lambda chunks, *keys: jax.lax.map(lambda a: attend(*a, *keys)[0], chunks)
+      if self.query_mesh is None:
+        heads = run(chunks, *keys)  # [nc, B, C, KV, G, Dh]
+      else:
+        # Only the chunks are split. Everything around them is pinned replicated: left free,
+        # XLA would propagate the split into the q projection and the output projection and
+        # run them on half the rows, a dot of another shape whose f32 bits differ (measured).
+        P = jax.sharding.PartitionSpec
+        whole = lambda x: jax.lax.with_sharding_constraint(
+            x, jax.sharding.NamedSharding(self.query_mesh, P()))
+        run = jax.shard_map(run, mesh=self.query_mesh, in_specs=(P(QUERY_AXIS),) + (P(),) * 5,
+                            out_specs=P(QUERY_AXIS), check_vma=False)
+        chunks, keys = jax.tree_util.tree_map(whole, (chunks, keys))
+        heads = whole(run(chunks, *keys))
       heads = jnp.moveaxis(heads, 0, 1).reshape(B, nc * C, KV, G, Dh)[:, :N]
       probs = None
     heads = heads.reshape(B, N, H, Dh)
@@ -186,12 +206,14 @@ class Block(nn.Module):
   config: DecoderConfig
   policy: Policy
   query_chunk: int | None = None
+  query_mesh: Any = None
 
   @nn.compact
   def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None):
     """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...]."""
     pol = self.policy
-    a, heads, probs, kv = Attention(self.config, pol, self.query_chunk, name="attn")(
+    a, heads, probs, kv = Attention(self.config, pol, self.query_chunk, self.query_mesh,
+                                    name="attn")(
         Norm(self.config, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
     z = pol.round(pol.to_compute(v_BND) + pol.to_compute(a), "residual")
     if not self.config.use_mlp:
@@ -206,6 +228,7 @@ class Decoder(nn.Module):
   policy: Policy
   collect: Sequence[str] = ()
   query_chunk: int | None = None
+  query_mesh: Any = None
 
   @nn.compact
   def __call__(self, inputs, positions=None, key_valid=None, cache=None):
@@ -228,6 +251,10 @@ class Decoder(nn.Module):
       if "attn_weights" in self.collect and self.query_chunk < inputs.shape[1]:
         raise ValueError("'attn_weights' needs the whole [N, M] attention matrix: collect it "
                          "without query_chunk")
+    if self.query_mesh is not None and (self.query_chunk is None or
+                                        self.query_mesh.axis_names != (QUERY_AXIS,)):
+      raise ValueError(f"query_mesh spreads query chunks: it needs query_chunk and a 1-D mesh "
+                       f"with axis {QUERY_AXIS!r}")
     B, N = inputs.shape[:2]
     if positions is None and cache is not None:
       raise ValueError("pass the new tokens' positions with a cache (the default 0..N-1 would "
@@ -262,7 +289,7 @@ class Decoder(nn.Module):
     residual, heads, weights, ks, vs, attn_out, mid = [v], [], [], [], [], [], []
     for l in range(cfg.num_layers):
       cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
-      v, h, p, kv, a, z = Block(cfg, pol, self.query_chunk, name=f"layer_{l}")(
+      v, h, p, kv, a, z = Block(cfg, pol, self.query_chunk, self.query_mesh, name=f"layer_{l}")(
           v, positions, k_pos, k_valid, cache_kv)
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
       attn_out.append(a); mid.append(z)
@@ -310,15 +337,24 @@ def _init_fn(config: DecoderConfig):
 
 
 def forward(config: DecoderConfig, policy: Policy, params, inputs, *, collect=(),
-            positions=None, key_valid=None, cache=None, query_chunk: int | None = None) -> dict:
+            positions=None, key_valid=None, cache=None, query_chunk: int | None = None,
+            query_mesh=None) -> dict:
   """Pure forward: ``params`` must already be cast by ``policy.cast_params``.
-  jit/vmap/grad-safe; ``collect`` and ``query_chunk`` must be static under jit.
+  jit/vmap/grad-safe; ``collect``, ``query_chunk`` and ``query_mesh`` must be static under jit.
   ``query_chunk``: attention over query rows in chunks of this size (memory linear in N for
-  a fixed chunk; see ``Attention``)."""
+  a fixed chunk; see ``Attention``). ``query_mesh``: spread those chunks over the devices of
+  this 1-D mesh (axis ``QUERY_AXIS``; :func:`chunk_mesh`)."""
   policy.check_available()
   shape = getattr(inputs, "shape", None)
   if shape is not None and (len(shape) < 2 or shape[1] == 0):
     raise ValueError(f"forward: inputs must be [B, N{', D' if not config.vocab_size else ''}] "
                      f"with N >= 1 tokens; got shape {tuple(shape)}")
-  return Decoder(config, policy, tuple(collect), query_chunk).apply(
+  return Decoder(config, policy, tuple(collect), query_chunk, query_mesh).apply(
       {"params": params}, inputs, positions, key_valid, cache)
+
+
+def chunk_mesh(devices) -> jax.sharding.Mesh:
+  """The 1-D mesh (axis ``QUERY_AXIS``) that spreads a forward's query chunks over these
+  devices (``forward(query_mesh=...)``)."""
+  import numpy as np
+  return jax.sharding.Mesh(np.asarray(list(devices)), (QUERY_AXIS,))

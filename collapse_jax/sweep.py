@@ -81,13 +81,14 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
   dtype, the model's labels, seed, engine, pairs (the set's name), copy and seconds.
 
   ``pair_sets``: name -> one pair set per seed. Each (model, policy, pair set) compiles ONE
-  engine program (``engines.launch``) that runs every n of a seed; the seeds' cells run one
-  per device at a time over ``devices`` (default: the local devices; launches are
-  asynchronous, so the devices work at once), and a cell never spans devices: its bits do
-  not depend on the device count. One-pass sets resolved to the causal engine are padded to a
-  common length so that they share one program. ``memory_budget`` (bytes per device): the
-  causal engine chunks its attention over query rows to fit (``engines.plan_query_chunk``).
-  ``on_cell(cell, record)`` is called as each cell finishes (e.g. to save it)."""
+  engine program (``engines.launch``) that runs every n of a seed. Cells run one per device
+  at a time over ``devices`` (default: the local devices; launches are asynchronous, so the
+  devices work at once). A long cell, one whose causal attention ``memory_budget`` (bytes per
+  device) splits into query chunks (``engines.chunked``), waits for the devices to be free
+  and spreads its chunks over all of them. Either way a cell's bits equal a one-device run's
+  (measured; BUILD_NOTES). One-pass sets resolved to the causal engine are padded to a
+  common length so that they share one program. ``on_cell(cell, record)`` is called as each
+  cell finishes (e.g. to save it)."""
   for name, sets in pair_sets.items():
     if len(sets) != len(seeds):
       raise ValueError(f"pair set {name!r}: {len(sets)} sets for {len(seeds)} seeds")
@@ -102,29 +103,39 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
   for m in models:
     m.cfg.check_length(longest)
   cells = grid_cells(models, policies, pair_sets, seeds) if cells is None else list(cells)
-  free = list(devices or jax.local_devices())
+  every = list(devices or jax.local_devices())
+  free = list(every)
   cast: dict = {}  # (params object, policy) -> cast params; real models share one per seed
   records, running = [], collections.deque()
 
   def finish():
-    cell, device, t1, launched = running.popleft()
+    cell, devs, t1, launched = running.popleft()
     m, name = models[cell.model], cell.pairs
     rec = records_lib.summarize(engines.fetch(launched), lengths, 0)
+    where = "+".join(str(d) for d in devs)
     rec.update(dtype=cell.policy.name, **m.labels, seed=cell.seed, engine=resolved[name],
                pairs=name, copy=pair_sets[name][cell.seed_index].copy,
-               seconds=round(time.perf_counter() - t1, 2), device=str(device))
+               seconds=round(time.perf_counter() - t1, 2), device=where)
     records.append(rec)
-    free.append(device)
-    log(f"{cell.id} [{resolved[name]}] {rec['seconds']:.1f}s on {device}: y collapse onset "
+    free.extend(devs)
+    log(f"{cell.id} [{resolved[name]}] {rec['seconds']:.1f}s on {where}: y collapse onset "
         f"{rec['collapse_onset']}, sustained from {rec['sustained_onset']}")
     if on_cell is not None:
       on_cell(cell, rec)
 
-  for cell in cells:  # one cell per device at a time, finished in order
-    if not free:
-      finish()
-    m, pol, name, device = models[cell.model], cell.policy, cell.pairs, free.pop(0)
+  for cell in cells:  # finished in order
+    m, pol, name = models[cell.model], cell.policy, cell.pairs
+    sets = pair_sets[name]
     pol.check_available()
+    if len(every) > 1 and engines.chunked(m.cfg, pol, sets[cell.seed_index], lengths,
+                                          resolved[name], causal_tokens, memory_budget):
+      while running:  # a long cell: its query chunks over every device
+        finish()
+      devs, free = tuple(free), []
+    else:
+      if not free:
+        finish()
+      devs = (free.pop(0),)
     p = m.params[cell.seed_index]
     key = (id(p), pol)
     if key not in cast:
@@ -132,10 +143,9 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
       cast[key] = pol.cast_params(p)
     params_B = jax.tree_util.tree_map(lambda x: x[None], cast[key])
     t1 = time.perf_counter()
-    running.append((cell, device, t1, engines.launch(
-        m.cfg, pol, params_B, [pair_sets[name][cell.seed_index]], lengths,
-        engine=resolved[name], chunk=chunk, min_tokens=causal_tokens,
-        memory_budget=memory_budget, device=device)))
+    running.append((cell, devs, t1, engines.launch(
+        m.cfg, pol, params_B, [sets[cell.seed_index]], lengths, engine=resolved[name],
+        chunk=chunk, min_tokens=causal_tokens, memory_budget=memory_budget, devices=devs)))
   while running:
     finish()
   return records

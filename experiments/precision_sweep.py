@@ -60,11 +60,10 @@ def _setup():
   first = pairs.make_family(F.family, int(grid[-1]), seed=seeds[0], vocab_size=F.vocab,
                             token=F.token, prefix_len=F.prefix_len, prefix_ids=_prefix_ids())
   first.check(grid)
-  if engines.resolve(F.engine, first) == "causal":  # refuse what cannot fit, before starting
-    for h in heads:
-      for p in policies + [precision.get_policy("float64")] * F.reference:
-        engines.plan_query_chunk(cfg.replace(num_heads=h), p, 1, int(grid[-1]) + 1,
-                                 F.memory_budget * engines.GiB)
+  for h in heads:  # refuse what cannot fit, before anything starts (one seed per cell)
+    for p in policies + [precision.get_policy("float64")] * F.reference:
+      engines.plan(cfg.replace(num_heads=h), p, first, grid, F.engine, chunk=F.chunk,
+                   memory_budget=F.memory_budget * engines.GiB)
   jobs.check_distributed(F.coordinator, F.num_processes, F.process_id, F.distributed)
   jobs.check_out(F.out, cli.job_spec(), F.resume,
                  F.num_processes or (2 if F.distributed else 1))

@@ -129,22 +129,31 @@ import collapse_jax as cj
 from collapse_jax import sweep
 out, devices = {}, {}
 cfg = cj.DecoderConfig(num_layers=2, d_model=32, num_heads=2, vocab_size=8)
-for fam_name, engine in (("prefix_repeat", "causal"), ("prefix_repeat", "masked"),
-                         ("stream_repeat_last", "kv_cache")):
+# causal_chunked: a 3 MB budget splits the 401-token pass into query chunks (a long cell),
+# which spread over every device
+for fam_name, engine, ns, budget in (
+    ("prefix_repeat", "causal", np.arange(17, 48), None),
+    ("prefix_repeat", "masked", np.arange(17, 48), None),
+    ("stream_repeat_last", "kv_cache", np.arange(17, 48), None),
+    ("prefix_repeat", "causal_chunked", np.arange(17, 401), 3e6)):
   recs = sweep.family_grid(cfg, [cj.get_policy("bfloat16"), cj.get_policy("float32")], [2],
-                           fam_name, np.arange(17, 48), list(range(4)), engine=engine,
+                           fam_name, ns, list(range(4 if budget is None else 2)),
+                           engine=engine.replace("_chunked", ""), memory_budget=budget,
                            log=lambda *a: None)
   for r in recs:
-    out[f"{engine}_{r['dtype']}"] = out.get(f"{engine}_{r['dtype']}", []) + [r["linf"]]
+    m = np.stack([r["linf"], r["l1"], r["max_ulp"], r["last_layer_heads"]["linf_mean"]]
+                 + [l["linf"] for l in r["layers"]])
+    out[f"{engine}_{r['dtype']}"] = out.get(f"{engine}_{r['dtype']}", []) + [m]
     devices[r["device"]] = 1
 np.savez(sys.argv[1], **{k: np.asarray(v, np.float64) for k, v in out.items()})
-print(jax.local_device_count(), len(devices))
+print(jax.local_device_count(), sorted(devices))
 """
 
 
 def test_cells_over_2_cpu_devices_equal_one_device_bitwise(tmp_path):
-  """Seeds' cells spread over 2 forced CPU devices (one cell per device, never split) give
-  the same bits as one device, for every engine, in bf16 and f32. (Before issue 10 the seed
+  """Seeds' cells spread over 2 forced CPU devices (one cell per device), and a long cell's
+  query chunks spread over both, give the same bits as one device, for every engine, in bf16
+  and f32: distances of y, every layer and the last layer's heads. (Before issue 10 the seed
   batch was SPMD-partitioned and the causal engine's f32/bf16 distances differed.)"""
   outs = {}
   for ndev in (1, 2):
@@ -153,9 +162,13 @@ def test_cells_over_2_cpu_devices_equal_one_device_bitwise(tmp_path):
     r = subprocess.run([sys.executable, "-c", SHARD_SCRIPT, path], env=env, capture_output=True,
                        text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().splitlines()[-1] == f"{ndev} {ndev}"  # every device took cells
+    count, used = r.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(count) == ndev
+    want = (["cpu:0"] if ndev == 1 else
+            ["cpu:0", "cpu:0+cpu:1", "cpu:1"])  # every device took cells
+    assert eval(used) == want, used
     outs[ndev] = dict(np.load(path))
-  assert set(outs[1]) == {f"{e}_{d}" for e in ("causal", "masked", "kv_cache")
+  assert set(outs[1]) == {f"{e}_{d}" for e in ("causal", "masked", "kv_cache", "causal_chunked")
                           for d in ("bfloat16", "float32")}
   for key in outs[1]:
     np.testing.assert_array_equal(outs[1][key], outs[2][key], err_msg=key)
@@ -232,3 +245,33 @@ def test_memory_budget_chunks_the_causal_pass_and_refuses_what_cannot_fit():
   with pytest.raises(ValueError, match=r"needs about .* [GM]iB .*raise --memory_budget"):
     engines.plan_query_chunk(cfg, pol, 1, 301, 1000.0)
   assert engines.plan_query_chunk(cfg, pol, 1, 301, None) is None
+
+
+@pytest.mark.bitwise
+def test_kv_cache_and_masked_are_planned_against_the_budget():
+  """kv_cache: a budget below the prefix pass's whole estimate chunks that pass's attention
+  (same bf16 bits); kv_cache and masked refuse, in one line naming --chunk, a chunk of
+  lengths that cannot fit; exact is not planned."""
+  cfg = CFG.replace(num_heads=4, d_model=16)
+  pol = cj.get_policy("bfloat16")
+  f = pairs.make_family("stream_repeat_last", 300, seed=0, vocab_size=8)
+  ns = np.arange(2, 300)
+  params = _stack([pol.cast_params(model.init_params(cfg, jax.random.key(0)))])
+  whole = engines.plan(cfg, pol, f, ns, chunk=8)
+  assert whole.engine == "kv_cache" and whole.query_chunk is None and whole.tokens == 300
+  budget = engines.causal_peak_bytes(cfg, pol, 1, 300, None) / 3
+  assert engines.appended_peak_bytes(cfg, pol, 1, 300, 8) < budget
+  part = engines.plan(cfg, pol, f, ns, chunk=8, memory_budget=budget)
+  assert engines.MIN_QUERY_CHUNK <= part.query_chunk < 300 and part.peak_bytes <= budget
+  a = engines.run(cfg, pol, params, [f], ns, chunk=8)
+  b = engines.run(cfg, pol, params, [f], ns, chunk=8, memory_budget=budget)
+  for k in ("y_linf", "layer_linf", "head_linf", "y_bitwise_equal"):
+    np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+  small = 1.01 * max(engines.appended_peak_bytes(cfg, pol, 1, 300, 2),
+                     engines.causal_peak_bytes(cfg, pol, 1, 300, engines.MIN_QUERY_CHUNK))
+  assert engines.appended_peak_bytes(cfg, pol, 1, 300, 32) > small
+  for engine in ("kv_cache", "masked"):
+    with pytest.raises(ValueError, match=rf"the {engine} engine over 300 tokens .* lower --chunk"):
+      engines.plan(cfg, pol, f, ns, engine, chunk=32, memory_budget=small)
+  assert engines.plan(cfg, pol, f, ns, "kv_cache", chunk=2, memory_budget=small).peak_bytes <= small
+  assert engines.plan(cfg, pol, f, ns, "exact", memory_budget=1.0).peak_bytes == 0

@@ -384,3 +384,18 @@ def test_query_chunk_refuses_attention_matrices():
   with pytest.raises(ValueError, match="'attn_weights' needs the whole"):
     model.forward(cfg, pol, params, jnp.zeros((1, 40), jnp.int32), collect=("attn_weights",),
                   query_chunk=16)
+
+
+def test_query_chunks_over_a_mesh():
+  """query_mesh spreads the chunks with shard_map (here over this process's first device;
+  tests/test_engines.py checks 2 devices against 1, bit for bit); it needs query_chunk."""
+  cfg = DecoderConfig(num_layers=1, d_model=16, num_heads=2, vocab_size=8)
+  pol = precision.get_policy("bfloat16")
+  params = pol.cast_params(model.init_params(cfg, jax.random.key(0)))
+  toks = jnp.asarray(np.random.default_rng(0).integers(0, 8, (1, 100)))
+  mesh = model.chunk_mesh(jax.devices()[:1])
+  run = lambda m: jax.jit(lambda p, t: model.forward(cfg, pol, p, t, query_chunk=16,
+                                                     query_mesh=m))(params, toks)["y"]
+  np.testing.assert_array_equal(np.asarray(run(mesh)), np.asarray(run(None)))
+  with pytest.raises(ValueError, match="needs query_chunk"):
+    model.forward(cfg, pol, params, toks, query_mesh=mesh)
