@@ -54,3 +54,61 @@ def stage_differences(cfg: DecoderConfig, pol: Policy, params, tokens_T, ns) -> 
   return {"n": ns, "stages": stage_names(cfg), "linf": np.stack(linf),
           "coords_differ": np.stack(differ), "coords": [t.shape[-1] for t in tensors],
           "absmax": np.stack(absmax)}
+
+
+def equal_probability(cfg: DecoderConfig, params, tokens_T, ns, dtype, *,
+                      query_chunk: int | None = None) -> dict:
+  """Float64 predictions of how often rows n-1 and n of a ``dtype`` pass are bitwise equal.
+
+  If a stored coordinate's exact value fell at a uniformly random offset from the ``dtype``
+  grid, a coordinate whose two rows differ by d_i would round alike with probability
+  max(0, 1 - |d_i| / ulp_i), and a stage (one stored tensor's row) with probability
+  prod_i of that. Two models, with d from ONE float64 causal pass (``params`` float32 as
+  ``model.init_params`` gives them; x64 must be on):
+
+  - 'attention' (sufficient): between the two rows, new information enters only through
+    attention (the compared token's embeddings are equal; every other stage is a function
+    of its row's earlier stages), so y is equal if every layer's per-head attention output
+    rounds alike in every coordinate: the product over the L 'heads' stages. An
+    underestimate: a later rounding can absorb a one-ulp difference.
+  - 'output': y alone rounds alike, from the exact difference of y. An overestimate: it
+    ignores the rounding differences that earlier stages pass down.
+
+  Returns {'n': [K], 'p_attention': [K], 'p_output': [K], 'p_heads': [L, K] (per layer),
+  'expected_differing': {'heads L<l>': [K], 'y': [K]} (sum_i min(1, |d_i|/ulp_i): the
+  expected count of stored coordinates that differ, comparable with
+  :func:`stage_differences`' counts)}."""
+  from collapse_jax.precision import get_policy
+  pol = get_policy("float64")
+  ns = np.asarray([int(n) for n in ns])
+  if ns.size == 0 or ns.min() < 1 or ns.max() >= len(tokens_T):
+    raise ValueError(f"lengths must lie in [1, {len(tokens_T) - 1}] for {len(tokens_T)} tokens")
+  out = jax.jit(lambda p, x: model.forward(cfg, pol, p, x, collect=("heads",),
+                                           query_chunk=query_chunk))(
+      pol.cast_params(params), jnp.asarray(tokens_T, jnp.int32)[None])
+  heads = np.asarray(out["heads"][:, 0]).reshape(cfg.num_layers, len(tokens_T), -1)
+  stages = {f"heads L{l}": heads[l] for l in range(cfg.num_layers)}
+  stages["y"] = np.asarray(out["y"][0])
+  p, expected = {}, {}
+  for name, t in stages.items():
+    a, b = t[ns - 1], t[ns]
+    ratio = np.minimum(np.abs(a - b) / (2 * np.asarray(metrics.half_ulp(a, dtype))), 1.0)
+    p[name], expected[name] = np.prod(1 - ratio, axis=-1), ratio.sum(-1)
+  p_heads = np.stack([p[f"heads L{l}"] for l in range(cfg.num_layers)])
+  return {"n": ns.tolist(), "p_attention": np.prod(p_heads, axis=0), "p_output": p["y"],
+          "p_heads": p_heads, "expected_differing": expected}
+
+
+def octaves(ns, **series) -> list[dict]:
+  """Means of per-n ``series`` (name -> [K] values at ``ns``, e.g. measured equality and
+  predicted probabilities) over each octave [2^k, 2^(k+1)) that holds swept n:
+  [{'lo', 'hi', 'count', <name>: mean, ...}]."""
+  ns = np.asarray(ns)
+  vals = {k: np.asarray(v, np.float64) for k, v in series.items()}
+  out = []
+  for k in range(int(np.log2(ns.min())), int(np.log2(ns.max())) + 1):
+    m = (ns >= 2 ** k) & (ns < 2 ** (k + 1))
+    if m.any():
+      out.append({"lo": 2 ** k, "hi": 2 ** (k + 1), "count": int(m.sum()),
+                  **{name: float(v[m].mean()) for name, v in vals.items()}})
+  return out

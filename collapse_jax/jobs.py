@@ -186,6 +186,11 @@ def save_shard(out: str, cell_id: str, record: dict, **meta) -> None:
 
 # -- progress and signals --------------------------------------------------------------------
 
+def _say(line: str) -> None:
+  """Print and flush: progress must reach a batch job's log file as it happens."""
+  print(line, flush=True)
+
+
 def _clock(s: float) -> str:
   s = int(round(s))
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -195,8 +200,8 @@ class Progress:
   """'cell k of K' lines with elapsed time and an ETA (mean time per cell finished in this
   run, so the first cells, which compile, make it pessimistic), and a heartbeat."""
 
-  def __init__(self, total: int, done_before: int = 0, log=print):
-    self.total, self.done, self.log = total, done_before, log
+  def __init__(self, total: int, done_before: int = 0, log=None):
+    self.total, self.done, self.log = total, done_before, log or _say
     self.started = self.last = time.time()
     self.new = 0
 
@@ -306,7 +311,7 @@ def run(run_cells: Callable[[Sequence[str], Callable[[str, dict], None]], object
         assemble: Callable[[str, dict[str, dict]], object], *, out: str | None, prefix: str,
         experiment: str, spec: dict, cell_ids: Sequence[str], procs: Processes,
         heartbeat_s: float = 60.0, argv: Sequence[str] = (), module: str | None = None,
-        log=print) -> str:
+        log=None) -> str:
   """Run a job: this process's unsaved cells, then (process 0) the final files. Returns out.
 
   ``run_cells(todo_ids, save)`` runs the cells named (those this process owns and has not
@@ -316,6 +321,7 @@ def run(run_cells: Callable[[Sequence[str], Callable[[str, dict], None]], object
   atomically). All of it runs under :func:`run_in_worker`, so SIGINT/SIGTERM at any point
   end with the resume line. Flags were checked by :func:`check_out` before the processes
   started."""
+  log = log or _say
   out = open_out(out, prefix, spec, cell_ids, experiment)
   own = owner(cell_ids, procs.count)
   mine = [c for c in cell_ids if own[c] == procs.index]

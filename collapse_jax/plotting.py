@@ -201,12 +201,14 @@ def isa_heatmap(fractions: dict, settings, path: str, title: str) -> str:
   return save(fig, path)
 
 
-def floor_figure(stages: dict, records, path: str, title: str) -> str:
+def floor_figure(stages: dict, records, path: str, title: str, octaves=None) -> str:
   """Left: coordinates of each stage whose stored bits differ between rows n-1 and n
   (``diagnosis.stage_differences`` per dtype: {dtype: result}), one line per (dtype, n).
-  Right: ||y_n - y*_{n+1}||_inf vs n for sweep ``records``, one colour per dtype, with
-  bitwise-equal n on the floor line."""
-  fig, axes = subplots(1, 2, figsize=(12.0, 4.6))
+  Middle: ||y_n - y*_{n+1}||_inf vs n for sweep ``records``, one colour per dtype, with
+  bitwise-equal n on the floor line. Right (with ``octaves``, {dtype: diagnosis.octaves
+  rows with measured/attention/output}): the fraction of n bitwise equal per octave,
+  measured, between the two rounding models' predictions (a shaded band)."""
+  fig, axes = subplots(1, 3 if octaves else 2, figsize=(18.0 if octaves else 12.0, 4.6))
   ax = axes[0, 0]
   for dtype, r in stages.items():
     x = np.arange(len(r["stages"]))
@@ -233,6 +235,20 @@ def floor_figure(stages: dict, records, path: str, title: str) -> str:
   ax.set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$")
   ax.legend(fontsize=7)
   ax.grid(True, which="both", alpha=0.25)
+  for dtype, rows in (octaves or {}).items():
+    ax = axes[0, 2]
+    mid = np.sqrt([r["lo"] * r["hi"] for r in rows])
+    color = DTYPE_COLORS.get(dtype)
+    ax.fill_between(mid, [r["attention"] for r in rows], [r["output"] for r in rows],
+                    color=color, alpha=0.2, label=f"{dtype}: float64 rounding models")
+    ax.plot(mid, [r["measured"] for r in rows], "o-", color=color, lw=1.2, ms=4,
+            label=f"{dtype}: measured")
+    log_x(ax)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("sequence length n (octave midpoints)")
+    ax.set_ylabel("fraction of n with y bitwise equal")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.25)
   fig.suptitle(title, fontsize=10)
   return save(fig, path)
 

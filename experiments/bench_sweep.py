@@ -17,8 +17,9 @@ Prints wall times (compile excluded unless stated, median of --repeats) and rati
 
 runs instead one cell per N, each in a fresh process (so its peak RSS is its own): the causal
 sweep over a log grid of 200 n up to N under --memory_budget (chunked attention when the
-whole pass would not fit), then one forward of the same length; prints the query chunk, the
-estimated and measured peak, the times and sweep/forward per N.
+whole pass would not fit) and one forward of the same length, timed --repeats times in
+alternation; prints the query chunk, the estimated and measured peak, the median times and
+sweep/forward per N (and per timing pair).
 """
 import dataclasses
 import json
@@ -52,48 +53,61 @@ def _time(fn, repeats):
   return float(np.median(ts))
 
 
-def scaling_cell(cfg, pol, N: int) -> dict:
+def scaling_cell(cfg, pol, N: int, repeats: int) -> dict:
   """One causal sweep (log grid of 200 n up to N) and one forward of N+1 tokens, chunked to
-  the memory budget: times, query chunk, estimated bytes and this process's peak RSS."""
+  the memory budget, each compiled once and then timed ``repeats`` times in alternation
+  (forward, sweep, forward, sweep, ...: a load that comes and goes hits both alike); the
+  medians, the query chunk, the estimated bytes and this process's peak RSS."""
   budget = F.memory_budget * engines.GiB
   cfg = cfg.replace(max_len=N + 1)
   f = pairs.make_family("repeat", N, seed=0, vocab_size=32)
   lengths = pairs.parse_lengths(f"log:1:{N}:200")
   params = pol.cast_params(model.init_params(cfg, jax.random.key(0)))
   params_B = jax.tree_util.tree_map(lambda x: x[None], params)
-  qc = engines.plan_query_chunk(cfg, pol, 1, N + 1, budget)
-  t0 = time.perf_counter()
-  engines.run(cfg, pol, params_B, [f], lengths, memory_budget=budget)
-  first = time.perf_counter() - t0
-  t_sweep = _time(lambda: engines.run(cfg, pol, params_B, [f], lengths, memory_budget=budget), 1)
+  plan = engines.plan(cfg, pol, f, lengths, memory_budget=budget)
+  sweep = lambda: engines.launch(cfg, pol, params_B, [f], lengths, memory_budget=budget)
   fwd = jax.jit(lambda p, x: model.forward(cfg, pol, p, x, collect=("residual", "heads"),
-                                           query_chunk=qc)["y"])
+                                           query_chunk=plan.query_chunk))
   x = jnp.asarray(f.tokens[None])
-  fwd(params, x)
-  t_fwd = _time(lambda: fwd(params, x), 1)
-  return {"N": N, "query_chunk": qc, "estimate_gib": engines.causal_peak_bytes(
-      cfg, pol, 1, N + 1, qc) / engines.GiB, "peak_rss_gib": resource.getrusage(
-      resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "sweep_first_s": first, "sweep_s": t_sweep,
-      "forward_s": t_fwd}
+  forward = lambda: fwd(params, x)
+  t0 = time.perf_counter()
+  jax.block_until_ready(sweep())
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  jax.block_until_ready(forward())
+  first_fwd = time.perf_counter() - t0
+  t_fwd, t_sweep = [], []
+  for _ in range(repeats):
+    t_fwd.append(_time(forward, 1))
+    t_sweep.append(_time(sweep, 1))
+  return {"N": N, "query_chunk": plan.query_chunk, "estimate_gib": plan.peak_bytes / engines.GiB,
+          "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+          "sweep_first_s": first, "forward_first_s": first_fwd,
+          "sweep_s": float(np.median(t_sweep)), "forward_s": float(np.median(t_fwd)),
+          "ratios": [s / f for s, f in zip(t_sweep, t_fwd)]}
 
 
 def scaling(Ns):
   print(f"scaling: dtype={F.dtype} L={F.layers} D={F.d_model} H={F.heads[0]} budget "
-        f"{F.memory_budget} GiB, one fresh process per N")
+        f"{F.memory_budget} GiB, one fresh process per N, {F.repeats} alternating timings "
+        "(medians)")
   print(f"{'N':>7s} {'chunk':>6s} {'est GiB':>8s} {'peak RSS GiB':>13s} {'sweep s':>8s} "
-        f"{'(first)':>8s} {'forward s':>10s} {'sweep/fwd':>10s}")
+        f"{'(first)':>8s} {'forward s':>10s} {'(first)':>8s} {'sweep/fwd':>10s} (each pair)")
   for N in Ns:
     cmd = [sys.executable, "-m", "experiments.bench_sweep", f"--scaling_cell={N}",
            f"--dtype={F.dtype}", f"--heads={F.heads[0]}", f"--layers={F.layers}",
-           f"--d_model={F.d_model}", f"--memory_budget={F.memory_budget}"]
+           f"--d_model={F.d_model}", f"--memory_budget={F.memory_budget}",
+           f"--repeats={F.repeats}"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
       print(f"{N:>7d} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
       continue
     c = json.loads(r.stdout.strip().splitlines()[-1])
+    pairs_ = " ".join(f"{x:.2f}" for x in c["ratios"])
     print(f"{N:>7d} {str(c['query_chunk']):>6s} {c['estimate_gib']:8.2f} {c['peak_rss_gib']:13.2f} "
           f"{c['sweep_s']:8.2f} {c['sweep_first_s']:8.2f} {c['forward_s']:10.2f} "
-          f"{c['sweep_s'] / c['forward_s']:10.2f}", flush=True)
+          f"{c['forward_first_s']:8.2f} {c['sweep_s'] / c['forward_s']:10.2f} ({pairs_})",
+          flush=True)
 
 
 def main(argv):
@@ -104,7 +118,7 @@ def main(argv):
     Ns = cli.int_list(F.scaling, "scaling") if F.scaling else None
   cfg = cj.DecoderConfig(num_layers=F.layers, d_model=F.d_model, num_heads=heads, vocab_size=32)
   if F.scaling_cell:
-    print(json.dumps(scaling_cell(cfg, pol, F.scaling_cell)))
+    print(json.dumps(scaling_cell(cfg, pol, F.scaling_cell, F.repeats)))
     return
   if Ns:
     scaling(Ns)

@@ -29,3 +29,53 @@ def test_stage_differences_match_two_rows_of_one_pass():
     assert "lengths must lie in" in str(e)
   else:
     raise AssertionError("a length beyond the sequence was accepted")
+
+
+def _bf16_spacing(x):
+  """bf16 spacing at |x| from ml_dtypes alone: the gap to the next bf16 value above |x|'s
+  rounded-down bf16 neighbour (normal numbers)."""
+  import ml_dtypes
+  bf = ml_dtypes.bfloat16
+  lo = np.abs(x).astype(np.float32).astype(bf)  # round to nearest, then step down if above
+  lo = np.where(lo.astype(np.float64) > np.abs(x), np.nextafter(lo, bf(0)), lo)
+  return np.nextafter(lo, bf(np.inf)).astype(np.float64) - lo.astype(np.float64)
+
+
+def test_equal_probability_against_separate_float64_forwards():
+  """The rounding models from one float64 pass, recomputed from exact-length float64
+  forwards of A_n and B_n with an ml_dtypes spacing; a pair set whose two rows are equal in
+  exact arithmetic (a^n with RoPE: every value vector the same) is predicted equal."""
+  from collapse_jax import xla_env
+  xla_env.enable_x64()
+  params = model.init_params(CFG, jax.random.key(1))
+  toks = np.asarray([3, 5, 2] + [1] * 60, np.int32)
+  ns = [10, 40, 62]
+  r = diagnosis.equal_probability(CFG, params, toks, ns, "bfloat16", query_chunk=16)
+  pol = cj.get_policy("float64")
+  p64 = pol.cast_params(params)
+  for k, n in enumerate(ns):
+    fa, fb = (model.forward(CFG, pol, p64, toks[None, :m], collect=("heads",)) for m in (n, n + 1))
+    prod = 1.0
+    for l in range(CFG.num_layers):
+      a = np.asarray(fa["heads"][l, 0, -1]).ravel()
+      b = np.asarray(fb["heads"][l, 0, -1]).ravel()
+      q = np.prod(1 - np.minimum(np.abs(a - b) / _bf16_spacing(a), 1))
+      np.testing.assert_allclose(r["p_heads"][l, k], q, rtol=1e-6, atol=1e-12)
+      prod *= q
+    np.testing.assert_allclose(r["p_attention"][k], prod, rtol=1e-6, atol=1e-12)
+    ya, yb = np.asarray(fa["y"][0, -1]), np.asarray(fb["y"][0, -1])
+    np.testing.assert_allclose(
+        r["p_output"][k], np.prod(1 - np.minimum(np.abs(ya - yb) / _bf16_spacing(ya), 1)),
+        rtol=1e-6, atol=1e-12)
+  assert np.all(r["p_attention"] <= 1) and np.all(r["p_attention"] >= 0)
+  assert r["p_attention"][0] < 0.5  # n=10: the prefix is still near
+  same = diagnosis.equal_probability(CFG, params, np.ones(40, np.int32), [5, 30], "bfloat16")
+  np.testing.assert_allclose(same["p_attention"], 1.0, rtol=0, atol=1e-9)  # f64 rounding only
+  np.testing.assert_allclose(same["p_output"], 1.0, rtol=0, atol=1e-9)
+
+
+def test_octaves_average_per_power_of_two():
+  rows = diagnosis.octaves(np.asarray([3, 4, 5, 7, 8, 20]), m=[1, 0, 1, 1, 0, 1])
+  assert [(o["lo"], o["hi"], o["count"]) for o in rows] == [(2, 4, 1), (4, 8, 3), (8, 16, 1),
+                                                             (16, 32, 1)]
+  assert [o["m"] for o in rows] == [1.0, 2 / 3, 0.0, 1.0]

@@ -308,6 +308,9 @@ def test_bf16_floor_end_to_end(tmp_path):
   assert (out / "results.json").stat().st_size > 0
   assert (out / "bf16_floor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert "float64 n=20" in r.stdout and "bfloat16 n=40" in r.stdout
+  assert "fraction of n bitwise equal per octave" in r.stdout and "[    32,     64)" in r.stdout
+  octaves = json.loads((out / "results.json").read_text())["octaves"]["bfloat16"]
+  assert {"lo", "hi", "count", "measured", "attention", "output"} <= set(octaves[0])
 
 
 def test_bench_sweep_prints_ratios():
