@@ -14,7 +14,7 @@ below (with the experiment's own defaults) and gives each the same type and mean
   --layers / --d_model / --pe / --norm / --mlp / --vocab   the synthetic model
   --engine       sweep engine (collapse_jax.engines.ENGINES; default: resolved per pair set)
   --chunk        lengths per vmapped chunk (kv_cache / masked engines)
-  --memory_budget  GiB the causal engine may use (chunked attention above it)
+  --memory_budget  GiB an engine may use per device (chunked causal attention above it)
   --fp8_scaling  per-tensor amax scaling for the fp8 presets
   --full         paper-scale settings instead of the fast defaults
 
@@ -66,9 +66,10 @@ VOCABULARY = {
     "engine": ("string", "sweep engine: causal, kv_cache, masked or exact (default: the "
                "pair set's own, see collapse_jax.engines.resolve)"),
     "chunk": ("integer", "lengths per vmapped chunk (kv_cache / masked engines)"),
-    "memory_budget": ("float", "GiB the causal engine may use: above it the attention runs in "
-                      "chunks of query rows (memory linear in n); a run that cannot fit is "
-                      "refused before it starts"),
+    "memory_budget": ("float", "GiB an engine run may use per device: above it the causal "
+                      "attention runs in chunks of query rows (memory linear in n); a run that "
+                      "cannot fit is refused before it starts. Forced CPU devices share the "
+                      "host's memory: there the cells running at once add up"),
     "fp8_scaling": ("bool", "per-tensor amax scaling for the fp8 presets"),
     "full": ("bool", "paper-scale settings instead of the fast defaults"),
     "resume": ("bool", "finish the run in --out: the stored flags must match; finished cells "
@@ -127,6 +128,8 @@ def policies(spec: str, *, fp8_scaling: bool = False) -> list[precision.Policy]:
       s.strip() for s in spec.split(",") if s.strip()]
   if not names:
     raise ValueError("--dtype is empty: name a preset, a comma list or 'all'")
+  if len(set(names)) != len(names):
+    raise ValueError(f"--dtype repeats a preset: {','.join(names)}")
   pols = [precision.get_policy(n) for n in names]
   if fp8_scaling and not any(p.is_fp8 for p in pols):
     raise ValueError("--fp8_scaling applies to fp8 presets only; none selected")
@@ -134,8 +137,14 @@ def policies(spec: str, *, fp8_scaling: bool = False) -> list[precision.Policy]:
           for p in pols]
 
 
-def int_list(values: Sequence[str] | str, what: str) -> list[int]:
-  """['0', '1'] or '0,1' -> [0, 1]; a non-integer or an empty list is a ValueError."""
+# The smallest value of an integer list flag of the vocabulary (numpy's seeds are >= 0).
+MINIMA = {"seeds": 0, "heads": 1}
+
+
+def int_list(values: Sequence[str] | str, what: str, minimum: int | None = None) -> list[int]:
+  """['0', '1'] or '0,1' -> [0, 1]; a non-integer, a repeated value, one below ``minimum``
+  (default ``MINIMA[what]``) or an empty list is a ValueError."""
+  minimum = MINIMA.get(what) if minimum is None else minimum
   if isinstance(values, str):
     values = values.split(",")
   try:
@@ -144,6 +153,10 @@ def int_list(values: Sequence[str] | str, what: str) -> list[int]:
     raise ValueError(f"--{what} must be a comma list of integers, got {','.join(values)!r}") from e
   if not out:
     raise ValueError(f"--{what} is empty")
+  if len(set(out)) != len(out):
+    raise ValueError(f"--{what} repeats a value: {out}")
+  if minimum is not None and min(out) < minimum:
+    raise ValueError(f"--{what} must be >= {minimum}, got {min(out)}")
   return out
 
 

@@ -236,22 +236,36 @@ MIN_QUERY_CHUNK = 16
 GiB = 2 ** 30
 
 
+def _itemsizes(pol: Policy) -> tuple[int, int, int, int]:
+  """Bytes per element: storage, compute, softmax and accumulation dtypes."""
+  return tuple(jnp.dtype(d).itemsize for d in (pol.storage_dtype, pol.compute_dtype,
+                                               pol.softmax_dtype, pol.accum_dtype))
+
+
+def _rows_bytes(cfg: DecoderConfig, pol: Policy, lengths: int) -> int:
+  """The compared rows of A_n and B_n for ``lengths`` n (y, residual [L+1], last-layer
+  heads) stored, plus the metrics' temporaries over them (f32, or f64 for f64 rows)."""
+  s, dist = _itemsizes(pol)[0], 8 if jnp.dtype(pol.storage_dtype).itemsize == 8 else 4
+  return 2 * lengths * ((cfg.num_layers + 2) * cfg.d_model + cfg.num_heads * cfg.dh) * (s + dist)
+
+
 def causal_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
                       query_chunk: int | None) -> int:
   """Estimated peak bytes of the causal engine for ``seeds`` (vmapped) passes of ``tokens``:
-  the collected residual stream and heads, one layer's activations (q, k, v, MLP hidden; f32
-  compute plus stored copies) and one chunk of attention: scores and probabilities in f32
-  and stored, mask, and the blocked value dot's partial sums. An upper-side estimate from
-  the shapes; BUILD_NOTES compares it with measured peak RSS."""
-  s = jnp.dtype(pol.storage_dtype).itemsize
+  the collected residual stream and heads, one layer's activations (q, k, v, MLP hidden;
+  compute plus stored copies), one chunk of attention (scores and probabilities in the
+  softmax dtype and stored, mask, and the blocked value dot's partial sums in the
+  accumulation dtype) and the compared rows of every n with their metrics. An upper-side
+  estimate from the shapes; BUILD_NOTES compares it with measured peak RSS."""
+  s, c, sm, acc = _itemsizes(pol)
   N, D, L, H, KV, Dh = tokens, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
   F = cfg.ff if cfg.use_mlp else 0
   C = N if query_chunk is None else min(query_chunk, N)
   collected = N * ((L + 1) * D + L * H * Dh) * s
-  layer = N * ((H + 2 * KV) * Dh * (4 + s) + 4 * D * (4 + s) + 3 * F * (4 + s))
+  layer = N * ((H + 2 * KV) * Dh * (c + s) + 4 * D * (c + s) + 3 * F * (c + s))
   blocks = -(-N // (pol.accum_block or N))
-  attention = C * N * (H * (10 + 2 * s) + 1 + KV) + H * C * blocks * Dh * 4
-  return int(seeds * (collected + layer + attention))
+  attention = (C * N * (H * (2 * sm + c + 2 * s) + 1 + KV) + H * C * blocks * Dh * acc)
+  return int(seeds * (collected + layer + attention + _rows_bytes(cfg, pol, N)))
 
 
 def _size(b: float) -> str:
@@ -279,16 +293,19 @@ def plan_query_chunk(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
 
 
 def appended_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, cache_tokens: int,
-                        chunk: int) -> int:
+                        chunk: int, lengths: int | None = None) -> int:
   """Estimated peak bytes of the kv_cache engine's appended stage for ``seeds`` (vmapped):
-  the prefix's K/V [L, M, KV, Dh], and per length of a ``chunk`` (one lax.map step) its
+  the prefix's K/V [L, M, KV, Dh]; per length of a ``chunk`` (one lax.map step) its
   broadcast copy of the cache, each layer's keys and values with the two new tokens, and
-  the two queries' scores and probabilities over M keys (f32 and stored) with their mask."""
-  s = jnp.dtype(pol.storage_dtype).itemsize
+  the two queries' scores and probabilities over M keys with their mask; and the compared
+  rows of all ``lengths`` n (default M) with their metrics."""
+  s, c, sm, _ = _itemsizes(pol)
   M, L, H, KV, Dh = cache_tokens, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
   cache = 2 * L * M * KV * Dh * s
-  per_length = cache + 2 * (M + 2) * KV * Dh * (4 + s) + 2 * M * (H * (10 + 2 * s) + 1 + KV) + M
-  return int(seeds * (cache + chunk * per_length))
+  per_length = (cache + 2 * (M + 2) * KV * Dh * (c + s)
+                + 2 * M * (H * (2 * sm + c + 2 * s) + 1 + KV) + M)
+  rows = _rows_bytes(cfg, pol, M if lengths is None else lengths)
+  return int(seeds * (cache + chunk * per_length + rows))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +341,7 @@ def plan(cfg: DecoderConfig, pol: Policy, pair_set: pairs_lib.PairSet, ns, engin
     qc = plan_query_chunk(cfg, pol, seeds, tokens, memory_budget)
     peak = causal_peak_bytes(cfg, pol, seeds, tokens, qc)
   if engine == "kv_cache":
-    stage = appended_peak_bytes(cfg, pol, seeds, tokens, chunk)
+    stage = appended_peak_bytes(cfg, pol, seeds, tokens, chunk, ns.size)
     peak = max(peak, stage)
   elif engine == "masked":
     peak = stage = chunk * causal_peak_bytes(cfg, pol, seeds, tokens, None)
@@ -342,6 +359,8 @@ def chunked(cfg: DecoderConfig, pol: Policy, pair_set: pairs_lib.PairSet, ns, en
             min_tokens: int = 0, memory_budget: float | None = None, seeds: int = 1) -> bool:
   """Whether this run is a causal pass whose attention ``memory_budget`` splits into query
   chunks: a long cell, whose chunks can be spread over several devices."""
+  if resolve(engine, pair_set) != "causal":
+    return False
   p = plan(cfg, pol, pair_set, ns, engine, min_tokens=min_tokens, memory_budget=memory_budget,
            seeds=seeds)
   return p.engine == "causal" and p.query_chunk is not None

@@ -18,6 +18,7 @@ the signal (a process cannot be interrupted inside a compiled XLA call otherwise
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Callable, Sequence
 
 import numpy as np
@@ -71,10 +73,15 @@ def start_processes(coordinator: str | None = None, num_processes: int | None = 
   if not (auto or coordinator):
     return Processes()
   import jax
-  if auto:
-    jax.distributed.initialize()
-  else:
-    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+  try:
+    if auto:
+      jax.distributed.initialize()
+    else:
+      jax.distributed.initialize(coordinator, num_processes=num_processes,
+                                 process_id=process_id)
+  except (RuntimeError, ValueError) as e:  # no cluster detected, coordinator unreachable
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"jax.distributed.initialize failed: {first}") from None
   return Processes(jax.process_count(), jax.process_index())
 
 
@@ -135,32 +142,44 @@ def check_out(out: str | None, spec: dict, resume: bool, procs_requested: int) -
       raise ValueError(f"--resume: the flags differ from the stored job's ({len(diff)} differ; "
                        f"--{k} was {stored['spec'].get(k)!r}, now {spec.get(k)!r}); rerun "
                        "with the stored flags or choose a new --out")
+    _check_writable(out)
     return
   if out and os.path.isdir(out) and os.listdir(out):
     hint = " (add --resume to finish it)" if os.path.exists(os.path.join(out, MANIFEST)) else ""
     raise FileExistsError(f"--out {out!r} already holds files{hint}; choose a new directory "
                           "(runs are never overwritten)")
   if out:
-    parent = os.path.dirname(os.path.abspath(out))
-    while not os.path.exists(parent):
-      parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-      raise PermissionError(f"--out {out!r} cannot be created: {parent!r} is not writable")
+    _check_writable(out)
+
+
+def _check_writable(out: str) -> None:
+  """--out is (or can be made) a directory this process can write into."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise NotADirectoryError(f"--out {out!r} is a file, not a directory")
+  target = os.path.abspath(out)
+  while not os.path.exists(target):
+    target = os.path.dirname(target)
+  if not os.path.isdir(target):
+    raise NotADirectoryError(f"--out {out!r} cannot be created: {target!r} is a file")
+  if not os.access(target, os.W_OK | os.X_OK):
+    verb = "written" if target == os.path.abspath(out) else "created"
+    raise PermissionError(f"--out {out!r} cannot be {verb}: {target!r} is not writable")
 
 
 def open_out(out: str | None, prefix: str, spec: dict, cell_ids: Sequence[str],
-             experiment: str) -> str:
-  """Create (or reopen) the run directory and write the manifest if it is missing; removes
-  the temporary files a killed run left. Call after :func:`check_out` (and after every
-  process has checked, i.e. after :func:`start_processes`). No --out: a new timestamped
-  directory (one process only)."""
+             experiment: str, clean: bool = True) -> str:
+  """Create (or reopen) the run directory and write the manifest if it is missing; with
+  ``clean``, removes the temporary files a killed run left (process 0 only, before the
+  processes meet: on a shared --out another process's temporary file may be a shard being
+  written). Call after :func:`check_out` (and after every process has checked, i.e. after
+  :func:`start_processes`). No --out: a new timestamped directory (one process only)."""
   out = results.make_run_dir(out, prefix) if not out else out
   os.makedirs(os.path.join(out, CELLS), exist_ok=True)
-  for name in os.listdir(os.path.join(out, CELLS)):
+  for name in os.listdir(os.path.join(out, CELLS)) if clean else ():
     if name.startswith(".tmp-"):
       try:
         os.unlink(os.path.join(out, CELLS, name))
-      except FileNotFoundError:  # another process of the job removed it
+      except FileNotFoundError:
         pass
   if not os.path.exists(os.path.join(out, MANIFEST)):
     results.write_json(os.path.join(out, MANIFEST), {"experiment": experiment, "spec": spec,
@@ -230,7 +249,7 @@ def resume_command(argv: Sequence[str], module: str | None, out: str) -> str:
       skip = True
     elif not (a.startswith(("--out=", "-out=", "--resume", "--noresume"))):
       args.append(a)
-  head = ["python", "-m", module] if module else ["python", argv[0]]
+  head = ["python", "-m", module] if module else ["python", *argv[:1]]
   return shlex.join(head + args + [f"--out={out}", "--resume"])
 
 
@@ -322,7 +341,8 @@ def run(run_cells: Callable[[Sequence[str], Callable[[str, dict], None]], object
   end with the resume line. Flags were checked by :func:`check_out` before the processes
   started."""
   log = log or _say
-  out = open_out(out, prefix, spec, cell_ids, experiment)
+  out = open_out(out, prefix, spec, cell_ids, experiment, clean=procs.index == 0)
+  barrier("collapse_jax job opened", procs)  # no shard is written before process 0 cleaned
   own = owner(cell_ids, procs.count)
   mine = [c for c in cell_ids if own[c] == procs.index]
   done = load_shards(out, mine)
@@ -331,6 +351,7 @@ def run(run_cells: Callable[[Sequence[str], Callable[[str, dict], None]], object
   log(f"{len(mine)} of {len(cell_ids)} cells are this process's; {len(done)} already saved, "
       f"{len(todo)} to run -> {out}")
   progress = Progress(len(mine), len(done), log)
+  resume = lambda: resume_command(argv, module, out)
 
   def save(cell_id: str, record: dict) -> None:
     save_shard(out, cell_id, record, process=procs.index)
@@ -338,19 +359,62 @@ def run(run_cells: Callable[[Sequence[str], Callable[[str, dict], None]], object
 
   def interrupted(name: str) -> str:
     return (f"interrupted ({name}): {progress.done} of {progress.total} cells saved in {out}; "
-            f"resume with: {resume_command(argv, module, out)}")
+            f"resume with: {resume()}")
 
   def work():
-    if todo:
-      run_cells(todo, save)
-    barrier("collapse_jax cells done", procs)
+    error = None
+    try:
+      if todo:
+        run_cells(todo, save)
+    except Exception as e:  # noqa: BLE001 - every process must still meet, then raise
+      error = e
+    bad = failed_processes(error is not None, procs)
+    if error is not None:
+      raise error
+    if bad:
+      raise JobFailed(f"process(es) {bad} of the job failed (their consoles and "
+                      f"{os.path.join(out, 'error-process<i>.log')} say why)")
     shards = gather_shards(out, mine, procs)
     missing = [c for c in cell_ids if c not in shards]
     if missing:
       raise RuntimeError(f"{len(missing)} cells have no shard after the run (first: "
-                         f"{missing[0]}); rerun with --resume")
+                         f"{missing[0]})")
     if procs.index == 0:
       assemble(out, shards)
 
-  run_in_worker(work, heartbeat_s=heartbeat_s, progress=progress, on_signal=interrupted)
+  try:
+    run_in_worker(work, heartbeat_s=heartbeat_s, progress=progress, on_signal=interrupted)
+  except Exception as e:
+    path = os.path.join(out, f"error-process{procs.index}.log")
+    with open(path, "w") as f:
+      traceback.print_exception(e, file=f)
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise JobFailed(f"{type(e).__name__}: {first} ({progress.done} of {progress.total} cells "
+                    f"saved in {out}; traceback in {path}); once the cause is fixed, resume "
+                    f"with: {resume()}") from e
   return out
+
+
+class JobFailed(RuntimeError):
+  """A job stopped by an error: its message is one line (the cause, the cells saved, where
+  the traceback went and the resume command); :func:`exit_on_failure` prints it."""
+
+
+def failed_processes(failed: bool, procs: Processes) -> list[int]:
+  """The indices of the processes whose cells failed (a collective: every process calls it,
+  whether or not it failed, so none waits for one that died of an exception)."""
+  if procs.count == 1:
+    return [0] if failed else []
+  from jax.experimental import multihost_utils
+  every = multihost_utils.process_allgather(np.asarray([int(failed)], np.int32))
+  return [i for i, f in enumerate(np.asarray(every).reshape(-1)) if f]
+
+
+@contextlib.contextmanager
+def exit_on_failure():
+  """For an experiment's main: a :class:`JobFailed` -> its one line on stderr, exit 1."""
+  try:
+    yield
+  except JobFailed as e:
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(1)

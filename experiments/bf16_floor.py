@@ -91,9 +91,10 @@ def main(argv):
   if records is None:
     records = sweep.family_grid(cfg, pols, [heads], "prefix_repeat", grid, [seed],
                                 memory_budget=budget, log=lambda *a: None)
-  narrow = [p.name for p in pols if p.name not in ("float64", "float32")]
-  models = {d: diagnosis.equal_probability(cfg, params, fam.stream(top), grid, d,
-                                           query_chunk=qc) for d in narrow}
+  narrow = [p for p in pols if p.name not in ("float64", "float32")]
+  models = {p.name: diagnosis.equal_probability(cfg, params, fam.stream(top), grid,
+                                                p.storage_dtype, query_chunk=qc)
+            for p in narrow}
   for r in records:
     lin, n = np.asarray(r["linf"]), np.asarray(r["lengths"])
     print(f"{r['dtype']:>18s}: onset {r['collapse_onset']}, sustained {r['sustained_onset']}, "

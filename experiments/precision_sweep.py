@@ -64,6 +64,8 @@ def _setup():
     for p in policies + [precision.get_policy("float64")] * F.reference:
       engines.plan(cfg.replace(num_heads=h), p, first, grid, F.engine, chunk=F.chunk,
                    memory_budget=F.memory_budget * engines.GiB)
+  if F.heartbeat < 0:
+    raise ValueError(f"--heartbeat must be >= 0 seconds (0: none), got {F.heartbeat}")
   jobs.check_distributed(F.coordinator, F.num_processes, F.process_id, F.distributed)
   jobs.check_out(F.out, cli.job_spec(), F.resume,
                  F.num_processes or (2 if F.distributed else 1))
@@ -81,7 +83,8 @@ def main(argv):
   reference = F.reference and not any(p.name == "float64" for p in policies)
   if reference or any(p.needs_x64 for p in policies):
     xla_env.enable_x64()
-  procs = jobs.start_processes(F.coordinator, F.num_processes, F.process_id, F.distributed)
+  with cli.usage_errors():
+    procs = jobs.start_processes(F.coordinator, F.num_processes, F.process_id, F.distributed)
   print(f"numerics: {xla_env.numerics_path()['name']}")
   models, sets = sweep.family_setup(cfg, heads, F.family, grid, seeds, token=F.token,
                                     prefix_len=F.prefix_len, prefix_ids=_prefix_ids())
@@ -91,10 +94,12 @@ def main(argv):
       models, pols, sets, grid, seeds, engine=F.engine, chunk=F.chunk,
       memory_budget=F.memory_budget * engines.GiB, log=logging.info,
       cells=[cells[i] for i in ids], on_cell=lambda c, rec: save(c.id, rec))
-  out = jobs.run(run_cells, functools.partial(_assemble, cfg, policies, reference, cells, procs),
-                 out=F.out, prefix="sweep", experiment="precision_sweep", spec=cli.job_spec(),
-                 cell_ids=list(cells), procs=procs, heartbeat_s=F.heartbeat, argv=sys.argv,
-                 module=__spec__.name)
+  with jobs.exit_on_failure():
+    out = jobs.run(run_cells, functools.partial(_assemble, cfg, policies, reference, cells,
+                                                procs),
+                   out=F.out, prefix="sweep", experiment="precision_sweep",
+                   spec=cli.job_spec(), cell_ids=list(cells), procs=procs,
+                   heartbeat_s=F.heartbeat, argv=sys.argv, module=__spec__.name)
   if procs.index != 0:
     print(f"process {procs.index}: cells saved; process 0 wrote the results in {out}")
 
@@ -107,7 +112,8 @@ def _assemble(cfg, policies, reference, cells, procs, out, shards):
   results.write_json(f"{out}/results.json", {
       "experiment": "precision_sweep", "config": cfg.to_dict(), "family": F.family,
       "flags": F.flag_values_dict(), "policies": {p.name: p.describe() for p in policies},
-      "environment": results.environment(), "layout": jobs.layout(procs), "runs": runs, "reference": ref})
+      "environment": results.environment(), "layout": jobs.layout(procs), "runs": runs,
+      "reference": ref})
   results.write_csv(f"{out}/results.csv", [row for r in runs for row in records.csv_rows(r)],
                     records.csv_columns(F.layers))
   if F.plot:

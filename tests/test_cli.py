@@ -17,12 +17,21 @@ def test_policies_parse_lists_and_all():
     cli.policies("bfloat16", fp8_scaling=True)
   with pytest.raises(ValueError, match="empty"):
     cli.policies(" , ")
+  with pytest.raises(ValueError, match="repeats a preset"):
+    cli.policies("bfloat16,float32,bfloat16")
 
 
 def test_int_lists_and_lengths():
   assert cli.int_list(["0", "2"], "seeds") == [0, 2] and cli.int_list("4,1", "heads") == [4, 1]
   with pytest.raises(ValueError, match="--seeds must be a comma list of integers"):
     cli.int_list(["a"], "seeds")
+  with pytest.raises(ValueError, match=r"--seeds repeats a value: \[0, 0\]"):
+    cli.int_list("0,0", "seeds")
+  with pytest.raises(ValueError, match="--seeds must be >= 0, got -1"):
+    cli.int_list("0,-1", "seeds")
+  with pytest.raises(ValueError, match="--heads must be >= 1"):
+    cli.int_list("0", "heads")
+  assert cli.int_list("-3,2", "at", minimum=-5) == [-3, 2]
   np.testing.assert_array_equal(cli.lengths(None, 4), [1, 2, 3, 4])
   np.testing.assert_array_equal(cli.lengths("2:8:3", 8), [2, 5, 8])
   with pytest.raises(ValueError, match="beyond --max_len=8 .learned"):

@@ -129,13 +129,13 @@ import collapse_jax as cj
 from collapse_jax import sweep
 out, devices = {}, {}
 cfg = cj.DecoderConfig(num_layers=2, d_model=32, num_heads=2, vocab_size=8)
-# causal_chunked: a 3 MB budget splits the 401-token pass into query chunks (a long cell),
+# causal_chunked: a 5 MB budget splits the 401-token pass into query chunks (a long cell),
 # which spread over every device
 for fam_name, engine, ns, budget in (
     ("prefix_repeat", "causal", np.arange(17, 48), None),
     ("prefix_repeat", "masked", np.arange(17, 48), None),
     ("stream_repeat_last", "kv_cache", np.arange(17, 48), None),
-    ("prefix_repeat", "causal_chunked", np.arange(17, 401), 3e6)):
+    ("prefix_repeat", "causal_chunked", np.arange(17, 401), 5e6)):
   recs = sweep.family_grid(cfg, [cj.get_policy("bfloat16"), cj.get_policy("float32")], [2],
                            fam_name, ns, list(range(4 if budget is None else 2)),
                            engine=engine.replace("_chunked", ""), memory_budget=budget,

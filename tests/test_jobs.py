@@ -54,6 +54,14 @@ def test_check_out_new_resume_and_mismatch(tmp_path):
     jobs.check_out(out, dict(SPEC, seeds=["0"]), resume=True, procs_requested=1)
 
 
+def test_check_out_refuses_files_in_the_way(tmp_path):
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+    jobs.check_out(str(tmp_path / "f"), SPEC, resume=False, procs_requested=1)
+  with pytest.raises(NotADirectoryError, match="cannot be created: .* is a file"):
+    jobs.check_out(str(tmp_path / "f" / "run"), SPEC, resume=False, procs_requested=1)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_check_out_unwritable_parent(tmp_path):
   ro = tmp_path / "ro"
@@ -85,8 +93,10 @@ def test_run_saves_shards_resumes_and_assembles(tmp_path):
 
   kw = dict(out=out, prefix="sweep", experiment="t", spec=SPEC, cell_ids=IDS,
             procs=jobs.Processes(), heartbeat_s=0, log=lines.append)
-  with pytest.raises(RuntimeError, match="cell failed"):
-    jobs.run(lambda t, s: run_cells(t, s, fail_after=2), assembled.update, **kw)
+  with pytest.raises(jobs.JobFailed, match="RuntimeError: cell failed .2 of 6 cells saved") as e:
+    jobs.run(lambda t, s: run_cells(t, s, fail_after=2), assembled.update, argv=["p.py"], **kw)
+  assert "resume with: python p.py" in str(e.value) and "\n" not in str(e.value)
+  assert "cell failed" in open(os.path.join(out, "error-process0.log")).read()  # the traceback
   assert ran == IDS[:2] and not assembled
   assert sorted(os.listdir(os.path.join(out, "cells"))) == sorted(
       os.path.basename(jobs.shard_path(out, c)) for c in IDS[:2])
