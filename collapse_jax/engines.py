@@ -244,27 +244,32 @@ def _itemsizes(pol: Policy) -> tuple[int, int, int, int]:
 
 def _rows_bytes(cfg: DecoderConfig, pol: Policy, lengths: int) -> int:
   """The compared rows of A_n and B_n for ``lengths`` n (y, residual [L+1], last-layer
-  heads) stored, plus the metrics' temporaries over them (f32, or f64 for f64 rows)."""
-  s, dist = _itemsizes(pol)[0], 8 if jnp.dtype(pol.storage_dtype).itemsize == 8 else 4
-  return 2 * lengths * ((cfg.num_layers + 2) * cfg.d_model + cfg.num_heads * cfg.dh) * (s + dist)
+  heads) stored, plus one difference of them in the metrics' dtype (f32, or f64 for f64)."""
+  s = _itemsizes(pol)[0]
+  elems = lengths * ((cfg.num_layers + 2) * cfg.d_model + cfg.num_heads * cfg.dh)
+  return elems * (2 * s + (8 if s == 8 else 4))
 
 
 def causal_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
                       query_chunk: int | None) -> int:
   """Estimated peak bytes of the causal engine for ``seeds`` (vmapped) passes of ``tokens``:
-  the collected residual stream and heads, one layer's activations (q, k, v, MLP hidden;
-  compute plus stored copies), one chunk of attention (scores and probabilities in the
-  softmax dtype and stored, mask, and the blocked value dot's partial sums in the
-  accumulation dtype) and the compared rows of every n with their metrics. An upper-side
-  estimate from the shapes; BUILD_NOTES compares it with measured peak RSS."""
+  the collected residual stream and heads; one layer's activations (q, k, v, MLP hidden,
+  norms) in the compute dtype, plus their stored copies where the storage dtype differs;
+  one chunk of attention: scores in the accumulation dtype, the softmax's exponentials and
+  probabilities in its dtype, stored copies of scores and probabilities where the storage
+  dtype differs, the mask, and the blocked value dot's partial sums; and the compared rows
+  of every n with their metrics. An upper-side estimate from the shapes; BUILD_NOTES
+  compares it with measured peak RSS."""
   s, c, sm, acc = _itemsizes(pol)
   N, D, L, H, KV, Dh = tokens, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
   F = cfg.ff if cfg.use_mlp else 0
   C = N if query_chunk is None else min(query_chunk, N)
+  copy = lambda wide: wide + (s if s != wide else 0)  # a rounding point makes a new array
   collected = N * ((L + 1) * D + L * H * Dh) * s
-  layer = N * ((H + 2 * KV) * Dh * (c + s) + 4 * D * (c + s) + 3 * F * (c + s))
+  layer = N * ((H + 2 * KV) * Dh + 4 * D + 3 * F) * copy(c)
   blocks = -(-N // (pol.accum_block or N))
-  attention = (C * N * (H * (2 * sm + c + 2 * s) + 1 + KV) + H * C * blocks * Dh * acc)
+  per_score = copy(acc) + sm + copy(sm)  # scores, exp, probabilities
+  attention = C * N * (H * per_score + 1 + KV) + H * C * blocks * Dh * acc
   return int(seeds * (collected + layer + attention + _rows_bytes(cfg, pol, N)))
 
 
@@ -299,11 +304,12 @@ def appended_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, cache_token
   broadcast copy of the cache, each layer's keys and values with the two new tokens, and
   the two queries' scores and probabilities over M keys with their mask; and the compared
   rows of all ``lengths`` n (default M) with their metrics."""
-  s, c, sm, _ = _itemsizes(pol)
+  s, c, sm, acc = _itemsizes(pol)
   M, L, H, KV, Dh = cache_tokens, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
+  copy = lambda wide: wide + (s if s != wide else 0)
   cache = 2 * L * M * KV * Dh * s
-  per_length = (cache + 2 * (M + 2) * KV * Dh * (c + s)
-                + 2 * M * (H * (2 * sm + c + 2 * s) + 1 + KV) + M)
+  per_length = (cache + 2 * (M + 2) * KV * Dh * copy(c)
+                + 2 * M * (H * (copy(acc) + sm + copy(sm)) + 1 + KV) + M)
   rows = _rows_bytes(cfg, pol, M if lengths is None else lengths)
   return int(seeds * (cache + chunk * per_length + rows))
 
