@@ -10,7 +10,8 @@ and how many stored coordinates differ, per precision. Then the sweep's distance
 log:17:max_len:300 for the same precisions (the float64 distance keeps falling, bf16's
 stops at 1-2 ulps), and, per octave of n, the measured fraction of bitwise-equal n next to
 the two float64 rounding models of ``diagnosis.equal_probability`` (every attention output
-rounds alike: too strict; y alone rounds alike: too loose). ``--sweep_dir`` takes the sweep
+rounds alike: too strict; y alone rounds alike: too loose), for octaves holding at least
+MIN_OCTAVE swept n. ``--sweep_dir`` takes the sweep
 (model, family, grid and records) from a finished ``precision_sweep`` run instead of running
 one. Writes results.json and bf16_floor.png.
 
@@ -32,6 +33,7 @@ from collapse_jax import (cli, diagnosis, engines, pairs, model, plotting, resul
 F = flags.FLAGS
 cli.define(dtype="float64,bfloat16", heads=["1"], d_model=64, max_len=8192, lengths=None,
            seeds=["0"], memory_budget=2.0, out=None)
+MIN_OCTAVE = 8  # octaves with fewer swept n (the grid's ends) are not reported
 flags.DEFINE_list("at", ["1000", "4000"], "n at which rows n-1 and n are compared stage by stage")
 flags.DEFINE_string("sweep_dir", None, "a finished precision_sweep run (prefix_repeat) to explain: "
                     "its model, grid and records replace this experiment's own sweep")
@@ -103,8 +105,9 @@ def main(argv):
   for r in records:
     if r["dtype"] in models:
       m = models[r["dtype"]]
-      octaves[r["dtype"]] = diagnosis.octaves(grid, measured=r["bitwise_equal"],
-                                              attention=m["p_attention"], output=m["p_output"])
+      octaves[r["dtype"]] = [o for o in diagnosis.octaves(
+          grid, measured=r["bitwise_equal"], attention=m["p_attention"], output=m["p_output"])
+          if o["count"] >= MIN_OCTAVE]
       print(f"{r['dtype']}: fraction of n bitwise equal per octave, measured [rounding models: "
             "every attention output alike .. y alone alike]")
       for o in octaves[r["dtype"]]:

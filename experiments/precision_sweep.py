@@ -60,10 +60,16 @@ def _setup():
   first = pairs.make_family(F.family, int(grid[-1]), seed=seeds[0], vocab_size=F.vocab,
                             token=F.token, prefix_len=F.prefix_len, prefix_ids=_prefix_ids())
   first.check(grid)
+  ref = [precision.get_policy("float64")] * (F.reference and
+                                            not any(p.name == "float64" for p in policies))
   for h in heads:  # refuse what cannot fit, before anything starts (one seed per cell)
-    for p in policies + [precision.get_policy("float64")] * F.reference:
-      engines.plan(cfg.replace(num_heads=h), p, first, grid, F.engine, chunk=F.chunk,
-                   memory_budget=F.memory_budget * engines.GiB)
+    for p in policies + ref:
+      try:
+        engines.plan(cfg.replace(num_heads=h), p, first, grid, F.engine, chunk=F.chunk,
+                     memory_budget=F.memory_budget * engines.GiB)
+      except ValueError as e:
+        note = "; --reference=false drops this float64 cell" if p in ref else ""
+        raise ValueError(f"cell {p.name}, heads={h}: {e}{note}") from None
   if F.heartbeat < 0:
     raise ValueError(f"--heartbeat must be >= 0 seconds (0: none), got {F.heartbeat}")
   jobs.check_distributed(F.coordinator, F.num_processes, F.process_id, F.distributed)
