@@ -129,15 +129,15 @@ import collapse_jax as cj
 from collapse_jax import sweep
 out, devices = {}, {}
 cfg = cj.DecoderConfig(num_layers=2, d_model=32, num_heads=2, vocab_size=8)
-# causal_chunked: a 5 MB budget splits the 401-token pass into query chunks (a long cell),
-# which spread over every device
-for fam_name, engine, ns, budget in (
-    ("prefix_repeat", "causal", np.arange(17, 48), None),
-    ("prefix_repeat", "masked", np.arange(17, 48), None),
-    ("stream_repeat_last", "kv_cache", np.arange(17, 48), None),
-    ("prefix_repeat", "causal_chunked", np.arange(17, 401), 5e6)):
-  recs = sweep.family_grid(cfg, [cj.get_policy("bfloat16"), cj.get_policy("float32")], [2],
-                           fam_name, ns, list(range(4 if budget is None else 2)),
+# causal_chunked: a 2.5 MB budget splits the 301-token pass into query chunks (a long cell),
+# which spread over every device. (masked runs cells exactly as kv_cache does; f32, whose
+# low bits are the first to move with a program's shape, for the cells that stay whole.)
+for fam_name, engine, ns, budget, dtypes in (
+    ("prefix_repeat", "causal", np.arange(17, 48), None, ["float32"]),
+    ("stream_repeat_last", "kv_cache", np.arange(17, 48), None, ["float32"]),
+    ("prefix_repeat", "causal_chunked", np.arange(17, 301), 2.5e6, ["bfloat16", "float32"])):
+  recs = sweep.family_grid(cfg, [cj.get_policy(d) for d in dtypes], [2],
+                           fam_name, ns, [0, 1],
                            engine=engine.replace("_chunked", ""), memory_budget=budget,
                            log=lambda *a: None)
   for r in recs:
@@ -150,10 +150,11 @@ print(jax.local_device_count(), sorted(devices))
 """
 
 
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow)
 def test_cells_over_2_cpu_devices_equal_one_device_bitwise(tmp_path):
   """Seeds' cells spread over 2 forced CPU devices (one cell per device), and a long cell's
-  query chunks spread over both, give the same bits as one device, for every engine, in bf16
-  and f32: distances of y, every layer and the last layer's heads. (Before issue 10 the seed
+  query chunks spread over both, give the same bits as one device: distances of y, every
+  layer and the last layer's heads. (Before issue 10 the seed
   batch was SPMD-partitioned and the causal engine's f32/bf16 distances differed.)"""
   outs = {}
   for ndev in (1, 2):
@@ -168,8 +169,8 @@ def test_cells_over_2_cpu_devices_equal_one_device_bitwise(tmp_path):
             ["cpu:0", "cpu:0+cpu:1", "cpu:1"])  # every device took cells
     assert eval(used) == want, used
     outs[ndev] = dict(np.load(path))
-  assert set(outs[1]) == {f"{e}_{d}" for e in ("causal", "masked", "kv_cache", "causal_chunked")
-                          for d in ("bfloat16", "float32")}
+  assert set(outs[1]) == {"causal_float32", "kv_cache_float32", "causal_chunked_bfloat16",
+                          "causal_chunked_float32"}
   for key in outs[1]:
     np.testing.assert_array_equal(outs[1][key], outs[2][key], err_msg=key)
 

