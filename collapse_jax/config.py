@@ -38,6 +38,15 @@ class DecoderConfig:
     causal: causal mask (False = bidirectional).
     sliding_window: attend only to keys with |i - j| < window in positions (causal: the
       window keys j <= i; bidirectional: both sides). None = global.
+    layer_windows: per-layer windows (length L; an int or None = global per layer), e.g.
+      Gemma 3's five local layers of 512 then one global. () = every layer `sliding_window`.
+    layer_rope_thetas: per-layer RoPE bases (length L), e.g. Gemma 3's 1e4 for its local layers
+      and 1e6 for its global ones; () = every layer `rope_theta`. Tied to the layer, not to
+      its window: a model whose windows are changed keeps its layers' bases.
+    qk_norm: a per-head norm (kind `norm`, weights [Dh]) on q and k after their projections,
+      before RoPE (Gemma 3).
+    post_norms: a norm on the attention block's and the MLP block's outputs before each
+      residual add (Gemma 2/3: z = v + norm(Attn(norm1(v))), v' = z + norm(MLP(norm2(z)))).
     vocab_size: > 0 for token-id input; 0 for raw-vector input ([B, N, D] floats).
     tie_embeddings: logits use the input embedding matrix transposed.
     embed_scale: multiply embeddings by sqrt(d_model) rounded to the storage dtype (Gemma).
@@ -66,6 +75,10 @@ class DecoderConfig:
   embed_scale: bool = False
   init_var: float | None = None
   query_scale: float | None = None
+  layer_windows: tuple = ()
+  layer_rope_thetas: tuple = ()
+  qk_norm: bool = False
+  post_norms: bool = False
 
   def __post_init__(self):
     def bad(msg):
@@ -92,6 +105,17 @@ class DecoderConfig:
       bad(f"sinusoidal PE needs an even d_model, got {self.d_model}")
     if self.sliding_window is not None and self.sliding_window < 1:
       bad(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+    for name in ("layer_windows", "layer_rope_thetas"):
+      v = getattr(self, name)
+      if isinstance(v, list):
+        object.__setattr__(self, name, tuple(v))
+        v = tuple(v)
+      if v and len(v) != self.num_layers:
+        bad(f"{name} has {len(v)} entries for {self.num_layers} layers")
+    if any(w is not None and int(w) < 1 for w in self.layer_windows):
+      bad(f"layer_windows entries must be >= 1 or None, got {self.layer_windows}")
+    if any(float(t) <= 0 for t in self.layer_rope_thetas):
+      bad(f"layer_rope_thetas must be > 0, got {self.layer_rope_thetas}")
 
   @property
   def kv_heads(self) -> int:
@@ -112,6 +136,19 @@ class DecoderConfig:
   @property
   def qk_scale(self) -> float:
     return 1.0 / math.sqrt(self.dh) if self.query_scale is None else self.query_scale
+
+  def window(self, layer: int) -> int | None:
+    """Layer ``layer``'s sliding window (None = global)."""
+    return self.layer_windows[layer] if self.layer_windows else self.sliding_window
+
+  def rope_base(self, layer: int) -> float:
+    """Layer ``layer``'s RoPE base."""
+    return float(self.layer_rope_thetas[layer]) if self.layer_rope_thetas else self.rope_theta
+
+  @property
+  def windowed(self) -> bool:
+    """True if any layer has a sliding window."""
+    return any(self.window(l) is not None for l in range(self.num_layers))
 
   def check_length(self, n: int) -> None:
     """Fail fast if a length exceeds what the positional encoding supports."""

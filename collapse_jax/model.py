@@ -2,6 +2,9 @@
 
 Pre-LN, exactly the paper's section 2:
     z = Attn(norm1(v)) + v;   v' = MLP(norm2(z)) + z;   y = norm3(v^(L)).
+Options (config.DecoderConfig) give the real architectures without a second model: Gemma 3's
+post-norms (z = v + norm(Attn(norm1(v))), likewise for the MLP), per-head q/k norms, and a
+per-layer sliding window and RoPE base (``cfg.window(l)``, ``cfg.rope_base(l)``).
 
 Every arithmetic op asks the precision policy (``precision.Policy``): operands are upcast,
 computed in the compute/accumulation dtype and rounded at named points. Parameter layout
@@ -11,15 +14,19 @@ computed in the compute/accumulation dtype and rounded at named points. Paramete
     pos_embed/embedding [max_len, D]  (pe='learned' only)
     layer_{l}/norm1/scale [D] (+ bias [D] for layernorm)
     layer_{l}/attn/{q [D,H,Dh], k [D,KV,Dh], v [D,KV,Dh], o [H,Dh,D]}
+    layer_{l}/attn/{q_norm, k_norm}/scale [Dh]          (qk_norm only)
+    layer_{l}/post_attn_norm/scale [D]                   (post_norms only)
     layer_{l}/norm2/...
     layer_{l}/mlp/{up [D,F], gate [D,F] (GLU only), down [F,D]}
+    layer_{l}/post_mlp_norm/scale [D]                    (post_norms only)
     final_norm/...
     lm_head/kernel [D, V]             (token input, untied only)
 
 Intermediates (``collect``) come from the same forward, never a second copy:
     'residual'      [L+1, B, N, D]     v^(0..L) (the residual stream entering each layer + output)
     'attn_out'      [L, B, N, D]       each layer's attention block output Attn(norm1(v^(l)))
-                                       (after the output projection, before the residual add)
+                                       as added to the residual (after the output projection
+                                       and, with post_norms, the post-attention norm)
     'mid_residual'  [L, B, N, D]       z^(l) = v^(l) + attn_out^(l), the residual stream between
                                        attention and MLP (the MLP block's input; = v^(l+1)
                                        without MLP)
@@ -89,10 +96,12 @@ class Attention(nn.Module):
   policy: Policy
   query_chunk: int | None = None
   query_mesh: Any = None
+  layer: int = 0  # which layer: its window and RoPE base (cfg.window, cfg.rope_base)
 
   @nn.compact
   def __call__(self, h_BND, q_pos_BN, k_pos_BM, k_valid_BM, cache_kv=None):
     cfg, pol = self.config, self.policy
+    window, theta = cfg.window(self.layer), cfg.rope_base(self.layer)
     D, H, KV, Dh = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh
     G = H // KV
     init = _normal(cfg.variance)
@@ -103,10 +112,13 @@ class Attention(nn.Module):
     q = pol.round(pol.dot("bnd,dhk->bnhk", h_BND, wq), "qkv")
     k = pol.round(pol.dot("bnd,dhk->bnhk", h_BND, wk), "qkv")
     v = pol.round(pol.dot("bnd,dhk->bnhk", h_BND, wv), "qkv")
+    if cfg.qk_norm:  # per head, over Dh
+      q = Norm(cfg, pol, name="q_norm")(q, point="qk_norm")
+      k = Norm(cfg, pol, name="k_norm")(k, point="qk_norm")
     if cfg.pe == "rope":
-      q = pol.round(positional.apply_rope(pol.to_compute(q), q_pos_BN, cfg.rope_theta,
+      q = pol.round(positional.apply_rope(pol.to_compute(q), q_pos_BN, theta,
                                           cfg.rope_layout), "rope")
-      k = pol.round(positional.apply_rope(pol.to_compute(k), q_pos_BN, cfg.rope_theta,
+      k = pol.round(positional.apply_rope(pol.to_compute(k), q_pos_BN, theta,
                                           cfg.rope_layout), "rope")
     new_kv = (k, v)
     if cache_kv is not None:  # prefix keys/values [B, M0, KV, Dh] (stored dtype)
@@ -130,9 +142,9 @@ class Attention(nn.Module):
       mask_BCM = k_valid_BM[:, None, :]
       if cfg.causal:
         mask_BCM = mask_BCM & (jnp.arange(M)[None, None, :] <= q_idx_C[None, :, None])
-      if cfg.sliding_window is not None:
+      if window is not None:
         dist = jnp.abs(q_pos_BC[:, :, None] - k_pos_BM[:, None, :])
-        mask_BCM = mask_BCM & (dist < cfg.sliding_window)
+        mask_BCM = mask_BCM & (dist < window)
       bias = None
       if cfg.pe == "alibi":
         bias = positional.alibi_bias(q_pos_BC, k_pos_BM, H, cfg.causal, pol.compute_dtype)
@@ -207,18 +219,23 @@ class Block(nn.Module):
   policy: Policy
   query_chunk: int | None = None
   query_mesh: Any = None
+  layer: int = 0
 
   @nn.compact
   def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None):
     """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...]."""
-    pol = self.policy
-    a, heads, probs, kv = Attention(self.config, pol, self.query_chunk, self.query_mesh,
+    cfg, pol = self.config, self.policy
+    a, heads, probs, kv = Attention(cfg, pol, self.query_chunk, self.query_mesh, self.layer,
                                     name="attn")(
-        Norm(self.config, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
+        Norm(cfg, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
+    if cfg.post_norms:
+      a = Norm(cfg, pol, name="post_attn_norm")(a, point="post_norm")
     z = pol.round(pol.to_compute(v_BND) + pol.to_compute(a), "residual")
-    if not self.config.use_mlp:
+    if not cfg.use_mlp:
       return z, heads, probs, kv, a, z
-    m = MLP(self.config, pol, name="mlp")(Norm(self.config, pol, name="norm2")(z))
+    m = MLP(cfg, pol, name="mlp")(Norm(cfg, pol, name="norm2")(z))
+    if cfg.post_norms:
+      m = Norm(cfg, pol, name="post_mlp_norm")(m, point="post_norm")
     return pol.round(pol.to_compute(z) + pol.to_compute(m), "residual"), heads, probs, kv, a, z
 
 
@@ -272,8 +289,9 @@ class Decoder(nn.Module):
         raise ValueError(f"vector inputs must be [B, N, {cfg.d_model}], got {inputs.shape}")
       table = None
       x = pol.to_compute(inputs)
-    if cfg.embed_scale:
-      x = x * pol.to_compute(jnp.asarray(math.sqrt(cfg.d_model), pol.storage_dtype))
+    if cfg.embed_scale:  # a compute-dtype scalar (HF: a float32 buffer) rounded at embed_scale
+      scale = pol.round(jnp.asarray(math.sqrt(cfg.d_model), pol.compute_dtype), "embed_scale")
+      x = x * pol.to_compute(scale)
     if cfg.pe == "sinusoidal":
       x = x + positional.sinusoidal(positions, cfg.d_model, pol.compute_dtype)
     elif cfg.pe == "learned":
@@ -289,7 +307,8 @@ class Decoder(nn.Module):
     residual, heads, weights, ks, vs, attn_out, mid = [v], [], [], [], [], [], []
     for l in range(cfg.num_layers):
       cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
-      v, h, p, kv, a, z = Block(cfg, pol, self.query_chunk, self.query_mesh, name=f"layer_{l}")(
+      v, h, p, kv, a, z = Block(cfg, pol, self.query_chunk, self.query_mesh, l,
+                                name=f"layer_{l}")(
           v, positions, k_pos, k_valid, cache_kv)
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
       attn_out.append(a); mid.append(z)

@@ -29,14 +29,18 @@ import ml_dtypes
 # Named places where an activation is rounded to the storage dtype. A policy rounds at the
 # points in its ``round_at``; at the others the compute-dtype value flows on unrounded.
 ROUNDING_POINTS = {
+    "embed_scale": "the sqrt(d_model) embedding multiplier (embed_scale models: Gemma), "
+                   "rounded to storage as HF rounds it to the weight dtype",
     "embed": "input embedding after scaling and absolute PE (v^(0))",
     "norm": "output of norm1/norm2 (input of attention/MLP)",
     "qkv": "q, k, v projections",
+    "qk_norm": "q and k after their per-head norm (qk_norm models: Gemma 3)",
     "rope": "q and k after the rotary rotation",
     "scores": "attention logits q.k*scale (before bias/mask/softmax)",
     "probs": "softmax output (attention weights)",
     "heads": "per-head attention output sum_j p_ij v_j",
     "attn_out": "attention output projection",
+    "post_norm": "outputs of the post-attention and post-MLP norms (post_norms models: Gemma 3)",
     "residual": "residual stream after each residual add (z and v^(l+1))",
     "mlp_hidden": "MLP up/gate projections",
     "mlp_act": "MLP activation output (act(gate)*up for GLUs)",

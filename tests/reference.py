@@ -392,12 +392,12 @@ def _silu(P, x):
   return out, np.abs(out.astype(F64)) * P.krel("logistic") + P.slack(out)
 
 
-def _rope(P: NumpyPolicy, cfg, x, pos):
+def _rope(P: NumpyPolicy, cfg, x, pos, theta):
   """Rotate pairs (x_a, x_b) by angle pos * theta^(-2i/Dh): (a cos - b sin, b cos + a sin).
   Pairs: 'half' = (i, i + Dh/2), 'interleaved' = (2i, 2i+1). x: [B, N, H, Dh].
   Returns (value, band)."""
   dh = x.shape[-1]
-  inv = (cfg.rope_theta ** (-(np.arange(dh // 2, dtype=F64) * 2) / dh)).astype(P.cd)
+  inv = (theta ** (-(np.arange(dh // 2, dtype=F64) * 2) / dh)).astype(P.cd)
   ang = pos.astype(P.cd)[:, :, None, None] * inv  # [B, N, 1, Dh/2]
   cos, sin = P.kernel(np.cos, ang), P.kernel(np.sin, ang)
   if cfg.rope_layout == "half":
@@ -453,16 +453,21 @@ def _softmax(P: NumpyPolicy, scores, mask, bias):
                attn=True)
 
 
-def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach):
+def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach, layer):
   B, N, D = h.shape
   H, KV, Dh = cfg.num_heads, cfg.kv_heads, cfg.dh
   G = H // KV
+  window = cfg.layer_windows[layer] if cfg.layer_windows else cfg.sliding_window
+  theta = float(cfg.layer_rope_thetas[layer]) if cfg.layer_rope_thetas else cfg.rope_theta
   q = P.rnd(P.dot("bnd,dhk->bnhk", h, p["q"]), "qkv")
   k = P.rnd(P.dot("bnd,dhk->bnhk", h, p["k"]), "qkv")
   v = P.rnd(P.dot("bnd,dhk->bnhk", h, p["v"]), "qkv")
+  if cfg.qk_norm:
+    q = _norm(P, cfg, p["q_norm"], q, "qk_norm")
+    k = _norm(P, cfg, p["k_norm"], k, "qk_norm")
   if cfg.pe == "rope":
-    rq, bq = _rope(P, cfg, P.c(q), q_pos)
-    rk, bk = _rope(P, cfg, P.c(k), q_pos)
+    rq, bq = _rope(P, cfg, P.c(q), q_pos, theta)
+    rk, bk = _rope(P, cfg, P.c(k), q_pos, theta)
     q, k = P.rnd(rq, "rope", band=bq), P.rnd(rk, "rope", band=bk)
   k, v = teach("k", k, reset=False), teach("v", v, reset=False)
   new_kv = (k, v)
@@ -478,8 +483,8 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach):
   if cfg.causal:  # by sequence order (cache slots first, then the N new tokens), so a
     # token that repeats an earlier position still cannot see the tokens after it
     mask = mask & (np.arange(M)[None, None, :] <= (M - N + np.arange(N))[None, :, None])
-  if cfg.sliding_window is not None:
-    mask = mask & (np.abs(qp - kp) < cfg.sliding_window)
+  if window is not None:
+    mask = mask & (np.abs(qp - kp) < window)
   bias = None
   if cfg.pe == "alibi":
     dist = (qp - kp).astype(P.cd)
@@ -563,7 +568,7 @@ def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, 
   elif cfg.pe == "learned":
     pe = P.c(params["pos_embed"]["embedding"][positions])
   if cfg.embed_scale:
-    s = P.c(np.asarray(math.sqrt(cfg.d_model), F64).astype(P.st))
+    s = P.c(P.rnd(P.c(np.asarray(math.sqrt(cfg.d_model), F64)), "embed_scale"))
     x = x * s if pe is None else P.fma(x, s, pe)
   elif pe is not None:
     x = x + pe
@@ -584,10 +589,14 @@ def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, 
     p = params[f"layer_{l}"]
     cache_kv = None if cache is None else (np.asarray(cache["k"])[l], np.asarray(cache["v"])[l])
     a, heads, probs, (k, v_) = _attention(P, cfg, p["attn"], _norm(P, cfg, p["norm1"], v, "norm"),
-                                          positions, k_pos, k_valid, cache_kv, teach)
+                                          positions, k_pos, k_valid, cache_kv, teach, l)
+    if cfg.post_norms:
+      a = _norm(P, cfg, p["post_attn_norm"], a, "post_norm")
     z = P.rnd(P.c(v) + P.c(a), "residual")
     if cfg.use_mlp:
       m = _mlp(P, cfg, p["mlp"], _norm(P, cfg, p["norm2"], z, "norm"))
+      if cfg.post_norms:
+        m = _norm(P, cfg, p["post_mlp_norm"], m, "post_norm")
       z = P.rnd(P.c(z) + P.c(m), "residual")
     own = z
     v = teach("residual", z, layer=l + 1)
@@ -660,11 +669,11 @@ def random_params(cfg, seed: int = 0) -> dict:
   D, H, KV, Dh, F = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh, cfg.ff
   w = lambda *shape: np.asarray(std * rng.standard_normal(shape), F32)
 
-  def norm():
+  def norm(d=D):
     base = 0.0 if cfg.norm == "gemma_rmsnorm" else 1.0
-    p = {"scale": np.asarray(base + 0.3 * rng.standard_normal(D), F32)}
+    p = {"scale": np.asarray(base + 0.3 * rng.standard_normal(d), F32)}
     if cfg.norm == "layernorm":
-      p["bias"] = np.asarray(0.3 * rng.standard_normal(D), F32)
+      p["bias"] = np.asarray(0.3 * rng.standard_normal(d), F32)
     return p
   params: dict = {}
   if cfg.vocab_size:
@@ -674,11 +683,17 @@ def random_params(cfg, seed: int = 0) -> dict:
   for l in range(cfg.num_layers):
     layer = {"norm1": norm(), "attn": {"q": w(D, H, Dh), "k": w(D, KV, Dh), "v": w(D, KV, Dh),
                                        "o": w(H, Dh, D)}}
+    if cfg.qk_norm:
+      layer["attn"]["q_norm"], layer["attn"]["k_norm"] = norm(Dh), norm(Dh)
+    if cfg.post_norms:
+      layer["post_attn_norm"] = norm()
     if cfg.use_mlp:
       layer["norm2"] = norm()
       layer["mlp"] = {"up": w(D, F), "down": w(F, D)}
       if cfg.mlp in MLP_GLU:
         layer["mlp"]["gate"] = w(D, F)
+      if cfg.post_norms:
+        layer["post_mlp_norm"] = norm()
     params[f"layer_{l}"] = layer
   params["final_norm"] = norm()
   if cfg.vocab_size and not cfg.tie_embeddings:

@@ -73,10 +73,16 @@ CONFIGS = {
         num_layers=2, d_model=32, num_heads=2, pe="rope", rope_layout="interleaved",
         norm="layernorm", mlp="swiglu", mlp_dim=64, vocab_size=40, tie_embeddings=False,
         embed_scale=True),
+    "gemma3-style": DecoderConfig(  # d_model 48: RNE rounds sqrt(48) up in bf16, truncation not
+        num_layers=2, d_model=48, num_heads=4, num_kv_heads=1, head_dim=8, pe="rope",
+        norm="gemma_rmsnorm", mlp="geglu", mlp_dim=64, vocab_size=40, embed_scale=True,
+        qk_norm=True, post_norms=True, layer_windows=(5, None), layer_rope_thetas=(10.0, 1e4),
+        query_scale=0.25),
 }
 # the fp8 presets compile slowly on XLA:CPU: they get the first three configs
 CASES = [(p, c) for p in PRESETS for c in CONFIGS
-         if not (p.startswith("float8") and c == "rope-interleaved-untied-tokens")]
+         if not (p.startswith("float8") and c in ("rope-interleaved-untied-tokens",
+                                                  "gemma3-style"))]
 
 
 def _collect(cfg):
@@ -210,12 +216,18 @@ def test_perturbed_emulator_is_detected():
   pol = precision.get_policy("bfloat16")
   cfg = CONFIGS["rope-layernorm-gelu-gqa"]
   pc, x, out = _setup(pol, cfg, 0)
-  differs = lambda emu: any(out[k].dtype != emu[k].dtype or np.any(_mismatch(out[k], emu[k]))
-                            for k in out)
+  differs = lambda emu, o=out: any(o[k].dtype != emu[k].dtype or np.any(_mismatch(o[k], emu[k]))
+                                  for k in o)
   assert not differs(R.run(R.NumpyPolicy.from_policy(pol), cfg, pc, x))
+  g_cfg = CONFIGS["gemma3-style"]
+  g_pc, g_x, g_out = _setup(pol, g_cfg, 0)
+  assert not differs(R.run(R.NumpyPolicy.from_policy(pol), g_cfg, g_pc, g_x), g_out)
   for point in sorted(precision.ROUNDING_POINTS.keys() - {"logits"}):
     P = _TruncatingPolicy.from_policy(pol)
     P.bad_point = point
+    if point in ("embed_scale", "qk_norm", "post_norm"):  # Gemma 3's options only
+      assert differs(R.run(P, g_cfg, g_pc, g_x), g_out), f"truncating at {point!r} went unnoticed"
+      continue
     assert differs(R.run(P, cfg, pc, x)), f"truncating at {point!r} went unnoticed"
   # dropping a rounding point whose value is not cast to bf16 anyway by the next matmul
   for point in ("embed", "qkv", "scores", "attn_out", "residual", "mlp_out"):

@@ -100,6 +100,13 @@ def _grid():
                                        mlp="geglu"),
       "embed-scale-sinusoidal-vectors": dict(embed_scale=True, pe="sinusoidal"),
       "attention-only": dict(use_mlp=False, num_layers=3),
+      # Gemma 3's options: per-layer windows and RoPE bases, q/k norms, post-norms, MQA
+      "gemma3-style": dict(num_layers=3, num_heads=4, num_kv_heads=1, head_dim=8,
+                           norm="gemma_rmsnorm", mlp="geglu", vocab_size=23, embed_scale=True,
+                           qk_norm=True, post_norms=True, layer_windows=(3, 3, None),
+                           layer_rope_thetas=(10.0, 10.0, 1000.0), query_scale=0.25),
+      "qk-norm-post-norms-layernorm": dict(qk_norm=True, post_norms=True, norm="layernorm"),
+      "post-norms-attention-only": dict(post_norms=True, use_mlp=False),
   }
   for name, kw in extra.items():
     base = dict(num_layers=2, d_model=16, num_heads=2)

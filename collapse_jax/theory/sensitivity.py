@@ -141,8 +141,8 @@ def oversquashing_bound(cfg: DecoderConfig, policy: Policy, params, x_ND) -> dic
 
   Returns numpy float64: 'bound' [N], 'bound_tight' [N], 'C', 'inv_beta1' [L],
   'sigma_over_beta2' [L], 'inv_beta3', 'Lambda' [L, N, N], 'path_sum' [N]."""
-  if cfg.sliding_window is not None:
-    raise ValueError("bound implemented for global attention")
+  if cfg.windowed or cfg.post_norms or cfg.qk_norm:
+    raise ValueError("bound implemented for global attention without post-norms or q/k norms")
   H, KV = cfg.num_heads, cfg.kv_heads
   G = H // KV
   out = _capture_fn(cfg, policy)(params, jnp.asarray(x_ND)[None])
