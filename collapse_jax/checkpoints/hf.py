@@ -1,6 +1,6 @@
 """Local Hugging Face checkpoints (config.json + *.safetensors) -> our decoder's params.
 
-Llama and Gemma (v1) families. Everything is read from disk with the ``safetensors`` numpy
+Llama, Gemma (v1) and Gemma 3 (text: ``gemma3_text``) families. Everything is read from disk with the ``safetensors`` numpy
 API; nothing here touches the network. Weights are returned as float32 numpy arrays in the
 layout documented in ``collapse_jax.model`` (cast them with ``policy.cast_params``).
 
@@ -13,9 +13,18 @@ HF stores every projection as ``[out, in]`` (torch ``nn.Linear``); our kernels a
 
 HF's Q/K rows are in the ``rotate_half`` RoPE layout, so configs use ``rope_layout='half'``.
 
-Gemma: embeddings scaled by sqrt(d_model) in the compute dtype (``embed_scale``), (1+w)
-RMSNorm (``norm='gemma_rmsnorm'``, HF stores w, not 1+w), GeGLU with tanh-GELU, head_dim
-from config.json (256 for Gemma 7B), tied embeddings.
+Gemma: embeddings scaled by sqrt(d_model) rounded at the policy's ``embed_scale`` point
+(``embed_scale``), (1+w) RMSNorm (``norm='gemma_rmsnorm'``, HF stores w, not 1+w), GeGLU with
+tanh-GELU, head_dim from config.json (256 for Gemma 7B), tied embeddings.
+
+Gemma 3 adds, as decoder options: per-head q/k RMSNorms (``qk_norm``; ``self_attn.q_norm``,
+``k_norm``), norms after attention and after the MLP (``post_norms``; HF's
+``post_attention_layernorm`` is the post-ATTENTION norm here, ``pre_feedforward_layernorm``
+is the MLP's input norm, ``post_feedforward_layernorm`` the post-MLP norm), ``layer_types``
+-> per-layer windows (``layer_windows``), ``rope_parameters`` per layer type -> per-layer RoPE
+bases (``layer_rope_thetas``), and ``query_pre_attn_scalar`` -> ``query_scale``. Its config
+converter handles or explicitly ignores every config.json key (:data:`GEMMA3_IGNORED`) and
+rejects the rest: an unknown key could change the model.
 """
 from __future__ import annotations
 
@@ -29,7 +38,23 @@ import numpy as np
 
 from collapse_jax.config import DecoderConfig
 
-SUPPORTED_MODEL_TYPES = ("llama", "gemma")
+SUPPORTED_MODEL_TYPES = ("llama", "gemma", "gemma3_text")
+# gemma3_text config.json keys that do not change the forward pass (bookkeeping, training,
+# generation and caching settings); every other key is handled or rejected.
+GEMMA3_IGNORED = frozenset({
+    "transformers_version", "architectures", "output_hidden_states", "output_attentions",
+    "return_dict", "dtype", "torch_dtype", "chunk_size_feed_forward", "is_encoder_decoder",
+    "id2label", "label2id", "problem_type", "initializer_range", "use_cache", "pad_token_id",
+    "eos_token_id", "bos_token_id", "attention_dropout", "_sliding_window_pattern",
+    "sliding_window_pattern", "_name_or_path", "model_type", "cache_implementation",
+    "rope_scaling", "rope_theta", "rope_local_base_freq"})  # the last three: see _gemma3
+GEMMA3_HANDLED = frozenset({
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_activation",
+    "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
+    "rope_parameters", "attention_bias", "mlp_bias", "query_pre_attn_scalar", "sliding_window",
+    "layer_types", "final_logit_softcapping", "attn_logit_softcapping",
+    "use_bidirectional_attention"})
 
 
 class CheckpointError(ValueError):
@@ -66,6 +91,8 @@ def config_from_hf(cfg: Mapping) -> DecoderConfig:
       pe="rope", rope_theta=_rope_theta(cfg), rope_layout="half",
       max_len=int(cfg.get("max_position_embeddings") or 4096), causal=True,
       vocab_size=int(cfg["vocab_size"]), init_var=0.02 ** 2)
+  if mt == "gemma3_text":
+    return _gemma3(cfg, common)
   if mt == "llama":
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
@@ -78,6 +105,50 @@ def config_from_hf(cfg: Mapping) -> DecoderConfig:
     raise CheckpointError(f"Gemma activation {act!r} is not supported (only tanh-GELU)")
   return DecoderConfig(mlp="geglu", norm="gemma_rmsnorm", embed_scale=True,
                        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), **common)
+
+
+def _gemma3(cfg: Mapping, common: dict) -> DecoderConfig:
+  """Gemma 3 (text) from its config.json (transformers >= 4.50 or 5.x spelling)."""
+  unknown = sorted(set(cfg) - GEMMA3_IGNORED - GEMMA3_HANDLED)
+  if unknown:
+    raise CheckpointError(f"gemma3_text config keys {unknown} are neither handled nor known to "
+                          "be irrelevant to the forward pass")
+  for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+    if cfg.get(key) is not None:
+      raise CheckpointError(f"{key}={cfg[key]} is not supported (the decoder has no softcapping)")
+  if cfg.get("use_bidirectional_attention"):
+    raise CheckpointError("use_bidirectional_attention=True is not supported (Gemma 3 text "
+                          "decoders are causal)")
+  act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+  if act != "gelu_pytorch_tanh":
+    raise CheckpointError(f"Gemma 3 activation {act!r} is not supported (only gelu_pytorch_tanh)")
+  L = common["num_layers"]
+  types = list(cfg.get("layer_types") or [
+      "sliding_attention" if (i + 1) % int(cfg.get("sliding_window_pattern", 6)) else
+      "full_attention" for i in range(L)])
+  if len(types) != L or set(types) - {"sliding_attention", "full_attention"}:
+    raise CheckpointError(f"layer_types {types} is not {L} of sliding_attention/full_attention")
+  window = cfg.get("sliding_window")
+  if window is None and "sliding_attention" in types:
+    raise CheckpointError("sliding_attention layers need sliding_window")
+  rp = cfg.get("rope_parameters") or {
+      "sliding_attention": {"rope_type": "default",
+                            "rope_theta": cfg.get("rope_local_base_freq", 10000.0)},
+      "full_attention": {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 1e6),
+                         **(cfg.get("rope_scaling") or {})}}
+  thetas = {}
+  for kind in ("sliding_attention", "full_attention"):
+    p = rp.get(kind) or {}
+    if p.get("rope_type", "default") != "default" or p.get("factor", 1.0) != 1.0:
+      raise CheckpointError(f"RoPE scaling {p!r} ({kind}) is not supported by the decoder")
+    thetas[kind] = float(p.get("rope_theta", 10000.0 if kind == "sliding_attention" else 1e6))
+  common = dict(common, rope_theta=thetas["full_attention"])
+  return DecoderConfig(
+      mlp="geglu", norm="gemma_rmsnorm", embed_scale=True, qk_norm=True, post_norms=True,
+      tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+      query_scale=float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5,
+      layer_windows=tuple(int(window) if t == "sliding_attention" else None for t in types),
+      layer_rope_thetas=tuple(thetas[t] for t in types), **common)
 
 
 def params_from_hf_state_dict(config: DecoderConfig, sd: Mapping[str, np.ndarray]) -> dict:
@@ -97,6 +168,10 @@ def params_from_hf_state_dict(config: DecoderConfig, sd: Mapping[str, np.ndarray
   D, H, KV, Dh, F, V = (config.d_model, config.num_heads, config.kv_heads, config.dh,
                         config.ff, config.vocab_size)
   params: dict = {"embed": {"embedding": get("embed_tokens.weight", (V, D))}}
+  # Gemma 2/3 name the MLP's input norm pre_feedforward_layernorm and use
+  # post_attention_layernorm for the norm AFTER attention; Llama/Gemma use the latter as the
+  # MLP's input norm.
+  mlp_norm = "pre_feedforward_layernorm" if config.post_norms else "post_attention_layernorm"
   for l in range(config.num_layers):
     p = f"layers.{l}."
     params[f"layer_{l}"] = {
@@ -107,13 +182,21 @@ def params_from_hf_state_dict(config: DecoderConfig, sd: Mapping[str, np.ndarray
             "v": get(p + "self_attn.v_proj.weight", (KV * Dh, D)).T.reshape(D, KV, Dh),
             "o": get(p + "self_attn.o_proj.weight", (D, H * Dh)).T.reshape(H, Dh, D),
         },
-        "norm2": {"scale": get(p + "post_attention_layernorm.weight", (D,))},
+        "norm2": {"scale": get(p + mlp_norm + ".weight", (D,))},
         "mlp": {
             "up": get(p + "mlp.up_proj.weight", (F, D)).T,
             "gate": get(p + "mlp.gate_proj.weight", (F, D)).T,
             "down": get(p + "mlp.down_proj.weight", (D, F)).T,
         },
     }
+    if config.qk_norm:
+      params[f"layer_{l}"]["attn"].update(
+          q_norm={"scale": get(p + "self_attn.q_norm.weight", (Dh,))},
+          k_norm={"scale": get(p + "self_attn.k_norm.weight", (Dh,))})
+    if config.post_norms:
+      params[f"layer_{l}"].update(
+          post_attn_norm={"scale": get(p + "post_attention_layernorm.weight", (D,))},
+          post_mlp_norm={"scale": get(p + "post_feedforward_layernorm.weight", (D,))})
   params["final_norm"] = {"scale": get("norm.weight", (D,))}
   if not config.tie_embeddings:
     if "lm_head.weight" not in sd:
