@@ -16,6 +16,9 @@ below (with the experiment's own defaults) and gives each the same type and mean
   --chunk        lengths per vmapped chunk (kv_cache / masked engines)
   --memory_budget  GiB an engine may use per device (chunked causal attention above it)
   --fp8_scaling  per-tensor amax scaling for the fp8 presets
+  --model        a real model by name (collapse_jax.checkpoints.MODELS: smollm2, gemma3)
+  --windows      attention windows to compare: native (the model's own), global (none) or a
+                 window size for every layer, as a comma list
   --full         paper-scale settings instead of the fast defaults
 
 Job flags (experiments run as jobs of cells, collapse_jax/jobs.py; ``define(**JOB)``):
@@ -38,6 +41,7 @@ from typing import Sequence
 import numpy as np
 from absl import flags
 
+from collapse_jax import checkpoints
 from collapse_jax import config as config_lib
 from collapse_jax import pairs
 from collapse_jax import precision
@@ -71,6 +75,10 @@ VOCABULARY = {
                       "cannot fit is refused before it starts. Forced CPU devices share the "
                       "host's memory: there the cells running at once add up"),
     "fp8_scaling": ("bool", "per-tensor amax scaling for the fp8 presets"),
+    "model": (("enum", tuple(checkpoints.MODELS)), "real model (collapse_jax.checkpoints.MODELS)"),
+    "windows": ("list", "attention windows, each run on the same pairs: 'native' (the model's "
+                "own local/global pattern), 'global' (no window) or a size (every layer that "
+                "window), e.g. native,global,512"),
     "full": ("bool", "paper-scale settings instead of the fast defaults"),
     "resume": ("bool", "finish the run in --out: the stored flags must match; finished cells "
                "are kept and the rest run"),
@@ -157,6 +165,22 @@ def int_list(values: Sequence[str] | str, what: str, minimum: int | None = None)
     raise ValueError(f"--{what} repeats a value: {out}")
   if minimum is not None and min(out) < minimum:
     raise ValueError(f"--{what} must be >= {minimum}, got {min(out)}")
+  return out
+
+
+def window_modes(values: Sequence[str] | str) -> list[str]:
+  """['native', 'global', '512'] -> the same, validated: each is 'native', 'global' or a
+  window size >= 1, none repeated (ValueError otherwise)."""
+  if isinstance(values, str):
+    values = values.split(",")
+  out = [str(v).strip() for v in values if str(v).strip()]
+  if not out:
+    raise ValueError("--windows is empty")
+  if len(set(out)) != len(out):
+    raise ValueError(f"--windows repeats a mode: {','.join(out)}")
+  for v in out:
+    if v not in ("native", "global") and not (v.isdigit() and int(v) >= 1):
+      raise ValueError(f"--windows takes native, global or a window size >= 1, got {v!r}")
   return out
 
 

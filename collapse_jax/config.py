@@ -145,6 +145,26 @@ class DecoderConfig:
     """Layer ``layer``'s RoPE base."""
     return float(self.layer_rope_thetas[layer]) if self.layer_rope_thetas else self.rope_theta
 
+  def with_windows(self, mode: str | int) -> "DecoderConfig":
+    """The same model with its attention windows changed (the layers keep their RoPE bases):
+    'native' = as configured; 'global' = no window in any layer; an int w (or its string) =
+    every layer attends to a window of w (Gemma 3's mitigation study, issue 11)."""
+    L = self.num_layers
+    if mode == "native":
+      return self
+    thetas = self.layer_rope_thetas or ()
+    if mode == "global":
+      return self.replace(sliding_window=None, layer_windows=(None,) * L,
+                          layer_rope_thetas=thetas)
+    try:
+      w = int(mode)
+    except (TypeError, ValueError):
+      raise ValueError(f"window mode must be 'native', 'global' or a window size, got "
+                       f"{mode!r}") from None
+    if w < 1:
+      raise ValueError(f"a window must be >= 1 token, got {w}")
+    return self.replace(sliding_window=None, layer_windows=(w,) * L, layer_rope_thetas=thetas)
+
   @property
   def windowed(self) -> bool:
     """True if any layer has a sliding window."""

@@ -500,3 +500,48 @@ def layers_figure(runs, settings: dict, path: str, caption: str) -> str:
   fig.suptitle(caption + "\ncolour: log10 ||v_n^(l) - v*_{n+1}^(l)||_inf of the residual stream; "
                "red = bitwise equal or non-finite (see results.json)", fontsize=8)
   return save(fig, path)
+
+
+def windows_figure(runs, settings: dict, windows, window_sizes, path: str, caption: str) -> str:
+  """The sliding-window mitigation: for each (dtype, setting) panel, the distance of the
+  final normalised output y (solid) and of the last layer's heads (mean over heads, dotted)
+  against n, one colour per window mode (``windows``: 'native', 'global', a size), with its
+  bitwise-equal n as ticks on the floor line; a dotted vertical line where A_n becomes longer
+  than a window of ``window_sizes``."""
+  keys = [k for k in settings if any(r["pairs"] == k for r in runs)]
+  dts = list(dict.fromkeys(r["dtype"] for r in runs))
+  fig, axes = subplots(len(dts), len(keys), figsize=(5.0 * len(keys), 3.6 * len(dts)))
+  vals = np.concatenate([np.asarray(r["y"]["linf"], np.float64) for r in runs])
+  _, floor = positive_for_log(vals)
+  colors = {w: f"C{i}" for i, w in enumerate(windows)}
+  for i, dt in enumerate(dts):
+    for j, k in enumerate(keys):
+      ax = axes[i, j]
+      for w in windows:
+        for r in (r for r in runs if r["pairs"] == k and r["dtype"] == dt and r["window"] == w):
+          n = np.asarray(r["lengths"])
+          y = np.asarray(r["y"]["linf"], np.float64)
+          heads = np.asarray(r["last_layer_heads"]["linf_mean"], np.float64)
+          equal = np.isin(n, r["y"]["equal_n"])
+          label = f"{w}: y " + (f"equal at {equal.sum()} n, first n={int(n[equal][0])}"
+                                if equal.any() else "never bitwise equal")
+          if r["y"]["nonfinite_n"]:
+            label += f"; NaN/inf at {r['y']['nonfinite_n']} n"
+          ax.plot(n, np.where(y > 0, y, np.nan), color=colors[w], lw=1.1, label=label)
+          ax.plot(n, np.where(heads > 0, heads, np.nan), color=colors[w], lw=0.8, ls=":")
+          equal_ticks(ax, n, equal, floor, colors[w], ms=7)
+      a_len = settings[k].lengths_ab(np.asarray(runs[0]["lengths"]))[0]
+      for size in window_sizes:
+        past = np.nonzero(a_len > size)[0]
+        if past.size:
+          ax.axvline(runs[0]["lengths"][past[0]], color="0.4", lw=0.7, ls=":")
+      ax.axhline(floor, color="0.6", lw=0.6, ls="--")
+      ax.set_yscale("log")
+      ax.grid(True, which="both", alpha=0.25)
+      ax.legend(fontsize=6.5, loc="best")
+      ax.set_title(f"{settings[k].title} | {dt}", fontsize=8)
+      ax.set_xlabel("n (digit tokens in A_n); dotted line: A_n longer than the window", fontsize=7)
+  axes[0, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$ (solid), last-layer heads (dotted)")
+  fig.suptitle(caption + "\nwindows: native = the model's local/global layers, global = no "
+               "window, a size = every layer that window", fontsize=8)
+  return save(fig, path)

