@@ -511,7 +511,8 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str, capti
   keys = [k for k in settings if any(r["pairs"] == k for r in runs)]
   dts = list(dict.fromkeys(r["dtype"] for r in runs))
   fig, axes = subplots(len(dts), len(keys), figsize=(5.0 * len(keys), 3.6 * len(dts)))
-  vals = np.concatenate([np.asarray(r["y"]["linf"], np.float64) for r in runs])
+  vals = np.concatenate([np.asarray(r["y"]["linf"], np.float64) for r in runs]
+                        + [np.asarray(r["last_layer_heads"]["linf_mean"], np.float64) for r in runs])
   _, floor = positive_for_log(vals)
   colors = {w: f"C{i}" for i, w in enumerate(windows)}
   for i, dt in enumerate(dts):
@@ -542,6 +543,8 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str, capti
       ax.set_title(f"{settings[k].title} | {dt}", fontsize=8)
       ax.set_xlabel("n (digit tokens in A_n); dotted line: A_n longer than the window", fontsize=7)
   axes[0, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$ (solid), last-layer heads (dotted)")
-  fig.suptitle(caption + "\nwindows: native = the model's local/global layers, global = no "
-               "window, a size = every layer that window", fontsize=8)
+  import textwrap
+  fig.suptitle(textwrap.fill(caption, 60 * len(keys) + 20) + "\nwindows: native = the model's "
+               "local/global layers, global = no window, a size = every layer that window",
+               fontsize=8)
   return save(fig, path)

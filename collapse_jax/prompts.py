@@ -66,7 +66,10 @@ from collapse_jax.config import check_token_ids
 
 SETTINGS = ("a", "b", "c", "d")
 POSITIONS = ("digit", "turn_end")
-PROMPT_FORMATS = ("chat", "plain")
+PROMPT_FORMATS = {  # name -> how results and figures describe it
+    "chat": "the chat template",
+    "plain": "plain text '<bos>{question} {digits}\\nAnswer:'",
+}
 PLAIN_CUE = "\nAnswer:"  # the end of a 'plain' prompt (its "turn end")
 COUNT_QUESTION = "How many ones are in the following sequences?"
 COPY_QUESTION = "Can you copy the following number?"
@@ -280,6 +283,8 @@ def check_tokenization(setting: PromptSetting, tokenizer, ns: Sequence[int] = (1
   tokenizer adds one) gives exactly prefix + digit tokens + suffix (so the token pairs ARE
   the prompts' tokenizations)."""
   from collapse_jax.checkpoints.tokenizer import encode
+  if setting.random_digits:  # (b) holds digits for n <= its stream + 1 only
+    ns = [n for n in ns if n <= len(setting.digit_stream) + 1]
   for n in ns:
     for b_side in (False, True):
       ids = encode(tokenizer, prompt_text(setting.user_text(n, b_side=b_side),

@@ -31,7 +31,7 @@ import time
 from absl import app, flags, logging
 
 import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import cli, engines, plotting, prompts, records, results, sweep, xla_env
+from collapse_jax import cli, engines, jobs, plotting, prompts, records, results, sweep, xla_env
 
 F = flags.FLAGS
 # fp8 is opt-in (--dtype=all or naming it): XLA:CPU compiles the 30-layer fp8 programs in
@@ -102,12 +102,14 @@ def main(argv):
                ",".join(p.name for p in policies), ",".join(windows))
   budget = None if F.memory_budget is None else F.memory_budget * 2 ** 30
   runs, checks = [], []
-  for sets, group_seeds in groups:
-    models = [sweep.Model(cfg, [ckpt.params] * len(group_seeds),
-                          {} if windows == ["native"] else {"window": w})
-              for w, cfg in cfgs.items()]
+  grids = [([sweep.Model(cfg, [ckpt.params] * len(group_seeds),
+                         {} if windows == ["native"] else {"window": w})
+             for w, cfg in cfgs.items()], sets, group_seeds) for sets, group_seeds in groups]
+  progress = jobs.Progress(sum(len(sweep.grid_cells(m, policies, sets, s)) for m, sets, s in grids))
+  for models, sets, group_seeds in grids:
     recs = sweep.run_grid(models, policies, sets, grid, group_seeds, engine=F.engine,
-                          chunk=F.chunk, memory_budget=budget, log=logging.info)
+                          chunk=F.chunk, memory_budget=budget, log=logging.info,
+                          on_cell=lambda cell, rec: progress.end(cell.id, rec["seconds"]))
     runs += [records.compact({"window": windows[0], **r, "position": F.position}) for r in recs]
     if F.engine == "exact" and F.cross_check and F.position == "digit":
       one = [records.compact({"window": windows[0], **r}) for r in sweep.run_grid(
@@ -117,9 +119,8 @@ def main(argv):
         checks.append({"pairs": e["pairs"], "dtype": e["dtype"], "seed": e["seed"],
                        "window": e["window"], **records.cross_check(e, o)})
   settings = {k: v[0] for sets, _ in groups for k, v in sets.items()}
-  fmt = ("chat template" if ckpt.prompt_format == "chat" else
-         "plain text '<bos>{question} {digits}\\nAnswer:'")
-  caption = (f"{ckpt.label} (-> f32 -> policy), {fmt}, compared token = "
+  caption = (f"{ckpt.label} (-> f32 -> policy), {prompts.PROMPT_FORMATS[ckpt.prompt_format]}, "
+             "compared token = "
              + ("last digit of A_n / B_n" if F.position == "digit" else "end of the prompt")
              + "; n = digit tokens of A_n (every digit is one token); engines: "
              + ", ".join(dict.fromkeys(f"({r['pairs']}) {r['engine']}" for r in runs))

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from make_goldens import LAST_K, TOKENIZER_CASES, sha256  # noqa: E402
+from make_goldens import LAST_K, TOKENIZER_CASES, hf_reference  # noqa: E402
 
 from collapse_jax.checkpoints.gguf import find_gemma3_gguf  # noqa: E402
 
@@ -61,15 +61,7 @@ def main(argv=None):
   ap.add_argument("--out", type=Path, default=ROOT / "tests" / "goldens")
   args = ap.parse_args(argv)
   import torch
-  import transformers
-  from transformers import AutoModelForCausalLM, AutoTokenizer
-  path = find_gemma3_gguf()
-  tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-  model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                               dtype=torch.float32)
-  model.eval()
-  versions = {"transformers": transformers.__version__, "torch": torch.__version__,
-              "gguf_file": path.name, "gguf_sha256": sha256(path)}
+  tok, model, versions = hf_reference(find_gemma3_gguf())
   cap = {}
   model.model.norm.register_forward_hook(lambda mod, inp, out: cap.update(pre=inp[0].detach()))
   texts = [t for _, t in PROMPTS]

@@ -158,25 +158,27 @@ def sha256(path: Path) -> str:
   return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def hf_reference(path: Path):
+  """(tokenizer, float32 CPU model in eval mode, versions) as transformers builds them from
+  the GGUF file itself."""
+  import torch
+  import transformers
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+  torch.manual_seed(0)
+  tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                               dtype=torch.float32).eval()
+  return tok, model, {"transformers": transformers.__version__, "torch": torch.__version__,
+                      "gguf_file": path.name, "gguf_sha256": sha256(path)}
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--out", type=Path, default=ROOT / "tests" / "goldens")
   args = ap.parse_args(argv)
 
   import torch
-  import transformers
-  from transformers import AutoModelForCausalLM, AutoTokenizer
-  torch.manual_seed(0)
-  torch.set_num_threads(max(1, torch.get_num_threads()))
-
-  path = find_smollm2_gguf()
-  tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-  model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                               dtype=torch.float32)
-  model.eval()
-  versions = {"transformers": transformers.__version__, "torch": torch.__version__,
-              "gguf_file": path.name, "gguf_sha256": sha256(path)}
-
+  tok, model, versions = hf_reference(find_smollm2_gguf())
   cap = {}
   model.model.norm.register_forward_hook(
       lambda mod, inp, out: cap.update(pre=inp[0].detach(), post=out.detach()))

@@ -276,3 +276,26 @@ def test_kv_cache_and_masked_are_planned_against_the_budget():
       engines.plan(cfg, pol, f, ns, engine, chunk=32, memory_budget=small)
   assert engines.plan(cfg, pol, f, ns, "kv_cache", chunk=2, memory_budget=small).peak_bytes <= small
   assert engines.plan(cfg, pol, f, ns, "exact", memory_budget=1.0).peak_bytes == 0
+
+
+def test_sweep_engines_never_compute_logits():
+  """A sweep compares hidden states only: no engine's program holds a [.., V] array (Gemma 3's
+  V = 262144 would make it [N, 262144]); a forward that asks for logits does."""
+  V = 4099  # a size no other axis has
+  cfg = cj.DecoderConfig(num_layers=1, d_model=16, num_heads=2, vocab_size=V)
+  pol = cj.get_policy("bfloat16")
+  params = pol.cast_params(model.init_params(cfg, jax.random.key(0)))
+  toks = jnp.arange(12, dtype=jnp.int32)
+  rows = jnp.asarray([[3, 5], [4, 6]], jnp.int32)
+  texts = [
+      str(jax.make_jaxpr(lambda p: engines._pairs_causal(cfg, pol, p, toks, rows))(params)),
+      str(jax.make_jaxpr(lambda p: engines._pairs_causal(cfg, pol, p, toks, rows,
+                                                         query_chunk=4))(params)),
+      str(jax.make_jaxpr(lambda p: engines._pairs_kv(cfg, pol, p, toks, 7, jnp.asarray([3, 5]),
+                                                     2))(params)),
+  ]
+  for t in texts:
+    assert f",{V}]" not in t and f"[{V}]" not in t
+  with_logits = jax.make_jaxpr(lambda p: model.forward(cfg, pol, p, toks[None],
+                                                       collect=("logits",)))(params)
+  assert f"[1,12,{V}]" in str(with_logits)
