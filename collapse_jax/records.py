@@ -158,3 +158,25 @@ def cross_check(exact: dict, one_pass: dict) -> dict:
   out["equal_n_exact"] = exact["y"]["equal_n"]
   out["equal_n_one_pass"] = one_pass["y"]["equal_n"]
   return out
+
+
+def compact_line(r: dict) -> str:
+  """One console line for a compact record (:func:`compact`): onsets, minima, non-finite."""
+  h, y, nf = r["last_layer_heads"], r["y"], r["nonfinite"]
+  where = (f" (from layer {nf['first_layer_with_nonfinite']}, y at {nf['n_with_nonfinite_y']} n)"
+           if nf["total_values"] else "")
+  return (f"({r['pairs']}) {r['dtype']:>14s} seed={r['seed']}"
+          + (f" window={r['window']}" if "window" in r else "")
+          + f" [{r['engine']}] heads: first equal n={h['collapse_onset']} sustained="
+          f"{h['sustained_onset']} min mean linf={float(h['min']):.4g} at n={h['n_at_min']} | y: first "
+          f"equal n={y['collapse_onset']} sustained={y['sustained_onset']} min linf={float(y['min']):.4g}"
+          f" at n={y['n_at_min']} | nonfinite values={nf['total_values']}{where}")
+
+
+def cross_check_line(c: dict) -> str:
+  """One console line for a :func:`cross_check` entry (with its pairs/dtype labels)."""
+  return (f"cross-check ({c['pairs']}) {c['dtype']}"
+          + (f" window={c['window']}" if "window" in c else "")
+          + f": exact vs {c['engine']} max distance ratio heads "
+          f"{c['heads_mean']['max_ratio']:.4g}, y {c['y']['max_ratio']:.4g}; equal n exact "
+          f"{c['equal_n_exact']} one-pass {c['equal_n_one_pass']}")

@@ -153,18 +153,9 @@ def main(argv):
       plotting.windows_figure(runs, settings, windows, sizes,
                               os.path.join(out, "real_model_collapse_windows.png"), caption)
       files.append("real_model_collapse_windows.png")
-  for r in runs:
-    h, y = r["last_layer_heads"], r["y"]
-    print(f"({r['pairs']}) {r['dtype']:>14s} seed={r['seed']} window={r['window']} "
-          f"[{r['engine']}] heads: first equal "
-          f"n={h['collapse_onset']} sustained={h['sustained_onset']} min mean linf={h['min']:.4g} "
-          f"at n={h['n_at_min']} | y: first equal n={y['collapse_onset']} sustained="
-          f"{y['sustained_onset']} min linf={y['min']:.4g} at n={y['n_at_min']} | nonfinite "
-          f"values={r['nonfinite']['total_values']}")
-  for c in checks:
-    print(f"cross-check ({c['pairs']}) {c['dtype']} window={c['window']}: exact vs {c['engine']} max distance ratio "
-          f"heads {c['heads_mean']['max_ratio']:.4g}, y {c['y']['max_ratio']:.4g}; equal n exact "
-          f"{c['equal_n_exact']} one-pass {c['equal_n_one_pass']}")
+  for line in [records.compact_line(r) for r in runs] + [records.cross_check_line(c)
+                                                          for c in checks]:
+    print(line)
   print(f"total {total:.1f}s; wrote {out}/" + ", ".join(files))
 
 

@@ -48,3 +48,15 @@ def test_compact_record_and_cross_check_are_json_ready():
   assert x["y"]["max_ratio"] == 2.0 and x["engine"] == "causal"
   text = json.dumps(results.to_jsonable({"run": c, "check": x}))
   assert '"nan"' in text  # the NaN distance at n=40 is encoded, not dropped
+
+
+def test_console_lines_name_onsets_and_nonfinite_values():
+  rec = records.summarize(_raw(), np.asarray([10, 20, 30, 40]), 0)
+  rec.update(dtype="float16", pairs="a", engine="causal", seed=0, window="global")
+  c = records.compact(rec)
+  line = records.compact_line(c)
+  assert line.startswith("(a)") and "window=global" in line and "y: first equal n=30" in line
+  assert "nonfinite values=2 (from layer 0, y at 1 n)" in line
+  x = records.cross_check_line({**records.cross_check(c, dict(c, engine="causal")), "pairs": "a",
+                                "dtype": "float16"})
+  assert x.startswith("cross-check (a) float16: exact vs causal max distance ratio")
