@@ -49,7 +49,8 @@ class DecoderConfig:
       residual add (Gemma 2/3: z = v + norm(Attn(norm1(v))), v' = z + norm(MLP(norm2(z)))).
     vocab_size: > 0 for token-id input; 0 for raw-vector input ([B, N, D] floats).
     tie_embeddings: logits use the input embedding matrix transposed.
-    embed_scale: multiply embeddings by sqrt(d_model) rounded to the storage dtype (Gemma).
+    embed_scale: multiply embeddings by sqrt(d_model), a compute-dtype scalar rounded at the
+      policy's 'embed_scale' point (to storage in every preset; Gemma).
     init_var: variance of the Gaussian init of every weight; None = 1/d_model (the paper's
       C.3 init); e.g. 1.0 for Fig 10, 0.02^2 for converted checkpoints' fresh weights.
     query_scale: multiplier of q.k; None = 1/sqrt(head_dim).
@@ -112,10 +113,14 @@ class DecoderConfig:
         v = tuple(v)
       if v and len(v) != self.num_layers:
         bad(f"{name} has {len(v)} entries for {self.num_layers} layers")
-    if any(w is not None and int(w) < 1 for w in self.layer_windows):
-      bad(f"layer_windows entries must be >= 1 or None, got {self.layer_windows}")
-    if any(float(t) <= 0 for t in self.layer_rope_thetas):
-      bad(f"layer_rope_thetas must be > 0, got {self.layer_rope_thetas}")
+    if not all(w is None or (isinstance(w, int) and w >= 1) for w in self.layer_windows):
+      bad(f"layer_windows entries must be ints >= 1 or None, got {self.layer_windows}")
+    if not all(isinstance(t, (int, float)) and t > 0 for t in self.layer_rope_thetas):
+      bad(f"layer_rope_thetas must be numbers > 0, got {self.layer_rope_thetas}")
+    if self.layer_windows and self.sliding_window is not None:
+      bad("set sliding_window or layer_windows, not both (layer_windows would win)")
+    if self.layer_rope_thetas and self.pe != "rope":
+      bad(f"layer_rope_thetas needs pe='rope', not {self.pe!r}")
 
   @property
   def kv_heads(self) -> int:

@@ -506,7 +506,7 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str, capti
   """The sliding-window mitigation: for each (dtype, setting) panel, the distance of the
   final normalised output y (solid) and of the last layer's heads (mean over heads, dotted)
   against n, one colour per window mode (``windows``: 'native', 'global', a size), with its
-  bitwise-equal n as ticks on the floor line; a dotted vertical line where A_n becomes longer
+  bitwise-equal n as ticks on the floor line; a dash-dot vertical line where A_n becomes longer
   than a window of ``window_sizes``."""
   keys = [k for k in settings if any(r["pairs"] == k for r in runs)]
   dts = list(dict.fromkeys(r["dtype"] for r in runs))
@@ -519,7 +519,8 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str, capti
     for j, k in enumerate(keys):
       ax = axes[i, j]
       for w in windows:
-        for r in (r for r in runs if r["pairs"] == k and r["dtype"] == dt and r["window"] == w):
+        for r in (r for r in runs if r["pairs"] == k and r["dtype"] == dt and r["window"] == w
+                  and r["seed"] == runs[0]["seed"]):  # (b): the first digit seed
           n = np.asarray(r["lengths"])
           y = np.asarray(r["y"]["linf"], np.float64)
           heads = np.asarray(r["last_layer_heads"]["linf_mean"], np.float64)
@@ -535,13 +536,14 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str, capti
       for size in window_sizes:
         past = np.nonzero(a_len > size)[0]
         if past.size:
-          ax.axvline(runs[0]["lengths"][past[0]], color="0.4", lw=0.7, ls=":")
+          ax.axvline(runs[0]["lengths"][past[0]], color="0.4", lw=0.7, ls="-.")
       ax.axhline(floor, color="0.6", lw=0.6, ls="--")
       ax.set_yscale("log")
       ax.grid(True, which="both", alpha=0.25)
       ax.legend(fontsize=6.5, loc="best")
       ax.set_title(f"{settings[k].title} | {dt}", fontsize=8)
-      ax.set_xlabel("n (digit tokens in A_n); dotted line: A_n longer than the window", fontsize=7)
+      ax.set_xlabel("n (digit tokens in A_n); dash-dot line: A_n longer than the window",
+                    fontsize=7)
   axes[0, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$ (solid), last-layer heads (dotted)")
   import textwrap
   fig.suptitle(textwrap.fill(caption, 60 * len(keys) + 20) + "\nwindows: native = the model's "

@@ -163,7 +163,8 @@ def cross_check(exact: dict, one_pass: dict) -> dict:
 def compact_line(r: dict) -> str:
   """One console line for a compact record (:func:`compact`): onsets, minima, non-finite."""
   h, y, nf = r["last_layer_heads"], r["y"], r["nonfinite"]
-  where = (f" (from layer {nf['first_layer_with_nonfinite']}, y at {nf['n_with_nonfinite_y']} n)"
+  first = nf["first_layer_with_nonfinite"]
+  where = (f" ({f'from layer {first}, ' if first >= 0 else ''}y at {nf['n_with_nonfinite_y']} n)"
            if nf["total_values"] else "")
   return (f"({r['pairs']}) {r['dtype']:>14s} seed={r['seed']}"
           + (f" window={r['window']}" if "window" in r else "")

@@ -90,7 +90,7 @@ def main(argv):
   t_start = time.perf_counter()
   try:
     ckpt = checkpoints.load_model(F.model)
-  except (FileNotFoundError, ImportError) as e:  # not installed: one line with the command
+  except (OSError, ImportError, checkpoints.CheckpointError) as e:  # one line, no traceback
     sys.exit(f"error: {' '.join(str(e).split())}")
   logging.info("loaded %s in %.1fs", ckpt.label, time.perf_counter() - t_start)
   with cli.usage_errors():

@@ -226,12 +226,18 @@ def test_gemma3_config_rejects_what_it_does_not_handle():
   c = config_from_hf(base)  # transformers' defaults: 5 local layers then 1 global
   assert c.layer_windows == (16,) * 5 + (None,) and c.layer_rope_thetas == (1e4,) * 5 + (1e6,)
   assert c.qk_scale == 256 ** -0.5 and c.qk_norm and c.post_norms
+  c2 = config_from_hf({**base, "rope_local_base_freq": 50.0, "rope_theta": 7e5,
+                       "rope_parameters": {"sliding_attention": {"rope_type": "default"}}})
+  assert c2.layer_rope_thetas == (50.0,) * 5 + (7e5,)  # transformers' fallbacks
   for bad, msg in (({"attn_logit_softcapping": 50.0}, "softcapping"),
                    ({"final_logit_softcapping": 30.0}, "softcapping"),
                    ({"use_bidirectional_attention": True}, "bidirectional"),
                    ({"some_new_knob": 1}, r"\['some_new_knob'\] are neither handled"),
                    ({"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0},
                                          "sliding_attention": {}}}, "RoPE scaling"),
+                   ({"rope_parameters": {"full_attention": {"rope_type": "default"},
+                                         "sliding_attention": {"rope_type": "default"}},
+                     "rope_scaling": {"rope_type": "linear", "factor": 8.0}}, "RoPE scaling"),
                    ({"layer_types": ["full_attention"] * 5}, "layer_types")):
     with pytest.raises(CheckpointError, match=msg):
       config_from_hf({**base, **bad})

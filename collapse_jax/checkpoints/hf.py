@@ -45,16 +45,16 @@ GEMMA3_IGNORED = frozenset({
     "transformers_version", "architectures", "output_hidden_states", "output_attentions",
     "return_dict", "dtype", "torch_dtype", "chunk_size_feed_forward", "is_encoder_decoder",
     "id2label", "label2id", "problem_type", "initializer_range", "use_cache", "pad_token_id",
-    "eos_token_id", "bos_token_id", "attention_dropout", "_sliding_window_pattern",
-    "sliding_window_pattern", "_name_or_path", "model_type", "cache_implementation",
-    "rope_scaling", "rope_theta", "rope_local_base_freq"})  # the last three: see _gemma3
+    "eos_token_id", "bos_token_id", "attention_dropout", "_name_or_path", "model_type",
+    "cache_implementation"})
 GEMMA3_HANDLED = frozenset({
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
     "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_activation",
     "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
     "rope_parameters", "attention_bias", "mlp_bias", "query_pre_attn_scalar", "sliding_window",
     "layer_types", "final_logit_softcapping", "attn_logit_softcapping",
-    "use_bidirectional_attention"})
+    "use_bidirectional_attention", "rope_scaling", "rope_theta", "rope_local_base_freq",
+    "sliding_window_pattern", "_sliding_window_pattern"})
 
 
 class CheckpointError(ValueError):
@@ -74,7 +74,7 @@ def _rope_theta(cfg: Mapping) -> float:
 
 
 def config_from_hf(cfg: Mapping) -> DecoderConfig:
-  """DecoderConfig from a parsed HF config.json (Llama or Gemma v1)."""
+  """DecoderConfig from a parsed HF config.json (Llama, Gemma v1 or Gemma 3 text)."""
   mt = cfg.get("model_type")
   if mt not in SUPPORTED_MODEL_TYPES:
     raise CheckpointError(f"model_type {mt!r} is not supported; supported: "
@@ -124,24 +124,25 @@ def _gemma3(cfg: Mapping, common: dict) -> DecoderConfig:
     raise CheckpointError(f"Gemma 3 activation {act!r} is not supported (only gelu_pytorch_tanh)")
   L = common["num_layers"]
   types = list(cfg.get("layer_types") or [
-      "sliding_attention" if (i + 1) % int(cfg.get("sliding_window_pattern", 6)) else
+      "sliding_attention" if (i + 1) % int(cfg.get("sliding_window_pattern",
+                                                   cfg.get("_sliding_window_pattern", 6))) else
       "full_attention" for i in range(L)])
   if len(types) != L or set(types) - {"sliding_attention", "full_attention"}:
     raise CheckpointError(f"layer_types {types} is not {L} of sliding_attention/full_attention")
   window = cfg.get("sliding_window")
   if window is None and "sliding_attention" in types:
     raise CheckpointError("sliding_attention layers need sliding_window")
-  rp = cfg.get("rope_parameters") or {
-      "sliding_attention": {"rope_type": "default",
-                            "rope_theta": cfg.get("rope_local_base_freq", 10000.0)},
-      "full_attention": {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 1e6),
-                         **(cfg.get("rope_scaling") or {})}}
+  if cfg.get("rope_scaling"):  # transformers applies it to the global layers
+    raise CheckpointError(f"RoPE scaling {cfg['rope_scaling']!r} is not supported by the decoder")
+  rp = cfg.get("rope_parameters") or {}
+  fallback = {"sliding_attention": cfg.get("rope_local_base_freq", 10000.0),
+              "full_attention": cfg.get("rope_theta", 1e6)}  # transformers' own fallbacks
   thetas = {}
   for kind in ("sliding_attention", "full_attention"):
     p = rp.get(kind) or {}
     if p.get("rope_type", "default") != "default" or p.get("factor", 1.0) != 1.0:
       raise CheckpointError(f"RoPE scaling {p!r} ({kind}) is not supported by the decoder")
-    thetas[kind] = float(p.get("rope_theta", 10000.0 if kind == "sliding_attention" else 1e6))
+    thetas[kind] = float(p.get("rope_theta", fallback[kind]))
   common = dict(common, rope_theta=thetas["full_attention"])
   return DecoderConfig(
       mlp="geglu", norm="gemma_rmsnorm", embed_scale=True, qk_norm=True, post_norms=True,

@@ -111,6 +111,9 @@ def gemma_merges(tokens: list[str]) -> list[tuple[str, str]]:
 
 
 def _gemma_tokenizer(md: Mapping[str, Any]):
+  for key in ("tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix"):
+    if md.get(key):
+      raise ValueError(f"{key}=True is not supported by the Gemma tokenizer builder")
   t = _tokenizers()
   raw = list(md["tokenizer.ggml.tokens"])
   types = list(md.get("tokenizer.ggml.token_type") or [1] * len(raw))
@@ -133,7 +136,7 @@ def _gemma_tokenizer(md: Mapping[str, Any]):
     bos = tokens[int(md.get("tokenizer.ggml.bos_token_id", 2))]
     bos_id = int(md.get("tokenizer.ggml.bos_token_id", 2))
     tok.post_processor = t.processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, bos_id)])
+        single=f"{bos} $A", special_tokens=[(bos, bos_id)])
   return tok
 
 
