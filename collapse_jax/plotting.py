@@ -532,6 +532,13 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str, capti
           ax.plot(n, np.where(y > 0, y, np.nan), color=colors[w], lw=1.1, label=label)
           ax.plot(n, np.where(heads > 0, heads, np.nan), color=colors[w], lw=0.8, ls=":")
           equal_ticks(ax, n, equal, floor, colors[w], ms=7)
+      shown = [r for r in runs if r["pairs"] == k and r["dtype"] == dt]
+      if shown and all(r["y"]["nonfinite_n"] == len(r["lengths"]) for r in shown):
+        first = min(r["nonfinite"]["first_layer_with_nonfinite"] for r in shown)
+        ax.text(0.5, 0.5, f"y non-finite at every n in every mode\n(overflow: first non-finite "
+                f"residual at layer {first}; never counted as equal)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=8, color="C3")
+        ax.set_xlim(runs[0]["lengths"][0], runs[0]["lengths"][-1])
       a_len = settings[k].lengths_ab(np.asarray(runs[0]["lengths"]))[0]
       for size in window_sizes:
         past = np.nonzero(a_len > size)[0]
