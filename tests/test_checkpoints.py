@@ -497,6 +497,7 @@ def gemma3_golden():
 
 
 @needs_gemma3
+@pytest.mark.slow  # CI's slow step: ~100 s, mostly reading the 262k-token metadata
 def test_gemma3_config_and_gguf_conventions(gemma3):
   """The file's architecture as documented (issue 11's table), Gemma 3's defaults for what it
   omits, and the GGUF conventions: norms stored as 1 + w, Q/K rows not permuted."""
@@ -536,6 +537,7 @@ def _gemma3_forward(gemma3, ids, layers=None):
 
 
 @needs_gemma3
+@pytest.mark.slow  # CI's slow step: ~100 s, mostly reading the 262k-token metadata
 def test_gemma3_float32_matches_transformers(gemma3, gemma3_golden):
   """Four prompts (one of 824 tokens: past the 512 window) in one right-padded batch.
   Measured (jax 0.10.2 CPU vs transformers 5.23 / torch 2.13 CPU): max abs dy 1.5e-4, residual
@@ -567,6 +569,7 @@ def test_gemma3_float32_matches_transformers(gemma3, gemma3_golden):
 
 
 @needs_gemma3
+@pytest.mark.slow  # CI's slow step: ~100 s, mostly reading the 262k-token metadata
 def test_gemma3_qk_rows_are_not_permuted(gemma3, gemma3_golden):
   """After 2 layers the long prompt's last position matches transformers with the file's Q/K
   rows as they are; un-permuting them the llama way (a wrong reading) is far off."""
@@ -595,6 +598,7 @@ def test_gemma3_qk_rows_are_not_permuted(gemma3, gemma3_golden):
 
 
 @needs_gemma3
+@pytest.mark.slow  # CI's slow step: ~100 s, mostly reading the 262k-token metadata
 @needs_tokenizers
 def test_gemma3_tokenizer_matches_transformers(gemma3):
   """Digits, spaces, newlines, commas, unicode, control tokens: the same ids as transformers'

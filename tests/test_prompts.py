@@ -176,6 +176,7 @@ def gemma_tok():
   return load_tokenizer(find_gemma3_gguf())
 
 
+@pytest.mark.slow  # CI's slow step (building Gemma's tokenizer takes ~26 s)
 def test_plain_prompts_for_gemma3(gemma_tok):
   """'<bos>{question} {digits}\\nAnswer:': BOS first, the space before the digits its own
   token, every digit one token, the cue 3 tokens; the token pairs are the tokenizations of the
