@@ -179,8 +179,10 @@ def window_modes(values: Sequence[str] | str) -> list[str]:
   if len(set(out)) != len(out):
     raise ValueError(f"--windows repeats a mode: {','.join(out)}")
   for v in out:
-    if v not in ("native", "global") and not (v.isdigit() and int(v) >= 1):
-      raise ValueError(f"--windows takes native, global or a window size >= 1, got {v!r}")
+    try:
+      config_lib.window_mode(v)
+    except ValueError:
+      raise ValueError(f"--windows takes native, global or a window size >= 1, got {v!r}") from None
   return out
 
 

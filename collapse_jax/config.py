@@ -19,6 +19,20 @@ def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> None:
     raise ValueError(f"{what} {bad} outside the model vocabulary [0, {vocab_size})")
 
 
+def window_mode(mode: str | int) -> str | int:
+  """A window mode of :meth:`DecoderConfig.with_windows`, validated: 'native', 'global' or a
+  window size >= 1 (an int or its digits; returned as an int). ValueError otherwise."""
+  if mode in ("native", "global"):
+    return mode
+  if isinstance(mode, str) and mode.isdigit():
+    mode = int(mode)
+  if not isinstance(mode, int) or isinstance(mode, bool):
+    raise ValueError(f"window mode must be 'native', 'global' or a window size, got {mode!r}")
+  if mode < 1:
+    raise ValueError(f"a window must be >= 1 token, got {mode}")
+  return mode
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
   """Architecture of the decoder (model.Decoder). Validated on construction.
@@ -154,21 +168,11 @@ class DecoderConfig:
     """The same model with its attention windows changed (the layers keep their RoPE bases):
     'native' = as configured; 'global' = no window in any layer; an int w (or its string) =
     every layer attends to a window of w (Gemma 3's mitigation study, issue 11)."""
-    L = self.num_layers
+    mode = window_mode(mode)
     if mode == "native":
       return self
-    thetas = self.layer_rope_thetas or ()
-    if mode == "global":
-      return self.replace(sliding_window=None, layer_windows=(None,) * L,
-                          layer_rope_thetas=thetas)
-    try:
-      w = int(mode)
-    except (TypeError, ValueError):
-      raise ValueError(f"window mode must be 'native', 'global' or a window size, got "
-                       f"{mode!r}") from None
-    if w < 1:
-      raise ValueError(f"a window must be >= 1 token, got {w}")
-    return self.replace(sliding_window=None, layer_windows=(w,) * L, layer_rope_thetas=thetas)
+    w = None if mode == "global" else mode
+    return self.replace(sliding_window=None, layer_windows=(w,) * self.num_layers)
 
   @property
   def windowed(self) -> bool:

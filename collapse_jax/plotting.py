@@ -16,6 +16,7 @@ Figures are closed after saving."""
 from __future__ import annotations
 
 import os
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -552,7 +553,6 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str, capti
       ax.set_xlabel("n (digit tokens in A_n); dash-dot line: A_n longer than the window",
                     fontsize=7)
   axes[0, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$ (solid), last-layer heads (dotted)")
-  import textwrap
   fig.suptitle(textwrap.fill(caption, 60 * len(keys) + 20) + "\nwindows: native = the model's "
                "local/global layers, global = no window, a size = every layer that window",
                fontsize=8)

