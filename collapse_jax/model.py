@@ -34,6 +34,8 @@ Intermediates (``collect``) come from the same forward, never a second copy:
     'attn_weights'  [L, B, H, N, M]    attention matrices (M = cache + N keys)
     'kv'            [L, B, N, KV, Dh]  keys (post-RoPE) and values, for a KV cache
     'logits'        [B, N, V]          (token models)
+    'last_logits'   [B, V]             the logits of the last row only (token models): what
+                                       generation needs, without a [B, N, V] array
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
 QUERY_AXIS = "query_chunks"  # the mesh axis over which query chunks are spread
-COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", "kv", "logits")
+COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", "kv", "logits",
+               "last_logits")
 
 
 def _normal(var: float):
@@ -327,14 +330,18 @@ class Decoder(nn.Module):
       out["attn_weights"] = jnp.stack(weights)
     if "kv" in self.collect:
       out["k"], out["v"] = jnp.stack(ks), jnp.stack(vs)
-    if "logits" in self.collect:
-      if not cfg.vocab_size:
-        raise ValueError("'logits' needs a token model (vocab_size > 0)")
+    wants = [k for k in ("logits", "last_logits") if k in self.collect]
+    if wants and not cfg.vocab_size:
+      raise ValueError(f"{wants[0]!r} needs a token model (vocab_size > 0)")
+    if wants and not cfg.tie_embeddings:
+      w = self.param("lm_head", lambda k, s: {"kernel": init(k, s)}, (cfg.d_model, cfg.vocab_size))
+    for key in wants:  # the same dot and rounding point for all rows or the last one
+      y_rows = y if key == "logits" else y[:, -1:]
       if cfg.tie_embeddings:
-        out["logits"] = pol.round(pol.dot("bnd,vd->bnv", y, table["embedding"]), "logits")
+        lg = pol.round(pol.dot("bnd,vd->bnv", y_rows, table["embedding"]), "logits")
       else:
-        w = self.param("lm_head", lambda k, s: {"kernel": init(k, s)}, (cfg.d_model, cfg.vocab_size))
-        out["logits"] = pol.round(pol.dot("bnd,dv->bnv", y, w["kernel"]), "logits")
+        lg = pol.round(pol.dot("bnd,dv->bnv", y_rows, w["kernel"]), "logits")
+      out[key] = lg if key == "logits" else lg[:, 0]
     return out
 
 

@@ -31,6 +31,10 @@ import pytest
 from collapse_jax import model
 from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import get_policy
+try:  # rootdir import (pytest's rootdir on sys.path) or package import
+  from tiny_hf import tiny_hf
+except ImportError:
+  from tests.tiny_hf import tiny_hf
 
 GOLDENS = Path(__file__).parent / "goldens"
 F32 = get_policy("float32")
@@ -252,42 +256,12 @@ def test_missing_smollm2_is_a_clear_error(monkeypatch):
 
 # -- (c): tiny HF Llama / Gemma built by transformers ------------------------------------------
 
-def _tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
-  import torch
-  import transformers
-  torch.manual_seed(0)
-  common = dict(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                rms_norm_eps=1e-6)
-  if kind == "llama":
-    cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=5000.0, **common)
-    m = transformers.LlamaForCausalLM(cfg)
-  elif kind == "gemma3":  # 3 layers: local (window 5), local, global; own RoPE bases
-    cfg = transformers.Gemma3TextConfig(
-        head_dim=16, query_pre_attn_scalar=24, sliding_window=5, sliding_window_pattern=3,
-        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
-                         "full_attention": {"rope_type": "default", "rope_theta": 5e4}},
-        **{**common, "num_hidden_layers": 3, "num_key_value_heads": 1})
-    m = transformers.Gemma3ForCausalLM(cfg)
-  else:  # Gemma: head_dim (16) != hidden/heads (12), like Gemma 7B (256 vs 3072/16=192)
-    cfg = transformers.GemmaConfig(head_dim=16, hidden_activation="gelu_pytorch_tanh",
-                                   tie_word_embeddings=True, **common)
-    m = transformers.GemmaForCausalLM(cfg)
-  with torch.no_grad():  # random norms (HF inits them to 1 / 0) so the norm weights matter
-    for name, p in m.named_parameters():
-      if name.endswith("norm.weight"):
-        p.copy_(0.5 * torch.randn_like(p) + (1.0 if kind == "llama" else 0.0))
-  m = m.eval().to(getattr(torch, dtype))
-  m.save_pretrained(tmp_path, safe_serialization=True)
-  return m.float()
-
-
 @needs_torch_hf
 @pytest.mark.parametrize("kind", ["llama", "gemma", "gemma3"])
 def test_hf_checkpoint_matches_transformers(kind, tmp_path):
   import torch
   from collapse_jax.checkpoints.hf import load_hf_checkpoint
-  m = _tiny_hf(kind, tmp_path)
+  m = tiny_hf(kind, tmp_path)
   cfg, params = load_hf_checkpoint(tmp_path)
   assert cfg.rope_layout == "half" and cfg.dh == (12 if kind == "llama" else 16)
   if kind == "gemma3":
@@ -316,7 +290,7 @@ def test_hf_checkpoint_matches_transformers(kind, tmp_path):
 def test_hf_bfloat16_safetensors(tmp_path):
   """bf16 checkpoints (Gemma 7B ships bf16): numpy has no bfloat16, read via ml_dtypes."""
   from collapse_jax.checkpoints.hf import load_hf_checkpoint
-  m = _tiny_hf("gemma", tmp_path, dtype="bfloat16")
+  m = tiny_hf("gemma", tmp_path, dtype="bfloat16")
   _, params = load_hf_checkpoint(tmp_path)
   ref = m.model.layers[1].self_attn.q_proj.weight.detach().numpy()  # bf16 values, as f32
   assert params["layer_1"]["attn"]["q"].dtype == np.float32

@@ -1,0 +1,274 @@
+"""Greedy decoding and answer log-probabilities in the one decoder, under any precision policy.
+
+Words (used here and in :mod:`collapse_jax.tasks`):
+
+  prompt        a list of token ids (BOS included where the model wants one).
+  B, P, S       batch (prompts decoded together), the bucketed prompt length, cache slots.
+  left padding  the prompts of a batch are left-padded to P: row i's tokens sit in slots
+                [P - len_i, P) with positions 0..len_i-1; pad slots are invalid keys (never
+                attended: ``Policy.softmax`` gives them weight exactly 0), so a row's values
+                do not depend on the other rows' lengths, mathematically.
+  cache         {'k', 'v': [L, B, S, KV, Dh] (storage dtype: keys after RoPE, rounded at
+                'rope'; values rounded at 'qkv'), 'pos': int32 [B, S], 'valid': bool [B, S]},
+                preallocated. The prefill fills slots [0, P); decode step t writes slot P + t.
+  step          one new token per row: the decoder's cache path (``model.forward(cache=)``),
+                attending to the S cache slots (the unfilled ones invalid) plus itself.
+  greedy        the next token is the argmax of the last row's logits as the policy stores
+                them (rounded at 'logits'); ties go to the lowest id (``jnp.argmax``).
+
+Compiles: the prefill once per (policy, B, P, S), the decode program (``block_steps`` steps
+in one device loop) once per (policy, B, S)
+(``bucket`` rounds P and S up to a power of two, so a sweep over prompt lengths reuses a few
+programs). A row stops after it emits a stop id or its decoded text contains a stop string
+(the stopping token is kept, as HF transformers' ``generate`` keeps its EOS), or after
+``max_new_tokens``; the batch stops when every row has.
+
+The cached step is the same function as an uncached forward over the whole sequence, but
+its dots have other shapes, so low bits can differ (tests/test_generate.py states the
+tolerance, and checks every greedy token against fresh forwards).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from collapse_jax import model as model_lib
+from collapse_jax.config import DecoderConfig
+from collapse_jax.precision import Policy
+
+
+def bucket(n: int, minimum: int = 64) -> int:
+  """n rounded up to a power of two, and at least ``minimum``: every distinct bucket is one
+  compile of a real model's 30-layer program (seconds each on a CPU), which costs more than
+  the padded rows."""
+  return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
+
+
+@dataclasses.dataclass
+class Generation:
+  """What :func:`run` returns. ``ids``: the new token ids per prompt; ``stop``: why each row
+  stopped ('stop_id', 'stop_string' or 'length'); P / S: prompt bucket and cache slots;
+  ``prefill_s`` / ``decode_s``: wall time (compiles included on first use); ``steps``: decode
+  steps run, in whole blocks (the first new token comes from the prefill)."""
+  ids: list
+  stop: list
+  P: int
+  S: int
+  prefill_s: float
+  decode_s: float
+  steps: int
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
+  """The jitted prefill and decode step of one (config, policy)."""
+
+  def prefill(params, tokens_BP, pos_BP, valid_BP, S):
+    out = model_lib.forward(cfg, pol, params, tokens_BP, positions=pos_BP, key_valid=valid_BP,
+                            collect=("kv", "last_logits"), query_chunk=query_chunk)
+    pad = S - tokens_BP.shape[1]
+    slots = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
+    cache = {"k": slots(out["k"]), "v": slots(out["v"]),
+             "pos": jnp.pad(pos_BP, ((0, 0), (0, pad))),
+             "valid": jnp.pad(valid_BP, ((0, 0), (0, pad)))}
+    logits = out["last_logits"]
+    return cache, jnp.argmax(logits, -1).astype(jnp.int32), logits
+
+  def step(params, cache, tok_B, pos_B, slot):
+    out = model_lib.forward(cfg, pol, params, tok_B[:, None], positions=pos_B[:, None],
+                            cache=cache, collect=("kv", "last_logits"))
+    put = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2)
+    cache = {"k": put(cache["k"], out["k"]), "v": put(cache["v"], out["v"]),
+             "pos": cache["pos"].at[:, slot].set(pos_B),
+             "valid": cache["valid"].at[:, slot].set(True)}
+    return cache, jnp.argmax(out["last_logits"], -1).astype(jnp.int32)
+
+  def steps(params, cache, tok_B, pos_B, slot, K):
+    """K decode steps in one program (a loop on the device): the weights' blocked layout
+    (``precision.blocked_einsum`` pads them) is loop-invariant, so XLA computes it once per
+    call instead of once per token. Returns the cache and the K new tokens [K, B]."""
+    def body(i, carry):
+      cache, tok, toks = carry
+      cache, tok = step(params, cache, tok, pos_B + i, slot + i)
+      return cache, tok, toks.at[i].set(tok)
+    init = (cache, tok_B, jnp.zeros((K,) + tok_B.shape, jnp.int32))
+    cache, _, toks = jax.lax.fori_loop(0, K, body, init)
+    return cache, toks
+
+  return (jax.jit(prefill, static_argnums=4),
+          jax.jit(steps, static_argnums=5, donate_argnums=1))
+
+
+def _check_prompts(cfg: DecoderConfig, prompts: Sequence[Sequence[int]]) -> list:
+  if not cfg.vocab_size:
+    raise ValueError("generation needs a token model (vocab_size > 0)")
+  if len(prompts) == 0 or any(len(p) == 0 for p in prompts):
+    raise ValueError("generation needs at least one prompt, each of at least one token")
+  out = [np.asarray(p, np.int64) for p in prompts]
+  for p in out:
+    cfg.check_token_ids(p, "prompt tokens")
+  return out
+
+
+def prefill(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[int]],
+            slots: int, *, query_chunk: int | None = None):
+  """Left-pad ``prompts`` to P = bucket(longest) and run them once.
+
+  Returns (cache with S = max(slots, P) slots, next ids int32 [B] (greedy), last-row logits
+  [B, V] as stored, lengths [B], P)."""
+  prompts = _check_prompts(cfg, prompts)
+  lengths = np.asarray([len(p) for p in prompts])
+  P = bucket(int(lengths.max()))
+  B = len(prompts)
+  tokens, pos = np.zeros((B, P), np.int32), np.zeros((B, P), np.int32)
+  valid = np.zeros((B, P), bool)
+  for i, p in enumerate(prompts):
+    tokens[i, P - len(p):], pos[i, P - len(p):], valid[i, P - len(p):] = p, np.arange(len(p)), True
+  fill, _ = _programs(cfg, policy, query_chunk)
+  cache, nxt, logits = fill(params, tokens, pos, valid, max(int(slots), P))
+  return cache, nxt, logits, lengths, P
+
+
+def run(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[int]],
+        max_new_tokens: int, *, stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
+        decode: Callable[[list], str] | None = None, query_chunk: int | None = None,
+        block_steps: int = 8) -> Generation:
+  """Batched greedy decoding (see the module docstring). ``params``: cast by
+  ``policy.cast_params``. ``decode`` (ids -> text) is needed for ``stop_strings``.
+  ``query_chunk``: the prefill's attention in chunks of query rows (long prompts).
+  ``block_steps``: decode steps per device program (a row's tokens after its stop are
+  computed and dropped; at most block_steps - 1 extra steps per call)."""
+  if block_steps < 1:
+    raise ValueError(f"block_steps must be >= 1, got {block_steps}")
+  if max_new_tokens < 0:
+    raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+  if stop_strings and decode is None:
+    raise ValueError("stop_strings need decode= (token ids -> text)")
+  prompts = _check_prompts(cfg, prompts)
+  B = len(prompts)
+  if max_new_tokens == 0:
+    return Generation([[] for _ in prompts], ["length"] * B, 0, 0, 0.0, 0.0, 0)
+  t0 = time.perf_counter()
+  K = int(block_steps)
+  P = bucket(max(len(p) for p in prompts))
+  S = bucket(P + -(-(max_new_tokens - 1) // K) * K)  # room for whole blocks of steps
+  cache, nxt, _, lengths, P = prefill(cfg, policy, params, prompts, S, query_chunk=query_chunk)
+  pending = [np.asarray(nxt)]  # tokens not yet read, one [B] array per step
+  t1 = time.perf_counter()
+  _, steps = _programs(cfg, policy, query_chunk)
+  ids, stop = [[] for _ in range(B)], [None] * B
+  stops = set(int(i) for i in stop_ids)
+  t = n_steps = 0
+  while True:
+    for tok in pending:
+      t += 1
+      for i in range(B):
+        if stop[i] is None:
+          ids[i].append(int(tok[i]))
+          if ids[i][-1] in stops:
+            stop[i] = "stop_id"
+          elif stop_strings and any(s in decode(ids[i]) for s in stop_strings):
+            stop[i] = "stop_string"
+          elif len(ids[i]) == max_new_tokens:
+            stop[i] = "length"
+      if all(s is not None for s in stop):
+        break
+    if all(s is not None for s in stop):
+      break
+    last = pending[-1]
+    cache, toks = steps(params, cache, jnp.asarray(last, jnp.int32),
+                        jnp.asarray(lengths + t - 1, jnp.int32), P + t - 1, K)
+    pending = list(np.asarray(toks))
+    n_steps += K
+  t2 = time.perf_counter()
+  return Generation(ids, stop, P, S, t1 - t0, t2 - t1, n_steps)
+
+
+def greedy(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[int]],
+           max_new_tokens: int, stop_ids: Sequence[int] = (), **kw) -> list:
+  """The new token ids per prompt (list of lists), greedy; keywords as :func:`run`."""
+  return run(cfg, policy, params, prompts, max_new_tokens, stop_ids=stop_ids, **kw).ids
+
+
+# -- answer log-probabilities ---------------------------------------------------------------
+
+SCORE_ROWS = 16  # continuations scored per batched pass (one compile per (P, T))
+
+
+@dataclasses.dataclass
+class Context:
+  """A prefilled prompt (batch 1) that many continuations are scored against:
+  ``cache`` (P slots), ``logits`` [V] of its last row as stored, ``length`` its tokens."""
+  cache: dict
+  logits: jax.Array
+  length: int
+
+
+def context(cfg: DecoderConfig, policy: Policy, params, prompt: Sequence[int], *,
+            query_chunk: int | None = None) -> Context:
+  """Run ``prompt`` once (:func:`prefill`) for :func:`score`."""
+  cache, _, logits, lengths, _ = prefill(cfg, policy, params, [prompt], 0,
+                                         query_chunk=query_chunk)
+  return Context(cache, logits[0], int(lengths[0]))
+
+
+@functools.lru_cache(maxsize=32)
+def _score_fn(cfg: DecoderConfig, pol: Policy):
+
+  @jax.jit
+  def score(params, cache, first_logits_V, conts_CT, len_C, pos0, next_ids_M):
+    C, T = conts_CT.shape
+    c = {"k": jnp.broadcast_to(cache["k"], cache["k"].shape[:1] + (C,) + cache["k"].shape[2:]),
+         "v": jnp.broadcast_to(cache["v"], cache["v"].shape[:1] + (C,) + cache["v"].shape[2:]),
+         "pos": jnp.broadcast_to(cache["pos"], (C,) + cache["pos"].shape[1:]),
+         "valid": jnp.broadcast_to(cache["valid"], (C,) + cache["valid"].shape[1:])}
+    pos = jnp.broadcast_to(pos0 + jnp.arange(T, dtype=jnp.int32), (C, T))
+    valid = jnp.arange(T)[None, :] < len_C[:, None]
+    out = model_lib.forward(cfg, pol, params, conts_CT, positions=pos, key_valid=valid, cache=c,
+                            collect=("logits",))
+    # the distribution before each continuation token: the prompt's, then each row's own
+    first = jnp.broadcast_to(first_logits_V, (C, 1, first_logits_V.shape[-1]))
+    lp = jax.nn.log_softmax(jnp.concatenate([first, out["logits"]], 1).astype(jnp.float32), -1)
+    tok = jnp.take_along_axis(lp[:, :T], conts_CT[..., None], -1)[..., 0]
+    tok = jnp.where(valid, tok, 0.0).sum(-1)                              # [C]
+    after = jnp.take_along_axis(lp, len_C[:, None, None], 1)[:, 0]        # [C, V]
+    nxt = after[:, next_ids_M]                                             # [C, M]
+    rest = jax.nn.logsumexp(after.at[:, next_ids_M].set(-jnp.inf), -1)     # [C]
+    return tok, nxt, rest
+
+  return score
+
+
+def score(cfg: DecoderConfig, policy: Policy, params, ctx: Context,
+          continuations: Sequence[Sequence[int]], next_ids: Sequence[int], *,
+          pad_to: int | None = None):
+  """Teacher-forced log-probabilities of ``continuations`` (token lists; empty allowed)
+  after a prefilled prompt, in batched passes over its cache (:data:`SCORE_ROWS` at a time).
+
+  Returns float64 arrays: ``tokens`` [C] = sum_t log p(c_t | prompt, c_<t); ``next`` [C, M] =
+  log p(next_ids[m] | prompt, c); ``rest`` [C] = log p(next token not in next_ids | prompt,
+  c), summed in float32 over the other ids (no 1 - p cancellation). Log-softmax is taken in
+  float32 on the logits as the policy stores them. ``pad_to``: pad to this many tokens (one
+  compile for every call with the same bucket)."""
+  if len(continuations) == 0:
+    raise ValueError("score needs at least one continuation")
+  T = max(pad_to or 1, max(len(c) for c in continuations), 1)
+  conts = np.zeros((len(continuations), T), np.int32)
+  for i, c in enumerate(continuations):
+    cfg.check_token_ids(c, "continuation tokens")
+    conts[i, :len(c)] = c
+  lens = np.asarray([len(c) for c in continuations], np.int32)
+  fn, ids = _score_fn(cfg, policy), jnp.asarray(list(next_ids), jnp.int32)
+  parts = []
+  for a in range(0, len(conts), SCORE_ROWS):
+    rows = np.arange(a, a + SCORE_ROWS) % len(conts)  # a short last chunk repeats rows
+    parts.append(fn(params, ctx.cache, ctx.logits, conts[rows], lens[rows],
+                    jnp.int32(ctx.length), ids))
+  cat = lambda j: np.concatenate([np.asarray(p[j], np.float64) for p in parts])[:len(conts)]
+  return cat(0), cat(1), cat(2)

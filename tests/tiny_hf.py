@@ -1,0 +1,36 @@
+"""Tiny random Hugging Face checkpoints built by transformers (test helper, needs torch):
+Llama, Gemma (head_dim != hidden/heads) and Gemma 3 (windows 5/5/global, own RoPE bases),
+with random norm weights, saved as safetensors to a directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  common = dict(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                rms_norm_eps=1e-6)
+  if kind == "llama":
+    cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=5000.0, **common)
+    m = transformers.LlamaForCausalLM(cfg)
+  elif kind == "gemma3":  # 3 layers: local (window 5), local, global; own RoPE bases
+    cfg = transformers.Gemma3TextConfig(
+        head_dim=16, query_pre_attn_scalar=24, sliding_window=5, sliding_window_pattern=3,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                         "full_attention": {"rope_type": "default", "rope_theta": 5e4}},
+        **{**common, "num_hidden_layers": 3, "num_key_value_heads": 1})
+    m = transformers.Gemma3ForCausalLM(cfg)
+  else:  # Gemma: head_dim (16) != hidden/heads (12), like Gemma 7B (256 vs 3072/16=192)
+    cfg = transformers.GemmaConfig(head_dim=16, hidden_activation="gelu_pytorch_tanh",
+                                   tie_word_embeddings=True, **common)
+    m = transformers.GemmaForCausalLM(cfg)
+  with torch.no_grad():  # random norms (HF inits them to 1 / 0) so the norm weights matter
+    for name, p in m.named_parameters():
+      if name.endswith("norm.weight"):
+        p.copy_(0.5 * torch.randn_like(p) + (1.0 if kind == "llama" else 0.0))
+  m = m.eval().to(getattr(torch, dtype))
+  m.save_pretrained(tmp_path, safe_serialization=True)
+  return m.float()
