@@ -126,3 +126,8 @@ def write_csv(path: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[st
   for r in rows:
     w.writerow({k: to_jsonable(v) for k, v in r.items()})
   _atomic_write(path, buf.getvalue())
+
+
+def write_jsonl(path: str, rows: Iterable[Any]) -> None:
+  """Atomic JSON-lines write: one JSON object per row."""
+  _atomic_write(path, "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))

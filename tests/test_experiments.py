@@ -373,3 +373,36 @@ def test_isa_probe_end_to_end(tmp_path):
                       f"--out={out}"], cwd=REPO, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-3000:]
   assert json.loads((out / "results.json").read_text()) and (out / "isa.png").exists()
+
+
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow)
+def test_tasks_end_to_end(tmp_path):
+  """Two tasks (one a bridge task, one seeded count task in two modes), two n, float32."""
+  out = tmp_path / "run"
+  cmd = [sys.executable, "-m", "experiments.tasks", "--task=count_ones,count_bernoulli",
+         "--mode=direct,cot_no_shot", "--lengths=3,6", "--samples=2", "--dtype=float32",
+         "--max_new_tokens=6", "--batch=4", f"--out={out}"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for f in ("samples.jsonl", "results.json", "tasks_accuracy.png", "tasks_counts.png",
+            "tasks_bridge.png"):
+    assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+  samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+  res = json.loads((out / "results.json").read_text())
+  # count_ones: n and the bridge's n + 1 (direct), n only for CoT; count_bernoulli: 2 samples
+  keys = {(s["task"], s["mode"], s["n"], s["sample"]) for s in samples}
+  assert keys == ({("count_ones", "direct", n, 0) for n in (3, 4, 6, 7)}
+                  | {("count_ones", "cot_no_shot", n, 0) for n in (3, 6)}
+                  | {("count_bernoulli", m, n, s) for m in ("direct", "cot_no_shot")
+                     for n in (3, 6) for s in (0, 1)})
+  for s in samples:
+    assert 1 <= s["new_tokens"] <= 6 and s["dtype"] == "float32"
+    assert s["correct_flexible"] == (s["flexible"] == s["answer"])
+    assert s["logp_best_wrong"] <= max(t[1] for t in s["top"]) + 1e-12
+    assert abs(s["margin"] - (s["logp_correct"] - s["logp_best_wrong"])) < 1e-9
+  assert {(r["task"], r["mode"], r["n"]) for r in res["summary"]} >= {
+      ("count_bernoulli", "cot_no_shot", 6)}
+  row = next(r for r in res["summary"] if r["task"] == "count_bernoulli" and r["n"] == 6)
+  assert row["samples"] == 2 and 0 <= row["flexible"]["lo"] <= row["flexible"]["hi"] <= 1
+  assert [b["n"] for b in res["bridge"]] == [3, 6]
+  assert all(b["y_linf"] > 0 and b["task"] == "count_ones" for b in res["bridge"])

@@ -1,0 +1,183 @@
+"""The task harness: ask a real model the paper's copy and count tasks (collapse_jax/tasks.py
+holds the words), under each precision policy, and tie its answers to the measured collapse.
+
+  evaluate(ckpt, policies, tasks, modes, ns, ...) -> {'samples', 'summary', 'bridge'}
+
+* samples  one record per (task, mode, dtype, n, sample) (bridge tasks: n and n + 1): the prompt's size, the greedy
+           output (collapse_jax.generate), the strict and flexible answers, and the answer
+           preference at the slot (tasks.preference: log p of the correct and best wrong
+           numbers, margin).
+* summary  one row per (task, mode, dtype, n): strict and flexible accuracy with 95% Wilson
+           intervals, the mean / min / max margin.
+* bridge   for the tasks of tasks.BRIDGE_TASKS in the run (direct mode): per (task, dtype, n)
+           the last-token distance between the slot contexts of n and n + 1, from the sweep
+           engines (``engines.run``, exact engine: the compared token is the slot's last
+           token, so no one-pass form holds), next to whether the two prompts' greedy outputs
+           and margins are identical.
+
+Prompts of one (dtype, task, mode) are decoded together in batches of ``batch``, sorted by
+length. A prompt asked twice (the bridge's n + 1 is often a grid n) is run once.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from collapse_jax import engines, generate, tasks
+
+DIRECT_TOKENS, COT_TOKENS = 24, 192  # default max_new_tokens per mode
+
+
+def stop_ids(ckpt) -> list[int]:
+  """The model's EOS and end-of-turn ids (those its vocabulary has)."""
+  tok = ckpt.tokenizer
+  ids = {int(ckpt.metadata["tokenizer.ggml.eos_token_id"])}
+  for name in ("<|im_end|>", "<end_of_turn>", "<eos>", "<|endoftext|>"):
+    i = tok.token_to_id(name)
+    if i is not None:
+      ids.add(int(i))
+  return sorted(ids)
+
+
+def _max_new(mode: str, max_new_tokens: int | None) -> int:
+  return max_new_tokens or (DIRECT_TOKENS if mode == "direct" else COT_TOKENS)
+
+
+class _Runner:
+  """Greedy outputs and preferences of items under one policy, memoized by prompt."""
+
+  def __init__(self, ckpt, policy, max_new_tokens, batch):
+    self.ckpt, self.policy, self.batch = ckpt, policy, batch
+    self.params = policy.cast_params(ckpt.params)
+    self.max_new, self.done = max_new_tokens, {}
+    self.digits = tasks.digit_ids(ckpt.tokenizer)
+    self.stops = stop_ids(ckpt)
+    self.stop_strings = ("\n\n",) if ckpt.prompt_format == "plain" else ()
+
+  def record(self, item: tasks.Item) -> dict:
+    return self.done[(item.mode, item.ids)]
+
+  def run(self, items: Sequence[tasks.Item]) -> list[dict]:
+    todo = sorted({(it.mode, it.ids): it for it in items
+                   if (it.mode, it.ids) not in self.done}.values(), key=lambda it: len(it.ids))
+    cfg, tok = self.ckpt.config, self.ckpt.tokenizer
+    B = self.batch  # one batch size for every call (a short chunk is padded): one compile
+    for a in range(0, len(todo), B):
+      chunk = todo[a:a + B]
+      rows = [list(it.ids) for it in chunk] + [list(chunk[-1].ids)] * (B - len(chunk))
+      g = generate.run(cfg, self.policy, self.params, rows,
+                       _max_new(chunk[0].mode, self.max_new), stop_ids=self.stops,
+                       stop_strings=self.stop_strings, decode=tok.decode)
+      for it, ids, why in zip(chunk, g.ids, g.stop):
+        text = tok.decode(ids)
+        got = tasks.extract(it.task, text)
+        ctx = tasks.slot_context(tok, it, text)
+        pref = tasks.preference(cfg, self.policy, self.params, ctx, it.answer, self.digits)
+        self.done[(it.mode, it.ids)] = {
+            "output": text, "new_tokens": len(ids), "stop": why, "output_ids": ids,
+            **got, "slot_tokens": len(ctx), "slot_ids": ctx, **pref}
+    return [self.record(it) for it in items]
+
+
+def _sample_row(it: tasks.Item, dtype: str, rec: dict) -> dict:
+  return {"task": it.task, "mode": it.mode, "n": it.n, "dtype": dtype, "sample": it.sample,
+          "prompt_id": f"{it.task}/{it.mode}/n{it.n}/s{it.sample}", "answer": it.answer,
+          "prompt_tokens": len(it.ids),
+          **{k: rec[k] for k in ("output", "new_tokens", "stop", "strict", "flexible",
+                                 "margin", "logp_correct", "best_wrong", "logp_best_wrong",
+                                 "top", "slot_tokens", "passes")},
+          "correct_strict": rec["strict"] == it.answer,
+          "correct_flexible": rec["flexible"] == it.answer}
+
+
+def summarize(samples: Sequence[dict]) -> list[dict]:
+  """Accuracy (strict, flexible; Wilson 95%) and margins per (task, mode, dtype, n)."""
+  groups: dict = {}
+  for s in samples:
+    groups.setdefault((s["task"], s["mode"], s["dtype"], s["n"]), []).append(s)
+  rows = []
+  for (task, mode, dtype, n), ss in groups.items():
+    row = {"task": task, "mode": mode, "dtype": dtype, "n": n, "samples": len(ss)}
+    for kind in ("strict", "flexible"):
+      k = sum(s[f"correct_{kind}"] for s in ss)
+      lo, hi = tasks.wilson(k, len(ss))
+      row[kind] = {"accuracy": k / len(ss), "lo": lo, "hi": hi}
+    m = np.asarray([s["margin"] for s in ss])
+    row["margin"] = {"mean": float(m.mean()), "min": float(m.min()), "max": float(m.max())}
+    rows.append(row)
+  return rows
+
+
+def bridge(ckpt, runner: _Runner, task: str, ns, prompt_format: str) -> list[dict]:
+  """The distance between the slot contexts of n and n + 1 (exact engine) and whether their
+  answers and margins are identical, per n."""
+  tok = ckpt.tokenizer
+  its = {n: tasks.items(tok, task, "direct", [n], 1, prompt_format)[0]
+         for n in sorted(set(int(n) for n in ns) | set(int(n) + 1 for n in ns))}
+  runner.run(list(its.values()))
+  ctx = tuple((n, tuple(runner.record(it)["slot_ids"])) for n, it in its.items())
+  ps = tasks.TaskPairs(name=task, token=int(ctx[-1][1][-1]), contexts=ctx)
+  params_B = jax.tree_util.tree_map(lambda x: x[None], runner.params)
+  m = engines.run(ckpt.config, runner.policy, params_B, [ps], np.asarray(ns), engine="exact")
+  rows = []
+  for j, n in enumerate(ns):
+    a, b = runner.record(its[int(n)]), runner.record(its[int(n) + 1])
+    rows.append({"task": task, "dtype": runner.policy.name, "n": int(n),
+                 "y_linf": float(m["y_linf"][0, j]), "y_equal": bool(m["y_bitwise_equal"][0, j]),
+                 "y_max_ulp": float(m["y_max_ulp"][0, j]),
+                 "output_equal": a["output"] == b["output"],
+                 "margin_equal": a["margin"] == b["margin"],
+                 "top_equal": a["top"] == b["top"],
+                 "margin_n": a["margin"], "margin_n1": b["margin"],
+                 "answer_n": a["flexible"], "answer_n1": b["flexible"]})
+  return rows
+
+
+def evaluate(ckpt, policies, task_names: Sequence[str], modes: Sequence[str], ns, *,
+             samples: int = 1, max_new_tokens: int | None = None, batch: int = 8,
+             log: Callable[[str], None] = print, on_cell: Callable | None = None) -> dict:
+  """Run the grid (module docstring). ``on_cell(name, seconds)`` after each (dtype, task,
+  mode) and each bridge cell (for progress lines)."""
+  fmt = ckpt.prompt_format
+  cells = [(t, m) for t in task_names for m in modes
+           if m == "direct" or t in tasks.COUNT_TASKS]
+  skipped = [(t, m) for t in task_names for m in modes if (t, m) not in cells]
+  if skipped:
+    log(f"skipping {', '.join(f'{t}/{m}' for t, m in skipped)}: CoT modes are for the count "
+        "tasks")
+  samples_out, bridge_out, timings = [], [], {}
+  for pol in policies:
+    runner = _Runner(ckpt, pol, max_new_tokens, batch)
+    for task, mode in cells:
+      t0 = time.perf_counter()
+      grid = ns
+      if task in tasks.BRIDGE_TASKS and mode == "direct":  # the bridge's n + 1, batched too
+        grid = sorted(set(int(n) for n in ns) | set(int(n) + 1 for n in ns))
+      its = tasks.items(ckpt.tokenizer, task, mode, grid, samples, fmt)
+      for it, rec in zip(its, runner.run(its)):
+        samples_out.append(_sample_row(it, pol.name, rec))
+      name = f"{pol.name}/{task}/{mode}"
+      timings[name] = time.perf_counter() - t0
+      if on_cell:
+        on_cell(name, timings[name])
+    for task in [t for t in tasks.BRIDGE_TASKS if t in task_names]:
+      t0 = time.perf_counter()
+      bridge_out += bridge(ckpt, runner, task, ns, fmt)
+      name = f"{pol.name}/bridge/{task}"
+      timings[name] = time.perf_counter() - t0
+      if on_cell:
+        on_cell(name, timings[name])
+  return {"samples": samples_out, "summary": summarize(samples_out), "bridge": bridge_out,
+          "cells": [f"{p.name}/{t}/{m}" for p in policies for t, m in cells]
+          + [f"{p.name}/bridge/{t}" for p in policies for t in tasks.BRIDGE_TASKS
+             if t in task_names],
+          "timings_s": timings}
+
+
+def cell_count(policies, task_names, modes) -> int:
+  """How many cells :func:`evaluate` runs (for a progress line before it starts)."""
+  cells = [(t, m) for t in task_names for m in modes if m == "direct" or t in tasks.COUNT_TASKS]
+  return len(policies) * (len(cells) + sum(t in task_names for t in tasks.BRIDGE_TASKS))
