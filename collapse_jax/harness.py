@@ -142,8 +142,7 @@ def evaluate(ckpt, policies, task_names: Sequence[str], modes: Sequence[str], ns
   """Run the grid (module docstring). ``on_cell(name, seconds)`` after each (dtype, task,
   mode) and each bridge cell (for progress lines)."""
   fmt = ckpt.prompt_format
-  cells = [(t, m) for t in task_names for m in modes
-           if m == "direct" or t in tasks.COUNT_TASKS]
+  cells = _cells(task_names, modes)
   skipped = [(t, m) for t in task_names for m in modes if (t, m) not in cells]
   if skipped:
     log(f"skipping {', '.join(f'{t}/{m}' for t, m in skipped)}: CoT modes are for the count "
@@ -177,7 +176,12 @@ def evaluate(ckpt, policies, task_names: Sequence[str], modes: Sequence[str], ns
           "timings_s": timings}
 
 
+def _cells(task_names, modes) -> list:
+  """The (task, mode) cells that apply (CoT modes: count tasks only)."""
+  return [(t, m) for t in task_names for m in modes if m == "direct" or t in tasks.COUNT_TASKS]
+
+
 def cell_count(policies, task_names, modes) -> int:
   """How many cells :func:`evaluate` runs (for a progress line before it starts)."""
-  cells = [(t, m) for t in task_names for m in modes if m == "direct" or t in tasks.COUNT_TASKS]
-  return len(policies) * (len(cells) + sum(t in task_names for t in tasks.BRIDGE_TASKS))
+  return len(policies) * (len(_cells(task_names, modes))
+                          + sum(t in task_names for t in tasks.BRIDGE_TASKS))
