@@ -5,7 +5,7 @@ r"""Greedy decoding speed: collapse_jax.generate vs HF transformers' ``generate`
 
 For each prompt length N the prompt is SmolLM2's chat-templated count-ones question with as
 many ones as make exactly N tokens. Both sides decode ``--new_tokens`` greedy tokens from it
-(no stop token, so both run every step), on the CPU, in float32 (HF: torch, loading the same
+(no stop token on either side, so both run every step), on the CPU, in float32 (HF: torch, loading the same
 GGUF file itself). Each side runs once to warm up (our compiles, torch's first-call costs),
 then ``--repeats`` timed runs; the best is reported. Printed per N: prefill seconds, decode
 tokens/s, end-to-end tokens/s (new tokens / (prefill + decode)) for each side, the ratio
@@ -14,6 +14,7 @@ Needs the `hf` extra (torch, transformers) for the HF side; --nohf times ours on
 """
 from __future__ import annotations
 
+import functools
 import time
 
 from absl import app, flags
@@ -60,17 +61,27 @@ def ours(ckpt, pol, ids, new_tokens, repeats):
           "step_ms": 1e3 * g.decode_s / max(g.steps, 1), "P": g.P, "S": g.S}
 
 
-def hf(path, ids, new_tokens, repeats, _cache={}):
+@functools.lru_cache(maxsize=None)
+def _hf_model(path):
+  """HF's model of the GGUF file, loaded once, with its end-of-sequence id switched off (model
+  and generation config) so that it decodes every step, as our side (no stop ids) does. HF's
+  ``min_new_tokens`` would instead set the EOS logit to -inf and so change its greedy tokens
+  wherever EOS is the argmax (it is at N = 2000: BUILD_NOTES)."""
   import torch
   from transformers import AutoModelForCausalLM
-  if "m" not in _cache:
-    _cache["m"] = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-  m = _cache["m"]
+  m = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                           dtype=torch.float32).eval()
+  m.config.eos_token_id = None
+  m.generation_config.eos_token_id = None
+  return m
+
+
+def hf(path, ids, new_tokens, repeats):
+  import torch
+  m = _hf_model(path)
   x = torch.tensor([ids])
   gen = lambda: m.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, num_beams=1,
-                           pad_token_id=0)
+                           do_sample=False, num_beams=1, pad_token_id=0)
   with torch.no_grad():
     gen()
     t_pre, _ = _best(lambda: m(x, use_cache=True), repeats)

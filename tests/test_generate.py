@@ -179,11 +179,13 @@ def test_greedy_matches_transformers_tiny(kind, tmp_path):
   prompts = [list(np.random.default_rng(s).integers(0, 101, size=n)) for s, n in
              ((0, 3), (1, 12))]  # 12 > the gemma3 window of 5
   ours = generate.greedy(cfg, pol, pol.cast_params(params), prompts, 16)
+  # no EOS on either side (HF's min_new_tokens would instead mask EOS's logit and change
+  # HF's tokens wherever EOS is the argmax)
+  m.config.eos_token_id = m.generation_config.eos_token_id = None
   for p, o in zip(prompts, ours):
     with torch.no_grad():
       ref = m.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                       max_new_tokens=16, min_new_tokens=16, do_sample=False, num_beams=1,
-                       pad_token_id=0)
+                       max_new_tokens=16, do_sample=False, num_beams=1, pad_token_id=0)
     assert o == ref[0, len(p):].tolist()
 
 
