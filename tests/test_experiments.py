@@ -406,3 +406,93 @@ def test_tasks_end_to_end(tmp_path):
   assert row["samples"] == 2 and 0 <= row["flexible"]["lo"] <= row["flexible"]["hi"] <= 1
   assert [b["n"] for b in res["bridge"]] == [3, 6]
   assert all(b["y_linf"] > 0 and b["task"] == "count_ones" for b in res["bridge"])
+
+
+TRAIN_TINY = ["--layers=1", "--d_model=16", "--heads=2", "--l_train=4", "--eval_factor=2",
+              "--max_len=40", "--batch=16", "--eval_samples=16", "--grad_samples=4",
+              "--onset_dtype=bfloat16"]
+
+
+@pytest.mark.slow
+def test_train_end_to_end_then_resume(tmp_path):
+  """Two training precisions, then --resume of the finished run: it loads both checkpoints
+  (no step left to train) and writes the same accuracies."""
+  out = tmp_path / "run"
+  cmd = [sys.executable, "-m", "experiments.train", "--task=count_ones", "--steps=20",
+         "--eval_every=10", "--dtype=float32,bfloat16_weights", *TRAIN_TINY, f"--out={out}"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for f in ("results.json", "train.png", "float32/checkpoint.npz",
+            "bfloat16_weights/checkpoint.npz"):
+    assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+  res = json.loads((out / "results.json").read_text())
+  assert set(res["runs"]) == {"float32", "bfloat16_weights"} and res["lengths"] == list(range(1, 9))
+  for run in res["runs"].values():
+    assert run["history"]["steps"] == list(range(20)) and len(run["history"]["evals"]) == 2
+    assert [r["n"] for r in run["accuracy"]] == list(range(1, 9))
+    col = run["collapse"]["bfloat16"]
+    assert len(col["linf"]) == 40 and col["equal_but_answer_differs"] == 0
+  assert res["runs"]["bfloat16_weights"]["precision"]["rounds_at"] == ["grads", "moments",
+                                                                        "weights"]
+  again = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True,
+                         timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resuming at step 20" in again.stdout
+  res2 = json.loads((out / "results.json").read_text())
+  for k in res["runs"]:
+    assert res2["runs"][k]["accuracy"] == res["runs"][k]["accuracy"]
+
+
+@pytest.mark.parametrize("args,msg", [(["--dtype=float64"], "unknown training precision"),
+                                      (["--seeds=0,1"], "takes one value"),
+                                      (["--l_train=0"], "--l_train must be >= 1")])
+def test_train_bad_flags_stop_with_one_line(tmp_path, args, msg):
+  out = tmp_path / "never"
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", *args, f"--out={out}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and msg in proc.stderr, proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.slow
+def test_train_default_learns_its_task_within_ten_minutes(tmp_path):
+  """The README-level default (count_ones, float32 and bfloat16): in-distribution accuracy
+  >= 0.95 at every n <= l_train for both precisions, in under 10 minutes of wall time."""
+  out = tmp_path / "run"
+  t = time.time()
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", f"--out={out}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=900)
+  wall = time.time() - t
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert wall < 600, wall
+  res = json.loads((out / "results.json").read_text())
+  for name, run in res["runs"].items():
+    inside = [r["accuracy"] for r in run["accuracy"] if r["n"] <= res["l_train"]]
+    assert min(inside) >= 0.95, (name, inside)
+
+
+@pytest.mark.slow
+def test_train_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+  """SIGTERM mid-run: exit 143 with the resume command, a checkpoint at the step reached;
+  --resume then finishes with the same per-step losses as a run never interrupted."""
+  args = ["--steps=300", "--eval_every=20", "--dtype=bfloat16", *TRAIN_TINY]
+  full = tmp_path / "full"
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", *args, f"--out={full}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = tmp_path / "cut"
+  p = _start("experiments.train", out, args)
+  for line in p.stdout:
+    if "step 40/300" in line:
+      p.send_signal(signal.SIGTERM)
+      break
+  rest, _ = p.communicate(timeout=300)
+  assert p.returncode == 143, rest[-2000:]
+  assert "resume with: python -m experiments.train" in rest and "--resume" in rest
+  assert (out / "bfloat16" / "checkpoint.npz").is_file()
+  again = subprocess.run([sys.executable, "-m", "experiments.train", *args, f"--out={out}",
+                          "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  a = json.loads((full / "results.json").read_text())["runs"]["bfloat16"]["history"]
+  b = json.loads((out / "results.json").read_text())["runs"]["bfloat16"]["history"]
+  assert b["steps"] == list(range(300)) and b["loss"] == a["loss"]
