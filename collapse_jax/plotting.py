@@ -693,13 +693,16 @@ def train_figure(runs: dict, l_train: int, path: str, caption: str) -> str:
         ax.axvline(col["collapse_onset"], color=c, ls="--", lw=0.9)
         ax.plot([col["collapse_onset"]], [1.02], m, color=c, ms=7, clip_on=False,
                 label=f"{name}: onset under {pol} (c={col['collapse_onset']})")
-      else:
-        ax.plot([], [], m, color=c, mfc="none", label=f"{name}: no collapse under {pol} "
-                f"(c <= {int(np.max(col['counts']))})")
+
       counts, floor_src = np.asarray(col["counts"]), col["linf"]
       d, floor = positive_for_log(floor_src)
-      bx.plot(counts, d, color=c, ls=dtype_style(pol)["ls"], lw=1.0, label=f"{name} / {pol}")
+      bx.plot(counts, d, color=c, ls=dtype_style(pol)["ls"], lw=0.7, label=f"{name} / {pol}")
       equal_ticks(bx, counts, col["equal"], floor, c, onset=col["collapse_onset"])
+    never = [pol for pol, col in run["collapse"].items() if col["collapse_onset"] <= 0]
+    if never:
+      top_c = max(int(np.max(col["counts"])) for col in run["collapse"].values())
+      ax.plot([], [], ls="", label=f"{name}: no collapse for c <= {top_c} under "
+              + ", ".join(never))
   ax.set(xlim=(0.8, top * 1.3), ylim=(-0.03, 1.08), xlabel="n (digits)",
          ylabel="accuracy (dotted: rows with count <= l_train)", title="(a) accuracy vs length")
   log_x(ax)

@@ -380,6 +380,11 @@ def load_checkpoint(path: str, like: TrainState) -> tuple[TrainState, dict]:
 
 
 # -- the loop --------------------------------------------------------------------------------
+def _say(line: str) -> None:
+  """Print and flush: progress must reach a batch job's log file as it happens."""
+  print(line, flush=True)
+
+
 def _clock(s: float) -> str:
   s = int(round(s))
   return f"{s // 60}m{s % 60:02d}s"
@@ -388,7 +393,7 @@ def _clock(s: float) -> str:
 def train(cfg: DecoderConfig, tp: TrainPrecision, opt: Optimizer, task: str, *, seed: int,
           batch_size: int, l_train: int, eval_every: int, eval_samples: int = 256,
           state: TrainState | None = None, history: dict | None = None,
-          checkpoint: str | None = None, log=print, stop_after: int | None = None,
+          checkpoint: str | None = None, log=_say, stop_after: int | None = None,
           should_stop: Callable[[], bool] = lambda: False) -> tuple[TrainState, dict]:
   """Train from ``state`` (default: fresh) to ``opt.steps``. Every ``eval_every`` steps and at
   the end: in-distribution accuracy on ``eval_samples`` fresh sequences (n uniform in
@@ -468,7 +473,7 @@ def b10_pairs(max_count: int, vocab: int):
 
 
 def collapse(cfg: DecoderConfig, params, policies: Sequence[precision.Policy], max_count: int, *,
-             memory_budget_gib: float = 2.0, log=print) -> dict:
+             memory_budget_gib: float = 2.0, log=_say) -> dict:
   """The trained model's collapse on the Cor. B.10 pairs, counts 1..max_count, through the
   sweep engine (one causal pass per policy; ``sweep.run_grid``), and its answers to the
   all-ones sequences. ``params``: the master weights (upcast to f32, exactly; each policy
