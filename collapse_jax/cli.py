@@ -129,15 +129,17 @@ def job_spec(main_file: str | None = None) -> dict:
   return out
 
 
-def policies(spec: str, *, fp8_scaling: bool = False) -> list[precision.Policy]:
+def policies(spec: str, *, fp8_scaling: bool = False, what: str = "dtype"
+             ) -> list[precision.Policy]:
   """'bfloat16', 'float32,bfloat16' or 'all' -> policies (unknown names: ValueError).
-  ``fp8_scaling`` applies to the fp8 presets and is an error when none is selected."""
+  ``fp8_scaling`` applies to the fp8 presets and is an error when none is selected.
+  ``what``: the flag's name in the messages."""
   names = precision.preset_names() if spec.strip() == "all" else [
       s.strip() for s in spec.split(",") if s.strip()]
   if not names:
-    raise ValueError("--dtype is empty: name a preset, a comma list or 'all'")
+    raise ValueError(f"--{what} is empty: name a preset, a comma list or 'all'")
   if len(set(names)) != len(names):
-    raise ValueError(f"--dtype repeats a preset: {','.join(names)}")
+    raise ValueError(f"--{what} repeats a preset: {','.join(names)}")
   pols = [precision.get_policy(n) for n in names]
   if fp8_scaling and not any(p.is_fp8 for p in pols):
     raise ValueError("--fp8_scaling applies to fp8 presets only; none selected")

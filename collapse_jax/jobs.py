@@ -205,12 +205,12 @@ def save_shard(out: str, cell_id: str, record: dict, **meta) -> None:
 
 # -- progress and signals --------------------------------------------------------------------
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
   """Print and flush: progress must reach a batch job's log file as it happens."""
   print(line, flush=True)
 
 
-def _clock(s: float) -> str:
+def clock(s: float) -> str:
   s = int(round(s))
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
@@ -220,7 +220,7 @@ class Progress:
   run, so the first cells, which compile, make it pessimistic), and a heartbeat."""
 
   def __init__(self, total: int, done_before: int = 0, log=None):
-    self.total, self.done, self.log = total, done_before, log or _say
+    self.total, self.done, self.log = total, done_before, log or say
     self.started = self.last = time.time()
     self.new = 0
 
@@ -228,14 +228,14 @@ class Progress:
     self.done, self.new, self.last = self.done + 1, self.new + 1, time.time()
     elapsed = time.time() - self.started
     left = self.total - self.done
-    eta = f", ETA {_clock(elapsed / self.new * left)}" if left else ""
+    eta = f", ETA {clock(elapsed / self.new * left)}" if left else ""
     self.log(f"cell {self.done} of {self.total} done: {cell_id} ({seconds:.1f}s); elapsed "
-             f"{_clock(elapsed)}{eta}")
+             f"{clock(elapsed)}{eta}")
 
   def heartbeat(self) -> None:
     now = time.time()
-    self.log(f"  ... working: {self.done} of {self.total} cells done, {_clock(now - self.last)} "
-             f"since the last one, elapsed {_clock(now - self.started)}")
+    self.log(f"  ... working: {self.done} of {self.total} cells done, {clock(now - self.last)} "
+             f"since the last one, elapsed {clock(now - self.started)}")
 
 
 def resume_command(argv: Sequence[str], module: str | None, out: str) -> str:
@@ -340,7 +340,7 @@ def run(run_cells: Callable[[Sequence[str], Callable[[str, dict], None]], object
   atomically). All of it runs under :func:`run_in_worker`, so SIGINT/SIGTERM at any point
   end with the resume line. Flags were checked by :func:`check_out` before the processes
   started."""
-  log = log or _say
+  log = log or say
   out = open_out(out, prefix, spec, cell_ids, experiment, clean=procs.index == 0)
   barrier("collapse_jax job opened", procs)  # no shard is written before process 0 cleaned
   own = owner(cell_ids, procs.count)

@@ -1,6 +1,7 @@
 """Results files: run directories, environment capture, atomic JSON/CSV writing."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
@@ -93,13 +94,17 @@ def from_jsonable(obj: Any) -> Any:
   return obj
 
 
-def _atomic_write(path: str, text: str) -> None:
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w"):
+  """Open a temporary file next to ``path`` for writing; on success flush, fsync and rename
+  it onto ``path`` (mode 0644), on any error delete it: ``path`` is either its old self or
+  whole, never half-written."""
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, mode) as f:
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
@@ -108,6 +113,11 @@ def _atomic_write(path: str, text: str) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def _atomic_write(path: str, text: str) -> None:
+  with atomic_open(path) as f:
+    f.write(text)
 
 
 def write_json(path: str, data: Any, *, compact: bool = False) -> None:

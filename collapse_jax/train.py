@@ -50,9 +50,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
-import os
-import tempfile
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -61,8 +58,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from collapse_jax import jobs
 from collapse_jax import model as model_lib
 from collapse_jax import precision
+from collapse_jax import results
 from collapse_jax.config import DecoderConfig
 
 TASKS = ("count_ones", "copy_first", "copy_last")
@@ -218,9 +217,18 @@ class Optimizer:
   weight_decay: float = 0.01
   clip: float = 1.0
 
+  def __post_init__(self):
+    if self.steps < 1:
+      raise ValueError(f"steps must be >= 1, got {self.steps}")
+    if not 0 <= self.warmup < self.steps:
+      raise ValueError(f"warmup must be in 0..steps-1 ({self.steps - 1}), got {self.warmup}")
+    for name in ("lr", "clip"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
   def schedule(self):
     return optax.warmup_cosine_decay_schedule(
-        0.0, self.lr, min(self.warmup, self.steps - 1), max(self.steps, 2),
+        0.0, self.lr, self.warmup, max(self.steps, 2),
         self.lr * self.end_lr_fraction)
 
   def transform(self) -> optax.GradientTransformation:
@@ -335,28 +343,30 @@ def save_checkpoint(path: str, state: TrainState, meta: dict) -> None:
   for i, (name, leaf) in enumerate(zip(names, leaves)):
     a = np.asarray(jax.device_get(leaf))
     dtypes[name] = str(a.dtype)
-    # ml_dtypes' bfloat16/fp8 are numpy kind 'V': stored as unsigned ints of the same bits
-    arrays[f"leaf_{i}"] = a.view(np.dtype(f"u{a.dtype.itemsize}")) if a.dtype.kind == "V" else a
+    # ml_dtypes' bfloat16 and fp8 are user-defined numpy dtypes (isbuiltin 2), which npz
+    # cannot describe: stored as unsigned ints of the same bits
+    arrays[f"leaf_{i}"] = (a.view(np.dtype(f"u{a.dtype.itemsize}")) if a.dtype.isbuiltin == 2
+                           or a.dtype.kind == "V" else a)
   header = json.dumps({"names": names, "dtypes": dtypes, "meta": meta})
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, header=np.frombuffer(header.encode(), np.uint8), **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with results.atomic_open(path, "wb") as f:
+    np.savez(f, header=np.frombuffer(header.encode(), np.uint8), **arrays)
 
 
-def load_checkpoint(path: str, like: TrainState) -> tuple[TrainState, dict]:
+def identity(cfg: DecoderConfig, tp: TrainPrecision, opt: "Optimizer", task: str, seed: int,
+             batch_size: int, l_train: int) -> dict:
+  """What decides a run's trajectory (stored in its checkpoints as meta['run'])."""
+  return {"config": cfg.to_dict(), "preset": tp.name, "optimizer": dataclasses.asdict(opt),
+          "task": task, "seed": int(seed), "batch_size": int(batch_size),
+          "l_train": int(l_train)}
+
+
+def load_checkpoint(path: str, like: TrainState, expect: dict | None = None
+                    ) -> tuple[TrainState, dict]:
   """(state, meta) from :func:`save_checkpoint`, into the structure of ``like`` (a fresh
   state of the same config, preset and optimizer). A file whose leaves differ in name, shape
-  or dtype is a ValueError naming the first difference."""
+  or dtype is a ValueError naming the first difference; so is one whose meta['run'] differs
+  from ``expect`` (:func:`identity`: config, preset, optimizer, task, seed, batch, l_train),
+  which shapes alone cannot tell apart (e.g. float32 vs bfloat16, or another task)."""
   import ml_dtypes  # noqa: F401  (registers bfloat16 and the fp8 dtypes with numpy)
   with np.load(path) as z:
     header = json.loads(bytes(z["header"]).decode())
@@ -364,7 +374,13 @@ def load_checkpoint(path: str, like: TrainState) -> tuple[TrainState, dict]:
     if header["names"] != names:
       extra = sorted(set(header["names"]) ^ set(names))[:3]
       raise ValueError(f"checkpoint {path}: its state has other leaves than this run's "
-                       f"(e.g. {extra}): a different model, task or precision preset")
+                       f"(e.g. {extra}): a different model or optimizer")
+    got = header["meta"].get("run")
+    if expect is not None and got != json.loads(json.dumps(expect)):
+      diff = sorted(k for k in set(expect) | set(got or {})
+                    if json.dumps((got or {}).get(k)) != json.dumps(expect.get(k)))
+      what = ", ".join(diff) if diff else "no run record"
+      raise ValueError(f"checkpoint {path} is of another run ({what} differ)")
     out = []
     for i, (name, ref) in enumerate(zip(names, leaves)):
       a = z[f"leaf_{i}"]
@@ -380,20 +396,10 @@ def load_checkpoint(path: str, like: TrainState) -> tuple[TrainState, dict]:
 
 
 # -- the loop --------------------------------------------------------------------------------
-def _say(line: str) -> None:
-  """Print and flush: progress must reach a batch job's log file as it happens."""
-  print(line, flush=True)
-
-
-def _clock(s: float) -> str:
-  s = int(round(s))
-  return f"{s // 60}m{s % 60:02d}s"
-
-
 def train(cfg: DecoderConfig, tp: TrainPrecision, opt: Optimizer, task: str, *, seed: int,
           batch_size: int, l_train: int, eval_every: int, eval_samples: int = 256,
           state: TrainState | None = None, history: dict | None = None,
-          checkpoint: str | None = None, log=_say, stop_after: int | None = None,
+          checkpoint: str | None = None, log=jobs.say, stop_after: int | None = None,
           should_stop: Callable[[], bool] = lambda: False) -> tuple[TrainState, dict]:
   """Train from ``state`` (default: fresh) to ``opt.steps``. Every ``eval_every`` steps and at
   the end: in-distribution accuracy on ``eval_samples`` fresh sequences (n uniform in
@@ -403,11 +409,15 @@ def train(cfg: DecoderConfig, tp: TrainPrecision, opt: Optimizer, task: str, *, 
   the run stops there and, with ``checkpoint``, saves the state it reached first.
 
   Returns (state, history) with history {'steps', 'loss', 'accuracy', 'grad_norm', 'lr'}
-  (every step), 'evals' [{step, accuracy, train_loss}] (periodic) and 'stopped_at' (the
-  step a should_stop ended the run at, else None)."""
+  (every step), 'evals' [{step, accuracy, train_loss}] (periodic), 'train_s' (seconds of
+  training over every call that built this history) and 'stopped_at' (the step a
+  should_stop ended the run at, else None). Checkpoints carry meta {'history', 'run':
+  :func:`identity`}."""
   state = init_state(cfg, tp, opt, seed) if state is None else state
   history = history or {"steps": [], "loss": [], "accuracy": [], "grad_norm": [], "lr": [],
-                        "evals": []}
+                        "evals": [], "train_s": 0.0}
+  run = identity(cfg, tp, opt, task, seed, batch_size, l_train)
+  before_s = history.get("train_s", 0.0)
   step = step_fn(cfg, tp, opt)
   start = int(state.step)
   t0, done = time.perf_counter(), 0
@@ -428,7 +438,8 @@ def train(cfg: DecoderConfig, tp: TrainPrecision, opt: Optimizer, task: str, *, 
       flush()
       history["stopped_at"] = s
       if checkpoint:
-        save_checkpoint(checkpoint, state, {"history": history})
+        history["train_s"] = round(before_s + time.perf_counter() - t0, 2)
+        save_checkpoint(checkpoint, state, {"history": history, "run": run})
       log(f"[{tp.name}] stopped at step {s}" + (f"; checkpoint {checkpoint}" if checkpoint else ""))
       return state, history
     b = train_batch(task, seed, s, batch_size, l_train)
@@ -440,17 +451,20 @@ def train(cfg: DecoderConfig, tp: TrainPrecision, opt: Optimizer, task: str, *, 
       rng = np.random.default_rng([seed, 2**31 - 2, s])
       ev = make_batch(task, rng, rng.integers(1, l_train + 1, eval_samples), l_train + 1)
       acc = float((predict(cfg, tp, state.params, ev) == ev.answer).mean())
-      window = history["loss"][-eval_every:]
+      since = history["evals"][-1]["step"] if history["evals"] else 0
+      window = history["loss"][since:]  # the steps since the last evaluation
       history["evals"].append({"step": s + 1, "accuracy": acc,
                                "train_loss": float(np.mean(window))})
       el = time.perf_counter() - t0
       eta = el / done * (opt.steps - s - 1)
       log(f"[{tp.name}] step {s + 1}/{opt.steps}: loss {np.mean(window):.4f}, "
           f"in-distribution accuracy {acc:.3f}, grad norm {history['grad_norm'][-1]:.3g}; "
-          f"elapsed {_clock(el)}, ETA {_clock(eta)}")
+          f"elapsed {jobs.clock(el)}, ETA {jobs.clock(eta)}")
+      history["train_s"] = round(before_s + time.perf_counter() - t0, 2)
       if checkpoint:
-        save_checkpoint(checkpoint, state, {"history": history})
+        save_checkpoint(checkpoint, state, {"history": history, "run": run})
   flush()
+  history["train_s"] = round(before_s + time.perf_counter() - t0, 2)
   return state, history
 
 
@@ -473,7 +487,7 @@ def b10_pairs(max_count: int, vocab: int):
 
 
 def collapse(cfg: DecoderConfig, params, policies: Sequence[precision.Policy], max_count: int, *,
-             memory_budget_gib: float = 2.0, log=_say) -> dict:
+             memory_budget_gib: float = 2.0, log=jobs.say) -> dict:
   """The trained model's collapse on the Cor. B.10 pairs, counts 1..max_count, through the
   sweep engine (one causal pass per policy; ``sweep.run_grid``), and its answers to the
   all-ones sequences. ``params``: the master weights (upcast to f32, exactly; each policy
@@ -494,7 +508,7 @@ def collapse(cfg: DecoderConfig, params, policies: Sequence[precision.Policy], m
     logits = _logits_fn(cfg, pol)(pol.cast_params(params32), jnp.asarray(seq))
     tok = np.asarray(jnp.argmax(logits[0].astype(jnp.float32), axis=-1))
     predicted = np.where(tok >= COUNT0, tok - COUNT0, -1)  # [max_count + 2]: c = 0..max_count+1
-    same = predicted[1:-1] == predicted[2:]                 # [C]: c vs c + 1, c = 1..max_count
+    same = tok[1:-1] == tok[2:]  # [C]: the same answer TOKEN for c and c + 1, c = 1..max_count
     eq = np.asarray(rec["bitwise_equal"], bool)
     shift = lambda o: int(o) - 1 if o >= 0 else -1
     out[pol.name] = {"counts": ns - 1, "linf": rec["linf"], "equal": eq,
@@ -532,3 +546,27 @@ def grad_norm_by_length(cfg: DecoderConfig, tp: TrainPrecision, params, task: st
     b = make_batch(task, rng, np.full(samples, int(n), np.int32), eval_width(int(n)))
     rows.append({"n": int(n), "grad_norm": float(_grad_norm_fn(cfg, tp)(params, b))})
   return rows
+
+
+def measure(cfg: DecoderConfig, tp: TrainPrecision, params, task: str, ns, *, l_train: int,
+            seed: int, eval_samples: int, grad_samples: int, onset_policies, max_count: int,
+            memory_budget_gib: float = 2.0, should_stop: Callable[[], bool] = lambda: False
+            ) -> dict | None:
+  """A trained model's record: accuracy at every n of ``ns`` (:func:`evaluate`), the gradient
+  norm there (:func:`grad_norm_by_length`), its collapse on Cor. B.10's pairs under each onset
+  policy (:func:`collapse`) and the first n whose accuracy is below 0.5. None when
+  ``should_stop()`` says so between these phases."""
+  out = {"precision": tp.describe()}
+  phases = (("accuracy", lambda: evaluate(cfg, tp, params, task, ns, samples=eval_samples,
+                                          seed=seed, l_train=l_train)),
+            ("grad_norm_by_length", lambda: grad_norm_by_length(
+                cfg, tp, params, task, ns, samples=grad_samples, seed=seed)),
+            ("collapse", lambda: collapse(cfg, params, onset_policies, max_count,
+                                          memory_budget_gib=memory_budget_gib,
+                                          log=lambda *_: None)))
+  for key, run in phases:
+    if should_stop():
+      return None
+    out[key] = run()
+  out["first_n_below_half"] = first_below(out["accuracy"], "accuracy", .5)
+  return out

@@ -2,7 +2,7 @@ r"""Train small decoders on counting and copying per precision; compare accuracy
 
   python -m experiments.train --task=count_ones --dtype=bfloat16     # ~2 min on 2 CPU cores
   python -m experiments.train --dtype=float32,bfloat16,bfloat16_weights --l_train=32 --steps=4000
-  python -m experiments.train --out=runs/mine --resume                # finish an interrupted run
+  python -m experiments.train --dtype=bfloat16 --out=runs/mine --resume  # same flags: finish a stopped run
 
 For each training precision (--dtype: float32; bfloat16 = bf16 forward, f32 master weights
 and Adam moments; bfloat16_weights = bf16 weights and moments; collapse_jax/train.py says
@@ -13,13 +13,16 @@ clipping) on n in 1..--l_train digits, then:
   * its own collapse on Cor. B.10's pairs ([BOS, 1^c] vs [BOS, 1^(c+1)], c <= --max_len),
     through the sweep engine, under each --onset_dtype, and its answers to those sequences.
 Checkpoints (<out>/<dtype>/checkpoint.npz) are written at every evaluation and on SIGINT /
-SIGTERM; --resume continues from them with the same batches. Writes results.json and
+SIGTERM (the run stops at the next step or phase; a second signal exits at once); the
+command printed at the stop (the same flags, --out and --resume) continues with the same
+batches, and a precision already finished (<out>/<dtype>/run.json) is kept. Writes results.json and
 train.png (accuracy vs n with the training range and the collapse onsets; the B.10 distance;
 the loss and gradient-norm curves).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -52,16 +55,19 @@ flags.DEFINE_integer("grad_samples", 64, "sequences per length for the gradient-
 def _setup():
   seed = cli.one(cli.int_list(F.seeds, "seeds"), "seeds")
   heads = cli.one(cli.int_list(F.heads, "heads"), "heads")
-  presets = [train.get_preset(d.strip()) for d in F.dtype]
-  onset = cli.policies(",".join(F.onset_dtype))
-  for name in ("l_train", "eval_factor", "steps", "batch", "eval_every", "eval_samples",
-               "grad_samples"):
+  names = [d.strip() for d in F.dtype if d.strip()]
+  if not names or len(set(names)) != len(names):
+    raise ValueError(f"--dtype must name distinct training precisions, got {F.dtype}")
+  presets = [train.get_preset(d) for d in names]
+  onset = cli.policies(",".join(F.onset_dtype), what="onset_dtype")
+  for name in ("l_train", "eval_factor", "batch", "eval_every", "eval_samples", "grad_samples",
+               "max_len"):
     if getattr(F, name) < 1:
       raise ValueError(f"--{name} must be >= 1, got {getattr(F, name)}")
   top = F.l_train * F.eval_factor
   cfg = config.DecoderConfig(num_layers=F.layers, d_model=F.d_model, num_heads=heads,
-                             pe=F.pe, norm=F.norm, mlp=F.mlp, max_len=F.max_len + 2,
-                             vocab_size=train.vocab_size(max(top, F.l_train)))
+                             pe=F.pe, norm=F.norm, mlp=F.mlp, max_len=max(F.max_len, top) + 2,
+                             vocab_size=train.vocab_size(top))
   ns = cli.lengths(F.lengths or f"1:{top}", top, " (--eval_factor * --l_train)")
   opt = train.Optimizer(lr=F.lr, warmup=F.warmup, steps=F.steps)
   return seed, presets, onset, cfg, ns, opt
@@ -73,41 +79,56 @@ def main(argv):
     spec = cli.job_spec()
     jobs.check_out(F.out, spec, F.resume, 1)
   out = jobs.open_out(F.out, "train", spec, [p.name for p in presets], "train")
+  resume = jobs.resume_command(sys.argv, "experiments.train", out)
   stop = {"signal": None}
+
+  def on_signal(num, _frame):  # the first: stop at the next step or phase; a second: now
+    name = signal.Signals(num).name
+    if stop["signal"] is not None:
+      sys.stderr.write(f"{name} again: exiting now; resume with: {resume}\n")
+      os._exit(128 + num)
+    stop["signal"] = name
+
   for s in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(s, lambda num, _: stop.update(signal=signal.Signals(num).name))
+    signal.signal(s, on_signal)
+  stopping = lambda: stop["signal"] is not None
   t0, runs = time.perf_counter(), {}
   for tp in presets:
-    ckpt = os.path.join(out, tp.name, train.CHECKPOINT)
+    d = os.path.join(out, tp.name)
+    ckpt, record = os.path.join(d, train.CHECKPOINT), os.path.join(d, "run.json")
+    for f in os.listdir(d) if os.path.isdir(d) else ():  # a killed write's leftovers
+      if f.startswith(".tmp-"):
+        os.unlink(os.path.join(d, f))
+    if os.path.exists(record):  # finished before --resume: kept, not recomputed
+      runs[tp.name] = results.from_jsonable(json.load(open(record)))
+      print(f"[{tp.name}] finished before; kept {record}", flush=True)
+      continue
     state = history = None
+    ident = train.identity(cfg, tp, opt, F.task, seed, F.batch, F.l_train)
     if os.path.exists(ckpt):
       with cli.usage_errors():
-        state, meta = train.load_checkpoint(ckpt, train.init_state(cfg, tp, opt, seed))
+        state, meta = train.load_checkpoint(ckpt, train.init_state(cfg, tp, opt, seed), ident)
       history = meta["history"]
       print(f"[{tp.name}] resuming at step {int(state.step)} from {ckpt}", flush=True)
-    t1 = time.perf_counter()
     state, history = train.train(cfg, tp, opt, F.task, seed=seed, batch_size=F.batch,
                                  l_train=F.l_train, eval_every=F.eval_every,
                                  eval_samples=F.eval_samples, state=state, history=history,
-                                 checkpoint=ckpt, should_stop=lambda: stop["signal"] is not None)
-    if history["stopped_at"] is not None:
-      print(f"{stop['signal']}: stopped; resume with: "
-            f"{jobs.resume_command(sys.argv, 'experiments.train', out)}", file=sys.stderr)
+                                 checkpoint=ckpt, should_stop=stopping)
+    rec = None if stopping() else train.measure(
+        cfg, tp, state.params, F.task, ns, l_train=F.l_train, seed=seed,
+        eval_samples=F.eval_samples, grad_samples=F.grad_samples, onset_policies=onset,
+        max_count=F.max_len, memory_budget_gib=F.memory_budget, should_stop=stopping)
+    if rec is None:
+      print(f"{stop['signal']}: stopped; resume with: {resume}", file=sys.stderr)
       sys.exit(130 if stop["signal"] == "SIGINT" else 143)
-    train_s = time.perf_counter() - t1
-    acc = train.evaluate(cfg, tp, state.params, F.task, ns, samples=F.eval_samples, seed=seed,
-                         l_train=F.l_train)
-    grads = train.grad_norm_by_length(cfg, tp, state.params, F.task, ns, samples=F.grad_samples,
-                                      seed=seed)
-    col = train.collapse(cfg, state.params, onset, F.max_len,
-                         memory_budget_gib=F.memory_budget, log=lambda *_: None)
-    runs[tp.name] = {"precision": tp.describe(), "train_s": round(train_s, 1),
-                     "history": history, "accuracy": acc, "grad_norm_by_length": grads,
-                     "collapse": col, "first_n_below_half": train.first_below(acc, "accuracy", .5)}
-    print(f"[{tp.name}] trained in {train_s:.0f}s; accuracy at n=1..{F.l_train}: "
-          f"{min(r['accuracy'] for r in acc if r['n'] <= F.l_train):.3f} (min); first n below "
-          f"0.5: {runs[tp.name]['first_n_below_half']}; collapse onset (c vs c+1 bitwise "
-          "equal): " + ", ".join(f"{k} {v['collapse_onset']}" for k, v in col.items()), flush=True)
+    runs[tp.name] = {**rec, "train_s": history["train_s"], "history": history}
+    results.write_json(record, runs[tp.name], compact=True)
+    inside = [r["accuracy"] for r in rec["accuracy"] if r["n"] <= F.l_train]
+    print(f"[{tp.name}] trained in {history['train_s']:.0f}s; accuracy at n <= {F.l_train}: "
+          + (f"{min(inside):.3f} (min)" if inside else "not evaluated")
+          + f"; first n below 0.5: {rec['first_n_below_half']}; collapse onset (c vs c+1 "
+          "bitwise equal): " + ", ".join(f"{k} {v['collapse_onset']}"
+                                         for k, v in rec["collapse"].items()), flush=True)
   caption = (f"{F.task}, trained on n <= {F.l_train}; {cfg.num_layers} layers, d={cfg.d_model}, "
              f"{cfg.num_heads} heads, {cfg.pe}; {F.steps} steps x {F.batch}; seed {seed}; onsets "
              f"on Cor. B.10's pairs, counts <= {F.max_len}")

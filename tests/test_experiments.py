@@ -351,6 +351,7 @@ def test_bf16_floor_end_to_end(tmp_path):
   assert {"lo", "hi", "count", "measured", "attention", "output"} <= set(octaves[0])
 
 
+@pytest.mark.slow
 def test_bench_sweep_prints_ratios():
   r = subprocess.run([sys.executable, "-m", "experiments.bench_sweep", "--max_len=24",
                       "--loop_lengths=2", "--repeats=1", "--d_model=16", "--heads=2"],
@@ -415,11 +416,13 @@ TRAIN_TINY = ["--layers=1", "--d_model=16", "--heads=2", "--l_train=4", "--eval_
 
 @pytest.mark.slow
 def test_train_end_to_end_then_resume(tmp_path):
-  """Two training precisions, then --resume of the finished run: it loads both checkpoints
-  (no step left to train) and writes the same accuracies."""
+  """Two training precisions, then --resume: a precision whose record is missing resumes
+  from its checkpoint (no step left to train), the finished one is kept; the accuracies
+  written are the same."""
   out = tmp_path / "run"
   cmd = [sys.executable, "-m", "experiments.train", "--task=count_ones", "--steps=20",
-         "--eval_every=10", "--dtype=float32,bfloat16_weights", *TRAIN_TINY, f"--out={out}"]
+         "--warmup=2", "--eval_every=10", "--dtype=float32,bfloat16_weights", *TRAIN_TINY,
+         f"--out={out}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for f in ("results.json", "train.png", "float32/checkpoint.npz",
@@ -434,10 +437,12 @@ def test_train_end_to_end_then_resume(tmp_path):
     assert len(col["linf"]) == 40 and col["equal_but_answer_differs"] == 0
   assert res["runs"]["bfloat16_weights"]["precision"]["rounds_at"] == ["grads", "moments",
                                                                         "weights"]
+  (out / "float32" / "run.json").unlink()  # float32 as if stopped after its last step
   again = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True,
                          timeout=900)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "resuming at step 20" in again.stdout
+  assert "[float32] resuming at step 20" in again.stdout
+  assert "[bfloat16_weights] finished before" in again.stdout
   res2 = json.loads((out / "results.json").read_text())
   for k in res["runs"]:
     assert res2["runs"][k]["accuracy"] == res["runs"][k]["accuracy"]
@@ -445,7 +450,12 @@ def test_train_end_to_end_then_resume(tmp_path):
 
 @pytest.mark.parametrize("args,msg", [(["--dtype=float64"], "unknown training precision"),
                                       (["--seeds=0,1"], "takes one value"),
-                                      (["--l_train=0"], "--l_train must be >= 1")])
+                                      (["--l_train=0"], "--l_train must be >= 1"),
+                                      (["--max_len=0"], "--max_len must be >= 1"),
+                                      (["--warmup=5000"], "warmup must be in"),
+                                      (["--onset_dtype=float32,float32"],
+                                       "--onset_dtype repeats"),
+                                      (["--dtype=float32,float32"], "distinct")])
 def test_train_bad_flags_stop_with_one_line(tmp_path, args, msg):
   out = tmp_path / "never"
   proc = subprocess.run([sys.executable, "-m", "experiments.train", *args, f"--out={out}"],
