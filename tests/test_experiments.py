@@ -237,6 +237,7 @@ def _two_processes_equal_one(job_baseline, out):
   assert lay["processes"] == 2 and lay["sharded"] and lay["devices_total"] == 2
 
 
+@pytest.mark.slow
 def test_default_main_command_results_csv_is_byte_identical(tmp_path):
   """The README's main command, run as a user would: its results.csv must hash to the bytes
   recorded before the issue-9 redesign. Bits are portable only on the reference path and for
