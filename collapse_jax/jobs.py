@@ -175,12 +175,8 @@ def open_out(out: str | None, prefix: str, spec: dict, cell_ids: Sequence[str],
   :func:`start_processes`). No --out: a new timestamped directory (one process only)."""
   out = results.make_run_dir(out, prefix) if not out else out
   os.makedirs(os.path.join(out, CELLS), exist_ok=True)
-  for name in os.listdir(os.path.join(out, CELLS)) if clean else ():
-    if name.startswith(".tmp-"):
-      try:
-        os.unlink(os.path.join(out, CELLS, name))
-      except FileNotFoundError:
-        pass
+  if clean:
+    results.remove_temporaries(os.path.join(out, CELLS))
   if not os.path.exists(os.path.join(out, MANIFEST)):
     results.write_json(os.path.join(out, MANIFEST), {"experiment": experiment, "spec": spec,
                                                      "cells": list(cell_ids)})

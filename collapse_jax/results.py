@@ -94,6 +94,9 @@ def from_jsonable(obj: Any) -> Any:
   return obj
 
 
+TMP_PREFIX = ".tmp-"  # atomic_open's temporary files
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w"):
   """Open a temporary file next to ``path`` for writing; on success flush, fsync and rename
@@ -101,7 +104,7 @@ def atomic_open(path: str, mode: str = "w"):
   whole, never half-written."""
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=TMP_PREFIX, suffix=os.path.basename(path))
   try:
     with os.fdopen(fd, mode) as f:
       yield f
@@ -113,6 +116,17 @@ def atomic_open(path: str, mode: str = "w"):
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def remove_temporaries(directory: str) -> None:
+  """Delete the temporary files :func:`atomic_open` leaves in ``directory`` when a process is
+  killed mid-write (a missing directory has none)."""
+  for name in os.listdir(directory) if os.path.isdir(directory) else ():
+    if name.startswith(TMP_PREFIX):
+      try:
+        os.unlink(os.path.join(directory, name))
+      except FileNotFoundError:
+        pass
 
 
 def _atomic_write(path: str, text: str) -> None:

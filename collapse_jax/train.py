@@ -345,8 +345,7 @@ def save_checkpoint(path: str, state: TrainState, meta: dict) -> None:
     dtypes[name] = str(a.dtype)
     # ml_dtypes' bfloat16 and fp8 are user-defined numpy dtypes (isbuiltin 2), which npz
     # cannot describe: stored as unsigned ints of the same bits
-    arrays[f"leaf_{i}"] = (a.view(np.dtype(f"u{a.dtype.itemsize}")) if a.dtype.isbuiltin == 2
-                           or a.dtype.kind == "V" else a)
+    arrays[f"leaf_{i}"] = a.view(np.dtype(f"u{a.dtype.itemsize}")) if a.dtype.isbuiltin == 2 else a
   header = json.dumps({"names": names, "dtypes": dtypes, "meta": meta})
   with results.atomic_open(path, "wb") as f:
     np.savez(f, header=np.frombuffer(header.encode(), np.uint8), **arrays)

@@ -96,11 +96,10 @@ def main(argv):
   for tp in presets:
     d = os.path.join(out, tp.name)
     ckpt, record = os.path.join(d, train.CHECKPOINT), os.path.join(d, "run.json")
-    for f in os.listdir(d) if os.path.isdir(d) else ():  # a killed write's leftovers
-      if f.startswith(".tmp-"):
-        os.unlink(os.path.join(d, f))
+    results.remove_temporaries(d)  # a killed write's leftovers
     if os.path.exists(record):  # finished before --resume: kept, not recomputed
-      runs[tp.name] = results.from_jsonable(json.load(open(record)))
+      with open(record) as f:
+        runs[tp.name] = results.from_jsonable(json.load(f))
       print(f"[{tp.name}] finished before; kept {record}", flush=True)
       continue
     state = history = None

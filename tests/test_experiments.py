@@ -34,6 +34,17 @@ E2E = {
 }
 
 
+def _run_ok(module, out, args, files=(), timeout=900):
+  """Run ``python -m module --out=out args...`` to the end; assert exit 0 and that each of
+  ``files`` (relative to out) exists and is non-empty. Returns the CompletedProcess."""
+  proc = subprocess.run([sys.executable, "-m", module, *args, f"--out={out}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for f in files:
+    assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+  return proc
+
+
 def _start(module, out, args):
   return subprocess.Popen([sys.executable, "-m", module, f"--out={out}", *args], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -279,12 +290,10 @@ def test_synthetic_collapse_end_to_end(tmp_path):
 def test_real_model_collapse_end_to_end(tmp_path):
   """Settings a and d (one causal pass) and b with two digit seeds (kv_cache), in bf16."""
   out = tmp_path / "run"
-  cmd = [sys.executable, "-m", "experiments.real_model_collapse", "--max_len=8",
-         "--dtype=bfloat16", "--settings=a,b,d", "--seeds=0,1", f"--out={out}"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  for f in ("results.json", "real_model_collapse.png", "real_model_collapse_layers.png"):
-    assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+  _run_ok("experiments.real_model_collapse", out,
+          ["--max_len=8", "--dtype=bfloat16", "--settings=a,b,d", "--seeds=0,1"],
+          ("results.json", "real_model_collapse.png", "real_model_collapse_layers.png"),
+          timeout=600)
   res = json.loads((out / "results.json").read_text())
   for k in ("config", "policies", "environment", "token_counts", "settings", "engines", "runs",
             "caption", "timings_s"):
@@ -315,14 +324,11 @@ def test_real_model_collapse_gemma3_windows_end_to_end(tmp_path):
   as non-finite and never as equal; a window longer than every prompt (the native 512, here)
   is bit-identical to no window, a 4-token window is not."""
   out = tmp_path / "run"
-  cmd = [sys.executable, "-m", "experiments.real_model_collapse", "--model=gemma3",
-         "--max_len=6", "--dtype=float32,float16", "--settings=a", "--windows=native,global,4",
-         f"--out={out}"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  for f in ("results.json", "real_model_collapse.png", "real_model_collapse_layers.png",
-            "real_model_collapse_windows.png"):
-    assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+  _run_ok("experiments.real_model_collapse", out,
+          ["--model=gemma3", "--max_len=6", "--dtype=float32,float16", "--settings=a",
+           "--windows=native,global,4"],
+          ("results.json", "real_model_collapse.png", "real_model_collapse_layers.png",
+           "real_model_collapse_windows.png"))
   res = json.loads((out / "results.json").read_text())
   assert res["model_name"] == "gemma3" and res["prompt_format"] == "plain"
   assert res["window_configs"]["4"]["layer_windows"] == [4] * 18
@@ -381,14 +387,11 @@ def test_isa_probe_end_to_end(tmp_path):
 def test_tasks_end_to_end(tmp_path):
   """Two tasks (one a bridge task, one seeded count task in two modes), two n, float32."""
   out = tmp_path / "run"
-  cmd = [sys.executable, "-m", "experiments.tasks", "--task=count_ones,count_bernoulli",
-         "--mode=direct,cot_no_shot", "--lengths=3,6", "--samples=2", "--dtype=float32",
-         "--max_new_tokens=6", "--batch=4", f"--out={out}"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  for f in ("samples.jsonl", "results.json", "tasks_accuracy.png", "tasks_counts.png",
-            "tasks_bridge.png"):
-    assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+  _run_ok("experiments.tasks", out,
+          ["--task=count_ones,count_bernoulli", "--mode=direct,cot_no_shot", "--lengths=3,6",
+           "--samples=2", "--dtype=float32", "--max_new_tokens=6", "--batch=4"],
+          ("samples.jsonl", "results.json", "tasks_accuracy.png", "tasks_counts.png",
+           "tasks_bridge.png"), timeout=1200)
   samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
   res = json.loads((out / "results.json").read_text())
   # count_ones: n and the bridge's n + 1 (direct), n only for CoT; count_bernoulli: 2 samples
@@ -421,14 +424,10 @@ def test_train_end_to_end_then_resume(tmp_path):
   from its checkpoint (no step left to train), the finished one is kept; the accuracies
   written are the same."""
   out = tmp_path / "run"
-  cmd = [sys.executable, "-m", "experiments.train", "--task=count_ones", "--steps=20",
-         "--warmup=2", "--eval_every=10", "--dtype=float32,bfloat16_weights", *TRAIN_TINY,
-         f"--out={out}"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  for f in ("results.json", "train.png", "float32/checkpoint.npz",
-            "bfloat16_weights/checkpoint.npz"):
-    assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+  args = ["--task=count_ones", "--steps=20", "--warmup=2", "--eval_every=10",
+          "--dtype=float32,bfloat16_weights", *TRAIN_TINY]
+  _run_ok("experiments.train", out, args, ("results.json", "train.png", "float32/checkpoint.npz",
+                                           "bfloat16_weights/checkpoint.npz"))
   res = json.loads((out / "results.json").read_text())
   assert set(res["runs"]) == {"float32", "bfloat16_weights"} and res["lengths"] == list(range(1, 9))
   for run in res["runs"].values():
@@ -439,9 +438,7 @@ def test_train_end_to_end_then_resume(tmp_path):
   assert res["runs"]["bfloat16_weights"]["precision"]["rounds_at"] == ["grads", "moments",
                                                                         "weights"]
   (out / "float32" / "run.json").unlink()  # float32 as if stopped after its last step
-  again = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True,
-                         timeout=900)
-  assert again.returncode == 0, again.stderr[-3000:]
+  again = _run_ok("experiments.train", out, args + ["--resume"])
   assert "[float32] resuming at step 20" in again.stdout
   assert "[bfloat16_weights] finished before" in again.stdout
   res2 = json.loads((out / "results.json").read_text())
@@ -471,10 +468,8 @@ def test_train_default_learns_its_task_within_ten_minutes(tmp_path):
   >= 0.95 at every n <= l_train for both precisions, in under 10 minutes of wall time."""
   out = tmp_path / "run"
   t = time.time()
-  proc = subprocess.run([sys.executable, "-m", "experiments.train", f"--out={out}"], cwd=REPO,
-                        capture_output=True, text=True, timeout=900)
+  _run_ok("experiments.train", out, [])
   wall = time.time() - t
-  assert proc.returncode == 0, proc.stderr[-3000:]
   assert wall < 600, wall
   res = json.loads((out / "results.json").read_text())
   for name, run in res["runs"].items():
@@ -488,9 +483,7 @@ def test_train_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
   --resume then finishes with the same per-step losses as a run never interrupted."""
   args = ["--steps=300", "--eval_every=20", "--dtype=bfloat16", *TRAIN_TINY]
   full = tmp_path / "full"
-  proc = subprocess.run([sys.executable, "-m", "experiments.train", *args, f"--out={full}"],
-                        cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  _run_ok("experiments.train", full, args)
   out = tmp_path / "cut"
   p = _start("experiments.train", out, args)
   for line in p.stdout:
@@ -501,9 +494,7 @@ def test_train_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
   assert p.returncode == 143, rest[-2000:]
   assert "resume with: python -m experiments.train" in rest and "--resume" in rest
   assert (out / "bfloat16" / "checkpoint.npz").is_file()
-  again = subprocess.run([sys.executable, "-m", "experiments.train", *args, f"--out={out}",
-                          "--resume"], cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert again.returncode == 0, again.stderr[-3000:]
+  _run_ok("experiments.train", out, args + ["--resume"])
   a = json.loads((full / "results.json").read_text())["runs"]["bfloat16"]["history"]
   b = json.loads((out / "results.json").read_text())["runs"]["bfloat16"]["history"]
   assert b["steps"] == list(range(300)) and b["loss"] == a["loss"]
