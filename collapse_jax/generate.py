@@ -17,9 +17,13 @@ Words (used here and in :mod:`collapse_jax.tasks`):
                 them (rounded at 'logits'); ties go to the lowest id (``jnp.argmax``).
 
 Compiles: the prefill once per (policy, B, P, S), the decode program (``block_steps`` steps
-in one device loop) once per (policy, B, S)
-(``bucket`` rounds P and S up to a power of two, so a sweep over prompt lengths reuses a few
-programs). A row stops after it emits a stop id or its decoded text contains a stop string
+in one device loop) once per (policy, B, S) (``bucket`` rounds P, and S - P, the slots for
+new tokens, up to a power of two, so a sweep over prompt lengths reuses a few programs).
+
+Speed (measured numbers in BUILD_NOTES): the weights are cast and split into the policy's
+accumulation blocks once (:func:`blocked_weights`), not at every step (XLA does not hoist
+that padding copy out of the decode loop), and the prefill's attention runs in chunks of
+:data:`PREFILL_CHUNK` query rows. A row stops after it emits a stop id or its decoded text contains a stop string
 (the stopping token is kept, as HF transformers' ``generate`` keeps its EOS), or after
 ``max_new_tokens``; the batch stops when every row has.
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import weakref
 from typing import Callable, Sequence
 
 import jax
@@ -41,6 +46,15 @@ import numpy as np
 from collapse_jax import model as model_lib
 from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
+
+
+# The prefill's attention runs in chunks of this many query rows: measured on SmolLM2 (f32,
+# 2-core AVX2 EPYC), a 2048-token prefill takes 20.5 s as one [P, P] pass, 8.4 / 7.0 / 6.2 s
+# in chunks of 256 / 128 / 64 (the scores of a chunk stay in cache); at P = 128, 0.36-0.41 s
+# either way. Chunks change the attention's dot shapes, so low bits may differ from a whole
+# pass (BUILD_NOTES: f32 rtol 1e-5); generation is checked against uncached forwards with a
+# tolerance in any case.
+PREFILL_CHUNK = 64
 
 
 def bucket(n: int, minimum: int = 64) -> int:
@@ -69,9 +83,10 @@ class Generation:
 def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
   """The jitted prefill and decode step of one (config, policy)."""
 
-  def prefill(params, tokens_BP, pos_BP, valid_BP, S):
+  def prefill(params, blocked, tokens_BP, pos_BP, valid_BP, S):
     out = model_lib.forward(cfg, pol, params, tokens_BP, positions=pos_BP, key_valid=valid_BP,
-                            collect=("kv", "last_logits"), query_chunk=query_chunk)
+                            collect=("kv", "last_logits"), query_chunk=query_chunk,
+                            blocked=blocked)
     pad = S - tokens_BP.shape[1]
     slots = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
     cache = {"k": slots(out["k"]), "v": slots(out["v"]),
@@ -80,29 +95,60 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
     logits = out["last_logits"]
     return cache, jnp.argmax(logits, -1).astype(jnp.int32), logits
 
-  def step(params, cache, tok_B, pos_B, slot):
+  def step(params, blocked, cache, tok_B, pos_B, slot):
     out = model_lib.forward(cfg, pol, params, tok_B[:, None], positions=pos_B[:, None],
-                            cache=cache, collect=("kv", "last_logits"))
+                            cache=cache, collect=("kv", "last_logits"), blocked=blocked)
     put = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2)
     cache = {"k": put(cache["k"], out["k"]), "v": put(cache["v"], out["v"]),
              "pos": cache["pos"].at[:, slot].set(pos_B),
              "valid": cache["valid"].at[:, slot].set(True)}
     return cache, jnp.argmax(out["last_logits"], -1).astype(jnp.int32)
 
-  def steps(params, cache, tok_B, pos_B, slot, K):
-    """K decode steps in one program (a loop on the device): the weights' blocked layout
-    (``precision.blocked_einsum`` pads them) is loop-invariant, so XLA computes it once per
-    call instead of once per token. Returns the cache and the K new tokens [K, B]."""
+  def steps(params, blocked, cache, tok_B, pos_B, slot, K):
+    """K decode steps in one program (a loop on the device), with the weights pre-blocked
+    (:func:`blocked_weights`: cast and padded once, not once per token). Returns the cache
+    and the K new tokens [K, B]."""
     def body(i, carry):
       cache, tok, toks = carry
-      cache, tok = step(params, cache, tok, pos_B + i, slot + i)
+      cache, tok = step(params, blocked, cache, tok, pos_B + i, slot + i)
       return cache, tok, toks.at[i].set(tok)
     init = (cache, tok_B, jnp.zeros((K,) + tok_B.shape, jnp.int32))
     cache, _, toks = jax.lax.fori_loop(0, K, body, init)
     return cache, toks
 
-  return (jax.jit(prefill, static_argnums=4),
-          jax.jit(steps, static_argnums=5, donate_argnums=1))
+  return (jax.jit(prefill, static_argnums=5),
+          jax.jit(steps, static_argnums=6, donate_argnums=2))
+
+
+@functools.lru_cache(maxsize=32)
+def _blocking(cfg: DecoderConfig, pol: Policy):
+  dummy = jnp.zeros((1, 1), jnp.int32)  # the forward itself is dead code: only the copies run
+  return jax.jit(lambda params: model_lib.forward(cfg, pol, params, dummy,
+                                                  collect=("last_logits", "blocked"))["blocked"])
+
+
+_BLOCKED: list = []  # at most one entry: (weak references to the params' leaves, cfg, policy, blocked)
+
+
+def blocked_weights(cfg: DecoderConfig, policy: Policy, params):
+  """Every weight as ``policy``'s dots use it (``model.forward(collect=("blocked",))``: cast,
+  padded and split into accumulation blocks), for ``forward(blocked=...)``. The copy (the
+  size of the weights, or larger) is made once and kept for the next call with the same
+  ``params`` leaves (one entry; the arrays are treated as immutable, as JAX treats them),
+  so repeated generations and scorings over one model do not repeat it."""
+  leaves = jax.tree_util.tree_leaves(params)
+  if _BLOCKED:
+    refs, c, p, blocked = _BLOCKED[0]
+    if (c == cfg and p == policy and len(refs) == len(leaves)
+        and all(r() is leaf for r, leaf in zip(refs, leaves))):
+      return blocked
+  _BLOCKED.clear()  # drop the old copy before making the next
+  blocked = _blocking(cfg, policy)(params)
+  try:
+    _BLOCKED.append(([weakref.ref(leaf) for leaf in leaves], cfg, policy, blocked))
+  except TypeError:  # a leaf that cannot be weakly referenced: not kept
+    pass
+  return blocked
 
 
 def _check_prompts(cfg: DecoderConfig, prompts: Sequence[Sequence[int]]) -> list:
@@ -117,11 +163,11 @@ def _check_prompts(cfg: DecoderConfig, prompts: Sequence[Sequence[int]]) -> list
 
 
 def prefill(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[int]],
-            slots: int, *, query_chunk: int | None = None):
+            slots: int, *, query_chunk: int | None = PREFILL_CHUNK):
   """Left-pad ``prompts`` to P = bucket(longest) and run them once.
 
   Returns (cache with S = max(slots, P) slots, next ids int32 [B] (greedy), last-row logits
-  [B, V] as stored, lengths [B], P)."""
+  [B, V] as stored, lengths [B], P, the weights pre-blocked for the decode steps)."""
   prompts = _check_prompts(cfg, prompts)
   lengths = np.asarray([len(p) for p in prompts])
   P = bucket(int(lengths.max()))
@@ -131,17 +177,19 @@ def prefill(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequen
   for i, p in enumerate(prompts):
     tokens[i, P - len(p):], pos[i, P - len(p):], valid[i, P - len(p):] = p, np.arange(len(p)), True
   fill, _ = _programs(cfg, policy, query_chunk)
-  cache, nxt, logits = fill(params, tokens, pos, valid, max(int(slots), P))
-  return cache, nxt, logits, lengths, P
+  blocked = blocked_weights(cfg, policy, params)
+  cache, nxt, logits = fill(params, blocked, tokens, pos, valid, max(int(slots), P))
+  return cache, nxt, logits, lengths, P, blocked
 
 
 def run(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[int]],
         max_new_tokens: int, *, stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
-        decode: Callable[[list], str] | None = None, query_chunk: int | None = None,
+        decode: Callable[[list], str] | None = None, query_chunk: int | None = PREFILL_CHUNK,
         block_steps: int = 8) -> Generation:
   """Batched greedy decoding (see the module docstring). ``params``: cast by
   ``policy.cast_params``. ``decode`` (ids -> text) is needed for ``stop_strings``.
-  ``query_chunk``: the prefill's attention in chunks of query rows (long prompts).
+  ``query_chunk``: the prefill's attention in chunks of this many query rows
+  (:data:`PREFILL_CHUNK`; None: the whole [P, P] pass).
   ``block_steps``: decode steps per device program (a row's tokens after its stop are
   computed and dropped; at most block_steps - 1 extra steps per call)."""
   if block_steps < 1:
@@ -157,8 +205,9 @@ def run(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[i
   t0 = time.perf_counter()
   K = int(block_steps)
   P = bucket(max(len(p) for p in prompts))
-  S = bucket(P + -(-(max_new_tokens - 1) // K) * K)  # room for whole blocks of steps
-  cache, nxt, _, lengths, P = prefill(cfg, policy, params, prompts, S, query_chunk=query_chunk)
+  S = P + bucket(-(-(max_new_tokens - 1) // K) * K)  # room for whole blocks of steps
+  cache, nxt, _, lengths, P, blocked = prefill(cfg, policy, params, prompts, S,
+                                               query_chunk=query_chunk)
   pending = [np.asarray(nxt)]  # tokens not yet read, one [B] array per step
   t1 = time.perf_counter()
   _, steps = _programs(cfg, policy, query_chunk)
@@ -182,7 +231,7 @@ def run(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[i
     if all(s is not None for s in stop):
       break
     last = pending[-1]
-    cache, toks = steps(params, cache, jnp.asarray(last, jnp.int32),
+    cache, toks = steps(params, blocked, cache, jnp.asarray(last, jnp.int32),
                         jnp.asarray(lengths + t - 1, jnp.int32), P + t - 1, K)
     pending = list(np.asarray(toks))
     n_steps += K
@@ -211,9 +260,9 @@ class Context:
 
 
 def context(cfg: DecoderConfig, policy: Policy, params, prompt: Sequence[int], *,
-            query_chunk: int | None = None) -> Context:
+            query_chunk: int | None = PREFILL_CHUNK) -> Context:
   """Run ``prompt`` once (:func:`prefill`) for :func:`score`."""
-  cache, _, logits, lengths, _ = prefill(cfg, policy, params, [prompt], 0,
+  cache, _, logits, lengths, _, _ = prefill(cfg, policy, params, [prompt], 0,
                                          query_chunk=query_chunk)
   return Context(cache, logits[0], int(lengths[0]))
 
@@ -222,7 +271,7 @@ def context(cfg: DecoderConfig, policy: Policy, params, prompt: Sequence[int], *
 def _score_fn(cfg: DecoderConfig, pol: Policy):
 
   @jax.jit
-  def score(params, cache, first_logits_V, conts_CT, len_C, pos0, next_ids_M):
+  def score(params, blocked, cache, first_logits_V, conts_CT, len_C, pos0, next_ids_M):
     C, T = conts_CT.shape
     c = {"k": jnp.broadcast_to(cache["k"], cache["k"].shape[:1] + (C,) + cache["k"].shape[2:]),
          "v": jnp.broadcast_to(cache["v"], cache["v"].shape[:1] + (C,) + cache["v"].shape[2:]),
@@ -231,7 +280,7 @@ def _score_fn(cfg: DecoderConfig, pol: Policy):
     pos = jnp.broadcast_to(pos0 + jnp.arange(T, dtype=jnp.int32), (C, T))
     valid = jnp.arange(T)[None, :] < len_C[:, None]
     out = model_lib.forward(cfg, pol, params, conts_CT, positions=pos, key_valid=valid, cache=c,
-                            collect=("logits",))
+                            collect=("logits",), blocked=blocked)
     # the distribution before each continuation token: the prompt's, then each row's own
     first = jnp.broadcast_to(first_logits_V, (C, 1, first_logits_V.shape[-1]))
     lp = jax.nn.log_softmax(jnp.concatenate([first, out["logits"]], 1).astype(jnp.float32), -1)
@@ -265,10 +314,11 @@ def score(cfg: DecoderConfig, policy: Policy, params, ctx: Context,
     conts[i, :len(c)] = c
   lens = np.asarray([len(c) for c in continuations], np.int32)
   fn, ids = _score_fn(cfg, policy), jnp.asarray(list(next_ids), jnp.int32)
+  blocked = blocked_weights(cfg, policy, params)
   parts = []
   for a in range(0, len(conts), SCORE_ROWS):
     rows = np.arange(a, a + SCORE_ROWS) % len(conts)  # a short last chunk repeats rows
-    parts.append(fn(params, ctx.cache, ctx.logits, conts[rows], lens[rows],
+    parts.append(fn(params, blocked, ctx.cache, ctx.logits, conts[rows], lens[rows],
                     jnp.int32(ctx.length), ids))
   cat = lambda j: np.concatenate([np.asarray(p[j], np.float64) for p in parts])[:len(conts)]
   return cat(0), cat(1), cat(2)

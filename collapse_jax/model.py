@@ -36,6 +36,11 @@ Intermediates (``collect``) come from the same forward, never a second copy:
     'logits'        [B, N, V]          (token models)
     'last_logits'   [B, V]             the logits of the last row only (token models): what
                                        generation needs, without a [B, N, V] array
+    'blocked'       pytree             every weight as its dot uses it (``Policy.preblock``:
+                                       cast, padded and split into accumulation blocks), the
+                                       used weights only (the lm_head only with logits);
+                                       pass it back as ``forward(blocked=...)`` to skip that
+                                       copy in a loop (generation's decode steps)
 """
 from __future__ import annotations
 
@@ -53,7 +58,21 @@ from collapse_jax.precision import Policy
 
 QUERY_AXIS = "query_chunks"  # the mesh axis over which query chunks are spread
 COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", "kv", "logits",
-               "last_logits")
+               "last_logits", "blocked")
+BLOCKED = "blocked"  # the variable collection of pre-blocked weights (``Policy.preblock``)
+
+
+def _wdot(mod: nn.Module, spec: str, x, name: str, w):
+  """``mod.policy.dot(spec, x, w)`` for the weight ``w`` that ``mod`` names ``name``: with its
+  pre-blocked copy (``Policy.preblock``) from the :data:`BLOCKED` collection where one is
+  given, and storing that copy there where the collection is being made."""
+  pol = mod.policy
+  if mod.has_variable(BLOCKED, name):
+    w = mod.get_variable(BLOCKED, name)
+  elif mod.is_mutable_collection(BLOCKED):
+    w = pol.preblock(spec, w)
+    mod.put_variable(BLOCKED, name, w)
+  return pol.dot(spec, x, w)
 
 
 def _normal(var: float):
@@ -112,9 +131,9 @@ class Attention(nn.Module):
     wk = self.param("k", init, (D, KV, Dh), jnp.float32)
     wv = self.param("v", init, (D, KV, Dh), jnp.float32)
     wo = self.param("o", init, (H, Dh, D), jnp.float32)
-    q = pol.round(pol.dot("bnd,dhk->bnhk", h_BND, wq), "qkv")
-    k = pol.round(pol.dot("bnd,dhk->bnhk", h_BND, wk), "qkv")
-    v = pol.round(pol.dot("bnd,dhk->bnhk", h_BND, wv), "qkv")
+    q = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "q", wq), "qkv")
+    k = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "k", wk), "qkv")
+    v = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "v", wv), "qkv")
     if cfg.qk_norm:  # per head, over Dh
       q = Norm(cfg, pol, name="q_norm")(q, point="qk_norm")
       k = Norm(cfg, pol, name="k_norm")(k, point="qk_norm")
@@ -190,7 +209,7 @@ class Attention(nn.Module):
       heads = jnp.moveaxis(heads, 0, 1).reshape(B, nc * C, KV, G, Dh)[:, :N]
       probs = None
     heads = heads.reshape(B, N, H, Dh)
-    out = pol.round(pol.dot("bnhk,hkd->bnd", heads, wo), "attn_out")
+    out = pol.round(_wdot(self, "bnhk,hkd->bnd", heads, "o", wo), "attn_out")
     return out, heads, probs, new_kv
 
 
@@ -202,19 +221,19 @@ class MLP(nn.Module):
   def __call__(self, h_BND):
     cfg, pol = self.config, self.policy
     init = _normal(cfg.variance)
-    up = pol.round(pol.dot("bnd,df->bnf", h_BND, self.param("up", init, (cfg.d_model, cfg.ff))),
-                   "mlp_hidden")
+    up = pol.round(_wdot(self, "bnd,df->bnf", h_BND, "up",
+                         self.param("up", init, (cfg.d_model, cfg.ff))), "mlp_hidden")
     if cfg.mlp == "gelu":
       act = jax.nn.gelu(pol.to_compute(up), approximate=True)
     else:
-      gate = pol.round(pol.dot("bnd,df->bnf", h_BND,
-                               self.param("gate", init, (cfg.d_model, cfg.ff))), "mlp_hidden")
+      gate = pol.round(_wdot(self, "bnd,df->bnf", h_BND, "gate",
+                             self.param("gate", init, (cfg.d_model, cfg.ff))), "mlp_hidden")
       g = pol.to_compute(gate)
       fn = jax.nn.silu(g) if cfg.mlp == "swiglu" else jax.nn.gelu(g, approximate=True)
       act = fn * pol.to_compute(up)
     act = pol.round(act, "mlp_act")
-    return pol.round(pol.dot("bnf,fd->bnd", act, self.param("down", init, (cfg.ff, cfg.d_model))),
-                     "mlp_out")
+    return pol.round(_wdot(self, "bnf,fd->bnd", act, "down",
+                           self.param("down", init, (cfg.ff, cfg.d_model))), "mlp_out")
 
 
 class Block(nn.Module):
@@ -338,9 +357,10 @@ class Decoder(nn.Module):
     for key in wants:  # the same dot and rounding point for all rows or the last one
       y_rows = y if key == "logits" else y[:, -1:]
       if cfg.tie_embeddings:
-        lg = pol.round(pol.dot("bnd,vd->bnv", y_rows, table["embedding"]), "logits")
+        lg = pol.round(_wdot(self, "bnd,vd->bnv", y_rows, "lm_head", table["embedding"]),
+                       "logits")
       else:
-        lg = pol.round(pol.dot("bnd,dv->bnv", y_rows, w["kernel"]), "logits")
+        lg = pol.round(_wdot(self, "bnd,dv->bnv", y_rows, "lm_head", w["kernel"]), "logits")
       out[key] = lg if key == "logits" else lg[:, 0]
     return out
 
@@ -364,19 +384,28 @@ def _init_fn(config: DecoderConfig):
 
 def forward(config: DecoderConfig, policy: Policy, params, inputs, *, collect=(),
             positions=None, key_valid=None, cache=None, query_chunk: int | None = None,
-            query_mesh=None) -> dict:
+            query_mesh=None, blocked=None) -> dict:
   """Pure forward: ``params`` must already be cast by ``policy.cast_params``.
   jit/vmap/grad-safe; ``collect``, ``query_chunk`` and ``query_mesh`` must be static under jit.
   ``query_chunk``: attention over query rows in chunks of this size (memory linear in N for
   a fixed chunk; see ``Attention``). ``query_mesh``: spread those chunks over the devices of
-  this 1-D mesh (axis ``QUERY_AXIS``; :func:`chunk_mesh`)."""
+  this 1-D mesh (axis ``QUERY_AXIS``; :func:`chunk_mesh`). ``blocked``: the weights as
+  ``collect=("blocked",)`` returned them for this policy (same values, no per-call copy)."""
   policy.check_available()
   shape = getattr(inputs, "shape", None)
   if shape is not None and (len(shape) < 2 or shape[1] == 0):
     raise ValueError(f"forward: inputs must be [B, N{', D' if not config.vocab_size else ''}] "
                      f"with N >= 1 tokens; got shape {tuple(shape)}")
-  return Decoder(config, policy, tuple(collect), query_chunk, query_mesh).apply(
-      {"params": params}, inputs, positions, key_valid, cache)
+  dec = Decoder(config, policy, tuple(c for c in collect if c != BLOCKED), query_chunk,
+                query_mesh)
+  if BLOCKED in collect:
+    if blocked is not None:
+      raise ValueError("forward: collect 'blocked' or pass blocked=, not both")
+    out, made = dec.apply({"params": params}, inputs, positions, key_valid, cache,
+                          mutable=[BLOCKED])
+    return {**out, BLOCKED: made[BLOCKED]}
+  variables = {"params": params} if blocked is None else {"params": params, BLOCKED: blocked}
+  return dec.apply(variables, inputs, positions, key_valid, cache)
 
 
 def chunk_mesh(devices) -> jax.sharding.Mesh:

@@ -168,12 +168,27 @@ class Policy:
     ``accum_dtype``; optional scalar ``scale`` is applied to the accumulator (in
     compute_dtype) before the caller rounds. Returns compute_dtype."""
     od = self.dot_operand_dtype
-    out = blocked_einsum(spec, jnp.asarray(a).astype(od), jnp.asarray(b).astype(od),
-                         self.accum_dtype, self.matmul_precision, self.accum_block)
+    if isinstance(b, Blocked):  # made by self.preblock(spec, w): already cast and split
+      if b.spec != spec or b.x.dtype != od or b.block != self.accum_block:
+        raise ValueError(f"a weight pre-blocked for {b.spec!r} ({b.x.dtype}, block {b.block}) "
+                         f"used in {spec!r} ({od}, block {self.accum_block})")
+    else:
+      b = jnp.asarray(b).astype(od)
+    out = blocked_einsum(spec, jnp.asarray(a).astype(od), b, self.accum_dtype,
+                         self.matmul_precision, self.accum_block)
     out = out.astype(self.compute_dtype)
     if scale is not None:
       out = out * jnp.asarray(scale, self.compute_dtype)
     return out
+
+  def preblock(self, spec: str, w) -> "Blocked":
+    """``w`` as :meth:`dot` (``spec``, w second) would use it: cast to ``dot_operand_dtype``
+    and split into the blocks of :func:`blocked_einsum`. A loop that multiplies by the same
+    weight many times (a decode loop) makes this copy once instead of at every use: XLA does
+    not hoist a padding copy out of a loop, since it is larger than its input. The dot's
+    values and shapes are those of the unblocked call."""
+    b = jnp.asarray(w).astype(self.dot_operand_dtype)
+    return Blocked(_split_operand(spec, b, 1, self.accum_block), spec, self.accum_block)
 
   def sm_step(self, fn: Callable, *xs):
     """One softmax/norm primitive: computed in compute_dtype, rounded to softmax_dtype."""
@@ -233,6 +248,53 @@ class Policy:
     return d
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Blocked:
+  """The second operand of ``blocked_einsum(spec, ., b)`` already split (``Policy.preblock``):
+  ``x`` is b with its block axis padded and cut into [nb, kb] (or b itself where the
+  contraction is not blocked), in the dot's operand dtype. ``spec`` and ``block`` are the
+  einsum and block size it was split for; any other use is an error."""
+  x: Any
+  spec: str = dataclasses.field(metadata=dict(static=True))
+  block: int | None = dataclasses.field(metadata=dict(static=True))
+
+
+def _plan(spec: str, shape, operand: int, block: int | None):
+  """(c, kb, nb, z): the blocked contraction's axis letter, block length, number of blocks
+  and block letter for ``spec``'s operand ``operand`` (0 or 1) of this shape; None where the
+  contraction is one einsum (``block`` None or at most ``block`` terms)."""
+  ins, out_spec = spec.split("->")
+  sa, sb = ins.split(",")
+  s_x = (sa, sb)[operand]
+  con = [ch for ch in sa if ch in sb and ch not in out_spec]
+  sizes = {ch: shape[s_x.index(ch)] for ch in con}
+  total = 1
+  for v in sizes.values():
+    total *= v
+  if block is None or total <= block:
+    return None
+  c = max(con, key=lambda ch: sizes[ch])
+  kb = max(1, int(block) // (total // sizes[c]))
+  nb = -(-sizes[c] // kb)
+  z = next(ch for ch in "ZYXWVUTSRQPONMLKJIHGFEDCBA" if ch not in set(spec))  # block letter
+  return c, kb, nb, z
+
+
+def _split_operand(spec: str, x, operand: int, block: int | None):
+  """Operand ``operand`` of ``spec`` with the block axis c zero-padded to nb * kb and
+  reshaped to [.., nb, kb, ..] (c's place); ``x`` itself where nothing is blocked."""
+  plan = _plan(spec, x.shape, operand, block)
+  if plan is None:
+    return x
+  c, kb, nb, _ = plan
+  ax = spec.split("->")[0].split(",")[operand].index(c)
+  pad = [(0, 0)] * x.ndim
+  pad[ax] = (0, nb * kb - x.shape[ax])
+  x = jnp.pad(x, pad) if nb * kb != x.shape[ax] else x
+  return x.reshape(x.shape[:ax] + (nb, kb) + x.shape[ax + 1:])
+
+
 def blocked_einsum(spec: str, a, b, accum_dtype, precision, block: int | None):
   """``einsum(spec, a, b)`` accumulated in ``accum_dtype``, with an explicit summation order
   for long contractions.
@@ -245,33 +307,22 @@ def blocked_einsum(spec: str, a, b, accum_dtype, precision, block: int | None):
   to ``accum_dtype``). Only the order inside a block is the backend's. Otherwise it is one
   einsum.
 
-  Shapes are those of ``jnp.einsum``. The blocks are the batch axis of ONE batched dot
-  (one op to compile however many blocks), so the partial sums take nb times the output's
-  memory before they are added."""
+  Shapes are those of ``jnp.einsum``; ``b`` may be a :class:`Blocked` (already split for
+  this spec and block). The blocks are the batch axis of ONE batched dot (one op to compile
+  however many blocks), so the partial sums take nb times the output's memory before they
+  are added."""
+  if isinstance(b, Blocked):
+    b = b.x
+  plan = _plan(spec, a.shape, 0, block)
+  if plan is None:
+    return jnp.einsum(spec, a, b, preferred_element_type=accum_dtype, precision=precision)
+  c, _, nb, z = plan
   ins, out_spec = spec.split("->")
   sa, sb = ins.split(",")
-  con = [ch for ch in sa if ch in sb and ch not in out_spec]
-  sizes = {ch: a.shape[sa.index(ch)] for ch in con}
-  total = 1
-  for v in sizes.values():
-    total *= v
-  if block is None or total <= block:
-    return jnp.einsum(spec, a, b, preferred_element_type=accum_dtype, precision=precision)
-  c = max(con, key=lambda ch: sizes[ch])
-  kb = max(1, int(block) // (total // sizes[c]))
-  nb = -(-sizes[c] // kb)
-  used = set(spec)
-  z = next(ch for ch in "ZYXWVUTSRQPONMLKJIHGFEDCBA" if ch not in used)  # the block letter
-
-  def split(x, s_x):
-    ax = s_x.index(c)
-    pad = [(0, 0)] * x.ndim
-    pad[ax] = (0, nb * kb - sizes[c])
-    x = jnp.pad(x, pad) if nb * kb != sizes[c] else x
-    return x.reshape(x.shape[:ax] + (nb, kb) + x.shape[ax + 1:]), s_x.replace(c, z + c)
-  a2, sa2 = split(a, sa)
-  b2, sb2 = split(b, sb)
-  parts = jnp.einsum(f"{sa2},{sb2}->{z}{out_spec}", a2, b2, preferred_element_type=accum_dtype,
+  if b.ndim == len(sb):  # not pre-split
+    b = _split_operand(spec, b, 1, block)
+  parts = jnp.einsum(f"{sa.replace(c, z + c)},{sb.replace(c, z + c)}->{z}{out_spec}",
+                     _split_operand(spec, a, 0, block), b, preferred_element_type=accum_dtype,
                      precision=precision)
   acc = parts[0]
   for i in range(1, nb):

@@ -436,3 +436,41 @@ def test_query_chunks_over_a_mesh():
   np.testing.assert_array_equal(np.asarray(run(mesh)), np.asarray(run(None)))
   with pytest.raises(ValueError, match="needs query_chunk"):
     model.forward(cfg, pol, params, toks, query_mesh=mesh)
+
+
+@pytest.mark.bitwise
+@pytest.mark.parametrize("preset,kw", [
+    ("float32", dict(vocab_size=23)),                                  # tied lm_head
+    ("bfloat16", dict(vocab_size=23, tie_embeddings=False, mlp="geglu", qk_norm=True)),
+    ("float8_e4m3fn", dict(vocab_size=23, num_kv_heads=1)),
+])
+def test_preblocked_weights_give_the_same_forward(preset, kw):
+  """``collect=("blocked",)`` returns every used weight as its dot uses it (cast, padded,
+  split: d_model 320 and ff 600 are longer than the 256-term blocks); passing them back as
+  ``blocked=`` gives the same forward bit for bit (the same dots on the same values), with
+  a KV cache too, as generation's decode steps use them."""
+  cfg = DecoderConfig(num_layers=2, d_model=320, num_heads=5, head_dim=64, mlp_dim=600,
+                      max_len=32, **kw)
+  pol = precision.get_policy(preset)
+  params, x = pol.cast_params(_params(cfg)), _inputs(cfg, n=6)
+  want = ("kv", "logits", "residual")
+  fwd = jax.jit(functools.partial(model.forward, cfg, pol),
+                static_argnames=("collect",))
+  made = fwd(params, x, collect=want + ("blocked",))
+  blocked = made["blocked"]
+  names = {"/".join(str(getattr(k, "key", k)) for k in path[:-1])
+           for path, _ in jax.tree_util.tree_flatten_with_path(blocked)[0]}
+  assert "lm_head" in names and "layer_1/mlp/down" in names and "layer_0/attn/o" in names
+  plain = fwd(params, x, collect=want)
+  again = fwd(params, x, collect=want, blocked=blocked)
+  pos = np.broadcast_to(np.arange(6, dtype=np.int32), (B, 6))
+  cache = {"k": plain["k"], "v": plain["v"], "pos": pos, "valid": np.ones((B, 6), bool)}
+  step = jax.jit(lambda p, b, t: model.forward(cfg, pol, p, t, positions=pos[:, :1] + 6,
+                                               cache=cache, collect=("logits",), blocked=b))
+  for a, b in ((made, plain), (again, plain),
+               (step(params, blocked, x[:, :1]), step(params, None, x[:, :1]))):
+    for key in b:
+      np.testing.assert_array_equal(np.asarray(a[key]).view(np.uint8),
+                                    np.asarray(b[key]).view(np.uint8), err_msg=key)
+  with pytest.raises(ValueError, match="not both"):
+    model.forward(cfg, pol, params, x, collect=("blocked",), blocked=blocked)

@@ -91,3 +91,35 @@ def test_dot_accumulates_in_f32_and_rounds_once(name):
   exact = np.asarray(a).astype(np.float64) @ np.asarray(b).astype(np.float64)
   ref = exact.astype(np.float32).astype(pol.storage_dtype)  # f32 accumulate, round once
   assert (got.view(np.uint8) == ref.view(np.uint8)).mean() > 0.99
+
+
+@pytest.mark.bitwise
+@pytest.mark.parametrize("name", ["float32", "bfloat16", "float8_e4m3fn"])
+@pytest.mark.parametrize("spec,a_shape,b_shape", [
+    ("bnd,df->bnf", (2, 3, 600), (600, 40)),     # blocked, padded (600 -> 3 x 256)
+    ("bnd,df->bnf", (2, 3, 512), (512, 40)),     # blocked, no padding
+    ("bnhk,hkd->bnd", (2, 3, 9, 64), (9, 64, 40)),  # two contracted axes (the output proj.)
+    ("bnd,vd->bnv", (2, 3, 600), (50, 600)),     # contracted axis last (a tied lm_head)
+    ("bnd,df->bnf", (2, 3, 100), (100, 40)),     # not blocked: the cast only
+])
+def test_preblocked_weight_gives_the_same_bits(name, spec, a_shape, b_shape):
+  """``dot(spec, a, preblock(spec, w))`` is the same dot, on the same values and shapes, as
+  ``dot(spec, a, w)``: bit for bit, whether the weight was split in another program or not."""
+  pol = get_policy(name)
+  a = jax.random.normal(jax.random.key(1), a_shape).astype(pol.storage_dtype)
+  w = (jax.random.normal(jax.random.key(2), b_shape) / 8).astype(pol.param_dtype)
+  plain = jax.jit(lambda a, w: pol.dot(spec, a, w))(a, w)
+  wb = jax.jit(lambda w: pol.preblock(spec, w))(w)
+  assert wb.x.dtype == pol.dot_operand_dtype
+  pre = jax.jit(lambda a, wb: pol.dot(spec, a, wb))(a, wb)
+  assert pre.shape == plain.shape and pre.dtype == plain.dtype
+  np.testing.assert_array_equal(np.asarray(pre).view(np.uint8), np.asarray(plain).view(np.uint8))
+
+
+def test_preblocked_weight_refuses_another_dot():
+  pol = get_policy("float32")
+  wb = pol.preblock("bnd,df->bnf", jnp.ones((600, 4)))
+  with pytest.raises(ValueError, match="pre-blocked for 'bnd,df->bnf'"):
+    pol.dot("nd,df->nf", jnp.ones((2, 600)), wb)
+  with pytest.raises(ValueError, match="pre-blocked"):
+    get_policy("bfloat16").dot("bnd,df->bnf", jnp.ones((1, 2, 600)), wb)
