@@ -20,10 +20,11 @@ Compiles: the prefill once per (policy, B, P, S), the decode program (``block_st
 in one device loop) once per (policy, B, S) (``bucket`` rounds P, and S - P, the slots for
 new tokens, up to a power of two, so a sweep over prompt lengths reuses a few programs).
 
-Speed (measured numbers in BUILD_NOTES): the weights are cast and split into the policy's
-accumulation blocks once (:func:`blocked_weights`), not at every step (XLA does not hoist
-that padding copy out of the decode loop), and the prefill's attention runs in chunks of
-:data:`PREFILL_CHUNK` query rows. A row stops after it emits a stop id or its decoded text contains a stop string
+Speed (measured numbers in BUILD_NOTES): the weights are cast, split into the policy's
+accumulation blocks and laid out as the blocked dots read them once
+(:func:`blocked_weights`), not at every step (XLA does not hoist those copies out of the
+decode loop), and the prefill's attention runs in chunks of :data:`PREFILL_CHUNK` query
+rows. A row stops after it emits a stop id or its decoded text contains a stop string
 (the stopping token is kept, as HF transformers' ``generate`` keeps its EOS), or after
 ``max_new_tokens``; the batch stops when every row has.
 
@@ -106,7 +107,7 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
 
   def steps(params, blocked, cache, tok_B, pos_B, slot, K):
     """K decode steps in one program (a loop on the device), with the weights pre-blocked
-    (:func:`blocked_weights`: cast and padded once, not once per token). Returns the cache
+    (:func:`blocked_weights`: cast, padded and laid out once, not once per token). Returns the cache
     and the K new tokens [K, B]."""
     def body(i, carry):
       cache, tok, toks = carry
@@ -132,7 +133,7 @@ _BLOCKED: list = []  # at most one entry: (weak references to the params' leaves
 
 def blocked_weights(cfg: DecoderConfig, policy: Policy, params):
   """Every weight as ``policy``'s dots use it (``model.forward(collect=("blocked",))``: cast,
-  padded and split into accumulation blocks), for ``forward(blocked=...)``. The copy (the
+  padded, split into accumulation blocks and laid out for the dot), for ``forward(blocked=...)``. The copy (the
   size of the weights, or larger) is made once and kept for the next call with the same
   ``params`` leaves (one entry; the arrays are treated as immutable, as JAX treats them),
   so repeated generations and scorings over one model do not repeat it."""

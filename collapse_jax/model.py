@@ -37,7 +37,7 @@ Intermediates (``collect``) come from the same forward, never a second copy:
     'last_logits'   [B, V]             the logits of the last row only (token models): what
                                        generation needs, without a [B, N, V] array
     'blocked'       pytree             every weight as its dot uses it (``Policy.preblock``:
-                                       cast, padded and split into accumulation blocks), the
+                                       cast, padded, split into blocks, laid out for the dot), the
                                        used weights only (the lm_head only with logits);
                                        pass it back as ``forward(blocked=...)`` to skip that
                                        copy in a loop (generation's decode steps)

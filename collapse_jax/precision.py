@@ -182,13 +182,22 @@ class Policy:
     return out
 
   def preblock(self, spec: str, w) -> "Blocked":
-    """``w`` as :meth:`dot` (``spec``, w second) would use it: cast to ``dot_operand_dtype``
-    and split into the blocks of :func:`blocked_einsum`. A loop that multiplies by the same
-    weight many times (a decode loop) makes this copy once instead of at every use: XLA does
-    not hoist a padding copy out of a loop, since it is larger than its input. The dot's
-    values and shapes are those of the unblocked call."""
+    """``w`` as :meth:`dot` (``spec``, w second) would use it: cast to ``dot_operand_dtype``,
+    split into the blocks of :func:`blocked_einsum`, and laid out as that batched dot reads
+    its second operand, [blocks, contracted axes, free axes]. A loop that multiplies by the
+    same weight many times (a decode loop) makes these copies once instead of at every use:
+    XLA does not hoist them out of a loop (the padding is larger than its input, and it puts
+    the transpose of a weight whose contracted axis is not leading, such as a tied
+    [V, D] lm_head, inside the loop body). The dot's values and shapes are those of the
+    unblocked call."""
     b = jnp.asarray(w).astype(self.dot_operand_dtype)
-    return Blocked(_split_operand(spec, b, 1, self.accum_block), spec, self.accum_block)
+    sb, layout = _rhs_layout(spec, b.shape, self.accum_block)
+    if sb == layout:
+      layout = None
+    x = _split_operand(spec, b, 1, self.accum_block)
+    if layout is not None:
+      x = jnp.transpose(x, [sb.index(ch) for ch in layout])
+    return Blocked(x, spec, self.accum_block, layout)
 
   def sm_step(self, fn: Callable, *xs):
     """One softmax/norm primitive: computed in compute_dtype, rounded to softmax_dtype."""
@@ -253,11 +262,14 @@ class Policy:
 class Blocked:
   """The second operand of ``blocked_einsum(spec, ., b)`` already split (``Policy.preblock``):
   ``x`` is b with its block axis padded and cut into [nb, kb] (or b itself where the
-  contraction is not blocked), in the dot's operand dtype. ``spec`` and ``block`` are the
-  einsum and block size it was split for; any other use is an error."""
+  contraction is not blocked), in the dot's operand dtype, its axes in the order of
+  ``layout`` (the letters of the blocked einsum's second operand; None: b's own order).
+  ``spec`` and ``block`` are the einsum and block size it was split for; any other use is
+  an error."""
   x: Any
   spec: str = dataclasses.field(metadata=dict(static=True))
   block: int | None = dataclasses.field(metadata=dict(static=True))
+  layout: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
 
 def _plan(spec: str, shape, operand: int, block: int | None):
@@ -279,6 +291,22 @@ def _plan(spec: str, shape, operand: int, block: int | None):
   nb = -(-sizes[c] // kb)
   z = next(ch for ch in "ZYXWVUTSRQPONMLKJIHGFEDCBA" if ch not in set(spec))  # block letter
   return c, kb, nb, z
+
+
+def _rhs_layout(spec: str, shape, block: int | None):
+  """(letters of the (split) second operand, the order a batched dot reads them in): the
+  batch letters (the block letter first, then the others in the output's order), the
+  contracted letters in the first operand's order (the order ``jnp.einsum`` pairs them in),
+  then the free letters in their own order."""
+  (sa, sb), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  plan = _plan(spec, shape, 1, block)
+  z = ""
+  if plan is not None:
+    c, _, _, z = plan
+    sa, sb = sa.replace(c, z + c), sb.replace(c, z + c)
+  batch = z + "".join(ch for ch in out if ch in sa and ch in sb)
+  con = "".join(ch for ch in sa if ch in sb and ch not in out and ch != z)
+  return sb, batch + con + "".join(ch for ch in sb if ch in out and ch not in sa)
 
 
 def _split_operand(spec: str, x, operand: int, block: int | None):
@@ -311,17 +339,21 @@ def blocked_einsum(spec: str, a, b, accum_dtype, precision, block: int | None):
   this spec and block). The blocks are the batch axis of ONE batched dot (one op to compile
   however many blocks), so the partial sums take nb times the output's memory before they
   are added."""
+  sb_split = None
   if isinstance(b, Blocked):
-    b = b.x
+    b, sb_split = b.x, b.layout
   plan = _plan(spec, a.shape, 0, block)
   if plan is None:
+    if sb_split is not None:
+      spec = f"{spec.split(',')[0]},{sb_split}->{spec.split('->')[1]}"
     return jnp.einsum(spec, a, b, preferred_element_type=accum_dtype, precision=precision)
   c, _, nb, z = plan
   ins, out_spec = spec.split("->")
   sa, sb = ins.split(",")
   if b.ndim == len(sb):  # not pre-split
     b = _split_operand(spec, b, 1, block)
-  parts = jnp.einsum(f"{sa.replace(c, z + c)},{sb.replace(c, z + c)}->{z}{out_spec}",
+  sb_split = sb_split or sb.replace(c, z + c)
+  parts = jnp.einsum(f"{sa.replace(c, z + c)},{sb_split}->{z}{out_spec}",
                      _split_operand(spec, a, 0, block), b, preferred_element_type=accum_dtype,
                      precision=precision)
   acc = parts[0]
