@@ -56,6 +56,9 @@ from collapse_jax.precision import Policy
 # pass (BUILD_NOTES: f32 rtol 1e-5); generation is checked against uncached forwards with a
 # tolerance in any case.
 PREFILL_CHUNK = 64
+# ... and each chunk attends only to the keys it can see (causal models), in multiples of
+# this many (``model.forward(key_block=)``): about half the attention work of a long prompt.
+PREFILL_KEY_BLOCK = 512
 
 
 def bucket(n: int, minimum: int = 64) -> int:
@@ -87,7 +90,7 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
   def prefill(params, blocked, tokens_BP, pos_BP, valid_BP, S):
     out = model_lib.forward(cfg, pol, params, tokens_BP, positions=pos_BP, key_valid=valid_BP,
                             collect=("kv", "last_logits"), query_chunk=query_chunk,
-                            blocked=blocked)
+                            blocked=blocked, key_block=PREFILL_KEY_BLOCK)
     pad = S - tokens_BP.shape[1]
     slots = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
     cache = {"k": slots(out["k"]), "v": slots(out["v"]),

@@ -113,12 +113,17 @@ class Attention(nn.Module):
   the same rounding points; the attention matrices cannot be collected then.
   ``query_mesh``: a 1-D ``jax.sharding.Mesh`` (axis ``QUERY_AXIS``) over which the chunks are
   spread (``shard_map``): each device attends its share of chunks over every key (keys and
-  values replicated), one chunk at a time; everything else runs replicated."""
+  values replicated), one chunk at a time; everything else runs replicated.
+  ``key_block`` (causal, chunked, no mesh): each chunk attends only to the first keys it can
+  see, rounded up to a multiple of ``key_block`` (chunks needing the same count run as one
+  ``lax.map``). The keys left out are masked anyway (weight exactly 0), so the values are
+  those of the full pass, but the reductions have other lengths: low bits may differ."""
   config: DecoderConfig
   policy: Policy
   query_chunk: int | None = None
   query_mesh: Any = None
   layer: int = 0  # which layer: its window and RoPE base (cfg.window, cfg.rope_base)
+  key_block: int | None = None
 
   @nn.compact
   def __call__(self, h_BND, q_pos_BN, k_pos_BM, k_valid_BM, cache_kv=None):
@@ -163,7 +168,7 @@ class Attention(nn.Module):
       scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BCKGD, k, scale=cfg.qk_scale), "scores")
       mask_BCM = k_valid_BM[:, None, :]
       if cfg.causal:
-        mask_BCM = mask_BCM & (jnp.arange(M)[None, None, :] <= q_idx_C[None, :, None])
+        mask_BCM = mask_BCM & (jnp.arange(k.shape[1])[None, None, :] <= q_idx_C[None, :, None])
       if window is not None:
         dist = jnp.abs(q_pos_BC[:, :, None] - k_pos_BM[:, None, :])
         mask_BCM = mask_BCM & (dist < window)
@@ -193,7 +198,17 @@ class Attention(nn.Module):
       chunks = (jnp.moveaxis(qp.reshape(B, nc, C, KV, G, Dh), 1, 0), ip.reshape(nc, C),
                 jnp.moveaxis(pp.reshape(B, nc, C), 1, 0))
       run = lambda chunks, *keys: jax.lax.map(lambda a: attend(*a, *keys)[0], chunks)
-      if self.query_mesh is None:
+      KB = self.key_block
+      if self.query_mesh is None and KB is not None and cfg.causal:
+        parts, i = [], 0  # chunk i sees keys [0, M - N + (i + 1) C)
+        while i < nc:
+          seen = min(M, -(-(M - N + (i + 1) * C) // KB) * KB)
+          j = max(i + 1, min(nc, (seen - (M - N)) // C))  # chunks i..j-1 see at most `seen`
+          parts.append(run(jax.tree_util.tree_map(lambda x: x[i:j], chunks),
+                           *(x[:, :seen] for x in keys)))
+          i = j
+        heads = jnp.concatenate(parts, 0)
+      elif self.query_mesh is None:
         heads = run(chunks, *keys)  # [nc, B, C, KV, G, Dh]
       else:
         # Only the chunks are split. Everything around them is pinned replicated: left free,
@@ -242,13 +257,14 @@ class Block(nn.Module):
   query_chunk: int | None = None
   query_mesh: Any = None
   layer: int = 0
+  key_block: int | None = None
 
   @nn.compact
   def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None):
     """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...]."""
     cfg, pol = self.config, self.policy
     a, heads, probs, kv = Attention(cfg, pol, self.query_chunk, self.query_mesh, self.layer,
-                                    name="attn")(
+                                    self.key_block, name="attn")(
         Norm(cfg, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
     if cfg.post_norms:
       a = Norm(cfg, pol, name="post_attn_norm")(a, point="post_norm")
@@ -268,6 +284,7 @@ class Decoder(nn.Module):
   collect: Sequence[str] = ()
   query_chunk: int | None = None
   query_mesh: Any = None
+  key_block: int | None = None
 
   @nn.compact
   def __call__(self, inputs, positions=None, key_valid=None, cache=None):
@@ -290,6 +307,8 @@ class Decoder(nn.Module):
       if "attn_weights" in self.collect and self.query_chunk < inputs.shape[1]:
         raise ValueError("'attn_weights' needs the whole [N, M] attention matrix: collect it "
                          "without query_chunk")
+    if self.key_block is not None and self.key_block < 1:
+      raise ValueError(f"key_block must be >= 1, got {self.key_block}")
     if self.query_mesh is not None and (self.query_chunk is None or
                                         self.query_mesh.axis_names != (QUERY_AXIS,)):
       raise ValueError(f"query_mesh spreads query chunks: it needs query_chunk and a 1-D mesh "
@@ -329,7 +348,7 @@ class Decoder(nn.Module):
     residual, heads, weights, ks, vs, attn_out, mid = [v], [], [], [], [], [], []
     for l in range(cfg.num_layers):
       cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
-      v, h, p, kv, a, z = Block(cfg, pol, self.query_chunk, self.query_mesh, l,
+      v, h, p, kv, a, z = Block(cfg, pol, self.query_chunk, self.query_mesh, l, self.key_block,
                                 name=f"layer_{l}")(
           v, positions, k_pos, k_valid, cache_kv)
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
@@ -384,20 +403,22 @@ def _init_fn(config: DecoderConfig):
 
 def forward(config: DecoderConfig, policy: Policy, params, inputs, *, collect=(),
             positions=None, key_valid=None, cache=None, query_chunk: int | None = None,
-            query_mesh=None, blocked=None) -> dict:
+            query_mesh=None, blocked=None, key_block: int | None = None) -> dict:
   """Pure forward: ``params`` must already be cast by ``policy.cast_params``.
   jit/vmap/grad-safe; ``collect``, ``query_chunk`` and ``query_mesh`` must be static under jit.
   ``query_chunk``: attention over query rows in chunks of this size (memory linear in N for
   a fixed chunk; see ``Attention``). ``query_mesh``: spread those chunks over the devices of
   this 1-D mesh (axis ``QUERY_AXIS``; :func:`chunk_mesh`). ``blocked``: the weights as
-  ``collect=("blocked",)`` returned them for this policy (same values, no per-call copy)."""
+  ``collect=("blocked",)`` returned them for this policy (same values, no per-call copy).
+  ``key_block`` (static): with ``query_chunk`` on a causal model, each chunk attends only to
+  the keys it can see, in multiples of this many (``Attention``; low bits may differ)."""
   policy.check_available()
   shape = getattr(inputs, "shape", None)
   if shape is not None and (len(shape) < 2 or shape[1] == 0):
     raise ValueError(f"forward: inputs must be [B, N{', D' if not config.vocab_size else ''}] "
                      f"with N >= 1 tokens; got shape {tuple(shape)}")
   dec = Decoder(config, policy, tuple(c for c in collect if c != BLOCKED), query_chunk,
-                query_mesh)
+                query_mesh, key_block)
   if BLOCKED in collect:
     if blocked is not None:
       raise ValueError("forward: collect 'blocked' or pass blocked=, not both")

@@ -414,6 +414,35 @@ def test_query_chunked_attention_matches_the_whole_pass(pe, name):
         np.testing.assert_array_equal(b, a, err_msg=f"{k} chunk {qc}")
 
 
+@pytest.mark.parametrize("pe,name,rtol", [("rope", "float32", 1e-5), ("rope", "bfloat16", 2e-2),
+                                          ("alibi", "float16", 3e-3)])
+def test_key_blocks_give_the_values_of_the_whole_pass(pe, name, rtol):
+  """``key_block``: each query chunk attends only to the keys it can see (in multiples of
+  the block), with and without a cached prefix. The keys left out had weight exactly 0, so
+  the values are the whole pass's; the reductions are shorter, so this is a tolerance."""
+  cfg = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, vocab_size=16,
+                      pe=pe)
+  pol = precision.get_policy(name)
+  params = pol.cast_params(model.init_params(cfg, jax.random.key(0)))
+  toks = jnp.asarray(np.random.default_rng(0).integers(0, 16, (2, 300)))
+  fwd = jax.jit(functools.partial(model.forward, cfg, pol),
+                static_argnames=("collect", "query_chunk", "key_block"))
+  whole = fwd(params, toks, collect=("kv",))
+  close = lambda a, b, msg: np.testing.assert_allclose(
+      np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=rtol, err_msg=msg)
+  for qc, kb in ((16, 32), (37, 64), (16, 1000)):
+    close(fwd(params, toks, query_chunk=qc, key_block=kb)["y"], whole["y"], f"{qc}/{kb}")
+  # 40 cached keys, then 260 new rows: chunk i sees 40 + (i + 1) * 16 keys
+  pos = np.broadcast_to(np.arange(300, dtype=np.int32), (2, 300))
+  cache = {"k": whole["k"][:, :, :40], "v": whole["v"][:, :, :40], "pos": pos[:, :40],
+           "valid": np.ones((2, 40), bool)}
+  part = fwd(params, toks[:, 40:], positions=pos[:, 40:], cache=cache, query_chunk=16,
+             key_block=32)
+  close(part["y"], whole["y"][:, 40:], "cached prefix")
+  with pytest.raises(ValueError, match="key_block must be >= 1"):
+    model.forward(cfg, pol, params, toks, query_chunk=16, key_block=0)
+
+
 def test_query_chunk_refuses_attention_matrices():
   cfg = DecoderConfig(num_layers=1, d_model=16, num_heads=2, vocab_size=8)
   pol = precision.get_policy("float32")
