@@ -50,14 +50,15 @@ from collapse_jax.precision import Policy
 
 
 # The prefill's attention runs in chunks of this many query rows: measured on SmolLM2 (f32,
-# 2-core AVX2 EPYC), a 2048-token prefill takes 20.5 s as one [P, P] pass, 8.4 / 7.0 / 6.2 s
+# 2-core AVX-512 EPYC), a 2048-token prefill takes 20.5 s as one [P, P] pass, 8.4 / 7.0 / 6.2 s
 # in chunks of 256 / 128 / 64 (the scores of a chunk stay in cache); at P = 128, 0.36-0.41 s
 # either way. Chunks change the attention's dot shapes, so low bits may differ from a whole
 # pass (BUILD_NOTES: f32 rtol 1e-5); generation is checked against uncached forwards with a
 # tolerance in any case.
 PREFILL_CHUNK = 64
 # ... and each chunk attends only to the keys it can see (causal models), in multiples of
-# this many (``model.forward(key_block=)``): about half the attention work of a long prompt.
+# this many (``model.forward(key_block=)``): about 5/8 of the attention work at P = 2048
+# (SmolLM2 f32, 2-core AVX2 EPYC: 20.8 -> 14.7 s).
 PREFILL_KEY_BLOCK = 512
 
 
