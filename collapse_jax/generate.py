@@ -111,8 +111,8 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
 
   def steps(params, blocked, cache, tok_B, pos_B, slot, K):
     """K decode steps in one program (a loop on the device), with the weights pre-blocked
-    (:func:`blocked_weights`: cast, padded and laid out once, not once per token). Returns the cache
-    and the K new tokens [K, B]."""
+    (:func:`blocked_weights`: cast, padded and laid out once, not once per token). Returns
+    the cache and the K new tokens [K, B]."""
     def body(i, carry):
       cache, tok, toks = carry
       cache, tok = step(params, blocked, cache, tok, pos_B + i, slot + i)
@@ -137,9 +137,9 @@ _BLOCKED: list = []  # at most one entry: (weak references to the params' leaves
 
 def blocked_weights(cfg: DecoderConfig, policy: Policy, params):
   """Every weight as ``policy``'s dots use it (``model.forward(collect=("blocked",))``: cast,
-  padded, split into accumulation blocks and laid out for the dot), for ``forward(blocked=...)``. The copy (the
-  size of the weights, or larger) is made once and kept for the next call with the same
-  ``params`` leaves (one entry; the arrays are treated as immutable, as JAX treats them),
+  padded, split into accumulation blocks and laid out for the dot), for
+  ``forward(blocked=...)``. The copy (the size of the weights, or larger) is made once and
+  kept for the next call with the same ``params`` leaves (one entry; the arrays are treated as immutable, as JAX treats them),
   so repeated generations and scorings over one model do not repeat it."""
   leaves = jax.tree_util.tree_leaves(params)
   if _BLOCKED:

@@ -118,9 +118,10 @@ def test_preblocked_weight_gives_the_same_bits(name, spec, a_shape, b_shape):
 
 def test_preblocked_weight_is_laid_out_for_the_dot():
   """A tied lm_head [V, D] (contracted axis last): the blocked dot reads it as [blocks, D, V],
-  so XLA:CPU transposes the whole weight at every call (measured on SmolLM2's decode step:
-  ~150-220 ms of a 200 ms step on a 2-core AVX2 EPYC); ``preblock`` stores that layout once,
-  and the compiled dot has no transpose left."""
+  so XLA:CPU transposes the whole weight at every call (SmolLM2's [1, 576] x lm_head dot on a
+  2-core AVX2 EPYC: 156 ms pre-blocked without this layout, 5.7 ms with it, in a 200 ms
+  decode step); ``preblock`` stores that layout once, and the compiled dot has no transpose
+  left."""
   pol = get_policy("float32")
   spec, a, w = "bnd,vd->bnv", jnp.ones((1, 1, 600)), jnp.ones((300, 600))
   wb = pol.preblock(spec, w)
