@@ -486,16 +486,27 @@ def b10_pairs(max_count: int, vocab: int):
 
 
 def collapse(cfg: DecoderConfig, params, policies: Sequence[precision.Policy], max_count: int, *,
-             memory_budget_gib: float = 2.0, log=jobs.say) -> dict:
+             task: str = "count_ones", memory_budget_gib: float = 2.0, log=jobs.say) -> dict:
   """The trained model's collapse on the Cor. B.10 pairs, counts 1..max_count, through the
-  sweep engine (one causal pass per policy; ``sweep.run_grid``), and its answers to the
-  all-ones sequences. ``params``: the master weights (upcast to f32, exactly; each policy
-  casts them itself). Returns {policy name: {'counts' [C], 'linf' [C] (|y_c - y_(c+1)|_inf),
-  'equal' [C] (bitwise), 'collapse_onset' (first c with y_c == y_(c+1), -1: none),
-  'sustained_onset', 'predicted' [max_count + 2] (the answer token's count for c = 0..
-  max_count + 1 ones, -1 when the argmax is not a count token), 'same_answer' [C] (c and
-  c + 1 get one answer), 'equal_but_answer_differs'}}."""
+  sweep engine (one causal pass per policy; ``sweep.run_grid``), its answers to the all-ones
+  sequences, and the corollary's consequence checked against answers asked another way.
+  ``params``: the master weights (upcast to f32, exactly; each policy casts them itself).
+
+  Returns {policy name: {'counts' [C], 'linf' [C] (|y_c - y_(c+1)|_inf), 'equal' [C]
+  (bitwise), 'collapse_onset' (first c with y_c == y_(c+1), -1: none), 'sustained_onset',
+  'predicted' [max_count + 2] (the answer token's count for c = 0..max_count + 1 ones from
+  one causal pass of the policy, -1 when the argmax is not a count token), 'same_answer' [C]
+  (that pass gives c and c + 1 one answer token), 'corollary'}}.
+
+  'corollary' (:func:`b10_consequence`; None for the copy tasks, whose pairs [BOS, 1^c] and
+  [BOS, 1^(c+1)] have the same correct answer, so the corollary predicts nothing): for every
+  count in a run of bitwise-equal pairs, the answer of the model as :func:`evaluate` asks it
+  (:func:`answer_counts`: the sequence alone, left-padded to its evaluation width), not the
+  row of the pass that measured the equality. The old check here (equal y but another
+  answer token from the one-pass rows) could not fail: equal rows have one argmax."""
   from collapse_jax import engines, sweep
+  if task not in TASKS:
+    raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
   params32 = _floats_to(params, jnp.float32)
   ns = np.arange(2, max_count + 2)
   recs = sweep.run_grid([sweep.Model(cfg, [params32])], list(policies),
@@ -509,15 +520,102 @@ def collapse(cfg: DecoderConfig, params, policies: Sequence[precision.Policy], m
     predicted = np.where(tok >= COUNT0, tok - COUNT0, -1)  # [max_count + 2]: c = 0..max_count+1
     same = tok[1:-1] == tok[2:]  # [C]: the same answer TOKEN for c and c + 1, c = 1..max_count
     eq = np.asarray(rec["bitwise_equal"], bool)
+    counts = ns - 1
     shift = lambda o: int(o) - 1 if o >= 0 else -1
-    out[pol.name] = {"counts": ns - 1, "linf": rec["linf"], "equal": eq,
+    cor = None
+    if task == "count_ones":
+      asked = sorted({int(c) + k for c in counts[eq] for k in (0, 1)})
+      answers = answer_counts(cfg, pol, params32, asked, memory_budget_gib=memory_budget_gib)
+      cor = b10_consequence(eq, counts, answers, cfg.vocab_size - 1 - COUNT0)
+    out[pol.name] = {"counts": counts, "linf": rec["linf"], "equal": eq,
                      "collapse_onset": shift(rec["collapse_onset"]),
                      "sustained_onset": shift(rec["sustained_onset"]),
                      "nonfinite_total": rec["nonfinite_total"], "predicted": predicted,
-                     "same_answer": same,
-                     # the corollary, checked: equal last-token outputs must give equal answers
-                     # (the answers come from a second causal pass of the same policy)
-                     "equal_but_answer_differs": int((eq & ~same).sum())}
+                     "same_answer": same, "corollary": cor}
+  return out
+
+
+def b10_consequence(equal_C, counts_C, answers: dict, max_count_token: int) -> dict:
+  """Cor. B.10 on count_ones, judged from two measurements made apart: ``equal_C`` [C]
+  (y_c == y_(c+1) bit for bit, c = ``counts_C`` [C]; the sweep engine) and ``answers``
+  ({count: the model's answer as a count, -1 for a non-count token}; :func:`answer_counts`)
+  for every count in an equal pair. ``max_count_token``: the largest count with an answer
+  token (a larger count is wrong whatever the model says).
+
+  Consecutive equal pairs chain: y_c == y_(c+1) == ... == y_(c+k) is one representation for
+  k + 1 counts, and the correct answers c, ..., c + k all differ. If the answer is a function
+  of y_n alone (the corollary's premise), they get one answer, so at most ONE of them is right
+  and at least k are wrong. What is verified, per such class of counts: at most one of its
+  counts is answered right ('violations' lists the classes with two or more). It fails when
+  the representation the sweep found equal is not what decides the model's answer as asked
+  (e.g. the engine's bits are not the exact-shape forward's) or the answer depends on more
+  than y_n. It cannot fail on a class where at most one count is answerable (all counts but
+  one above ``max_count_token``): 'classes_that_could_fail' counts the others.
+  'answer_differs_at_equal': equal pairs whose two answers differ (the premise's direct test;
+  allowed by the corollary when both are wrong, reported).
+
+  Returns {'equal_pairs', 'classes' [[first, last] count], 'forced_wrong' (sum of k: the
+  fewest wrong answers the corollary allows), 'wrong' (measured, over the classes' counts),
+  'violations', 'classes_that_could_fail', 'answer_differs_at_equal', 'holds'}."""
+  eq = np.asarray(equal_C, bool)
+  counts = np.asarray(counts_C, np.int64)
+  classes, j = [], 0
+  while j < len(eq):
+    if not eq[j]:
+      j += 1
+      continue
+    k = j
+    while k + 1 < len(eq) and eq[k + 1] and counts[k + 1] == counts[k] + 1:
+      k += 1
+    classes.append((int(counts[j]), int(counts[k]) + 1))  # counts c_j .. c_k + 1
+    j = k + 1
+  missing = sorted({c for a, b in classes for c in range(a, b + 1)} - set(answers))
+  if missing:
+    raise ValueError(f"b10_consequence: no answer for counts {missing[:5]}")
+  right = lambda c: int(answers[c]) == c
+  violations, could, wrong = [], 0, 0
+  for a, b in classes:
+    members = range(a, b + 1)
+    wrong += sum(not right(c) for c in members)
+    if sum(right(c) for c in members) >= 2:
+      violations.append([a, b])
+    could += sum(c <= max_count_token for c in members) >= 2
+  differs = int(sum(int(answers[int(c)]) != int(answers[int(c) + 1]) for c in counts[eq]))
+  return {"equal_pairs": int(eq.sum()), "classes": [list(c) for c in classes],
+          "forced_wrong": int(sum(b - a for a, b in classes)), "wrong": int(wrong),
+          "violations": violations, "classes_that_could_fail": int(could),
+          "answer_differs_at_equal": differs, "holds": not violations}
+
+
+@functools.lru_cache(maxsize=None)
+def _answer_fn(cfg: DecoderConfig, pol: precision.Policy):
+  return jax.jit(lambda p, t, pos, v: jnp.argmax(model_lib.forward(
+      cfg, pol, p, t, positions=pos, key_valid=v,
+      collect=("last_logits",))["last_logits"].astype(jnp.float32), axis=-1))
+
+
+def answer_counts(cfg: DecoderConfig, pol: precision.Policy, params, counts, *,
+                  memory_budget_gib: float = 2.0) -> dict:
+  """The model's answer to [BOS, 1^c] for each c in ``counts``, asked as :func:`evaluate`
+  asks it: the sequence alone in its row, left-padded to ``eval_width(c)`` (pads are invalid
+  keys), the argmax of the last row's logits under ``pol`` (params: f32 master weights).
+  Rows of one width run together, as many as fit ``memory_budget_gib`` (scores [H, W, W],
+  4 bytes, 16 live copies per row). Returns {c: answered count (-1: a non-count token)}."""
+  p = pol.cast_params(params)
+  by_width: dict = {}
+  for c in sorted(set(int(c) for c in counts)):
+    by_width.setdefault(eval_width(c), []).append(c)
+  out = {}
+  for W, cs in by_width.items():
+    rows = max(1, int(memory_budget_gib * 2**30 // (16 * 4 * cfg.num_heads * W * W)))
+    for a in range(0, len(cs), rows):
+      chunk = cs[a:a + rows]
+      seqs = [np.concatenate([[BOS], np.full(c, ONE)]).astype(np.int32) for c in chunk]
+      seqs += [seqs[-1]] * (rows - len(chunk)) if len(cs) > rows else []  # one shape per W
+      t, pos, v = pad_left(seqs, W)
+      tok = np.asarray(_answer_fn(cfg, pol)(p, jnp.asarray(t), jnp.asarray(pos), jnp.asarray(v)))
+      for c, k in zip(chunk, tok):
+        out[c] = int(k) - COUNT0 if k >= COUNT0 else -1
   return out
 
 
@@ -560,7 +658,7 @@ def measure(cfg: DecoderConfig, tp: TrainPrecision, params, task: str, ns, *, l_
                                           seed=seed, l_train=l_train)),
             ("grad_norm_by_length", lambda: grad_norm_by_length(
                 cfg, tp, params, task, ns, samples=grad_samples, seed=seed)),
-            ("collapse", lambda: collapse(cfg, params, onset_policies, max_count,
+            ("collapse", lambda: collapse(cfg, params, onset_policies, max_count, task=task,
                                           memory_budget_gib=memory_budget_gib,
                                           log=lambda *_: None)))
   for key, run in phases:

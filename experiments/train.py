@@ -11,7 +11,10 @@ clipping) on n in 1..--l_train digits, then:
   * accuracy at every n of --lengths (default 1..eval_factor * l_train);
   * the gradient norm of the loss at each of those n (what the optimizer is told there);
   * its own collapse on Cor. B.10's pairs ([BOS, 1^c] vs [BOS, 1^(c+1)], c <= --max_len),
-    through the sweep engine, under each --onset_dtype, and its answers to those sequences.
+    through the sweep engine, under each --onset_dtype, and its answers to those sequences;
+    for count_ones, the corollary's consequence (train.b10_consequence): of every run of
+    counts whose representations are bitwise equal, at most one may be answered right, the
+    answers asked as the accuracy asks them (each sequence alone, left-padded).
 Checkpoints (<out>/<dtype>/checkpoint.npz) are written at every evaluation and on SIGINT /
 SIGTERM (the run stops at the next step or phase; a second signal exits at once); the
 command printed at the stop (the same flags, --out and --resume) continues with the same
@@ -128,6 +131,15 @@ def main(argv):
           + f"; first n below 0.5: {rec['first_n_below_half']}; collapse onset (c vs c+1 "
           "bitwise equal): " + ", ".join(f"{k} {v['collapse_onset']}"
                                          for k, v in rec["collapse"].items()), flush=True)
+    for k, v in rec["collapse"].items():
+      c = v["corollary"]
+      if c and c["equal_pairs"]:
+        print(f"  Cor. B.10 under {k}: {'holds' if c['holds'] else 'VIOLATED'}: "
+              f"{c['equal_pairs']} equal pairs in {len(c['classes'])} runs of counts, "
+              f"{c['wrong']} wrong answers there (at least {c['forced_wrong']} forced); "
+              f"{c['classes_that_could_fail']} runs with two answerable counts; answers "
+              f"differ at {c['answer_differs_at_equal']} equal pairs"
+              + (f"; violations {c['violations']}" if c["violations"] else ""), flush=True)
   caption = (f"{F.task}, trained on n <= {F.l_train}; {cfg.num_layers} layers, d={cfg.d_model}, "
              f"{cfg.num_heads} heads, {cfg.pe}; {F.steps} steps x {F.batch}; seed {seed}; onsets "
              f"on Cor. B.10's pairs, counts <= {F.max_len}")

@@ -303,11 +303,52 @@ def test_collapse_probe_matches_exact_length_forwards_and_the_corollary():
                                    jnp.asarray([[train.BOS] + [train.ONE] * c]))))
     assert f32["predicted"][c] == (tok - train.COUNT0 if tok >= train.COUNT0 else -1)
   # e5m2 (2 mantissa bits) collapses this random-init model: the corollary's check has
-  # equal pairs to look at (51 of 100 when measured)
-  assert np.asarray(col["float8_e5m2"]["equal"]).sum() >= 5
+  # equal pairs to look at
+  e5 = col["float8_e5m2"]
+  assert np.asarray(e5["equal"]).sum() >= 5
   for r in col.values():
     eq = np.asarray(r["equal"], bool)
     first = int(metrics.collapse_onset(eq, np.arange(1, 101)))
     assert r["collapse_onset"] == first
-    assert r["equal_but_answer_differs"] == 0
     assert len(r["predicted"]) == 102 and len(r["same_answer"]) == 100
+    cor = r["corollary"]
+    assert cor["holds"] and cor["equal_pairs"] == eq.sum()
+    assert cor["wrong"] >= cor["forced_wrong"] == eq.sum()
+  # the answers the check uses are the evaluation path's (left-padded, alone in the row)
+  cor = e5["corollary"]
+  a, b = cor["classes"][0]
+  got = train.answer_counts(CFG, pols[1], params, [a, b])
+  batch = train.Batch(*train.pad_left([np.asarray([train.BOS] + [train.ONE] * c, np.int32)
+                                       for c in (a, b)], train.eval_width(b)),
+                      np.zeros(2, np.int32), np.zeros(2, np.int32), np.zeros(2, np.int32))
+  tp = train.TrainPrecision("e5m2", jnp.float32, jnp.float32, "float8_e5m2")
+  want = train.predict(CFG, tp, params, batch) - train.COUNT0
+  assert [got[a], got[b]] == [int(w) if w >= 0 else -1 for w in want]
+  # copy tasks: the pairs' correct answers are equal, the corollary predicts nothing
+  cp = train.collapse(CFG, params, pols[:1], 4, task="copy_first", log=lambda *_: None)
+  assert cp["float32"]["corollary"] is None
+
+
+def test_b10_consequence_fails_on_answers_a_collapsed_model_cannot_give():
+  """The corollary's check, given broken input: bitwise-equal pairs (c = 3, 4 and 4, 5: one
+  class {3, 4, 5}; and 8, 9) with answers that get two counts of one class right. It must
+  report the violation; honest answers (one per class, or all wrong) must pass; counts beyond
+  the count tokens cannot be right, so such a class cannot fail."""
+  counts = np.arange(1, 11)
+  eq = np.zeros(10, bool)
+  eq[[2, 3, 7]] = True  # pairs (3, 4), (4, 5), (8, 9)
+  oracle = {c: c for c in range(1, 12)}  # every count right: impossible under collapse
+  r = train.b10_consequence(eq, counts, oracle, max_count_token=20)
+  assert r["classes"] == [[3, 5], [8, 9]] and r["forced_wrong"] == 3
+  assert not r["holds"] and r["violations"] == [[3, 5], [8, 9]] and r["wrong"] == 0
+  one_answer = {**oracle, 3: 4, 4: 4, 5: 4, 8: 8, 9: 8}  # one answer per class, one right
+  r = train.b10_consequence(eq, counts, one_answer, max_count_token=20)
+  assert r["holds"] and r["wrong"] == 3 == r["forced_wrong"] and r["answer_differs_at_equal"] == 0
+  # two right in {3, 4, 5}, answers differ: fails, and says the premise broke too
+  r = train.b10_consequence(eq, counts, {**one_answer, 3: 3}, max_count_token=20)
+  assert not r["holds"] and r["violations"] == [[3, 5]] and r["answer_differs_at_equal"] == 1
+  # with count tokens only up to 3, no class has two answerable counts: nothing to fail
+  r = train.b10_consequence(eq, counts, oracle, max_count_token=3)
+  assert r["classes_that_could_fail"] == 0
+  with pytest.raises(ValueError, match="no answer for counts"):
+    train.b10_consequence(eq, counts, {3: 3}, max_count_token=20)
