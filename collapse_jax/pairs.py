@@ -93,8 +93,9 @@ class PairSet(abc.ABC):
     """int32 [2, S]: rows of the one causal pass over ``stream`` holding A_n's and B_n's
     compared token."""
     if not self.one_pass:
+      use = "the kv_cache, masked or exact engine" if self.appended else "the exact engine"
       raise ValueError(f"pair set {self.name!r} has no single shared sequence: no rows of one "
-                       "pass hold its pairs (use the kv_cache, masked or exact engine)")
+                       f"pass hold its pairs (use {use})")
     return (self.lengths_ab(ns) - 1).astype(np.int32)
 
   def positions(self, n: int) -> tuple[np.ndarray, np.ndarray]:

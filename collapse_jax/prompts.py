@@ -37,15 +37,22 @@ Settings (n = number of DIGIT tokens in A_n; commas are not counted):
   (b) count digits: A_n = prompt + x_1..x_{n-1} 1,       B_n = prompt + x_1..x_{n-1} 1 1,
       x_i uniform over '0'..'9' (seeded; the same x_1.. for every n). Theorem B.3's pair.
   (c) copy ones:    as (a) with the copy question.
-  (d) copy ones with commas every third digit, grouped FROM THE LEFT ('111,111,1'), so that
-      the n-digit string is a prefix of the (n+1)-digit string: A_n = prompt + g(n),
-      B_n = prompt + g(n+1) where g(n) is n ones with ',' after every third one (no trailing
-      comma). For n % 3 == 0, B_n = A_n + ',' '1' (two extra tokens), else A_n + '1'.
-      (Thousands-style grouping from the right, '1,111', is not prefix-consistent: A_n would
-      not be a prefix of B_n and no single pass could hold both.)
+  (d) copy ones with commas grouped thousands-style, FROM THE RIGHT ('1,111', '11,111'):
+      A_n = prompt + g(n), B_n = prompt + g(n+1) where g(m) is m ones with ',' before every
+      digit that has a multiple of 3 digits after it (as ``f"{int('1' * m):,}"`` writes it).
+      The compared last digits of A_n and B_n then both close a full group of three, in the
+      same place of their group. This is not prefix-consistent: A_4 = '1,111' is not a prefix
+      of B_4 = '11,111', so no single pass holds the pairs (``one_pass`` and ``appended`` are
+      False) and the engines resolve to ``exact`` (separate exact-length forwards).
+  (d_left) the variant of (d) grouped FROM THE LEFT ('111,111,1'), so that the n-digit string
+      is a prefix of the (n+1)-digit string: for n % 3 == 0, B_n = A_n + ',' '1' (two extra
+      tokens), else A_n + '1'. One causal pass holds it, but the last digits of A_n and B_n
+      sit at different places of their groups (e.g. A_3 ends a group, B_3 = '111,1' starts
+      one), which keeps the pair apart partly by construction. Not a Figure-5 default:
+      ``--settings=d_left`` (:data:`VARIANTS`).
 
 Exactness of the one-pass formulations:
-  * (a), (c), (d): A_n is a prefix of B_n, and every B_n is a prefix of ONE sequence
+  * (a), (c), (d_left): A_n is a prefix of B_n, and every B_n is a prefix of ONE sequence
     (``stream``): one causal pass holds A_n's last digit at row ``rows(ns)[0]`` and B_n's
     at ``rows[1]``. Mathematically exact (causal attention); bits can differ from an
     exact-length forward because XLA's blocking depends on the shape.
@@ -64,7 +71,9 @@ import numpy as np
 from collapse_jax import pairs
 from collapse_jax.config import check_token_ids
 
-SETTINGS = ("a", "b", "c", "d")
+SETTINGS = ("a", "b", "c", "d")  # Figure 5's four panels (the default settings)
+VARIANTS = ("d_left",)  # named variants, selectable by key
+COMMAS = ("", "right", "left")  # no commas; thousands-style from the right; from the left
 POSITIONS = ("digit", "turn_end")
 PROMPT_FORMATS = {  # name -> how results and figures describe it
     "chat": "the chat template",
@@ -76,18 +85,23 @@ COPY_QUESTION = "Can you copy the following number?"
 _MARK = "\x00DIGITS\x00"
 
 _SPEC = {
-    "a": dict(question=COUNT_QUESTION, random_digits=False, commas=False,
+    "a": dict(question=COUNT_QUESTION, random_digits=False, commas="",
               title="(a) count: ones",
               pair="A_n = prompt + 1^n vs B_n = prompt + 1^(n+1)"),
-    "b": dict(question=COUNT_QUESTION, random_digits=True, commas=False,
+    "b": dict(question=COUNT_QUESTION, random_digits=True, commas="",
               title="(b) count: random digits",
               pair="A_n = prompt + x_1..x_{n-1} 1 vs B_n = prompt + x_1..x_{n-1} 1 1 (x uniform 0-9)"),
-    "c": dict(question=COPY_QUESTION, random_digits=False, commas=False,
+    "c": dict(question=COPY_QUESTION, random_digits=False, commas="",
               title="(c) copy: ones",
               pair="A_n = prompt + 1^n vs B_n = prompt + 1^(n+1)"),
-    "d": dict(question=COPY_QUESTION, random_digits=False, commas=True,
+    "d": dict(question=COPY_QUESTION, random_digits=False, commas="right",
               title="(d) copy: ones with commas",
-              pair="A_n = prompt + g(n) vs B_n = prompt + g(n+1), g = n ones, ',' after every 3rd"),
+              pair="A_n = prompt + g(n) vs B_n = prompt + g(n+1), g = n ones grouped by 3 "
+                   "from the right ('1,111')"),
+    "d_left": dict(question=COPY_QUESTION, random_digits=False, commas="left",
+                   title="(d, left) copy: ones with commas from the left",
+                   pair="A_n = prompt + g(n) vs B_n = prompt + g(n+1), g = n ones, ',' after "
+                        "every 3rd from the left ('111,1')"),
 }
 
 
@@ -96,12 +110,14 @@ class PromptSetting(pairs.PairSet):
   """One Figure-5 setting as a pair set of token ids (vocabulary: collapse_jax/pairs.py).
 
   Attributes:
-    key: 'a'..'d'. title / pair: human-readable panel title and pair definition.
+    key: 'a'..'d' or a variant ('d_left'). title / pair: human-readable panel title and pair
+      definition.
     question: the user question (the digits follow after one space).
     prefix_ids: chat template up to and including the space token before the digits.
     suffix_ids: the tokens after the digits (end of user turn + assistant header).
     one_id / comma_id: ids of '1' and ','. digit_ids: ids of '0'..'9'.
-    random_digits: setting (b). commas: setting (d). seed: digit seed for (b).
+    random_digits: setting (b). commas: how commas group the ones (:data:`COMMAS`): '' (none),
+      'right' (setting (d), thousands-style) or 'left' ('d_left'). seed: digit seed for (b).
     digit_stream: (b) only: the seeded digits x_1..x_K (ids), shared by every n.
     position: the compared token, 'digit' (the last digit) or 'turn_end' (the last token of
       the chat turn; A_n and B_n then differ before it: exact-length forwards only).
@@ -116,7 +132,7 @@ class PromptSetting(pairs.PairSet):
   comma_id: int
   digit_ids: tuple
   random_digits: bool
-  commas: bool
+  commas: str
   seed: int
   digit_stream: tuple = ()
   position: str = "digit"
@@ -135,12 +151,14 @@ class PromptSetting(pairs.PairSet):
 
   @property
   def one_pass(self) -> bool:
-    """(a), (c), (d) at the last digit: every B_n is a prefix of one sequence."""
-    return not self.random_digits and self.position == "digit"
+    """(a), (c), (d_left) at the last digit: every B_n is a prefix of one sequence. Not (d):
+    commas grouped from the right move when a digit is added ('1,111' -> '11,111')."""
+    return (not self.random_digits and self.commas != "right"
+            and self.position == "digit")
 
   @property
   def appended(self) -> bool:
-    """(a), (b), (c) at the last digit: B_n = A_n + ['1']; (d) inserts commas."""
+    """(a), (b), (c) at the last digit: B_n = A_n + ['1']; (d) and (d_left) insert commas."""
     return not self.commas and self.position == "digit"
 
   @property
@@ -193,8 +211,9 @@ class PromptSetting(pairs.PairSet):
     if not self.commas:
       return np.full(m, self.one_id, np.int32)
     out = []
-    for i in range(m):
-      if i and i % 3 == 0:
+    for i in range(m):  # a comma before digit i: from the left after every 3rd digit; from
+      # the right before every digit with a multiple of 3 digits after it (thousands-style)
+      if i and (i if self.commas == "left" else m - i) % 3 == 0:
         out.append(self.comma_id)
       out.append(self.one_id)
     return np.asarray(out, np.int32)
@@ -218,7 +237,7 @@ class PromptSetting(pairs.PairSet):
 
   def describe(self) -> dict:
     return {**super().describe(), "key": self.key, "title": self.title, "pair": self.pair,
-            "question": self.question, "position": self.position,
+            "question": self.question, "commas": self.commas, "position": self.position,
             "prompt_format": self.prompt_format,
             "prefix_ids": list(self.prefix_ids), "suffix_ids": list(self.suffix_ids),
             "prefix_tokens": self.prefix_len, "suffix_tokens": len(self.suffix_ids),
@@ -249,13 +268,13 @@ def prompt_text(user: str, prompt_format: str = "chat", *, system: str | None = 
 def make_setting(key: str, tokenizer, *, max_n: int = 1000, seed: int = 0,
                  system: str | None = None, vocab_size: int | None = None,
                  position: str = "digit", prompt_format: str = "chat") -> PromptSetting:
-  """Build setting ``key`` ('a'..'d') with the tokenizer in ``prompt_format`` ('chat' or
+  """Build setting ``key`` ('a'..'d', or a variant of :data:`VARIANTS`) with the tokenizer in ``prompt_format`` ('chat' or
   'plain', :func:`prompt_text`). ``max_n`` sizes (b)'s seeded digit stream (its first digits
   do not depend on max_n). ``vocab_size``: the model's; every id the setting uses must lie
   below it (ValueError otherwise)."""
   from collapse_jax.checkpoints.tokenizer import encode
   if key not in _SPEC:
-    raise ValueError(f"unknown setting {key!r}; valid: {', '.join(SETTINGS)}")
+    raise ValueError(f"unknown setting {key!r}; valid: {', '.join(SETTINGS + VARIANTS)}")
   if position not in POSITIONS:
     raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
   spec = _SPEC[key]

@@ -1,9 +1,10 @@
 r"""Figure 5 on real weights: representational collapse in SmolLM2-135M-Instruct or Gemma 3 270M.
 
 For the paper's four prompt settings (collapse_jax/prompts.py: (a) count ones, (b) count
-random digits ending in 1 vs 1 1, (c) copy ones, (d) copy ones with commas every third digit)
-and each precision, compare the compared-token representations of A_n and B_n (n vs n+1
-digit tokens) for every n in the grid, in THE decoder with the GGUF weights:
+random digits ending in 1 vs 1 1, (c) copy ones, (d) copy ones with commas grouped from the
+right, '1,111'; the variant d_left groups them from the left, '111,1') and each precision,
+compare the compared-token representations of A_n and B_n (n vs n+1 digit tokens) for every
+n in the grid, in THE decoder with the GGUF weights:
 
   python -m experiments.real_model_collapse                        # 4 settings x 3 dtypes, n<=1000
   python -m experiments.real_model_collapse --max_len=64 --dtype=float32,bfloat16   # smoke
@@ -14,7 +15,11 @@ digit tokens) for every n in the grid, in THE decoder with the GGUF weights:
   python -m experiments.real_model_collapse --engine=exact --lengths=1,10,100 --settings=a
       # exact-length forwards, cross-checked against the one-pass engine on the same n
 
-Engines (collapse_jax/engines.py; default: causal for (a), (c), (d), kv_cache for (b)).
+  python -m experiments.real_model_collapse --settings=d,d_left --lengths=1:300:7
+      # commas from the right (exact forwards) vs from the left (one causal pass)
+
+Engines (collapse_jax/engines.py; default: causal for (a), (c), d_left, kv_cache for (b),
+exact for (d): its right-grouped commas are not prefix-consistent).
 --position=turn_end compares the last token of the chat turn (exact engine only). --seeds are
 setting (b)'s digit seeds. --model picks the model (collapse_jax.checkpoints.MODELS) and with it
 the prompt format (chat template for SmolLM2-Instruct, plain text for the Gemma 3 base model;
@@ -39,7 +44,8 @@ F = flags.FLAGS
 cli.define(dtype="float32,bfloat16,float16", max_len=1000, lengths=None, seeds=["0"],
            engine=None, chunk=32, fp8_scaling=False, out=None, plot=True, model="smollm2",
            windows=["native"], memory_budget=None)
-flags.DEFINE_list("settings", list(prompts.SETTINGS), "Figure 5 settings among a,b,c,d")
+flags.DEFINE_list("settings", list(prompts.SETTINGS), "Figure 5 settings among "
+                  f"{','.join(prompts.SETTINGS)}, or the variants {','.join(prompts.VARIANTS)}")
 flags.DEFINE_enum("position", "digit", prompts.POSITIONS, "compared token: the last digit "
                   "(default) or the end of the chat turn (exact engine only)")
 flags.DEFINE_bool("cross_check", True, "with --engine=exact and --position=digit, also run the "
@@ -50,9 +56,10 @@ def _setup():
   policies = cli.policies(F.dtype, fp8_scaling=F.fp8_scaling)
   seeds = cli.int_list(F.seeds, "seeds")
   keys = [k.strip() for k in F.settings]
-  bad = [k for k in keys if k not in prompts.SETTINGS]
+  valid = prompts.SETTINGS + prompts.VARIANTS
+  bad = [k for k in keys if k not in valid]
   if bad:
-    raise ValueError(f"unknown settings {bad}; valid: {', '.join(prompts.SETTINGS)}")
+    raise ValueError(f"unknown settings {bad}; valid: {', '.join(valid)}")
   if F.position == "turn_end" and F.engine not in (None, "auto", "exact"):
     raise ValueError("--position=turn_end needs the exact engine (A_n and B_n then differ "
                      "before the compared token, so no one-pass formulation applies)")

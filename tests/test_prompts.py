@@ -1,8 +1,9 @@
 """Figure 5's prompt settings as pair sets on SmolLM2 (collapse_jax/prompts.py).
 
 (i)   token pair definitions: for each setting, A_n and B_n differ exactly as specified and are
-      the tokenizations of the chat-template texts;
-(ii)  the one-pass engines (causal rows for a/c/d, kv_cache for b) agree with exact-length
+      the tokenizations of the chat-template texts; (d) groups commas from the right
+      ('1,111' vs '11,111': exact forwards only), the variant d_left from the left ('111,1');
+(ii)  the one-pass engines (causal rows for a/c/d_left, kv_cache for b) agree with exact-length
       forwards of A_n and B_n on SmolLM2 in float32 (n <= 12);
 (the app's end-to-end run is in tests/test_experiments.py).
 
@@ -55,7 +56,8 @@ def smollm2():
 @pytest.fixture(scope="module")
 def settings(tok):
   from collapse_jax import prompts
-  return {k: prompts.make_setting(k, tok, max_n=64, seed=0) for k in prompts.SETTINGS}
+  return {k: prompts.make_setting(k, tok, max_n=64, seed=0)
+          for k in prompts.SETTINGS + prompts.VARIANTS}
 
 
 # -- (i) token pairs --------------------------------------------------------------------------
@@ -64,6 +66,9 @@ def test_tokenization_facts(tok):
   from collapse_jax.checkpoints import encode
   assert encode(tok, "1111") == [33] * 4  # one token per digit
   assert encode(tok, "111,111") == [33, 33, 33, 28, 33, 33, 33]  # commas are their own token
+  assert encode(tok, "1,111") == [33, 28, 33, 33, 33]  # (d): grouped from the right
+  assert encode(tok, "11,111") == [33, 33, 28, 33, 33, 33]
+  assert encode(tok, "111,1") == [33, 33, 33, 28, 33]  # d_left: grouped from the left
   assert [encode(tok, str(d)) for d in range(10)] == [[32 + d] for d in range(10)]
 
 
@@ -74,7 +79,7 @@ def test_settings_reject_ids_outside_the_model_vocabulary(tok):
     prompts.make_setting("a", tok, max_n=8, vocab_size=40)
 
 
-@pytest.mark.parametrize("key", ["a", "b", "c", "d"])
+@pytest.mark.parametrize("key", ["a", "b", "c", "d", "d_left"])
 def test_pair_definitions(settings, tok, key):
   from collapse_jax import prompts
   s = settings[key]
@@ -83,26 +88,39 @@ def test_pair_definitions(settings, tok, key):
   for n in range(1, 14):
     A, B = s.pair_tokens(n)
     P = s.prefix_len
-    assert np.array_equal(A[:P], s.prefix_ids) and np.array_equal(B[:len(A)], A)  # A_n prefix of B_n
+    assert np.array_equal(A[:P], s.prefix_ids) and np.array_equal(B[:P], s.prefix_ids)
     dA, dB = A[P:], B[P:]
     assert (dA != s.comma_id).sum() == n and (dB != s.comma_id).sum() == n + 1
     assert A[-1] == B[-1] == s.one_id  # the compared tokens are both '1'
+    if key != "d":
+      assert np.array_equal(B[:len(A)], A)  # A_n is a prefix of B_n
     if key in "ac":
       assert np.all(dA == s.one_id) and np.array_equal(B, np.append(A, s.one_id))
     elif key == "b":
       assert np.array_equal(B, np.append(A, s.one_id))
       assert np.array_equal(dA[:-1], s.digit_stream[:n - 1])  # same x_1.. for every n
       assert set(dA.tolist()) <= set(s.digit_ids)
-    else:
+    elif key == "d":  # thousands-style: both compared digits close a group, '1,111' '11,111'
+      assert s.digit_text(n) == f"{int('1' * n):,}"
+      assert s.digit_text(n, b_side=True) == f"{int('1' * (n + 1)):,}"
+      last_a, last_b = s.digit_text(n).split(",")[-1], s.digit_text(n, b_side=True).split(",")[-1]
+      assert len(last_a) == min(n, 3) and len(last_b) == min(n + 1, 3)
+      assert np.array_equal(B, s.pair_tokens(n + 1)[0])  # B_n = A_{n+1}
+      if n >= 3:  # a comma moved: A_n is not a prefix of B_n, so no one pass holds them
+        assert not np.array_equal(B[:len(A)], A)
+    else:  # d_left: grouped from the left, the last group grows 1, 2, 3 digits
       assert s.digit_text(n).replace(",", "") == "1" * n
-      assert all(len(g) == 3 for g in s.digit_text(n).split(",")[:-1])  # grouped from the left
+      assert all(len(g) == 3 for g in s.digit_text(n).split(",")[:-1])
+      assert len(s.digit_text(n).split(",")[-1]) == (n - 1) % 3 + 1
+      assert len(s.digit_text(n, b_side=True).split(",")[-1]) == n % 3 + 1  # another place
       want = [s.comma_id, s.one_id] if n % 3 == 0 else [s.one_id]
       assert np.array_equal(B[len(A):], want)
     At, Bt = dataclasses.replace(s, position="turn_end").pair_tokens(n)
     assert np.array_equal(At, np.concatenate([A, s.suffix_ids]))
     assert np.array_equal(Bt, np.concatenate([B, s.suffix_ids]))
   assert (s.one_pass, s.appended) == {"a": (True, True), "b": (False, True), "c": (True, True),
-                                      "d": (True, False)}[key]
+                                      "d": (False, False), "d_left": (True, False)}[key]
+  assert s.describe()["commas"] == {"d": "right", "d_left": "left"}.get(key, "")
   if s.one_pass:  # rows of the one pass hold A_n's / B_n's last digit
     seq = s.stream(13)
     rows = s.rows(np.arange(1, 13))
@@ -119,6 +137,29 @@ def test_pair_definitions(settings, tok, key):
   counts = s.token_counts([1, 4, 12])
   assert counts["digit_tokens_A"].tolist() == [1, 4, 12]
   assert counts["A_tokens"].tolist() == [len(s.pair_tokens(n)[0]) for n in (1, 4, 12)]
+  assert counts["B_tokens"].tolist() == [len(s.pair_tokens(n)[1]) for n in (1, 4, 12)]
+
+
+def test_right_grouped_commas_resolve_to_exact_forwards(settings):
+  """(d) has neither a shared stream nor appended pairs: the engines pick exact, refuse the
+  others, and the pair-set interface says why (no rows of one pass, no stream)."""
+  from collapse_jax import engines
+  d, left = settings["d"], settings["d_left"]
+  assert engines.resolve(None, d) == "exact" and engines.resolve(None, left) == "causal"
+  for name in ("causal", "kv_cache", "masked"):
+    with pytest.raises(ValueError, match="use"):
+      engines.resolve(name, d)
+  with pytest.raises(ValueError, match="no single shared sequence"):
+    d.rows([3, 4])
+  with pytest.raises(ValueError, match="has no stream: use the exact engine"):
+    d.stream(8)
+
+
+def test_variants_are_named_not_default(tok):
+  from collapse_jax import prompts
+  assert "d_left" in prompts.VARIANTS and "d_left" not in prompts.SETTINGS
+  with pytest.raises(ValueError, match="d_left"):
+    prompts.make_setting("e", tok, max_n=8)
 
 
 def test_digit_stream_does_not_depend_on_max_n(tok):
@@ -131,10 +172,11 @@ def test_digit_stream_does_not_depend_on_max_n(tok):
 # -- (ii) one-pass engines vs exact-length forwards (float32) -------------------------------------
 
 @pytest.mark.slow  # SmolLM2 end to end (~60 s each): CI's slow step
-@pytest.mark.parametrize("key", ["a", "b", "d"])
+@pytest.mark.parametrize("key", ["a", "b", "d_left"])
 def test_engine_rows_match_exact_forwards(smollm2, settings, key):
-  """Engines (causal rows for a/d -- c has a's structure --; kv_cache for b) vs exact-shape
-  forwards of A_n and B_n, n in {3, 4} (d: a comma between A_3's and B_3's last digit).
+  """Engines (causal rows for a/d_left -- c has a's structure --; kv_cache for b) vs exact-shape
+  forwards of A_n and B_n, n in {3, 4} (d_left: a comma between A_3's and B_3's last digit;
+  (d) runs on the exact engine itself).
   Tolerance (float32; the paths differ only in XLA's blocking): atol 2e-4 on the y and
   last-layer head distances; the one-pass rows' residual stream within 1e-5 x max|h| of the
   exact forwards' at every layer, y within 2e-4."""
@@ -183,7 +225,7 @@ def test_plain_prompts_for_gemma3(gemma_tok):
   texts for every setting."""
   from collapse_jax import prompts
   from collapse_jax.checkpoints import encode
-  for key in prompts.SETTINGS:
+  for key in prompts.SETTINGS + prompts.VARIANTS:
     s = prompts.make_setting(key, gemma_tok, max_n=16, seed=1, vocab_size=262144,
                              prompt_format="plain")
     prompts.check_tokenization(s, gemma_tok)
