@@ -14,6 +14,13 @@ Vocabulary (used in BUILD_NOTES' "What bitwise equal means"):
 lengths, reductions, fused multiply-adds, transcendental kernels) on fixed random inputs
 and returns their outputs; ``experiments.isa_probe`` runs it in one subprocess per cap and
 compares the bits. Nothing here changes process state.
+
+What the reference path controls (:func:`controlled`): the probes without a dot, code that
+XLA:CPU's LLVM backend generates under the cap; their fingerprints are goldens that must
+hold on every x86-64 CPU (tests/test_portability.py). What it does not: XLA:CPU's dot
+kernels choose their blocking from the CPU (ISA, cache sizes, core count; :func:`cpu_info`
+records them), so dot probes and whole forwards are compared with recorded CPUs as a report
+(:func:`compare_fingerprints`, ``python -m experiments.isa_probe``), never as a test.
 """
 from __future__ import annotations
 
@@ -38,10 +45,8 @@ _REPORTED_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw"
 @functools.lru_cache(maxsize=None)  # the CPU does not change within a process
 def _cpuinfo() -> tuple[str, frozenset[str]]:
   model, flags = platform.processor() or platform.machine(), set()
-  try:
-    with open("/proc/cpuinfo") as f:
-      text = f.read()
-  except OSError:
+  text = _proc_cpuinfo()
+  if text is None:
     return model, frozenset(flags)
   m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
   if m:
@@ -50,6 +55,96 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
   if m:
     flags = set(m.group(1).split())
   return model, frozenset(flags)
+
+
+@functools.lru_cache(maxsize=None)
+def _proc_cpuinfo() -> str | None:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return f.read()
+  except OSError:
+    return None
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+  """The CPU's vendor, family, model number and stepping (x86 ``/proc/cpuinfo``; None where a
+  field is absent: off Linux, or on aarch64, which names them differently)."""
+  text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
+  out = {"cpu_vendor": None, "cpu_family": None, "cpu_model_number": None, "cpu_stepping": None}
+  if not text:
+    return out
+  for key, field in (("cpu_vendor", "vendor_id"), ("cpu_family", "cpu family"),
+                     ("cpu_model_number", "model"), ("cpu_stepping", "stepping")):
+    m = re.search(rf"^{field}\s*:\s*(.+)$", text, re.M)
+    if m:
+      value = m.group(1).strip()
+      out[key] = int(value) if key != "cpu_vendor" and value.isdigit() else value
+  return out
+
+
+CACHE_LEVELS = ("l1d", "l2", "l3")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size_bytes(text: str) -> int | None:
+  """'32K' / '16384K' / '1M' / '524288' -> bytes; None if unreadable."""
+  m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)(?:i?B)?\s*", text, re.I)
+  return int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()] if m else None
+
+
+def _cache_name(level: str, kind: str) -> str | None:
+  kind = kind.strip().lower()
+  if level.strip() == "1":
+    return "l1d" if kind == "data" else None
+  if level.strip() in ("2", "3") and kind in ("unified", "data"):
+    return f"l{level.strip()}"
+  return None
+
+
+def cache_sizes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache",
+                lscpu: tuple | None = ("lscpu", "-B", "-C=NAME,ONE-SIZE")) -> dict:
+  """Bytes of ONE instance of the L1 data, L2 and L3 caches that CPU 0 uses (what XLA:CPU's
+  dot kernels may size their blocking from): ``{"cache_l1d": ..., "cache_l2": ...,
+  "cache_l3": ...}``. Read from ``sysfs`` (Linux), else from ``lscpu`` (``None`` skips it);
+  a size that neither gives is None. Never raises (non-Linux hosts give all None)."""
+  out = {f"cache_{k}": None for k in CACHE_LEVELS}
+
+  def read(*path):
+    with open(os.path.join(sysfs, *path)) as f:
+      return f.read()
+
+  try:
+    for entry in sorted(os.listdir(sysfs)):
+      if not entry.startswith("index"):
+        continue
+      name = _cache_name(read(entry, "level"), read(entry, "type"))
+      if name and out[f"cache_{name}"] is None:
+        out[f"cache_{name}"] = _size_bytes(read(entry, "size"))
+  except (OSError, ValueError):
+    pass
+  if lscpu and any(v is None for v in out.values()):
+    import subprocess
+    try:
+      text = subprocess.run(list(lscpu), capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError, ValueError):
+      text = ""
+    for line in text.splitlines():  # NAME ONE-SIZE, e.g. "L2   524288"
+      parts = line.split()
+      key = f"cache_{parts[0].lower()}" if len(parts) >= 2 else None
+      if key in out and out[key] is None:
+        out[key] = _size_bytes(parts[1])
+  return out
+
+
+def core_counts() -> dict:
+  """``cpu_count``: logical CPUs of the host; ``cpu_count_usable``: those this process may
+  run on (its affinity mask; None where the OS has no such call). XLA:CPU sizes its thread
+  pool, and so how it splits a dot, from the usable count."""
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    usable = None
+  return {"cpu_count": os.cpu_count(), "cpu_count_usable": usable}
 
 
 def native_isa(flags: set[str] | None = None) -> str | None:
@@ -80,17 +175,46 @@ def effective_isa(cap: str | None = None, native: str | None = None) -> str | No
 
 
 def cpu_info() -> dict:
-  """CPU model, its vector-ISA flags, and the ISA XLA:CPU compiles for (results files)."""
+  """CPU model, its vector-ISA flags, the ISA XLA:CPU compiles for, and what else XLA:CPU's
+  dot kernels may pick their blocking from (results files): vendor, family, model number and
+  stepping (:func:`cpu_identity`), cache sizes in bytes (:func:`cache_sizes`) and core counts
+  (:func:`core_counts`). Absent fields are None."""
   model, flags = _cpuinfo()
   native = native_isa(flags)
   return {
       "cpu_model": model,
+      **cpu_identity(),
       "machine": platform.machine(),
       "cpu_isa_flags": sorted(f for f in _REPORTED_FLAGS if f in flags),
       "native_isa": native,
       "xla_cpu_max_isa": max_isa_flag(),
       "effective_isa": effective_isa(native=native),
+      **_cache_sizes_once(),
+      **core_counts(),
   }
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_sizes_once() -> dict:
+  return cache_sizes()
+
+
+def describe_cpu(info: dict) -> str:
+  """One line naming a CPU from a :func:`cpu_info` dict (missing fields left out): model,
+  native ISA, family/model/stepping, caches and cores."""
+  kib = lambda b: (f"{b >> 20} MiB" if b % (1 << 20) == 0 else f"{b >> 10} KiB")
+  parts = [str(info.get("native_isa") or "no x86 ISA")]
+  ident = [f"{k} {info[f]}" for k, f in (("family", "cpu_family"), ("model", "cpu_model_number"),
+                                          ("stepping", "cpu_stepping")) if info.get(f) is not None]
+  caches = [f"{k.upper()} {kib(info[f'cache_{k}'])}" for k in CACHE_LEVELS
+            if info.get(f"cache_{k}")]
+  if ident:
+    parts.append(" ".join(ident))
+  if caches:
+    parts.append(", ".join(caches))
+  if info.get("cpu_count_usable") or info.get("cpu_count"):
+    parts.append(f"{info.get('cpu_count_usable') or info.get('cpu_count')} cores")
+  return f"{info.get('cpu_model', '?')} ({'; '.join(parts)})"
 
 
 # -- primitive probes ------------------------------------------------------------------------
@@ -172,3 +296,41 @@ def differing_fraction(outputs: dict, reference: str) -> dict:
   return {k: {s: float(np.mean(np.asarray(o[k]).view(np.uint32)
                                != np.asarray(ref[k]).view(np.uint32)))
               for s, o in outputs.items()} for k in ref}
+
+
+# -- fingerprints: what the reference path controls, and what it only reports ---------------
+def fingerprint(a) -> str:
+  """SHA-256 of an array's dtype, shape and bytes (the goldens' and records' format)."""
+  import hashlib
+  import numpy as np
+  a = np.ascontiguousarray(np.asarray(a))
+  return hashlib.sha256(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def probe_fingerprints(outputs: dict | None = None) -> dict:
+  """``{"probe/<name>": fingerprint}`` of :func:`probe_outputs` (computed here if not given)."""
+  outputs = probe_outputs() if outputs is None else outputs
+  return {f"probe/{k}": fingerprint(v) for k, v in outputs.items()}
+
+
+def controlled(key: str) -> bool:
+  """True for the fingerprints whose bits the reference path decides on every x86 CPU: the
+  probes without a dot (sums, sums of squares, ``a*b+c``, ``x/3``, the f32 kernels, rsqrt),
+  code that XLA:CPU's LLVM backend generates under the ISA cap and portable math. False for
+  a dot probe and for a whole forward: XLA:CPU's dot kernels pick their blocking, and so
+  their summation order, from the CPU (its ISA, caches and core count), whatever the cap
+  (BUILD_NOTES "What bitwise equal means")."""
+  return key.startswith("probe/") and not key.startswith("probe/dot_")
+
+
+def compare_fingerprints(got: dict, recorded: dict) -> dict:
+  """This machine's fingerprints ``got`` against one recorded set: the keys both have, split
+  into ``equal`` / ``differ``, each as ``controlled`` (:func:`controlled`) and ``reported``
+  keys, plus ``missing`` (recorded, not computed here)."""
+  both = sorted(set(got) & set(recorded))
+  out = {"equal": {"controlled": [], "reported": []}, "differ": {"controlled": [], "reported": []},
+         "missing": sorted(set(recorded) - set(got))}
+  for k in both:
+    out["equal" if got[k] == recorded[k] else "differ"][
+        "controlled" if controlled(k) else "reported"].append(k)
+  return out

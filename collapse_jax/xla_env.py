@@ -137,9 +137,13 @@ def numerics_path(backend: str | None = None) -> dict:
   """Which path computes the bits, for results files and console lines.
 
   ``portable`` is True on XLA:CPU when the effective ISA is the reference ISA and the
-  platform-dependent math is off: then the same program, with the policies' default
-  ``accum_block``, gives the same bits on every x86-64 CPU (BUILD_NOTES "What bitwise equal
-  means" says what was measured)."""
+  platform-dependent math is off: then the code XLA:CPU generates itself (elementwise ops,
+  reductions, the f32 kernels, rsqrt) gives the same bits on every x86-64 CPU. Its dot
+  kernels do not: they pick their blocking from the CPU (ISA, cache sizes, core count)
+  whatever the cap, so a dot, and so a forward, may differ between two CPUs even of one ISA
+  class (BUILD_NOTES "What bitwise equal means"). Hence the CPU's identity (vendor, family,
+  model number, stepping), its cache sizes and core counts are recorded too
+  (``isa.cpu_info``; None where the host does not say)."""
   from collapse_jax import isa
   if backend is None:
     import jax

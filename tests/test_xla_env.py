@@ -93,3 +93,52 @@ def test_reference_path_is_pinned_unless_native_or_user_cap():
   assert user.count("--xla_cpu_max_isa") == 1 and "--xla_cpu_max_isa=AVX2" in user
   bad = _flags_in_child({"COLLAPSE_JAX_ISA": "fast"})
   assert bad.returncode != 0 and "COLLAPSE_JAX_ISA='fast'" in bad.stderr
+
+
+def _fake_cache(root, entries):
+  for i, (level, kind, size) in enumerate(entries):
+    d = root / f"index{i}"
+    d.mkdir(parents=True)
+    for name, value in (("level", level), ("type", kind), ("size", size)):
+      (d / name).write_text(f"{value}\n")
+
+
+def test_cache_sizes_from_sysfs_and_lscpu(tmp_path):
+  """L1d/L2/L3 bytes of one instance from sysfs (instruction caches ignored), the missing ones
+  from lscpu's NAME ONE-SIZE table, None where neither says; never an exception."""
+  from collapse_jax import isa
+  _fake_cache(tmp_path / "cache", [(1, "Data", "48K"), (1, "Instruction", "32K"),
+                                   (2, "Unified", "2048K"), (3, "Unified", "32M")])
+  assert isa.cache_sizes(str(tmp_path / "cache"), lscpu=None) == {
+      "cache_l1d": 48 << 10, "cache_l2": 2 << 20, "cache_l3": 32 << 20}
+  _fake_cache(tmp_path / "partial", [(1, "Data", "32K")])
+  script = tmp_path / "lscpu"
+  script.write_text("#!/bin/sh\nprintf 'NAME ONE-SIZE\\nL1d 65536\\nL1i 32768\\nL2 1048576\\n'\n")
+  script.chmod(0o755)
+  assert isa.cache_sizes(str(tmp_path / "partial"), lscpu=(str(script),)) == {
+      "cache_l1d": 32 << 10, "cache_l2": 1 << 20, "cache_l3": None}
+  nowhere = str(tmp_path / "no-such-dir")
+  assert isa.cache_sizes(nowhere, lscpu=(str(tmp_path / "no-lscpu"),)) == {
+      "cache_l1d": None, "cache_l2": None, "cache_l3": None}
+  _fake_cache(tmp_path / "garbled", [("x", "Data", "lots")])
+  assert isa.cache_sizes(str(tmp_path / "garbled"), lscpu=None)["cache_l1d"] is None
+
+
+def test_cpu_identity_and_core_counts():
+  from collapse_jax import isa
+  text = ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+          "model name\t: AMD EPYC 9R14\nstepping\t: 1\n")
+  assert isa.cpu_identity(text) == {"cpu_vendor": "AuthenticAMD", "cpu_family": 25,
+                                    "cpu_model_number": 17, "cpu_stepping": 1}
+  arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n"
+  assert set(isa.cpu_identity(arm).values()) == {None}
+  assert set(isa.cpu_identity("").values()) == {None}
+  cores = isa.core_counts()
+  assert cores["cpu_count"] == os.cpu_count() and 1 <= cores["cpu_count_usable"] <= os.cpu_count()
+  info = xla_env.numerics_path()
+  for key in ("cpu_family", "cpu_model_number", "cpu_stepping", "cache_l1d", "cache_l2",
+              "cache_l3", "cpu_count", "cpu_count_usable"):
+    assert key in info
+  line = isa.describe_cpu({"cpu_model": "X", "native_isa": "AVX512", "cpu_family": 25,
+                           "cache_l2": 1 << 20, "cache_l3": 32 << 20, "cpu_count": 2})
+  assert line == "X (AVX512; family 25; L2 1 MiB, L3 32 MiB; 2 cores)"
