@@ -7,9 +7,12 @@ Writes <out>/results.json and <out>/oversquashing.png (``plotting.oversquashing_
   (a) ||d y_n / d v_i^(0)|| (spectral norm of the D x D block) for every position i of a
       random C.3 decoder with vector inputs (``theory.sensitivity.vector_decoder``), by
       reverse mode in cotangent chunks; with attention weights frozen (the theorem's
-      assumption) and with the full gradient; next to the theorem's right-hand side from
-      the measured attention matrices and its per-position ("tight") variant. The U-shape:
-      first tokens vs middle vs last.
+      assumption) and with the full gradient; next to the theorem's right-hand side on
+      the measured attention matrices, its constants in closed form from the weights and
+      the activations' norms (no Jacobian), and its per-position ("tight") variant. The
+      record also holds the same path sum with the measured per-layer Jacobian norms
+      ('factorised': it holds by the chain rule, a check that every path is counted). The
+      U-shape: first tokens vs middle vs last.
   (b) Prop. B.8: max_i |((Lambda+I)/2)^L_{n,i} - [i=1]| vs L for uniform causal, random
       causal and the model's measured (head-weighted, layer-0) attention, with lambda_2^L.
   (c) layers needed to reach a tolerance vs n.
@@ -71,7 +74,9 @@ def main(argv):
                       "frozen_spectral": sens["frozen"]["spectral"],
                       "full_frobenius": sens["full"]["frobenius"],
                       "frozen_frobenius": sens["frozen"]["frobenius"],
-                      **{k: sens["bound"][k] for k in ("bound", "bound_tight", "path_sum")}},
+                      **{k: sens["bound"][k] for k in ("bound", "bound_tight", "path_sum")},
+                      "factorised_bound": sens["factorised"]["bound"],
+                      "factorised_bound_tight": sens["factorised"]["bound_tight"]},
       "spectral": curves, "layers_to_converge": depths})
   plotting.oversquashing_figure(
       sens, curves, depths, os.path.join(out, "oversquashing.png"), tol=FLAGS.tol,

@@ -38,18 +38,80 @@ def test_bound_holds_where_assumptions_hold(tiny_decoder):
   cfg, pol, params, x = tiny_decoder
   with jax.enable_x64(True):
     r = sensitivity.sensitivity_vs_bound(cfg, pol, params, x)
-  s, b = r["frozen"]["spectral"], r["bound"]
-  assert np.all(s <= b["bound_tight"] * (1 + 1e-9))
-  assert np.all(b["bound_tight"] <= b["bound"] * (1 + 1e-9))
-  assert np.all(s <= b["bound"])
-  assert r["bound_check"]["frozen_le_bound_all"]
-  assert r["bound_check"]["frozen_le_bound_fraction"] == 1
+  s, b, f = r["frozen"]["spectral"], r["bound"], r["factorised"]
+  assert b["constants"] == "analytic" and f["constants"] == "measured"
+  for bnd in (b, f):
+    assert np.all(s <= bnd["bound_tight"] * (1 + 1e-9))
+    assert np.all(bnd["bound_tight"] <= bnd["bound"] * (1 + 1e-9))
+    assert np.all(s <= bnd["bound"])
+  bc = r["bound_check"]
+  assert bc["frozen_le_bound_all"] and bc["frozen_le_bound_fraction"] == 1
+  assert bc["frozen_le_factorised_all"] and bc["bound_ge_factorised_all"]
+  # every analytic constant bounds the Jacobian norm it stands for
+  assert np.all(b["inv_beta1"] >= f["inv_beta1"] * (1 - 1e-12))
+  assert np.all(b["sigma_over_beta2"] >= f["sigma_over_beta2"] * (1 - 1e-12))
+  assert b["inv_beta3"] >= f["inv_beta3"] * (1 - 1e-12)
   # freezing the attention changes the derivative (the assumption is not vacuous)
   assert np.max(np.abs(r["full"]["spectral"] - s)) > 1e-6
   lam = b["Lambda"]
   np.testing.assert_allclose(lam.sum(-1), 1.0, atol=1e-12)
   assert np.all(np.triu(lam, 1) == 0)
+  np.testing.assert_array_equal(lam, f["Lambda"])
   assert r["ushape"]["last_token"] == r["full"]["spectral"][-1]
+
+
+def _broken(params, scale):
+  """``params`` with every head's output projection W_O times ``scale``."""
+  out = {k: dict(v) for k, v in params.items()}
+  for k in out:
+    if k.startswith("layer_"):
+      out[k]["attn"] = {**out[k]["attn"], "o": out[k]["attn"]["o"] * scale}
+  return out
+
+
+def test_bound_check_fails_on_constants_of_other_weights(tiny_decoder):
+  """Broken input: the bound built from W_O / 1000 (weights the sensitivity was not taken
+  of). Every path through attention then gets ~1000x too little credit, and the check must
+  fail at some position before the last (measured: 3/8 of them, at up to 3x the bound);
+  the factorisation check, from the same broken weights, fails too."""
+  cfg, pol, params, x = tiny_decoder
+  with jax.enable_x64(True):
+    frozen = sensitivity.last_token_sensitivity(cfg, pol, params, x, frozen_attention=True)
+    full = sensitivity.last_token_sensitivity(cfg, pol, params, x)
+    bad = _broken(params, 1e-3)
+    b = sensitivity.oversquashing_bound(cfg, pol, bad, x, constants="analytic")
+    f = sensitivity.oversquashing_bound(cfg, pol, bad, x, constants="measured")
+  bc = sensitivity.bound_check(frozen["spectral"], full["spectral"], b, f)
+  assert not bc["frozen_le_bound_all"] and not bc["frozen_le_tight_all"]
+  assert bc["frozen_le_bound_fraction"] < 1 and bc["max_frozen_over_bound"] > 1
+  assert not bc["frozen_le_factorised_all"]
+
+
+def test_analytic_constants_in_closed_form():
+  """gelu_max_slope is the tanh-GELU's largest slope (jax's own derivative, x64); the norm
+  constant equals the Jacobian's spectral norm for a constant scale (RMSNorm: the bracket's
+  top eigenvalue is 1) and bounds it otherwise (LayerNorm, RMSNorm, Gemma's 1 + w)."""
+  with jax.enable_x64(True):
+    xs = jnp.linspace(-4.0, 4.0, 80001, dtype=jnp.float64)
+    slope = jax.vmap(jax.grad(lambda t: jax.nn.gelu(t, approximate=True)))(xs)
+    top = float(jnp.max(slope))
+    assert 0 <= sensitivity.gelu_max_slope() - top < 2e-6 and 1.12 < top < 1.14
+    v = jax.random.normal(jax.random.PRNGKey(2), (6, 8), jnp.float64) * 3
+    for norm in ("rmsnorm", "layernorm", "gemma_rmsnorm"):
+      for const in (True, False):
+        cfg = sensitivity.vector_decoder(4, d_model=8, policy="float64")[0].replace(norm=norm)
+        p = model.init_params(cfg, jax.random.PRNGKey(0))["final_norm"]
+        if not const:
+          p = {k: w + jax.random.normal(jax.random.PRNGKey(5), w.shape) for k, w in p.items()}
+        p = jax.tree_util.tree_map(lambda w: w.astype(jnp.float64), p)
+        pol = sensitivity.get_policy("float64")
+        jac = jax.vmap(jax.jacfwd(lambda u: model.Norm(cfg, pol).apply(
+            {"params": p}, u[None, None])[0, 0]))(v)
+        got = np.linalg.svd(np.asarray(jac), compute_uv=False)[:, 0]
+        c = sensitivity.norm_lipschitz(cfg, p, v)
+        assert np.all(got <= c * (1 + 1e-12)), (norm, const)
+        if const and norm == "rmsnorm":
+          np.testing.assert_allclose(got, c, rtol=1e-9)
 
 
 def test_frozen_attention_policy_same_forward_no_attention_gradient(tiny_decoder):
