@@ -3,20 +3,23 @@ holds the words), under each precision policy, and tie its answers to the measur
 
   evaluate(ckpt, policies, tasks, modes, ns, ...) -> {'samples', 'summary', 'bridge'}
 
-* samples  one record per (task, mode, dtype, n, sample) (bridge tasks: n and n + 1): the prompt's size, the greedy
+* samples  one record per (task, mode, dtype, n, sample): the prompt's size, the greedy
            output (collapse_jax.generate), the strict and flexible answers, and the answer
            preference at the slot (tasks.preference: log p of the correct and best wrong
            numbers, margin).
 * summary  one row per (task, mode, dtype, n): strict and flexible accuracy with 95% Wilson
            intervals, the mean / min / max margin.
 * bridge   for the tasks of tasks.BRIDGE_TASKS in the run (direct mode): per (task, dtype, n)
-           the last-token distance between the slot contexts of n and n + 1, from the sweep
-           engines (``engines.run``, exact engine: the compared token is the slot's last
-           token, so no one-pass form holds), next to whether the two prompts' greedy outputs
-           and margins are identical.
+           a pair of prompts whose correct answers differ (tasks.bridge_sequences: count_ones
+           n vs n + 1 ones; copy_last 1^(n-1)0 vs 1^n, the asked digit flipped), the
+           last-token distance between their slot contexts from the sweep engines
+           (``engines.run``, exact engine: the compared token is the slot's last token, so no
+           one-pass form holds), both greedy answers and whether each is right, and what a
+           bitwise-equal pair forces (:func:`bridge_consequence`).
 
 Prompts of one (dtype, task, mode) are decoded together in batches of ``batch``, sorted by
-length. A prompt asked twice (the bridge's n + 1 is often a grid n) is run once.
+length, with the bridge's prompts of that task. A prompt asked twice (count_ones' bridge
+prompt n + 1 is often a grid n) is run once.
 """
 from __future__ import annotations
 
@@ -111,28 +114,59 @@ def summarize(samples: Sequence[dict]) -> list[dict]:
   return rows
 
 
+def bridge_consequence(y_equal: bool, answer_a: int, answer_b: int, slot_digit_a: int,
+                       slot_digit_b: int) -> dict:
+  """What a bitwise-equal pair forces, checked. The slot's next-token distribution is a
+  function of y at the slot alone, so where the two slot contexts' y are bitwise equal the
+  slot chooses one first digit for both prompts; where the correct answers' first digits
+  differ (copy_last's 0 vs 1 always; count_ones' n vs n + 1 when n + 1 starts another digit,
+  e.g. 5 vs 6, not 10 vs 11), at most one of the two can be right. ``slot_digit_*``: the
+  argmax digit at the slot as ``tasks.preference`` reads it, from generate's prefill, not from
+  the engine that measured y; so the check fails when those two routes disagree in the bits
+  that matter, or when given answers a collapsed pair cannot give.
+
+  Returns {'first_digits_differ', 'forced' (y equal and first digits differ), 'slot_right_a',
+  'slot_right_b', 'violated' (forced and both slot digits right)}."""
+  fa, fb = int(str(int(answer_a))[0]), int(str(int(answer_b))[0])
+  ra, rb = int(slot_digit_a) == fa, int(slot_digit_b) == fb
+  forced = bool(y_equal) and fa != fb
+  return {"first_digits_differ": fa != fb, "forced": forced, "slot_right_a": ra,
+          "slot_right_b": rb, "violated": forced and ra and rb}
+
+
 def bridge(ckpt, runner: _Runner, task: str, ns, prompt_format: str) -> list[dict]:
-  """The distance between the slot contexts of n and n + 1 (exact engine) and whether their
-  answers and margins are identical, per n."""
+  """Per n: the bridge's pair (tasks.bridge_items: correct answers differ), the distance
+  between their slot contexts' last-token outputs (exact engine), both greedy answers and
+  whether each is right, whether the outputs and margins are identical, and
+  :func:`bridge_consequence` (at a bitwise-equal pair, not both slot digits right)."""
   tok = ckpt.tokenizer
-  its = {n: tasks.items(tok, task, "direct", [n], 1, prompt_format)[0]
-         for n in sorted(set(int(n) for n in ns) | set(int(n) + 1 for n in ns))}
-  runner.run(list(its.values()))
-  ctx = tuple((n, tuple(runner.record(it)["slot_ids"])) for n, it in its.items())
+  its = {int(n): tasks.bridge_items(tok, task, int(n), prompt_format) for n in ns}
+  runner.run([it for ab in its.values() for it in ab])
+  ctx = tuple((n, tuple(runner.record(a)["slot_ids"]), tuple(runner.record(b)["slot_ids"]))
+              for n, (a, b) in its.items())
   ps = tasks.TaskPairs(name=task, token=int(ctx[-1][1][-1]), contexts=ctx)
   params_B = jax.tree_util.tree_map(lambda x: x[None], runner.params)
   m = engines.run(ckpt.config, runner.policy, params_B, [ps], np.asarray(ns), engine="exact")
   rows = []
   for j, n in enumerate(ns):
-    a, b = runner.record(its[int(n)]), runner.record(its[int(n) + 1])
+    ia, ib = its[int(n)]
+    a, b = runner.record(ia), runner.record(ib)
+    y_equal = bool(m["y_bitwise_equal"][0, j])
     rows.append({"task": task, "dtype": runner.policy.name, "n": int(n),
-                 "y_linf": float(m["y_linf"][0, j]), "y_equal": bool(m["y_bitwise_equal"][0, j]),
+                 "pair": tasks.bridge_sequences(task, int(n)),
+                 "correct_a": ia.answer, "correct_b": ib.answer,
+                 "y_linf": float(m["y_linf"][0, j]), "y_equal": y_equal,
                  "y_max_ulp": float(m["y_max_ulp"][0, j]),
+                 "answer_a": a["flexible"], "answer_b": b["flexible"],
+                 "right_a": a["flexible"] == ia.answer, "right_b": b["flexible"] == ib.answer,
+                 "answers_identical": a["flexible"] == b["flexible"],
                  "output_equal": a["output"] == b["output"],
                  "margin_equal": a["margin"] == b["margin"],
                  "top_equal": a["top"] == b["top"],
-                 "margin_n": a["margin"], "margin_n1": b["margin"],
-                 "answer_n": a["flexible"], "answer_n1": b["flexible"]})
+                 "margin_a": a["margin"], "margin_b": b["margin"],
+                 "slot_digit_a": a["slot_digit"], "slot_digit_b": b["slot_digit"],
+                 **bridge_consequence(y_equal, ia.answer, ib.answer, a["slot_digit"],
+                                      b["slot_digit"])})
   return rows
 
 
@@ -152,11 +186,11 @@ def evaluate(ckpt, policies, task_names: Sequence[str], modes: Sequence[str], ns
     runner = _Runner(ckpt, pol, max_new_tokens, batch)
     for task, mode in cells:
       t0 = time.perf_counter()
-      grid = ns
-      if task in tasks.BRIDGE_TASKS and mode == "direct":  # the bridge's n + 1, batched too
-        grid = sorted(set(int(n) for n in ns) | set(int(n) + 1 for n in ns))
-      its = tasks.items(ckpt.tokenizer, task, mode, grid, samples, fmt)
-      for it, rec in zip(its, runner.run(its)):
+      its = tasks.items(ckpt.tokenizer, task, mode, ns, samples, fmt)
+      extra = []
+      if task in tasks.BRIDGE_TASKS and mode == "direct":  # the bridge's prompts, batched too
+        extra = [it for n in ns for it in tasks.bridge_items(ckpt.tokenizer, task, int(n), fmt)]
+      for it, rec in zip(its, runner.run(its + extra)):
         samples_out.append(_sample_row(it, pol.name, rec))
       name = f"{pol.name}/{task}/{mode}"
       timings[name] = time.perf_counter() - t0

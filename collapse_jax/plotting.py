@@ -627,9 +627,10 @@ def counts_figure(samples, path: str, caption: str) -> str:
 
 
 def bridge_figure(bridge, path: str, caption: str) -> str:
-  """The bridge per task: the last-token distance ||y_n - y_{n+1}||_inf (the sweep engine)
-  against n per dtype (a bitwise-equal pair at the floor, '|'), with markers above where the
-  two prompts' greedy outputs ('o') and margins ('x') are identical."""
+  """The bridge per task: the last-token distance ||y_a - y_b||_inf between its pair's two
+  prompts (``tasks.bridge_sequences``; the sweep engine) against n per dtype (a
+  bitwise-equal pair at the floor, '|'), with markers above where the two prompts' greedy
+  outputs ('o') and margins ('x') are identical."""
   names = list(dict.fromkeys(b["task"] for b in bridge))
   fig, axes = subplots(1, len(names), figsize=(5.2 * len(names), 4.4))
   for j, task in enumerate(names):
@@ -648,8 +649,9 @@ def bridge_figure(bridge, path: str, caption: str) -> str:
       ax.plot(n[same_out], dist[idx][same_out] * 2.5, "o", mfc="none", color=st["color"], ms=7)
       ax.plot(n[same_m], dist[idx][same_m] * 5, "x", color=st["color"], ms=7)
     ax.set_yscale("log")
-    ax.set(title=f"{task}: prompt n vs n+1", xlabel="n",
-           ylabel="||y_n - y_(n+1)||_inf at the answer slot")
+    (sa, _), (sb, _) = rows[0]["pair"]
+    ax.set(title=f"{task}: pairs like {sa} vs {sb} (answers differ)", xlabel="n",
+           ylabel="||y_a - y_b||_inf at the answer slot")
     log_x(ax)
     ax.legend(handles=ax.get_legend_handles_labels()[0] + [
         lines.Line2D([], [], ls="", marker="o", mfc="none", color="0.3",

@@ -53,7 +53,7 @@ COPY_TASKS = ("copy_last", "copy_first", "copy_last_hint", "copy_first_hint",
 COUNT_TASKS = ("sum", "count_ones", "count_bernoulli", "count_word")
 TASKS = COPY_TASKS + COUNT_TASKS
 MODES = ("direct", "cot_no_shot", "cot_few_shot")
-BRIDGE_TASKS = ("count_ones", "copy_last")  # the pairs n vs n+1 of Theorem 4.2 / Cor. B.10
+BRIDGE_TASKS = ("count_ones", "copy_last")  # the tasks the harness bridges (bridge_sequences)
 SEEDED = ("count_bernoulli", "count_word")
 
 COPY_SLOT = "The answer to your question is: "
@@ -137,14 +137,41 @@ def sequence(task: str, n: int, sample: int = 0) -> tuple[str, int]:
   return " ".join(words), words.count("car")
 
 
-def user_text(task: str, mode: str, n: int, sample: int = 0) -> str:
-  """The user turn for (task, mode, n, sample)."""
+def bridge_sequences(task: str, n: int) -> tuple[tuple[str, int], tuple[str, int]]:
+  """The bridge's pair at n, ((A's sequence text, its answer), (B's, its answer)), built so
+  that the two correct answers DIFFER: where the model gives both one answer, at least one
+  is wrong, so identical answers can reveal a collapse.
+
+    count_ones, sum   n vs n + 1 ones (Fig. 5a), answers n and n + 1; B is the task's n + 1.
+    copy tasks        the task's n-digit sequence vs the same digits with the asked digit
+                      flipped (copy_last: 1^(n-1)0 vs 1^n), answers 0 and 1: one length,
+                      one token apart, at the place the question asks about.
+
+  (Theorem 4.2's own pair, the last token repeated, keeps the answer of a copy task:
+  1^(n-1)0 vs 1^n0 both answer 0, and identical answers there show nothing.) The seeded
+  count tasks have no nested n + 1 and are not bridged."""
+  if task in ("count_ones", "sum"):
+    return sequence(task, n), sequence(task, n + 1)
+  if task not in COPY_TASKS:
+    raise ValueError(f"task {task!r} has no bridge pair; bridgeable: count_ones, sum and the "
+                     "copy tasks")
+  seq, answer = sequence(task, n)
+  digits = [i for i, ch in enumerate(seq) if ch in "01"]
+  at = digits[-1] if task.startswith("copy_last") else digits[0]
+  flipped = seq[:at] + "10"[int(seq[at])] + seq[at + 1:]
+  return (seq, answer), (flipped, 1 - answer)
+
+
+def user_text(task: str, mode: str, n: int, sample: int = 0, seq: str | None = None) -> str:
+  """The user turn for (task, mode, n, sample); ``seq``: this sequence text instead of the
+  task's own (the bridge's B prompts, :func:`bridge_sequences`)."""
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
   if mode != "direct" and task not in COUNT_TASKS:
     raise ValueError(f"mode {mode} is for the count tasks (C.1 gives no CoT prompt for "
                      f"copying), not {task}")
-  seq, _ = sequence(task, n, sample)
+  if seq is None:
+    seq, _ = sequence(task, n, sample)
   if task.startswith("copy"):
     text = COPY_PROMPT.format(seq=seq, which="last" if "last" in task else "first")
     text += HINT if task.endswith("hint") else ""
@@ -191,6 +218,18 @@ def items(tokenizer, task: str, mode: str, ns: Sequence[int], samples: int,
   return out
 
 
+def bridge_items(tokenizer, task: str, n: int, prompt_format: str) -> tuple[Item, Item]:
+  """The bridge's two direct-mode prompts at n (:func:`bridge_sequences`) as items: A is the
+  task's grid item at n; B is the task's item at n + 1 (count tasks) or the one with the
+  asked digit flipped (copy tasks, n kept)."""
+  (seq_a, ans_a), (seq_b, ans_b) = bridge_sequences(task, n)
+  out = []
+  for seq, ans, m in ((seq_a, ans_a, n), (seq_b, ans_b, n + 1 if task in COUNT_TASKS else n)):
+    text = prompt_text(user_text(task, "direct", m, seq=seq), prompt_format)
+    out.append(Item(task, "direct", m, 0, ans, text, tuple(encode(tokenizer, text, bos=True))))
+  return out[0], out[1]
+
+
 _NUM = re.compile(r"-?\d+")
 
 
@@ -228,7 +267,8 @@ def preference(cfg, policy, params, context_ids: Sequence[int], answer: int, dig
                max_digits: int = 4) -> dict:
   """log p of the correct number and of the two most likely numbers at the slot (see the
   module docstring). Returns {'logp_correct', 'top' [(number, logp), (number, logp)],
-  'best_wrong', 'logp_best_wrong', 'margin', 'passes'}."""
+  'best_wrong', 'logp_best_wrong', 'margin', 'passes', 'slot_digit' (the most likely digit
+  token at the slot: the answer's first digit as the slot's own logits choose it)}."""
   want = str(int(answer))
   max_digits = max(max_digits, len(want))
   ctx = generate.context(cfg, policy, params, context_ids)
@@ -255,7 +295,8 @@ def preference(cfg, policy, params, context_ids: Sequence[int], answer: int, dig
   wrong = next((kv for kv in top if kv[0] != want), None)
   return {"logp_correct": complete[want], "top": [(int(k), v) for k, v in top],
           "best_wrong": int(wrong[0]), "logp_best_wrong": wrong[1],
-          "margin": complete[want] - wrong[1], "passes": passes}
+          "margin": complete[want] - wrong[1], "passes": passes,
+          "slot_digit": int(np.argmax([first[digits[d]] for d in range(10)]))}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -271,10 +312,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 @dataclasses.dataclass(frozen=True)
 class TaskPairs(pairs.PairSet):
-  """The bridge's pairs as a pair set (vocabulary: collapse_jax/pairs.py): A_n = the slot
-  context of the task at n, B_n = at n + 1; the compared token is the slot's last token.
-  Not one-pass, not appended: the exact engine. ``contexts``: ((n, ids), ...) for every n of
-  the grid and n + 1."""
+  """The bridge's pairs as a pair set (vocabulary: collapse_jax/pairs.py): A_n and B_n are
+  the slot contexts of the bridge's two prompts at n (:func:`bridge_sequences`: their correct
+  answers differ); the compared token is the slot's last token. Not one-pass, not appended:
+  the exact engine. ``contexts``: ((n, A's ids, B's ids), ...) for every n of the grid."""
   name: str
   token: int
   contexts: tuple
@@ -289,14 +330,15 @@ class TaskPairs(pairs.PairSet):
   def appended(self) -> bool:
     return False
 
-  def _ids(self, n: int) -> np.ndarray:
-    return np.asarray(dict(self.contexts)[int(n)], np.int32)
+  def _ids(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    a, b = {int(m): (a, b) for m, a, b in self.contexts}[int(n)]
+    return np.asarray(a, np.int32), np.asarray(b, np.int32)
 
   def lengths_ab(self, ns) -> np.ndarray:
-    return np.asarray([[len(self._ids(n)) for n in ns], [len(self._ids(n + 1)) for n in ns]])
+    return np.asarray([[len(self._ids(n)[k]) for n in ns] for k in (0, 1)])
 
   def stream(self, max_n: int, min_tokens: int = 0) -> np.ndarray:
     raise ValueError("task pairs have no stream: use the exact engine")
 
   def pair_tokens(self, n: int):
-    return self._ids(n), self._ids(n + 1)
+    return self._ids(n)

