@@ -551,12 +551,15 @@ def b10_consequence(equal_C, counts_C, answers: dict, max_count_token: int) -> d
   (e.g. the engine's bits are not the exact-shape forward's) or the answer depends on more
   than y_n. It cannot fail on a class where at most one count is answerable (all counts but
   one above ``max_count_token``): 'classes_that_could_fail' counts the others.
-  'answer_differs_at_equal': equal pairs whose two answers differ (the premise's direct test;
-  allowed by the corollary when both are wrong, reported).
+  'answer_differs_at_equal': equal pairs whose two answers differ, and 'premise_holds' (it is
+  0): the premise's direct test, that the sweep's equal y is what decides the answer as
+  asked. It can fail wherever pairs are equal, answerable or not; the corollary's claim
+  ('holds') allows it when both answers are wrong, so it is a separate verdict.
 
   Returns {'equal_pairs', 'classes' [[first, last] count], 'forced_wrong' (sum of k: the
   fewest wrong answers the corollary allows), 'wrong' (measured, over the classes' counts),
-  'violations', 'classes_that_could_fail', 'answer_differs_at_equal', 'holds'}."""
+  'violations', 'classes_that_could_fail', 'answer_differs_at_equal', 'premise_holds',
+  'holds'}."""
   eq = np.asarray(equal_C, bool)
   counts = np.asarray(counts_C, np.int64)
   classes, j = [], 0
@@ -584,7 +587,8 @@ def b10_consequence(equal_C, counts_C, answers: dict, max_count_token: int) -> d
   return {"equal_pairs": int(eq.sum()), "classes": [list(c) for c in classes],
           "forced_wrong": int(sum(b - a for a, b in classes)), "wrong": int(wrong),
           "violations": violations, "classes_that_could_fail": int(could),
-          "answer_differs_at_equal": differs, "holds": not violations}
+          "answer_differs_at_equal": differs, "premise_holds": differs == 0,
+          "holds": not violations}
 
 
 @functools.lru_cache(maxsize=None)

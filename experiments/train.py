@@ -138,7 +138,8 @@ def main(argv):
               f"{c['equal_pairs']} equal pairs in {len(c['classes'])} runs of counts, "
               f"{c['wrong']} wrong answers there (at least {c['forced_wrong']} forced); "
               f"{c['classes_that_could_fail']} runs with two answerable counts; answers "
-              f"differ at {c['answer_differs_at_equal']} equal pairs"
+              f"differ at {c['answer_differs_at_equal']} equal pairs (premise "
+              f"{'holds' if c['premise_holds'] else 'BROKEN'})"
               + (f"; violations {c['violations']}" if c["violations"] else ""), flush=True)
   caption = (f"{F.task}, trained on n <= {F.l_train}; {cfg.num_layers} layers, d={cfg.d_model}, "
              f"{cfg.num_heads} heads, {cfg.pe}; {F.steps} steps x {F.batch}; seed {seed}; onsets "

@@ -314,6 +314,9 @@ def test_collapse_probe_matches_exact_length_forwards_and_the_corollary():
     cor = r["corollary"]
     assert cor["holds"] and cor["equal_pairs"] == eq.sum()
     assert cor["wrong"] >= cor["forced_wrong"] == eq.sum()
+    # the premise, tested at every equal pair (51 of 100 under e5m2 when measured): the
+    # evaluation path gives both counts one answer
+    assert cor["premise_holds"] and cor["answer_differs_at_equal"] == 0
   # the answers the check uses are the evaluation path's (left-padded, alone in the row)
   cor = e5["corollary"]
   a, b = cor["classes"][0]
@@ -347,6 +350,11 @@ def test_b10_consequence_fails_on_answers_a_collapsed_model_cannot_give():
   # two right in {3, 4, 5}, answers differ: fails, and says the premise broke too
   r = train.b10_consequence(eq, counts, {**one_answer, 3: 3}, max_count_token=20)
   assert not r["holds"] and r["violations"] == [[3, 5]] and r["answer_differs_at_equal"] == 1
+  assert not r["premise_holds"]
+  # answers that differ at an equal pair but are both wrong: the corollary holds, the premise
+  # does not (the equal y did not decide the answers)
+  r = train.b10_consequence(eq, counts, {**one_answer, 3: 7}, max_count_token=20)
+  assert r["holds"] and not r["premise_holds"] and r["answer_differs_at_equal"] == 1
   # with count tokens only up to 3, no class has two answerable counts: nothing to fail
   r = train.b10_consequence(eq, counts, oracle, max_count_token=3)
   assert r["classes_that_could_fail"] == 0
