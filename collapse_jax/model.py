@@ -52,27 +52,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from collapse_jax import positional
+from collapse_jax import attention, positional
+from collapse_jax.attention import QUERY_AXIS  # the mesh axis over which query tiles are spread
 from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
-QUERY_AXIS = "query_chunks"  # the mesh axis over which query chunks are spread
 COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", "kv", "logits",
                "last_logits", "blocked")
 BLOCKED = "blocked"  # the variable collection of pre-blocked weights (``Policy.preblock``)
 
 
-def _wdot(mod: nn.Module, spec: str, x, name: str, w):
-  """``mod.policy.dot(spec, x, w)`` for the weight ``w`` that ``mod`` names ``name``: with its
-  pre-blocked copy (``Policy.preblock``) from the :data:`BLOCKED` collection where one is
-  given, and storing that copy there where the collection is being made."""
+def _wdot(mod: nn.Module, spec: str, x, name: str, w, first: int = 0):
+  """``mod.policy.row_dot(spec, x, w, first)`` (rows x [B, N, ...] with stream indices from
+  ``first``) for the weight ``w`` that ``mod`` names ``name``: with its pre-blocked copy
+  (``Policy.preblock``) from the :data:`BLOCKED` collection where one is given, and storing
+  that copy there where the collection is being made."""
   pol = mod.policy
   if mod.has_variable(BLOCKED, name):
     w = mod.get_variable(BLOCKED, name)
   elif mod.is_mutable_collection(BLOCKED):
     w = pol.preblock(spec, w)
     mod.put_variable(BLOCKED, name, w)
-  return pol.dot(spec, x, w)
+  return pol.row_dot(spec, x, w, first)
 
 
 def _normal(var: float):
@@ -117,13 +118,18 @@ class Attention(nn.Module):
   ``key_block`` (causal, chunked, no mesh): each chunk attends only to the first keys it can
   see, rounded up to a multiple of ``key_block`` (chunks needing the same count run as one
   ``lax.map``). The keys left out are masked anyway (weight exactly 0), so the values are
-  those of the full pass, but the reductions have other lengths: low bits may differ."""
+  those of the full pass, but the reductions have other lengths: low bits may differ.
+  On the length-invariant schedule (``policy.row_tile`` set) the attention is
+  ``attention.tiled_attention`` instead: fixed query tiles and key blocks (it needs no
+  ``query_chunk`` for memory and skips unseen key blocks itself; ``query_mesh`` spreads its
+  tiles); ``query_chunk`` and ``key_block`` apply to the untiled path only."""
   config: DecoderConfig
   policy: Policy
   query_chunk: int | None = None
   query_mesh: Any = None
   layer: int = 0  # which layer: its window and RoPE base (cfg.window, cfg.rope_base)
   key_block: int | None = None
+  want_probs: bool = False  # return the attention weights (tiled path: only when asked)
 
   @nn.compact
   def __call__(self, h_BND, q_pos_BN, k_pos_BM, k_valid_BM, cache_kv=None):
@@ -136,9 +142,10 @@ class Attention(nn.Module):
     wk = self.param("k", init, (D, KV, Dh), jnp.float32)
     wv = self.param("v", init, (D, KV, Dh), jnp.float32)
     wo = self.param("o", init, (H, Dh, D), jnp.float32)
-    q = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "q", wq), "qkv")
-    k = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "k", wk), "qkv")
-    v = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "v", wv), "qkv")
+    first = 0 if cache_kv is None else cache_kv[0].shape[1]  # stream index of row 0
+    q = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "q", wq, first), "qkv")
+    k = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "k", wk, first), "qkv")
+    v = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "v", wv, first), "qkv")
     if cfg.qk_norm:  # per head, over Dh
       q = Norm(cfg, pol, name="q_norm")(q, point="qk_norm")
       k = Norm(cfg, pol, name="k_norm")(k, point="qk_norm")
@@ -153,6 +160,14 @@ class Attention(nn.Module):
       v = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
     B, N = h_BND.shape[:2]
     M = k.shape[1]
+    if pol.row_tile is not None:
+      heads, probs = attention.tiled_attention(
+          pol, q.reshape(B, N, KV, G, Dh), k, v, k_pos_BM, k_valid_BM, q_pos_BN,
+          causal=cfg.causal, window=window, alibi_heads=H if cfg.pe == "alibi" else None,
+          qk_scale=cfg.qk_scale, want_probs=self.want_probs, mesh=self.query_mesh)
+      out = pol.round(_wdot(self, "bnhk,hkd->bnd", heads.reshape(B, N, H, Dh), "o", wo, first),
+                      "attn_out")
+      return out, heads.reshape(B, N, H, Dh), probs, new_kv
     # A non-finite value (overflow) in a key the row cannot see must not leak into it via
     # 0 * inf = NaN: zero bad values for the dot, then mark NaN only the rows that attend
     # to a bad key. Identity (same bits) when every value is finite.
@@ -231,24 +246,27 @@ class Attention(nn.Module):
 class MLP(nn.Module):
   config: DecoderConfig
   policy: Policy
+  first: int = 0  # stream index of row 0 (the row tiles' alignment)
 
   @nn.compact
   def __call__(self, h_BND):
     cfg, pol = self.config, self.policy
     init = _normal(cfg.variance)
     up = pol.round(_wdot(self, "bnd,df->bnf", h_BND, "up",
-                         self.param("up", init, (cfg.d_model, cfg.ff))), "mlp_hidden")
+                         self.param("up", init, (cfg.d_model, cfg.ff)), self.first), "mlp_hidden")
     if cfg.mlp == "gelu":
       act = jax.nn.gelu(pol.to_compute(up), approximate=True)
     else:
       gate = pol.round(_wdot(self, "bnd,df->bnf", h_BND, "gate",
-                             self.param("gate", init, (cfg.d_model, cfg.ff))), "mlp_hidden")
+                             self.param("gate", init, (cfg.d_model, cfg.ff)), self.first),
+                       "mlp_hidden")
       g = pol.to_compute(gate)
       fn = jax.nn.silu(g) if cfg.mlp == "swiglu" else jax.nn.gelu(g, approximate=True)
       act = fn * pol.to_compute(up)
     act = pol.round(act, "mlp_act")
     return pol.round(_wdot(self, "bnf,fd->bnd", act, "down",
-                           self.param("down", init, (cfg.ff, cfg.d_model))), "mlp_out")
+                           self.param("down", init, (cfg.ff, cfg.d_model)), self.first),
+                     "mlp_out")
 
 
 class Block(nn.Module):
@@ -258,20 +276,22 @@ class Block(nn.Module):
   query_mesh: Any = None
   layer: int = 0
   key_block: int | None = None
+  want_probs: bool = False
 
   @nn.compact
   def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None):
     """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...]."""
     cfg, pol = self.config, self.policy
     a, heads, probs, kv = Attention(cfg, pol, self.query_chunk, self.query_mesh, self.layer,
-                                    self.key_block, name="attn")(
+                                    self.key_block, self.want_probs, name="attn")(
         Norm(cfg, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
     if cfg.post_norms:
       a = Norm(cfg, pol, name="post_attn_norm")(a, point="post_norm")
     z = pol.round(pol.to_compute(v_BND) + pol.to_compute(a), "residual")
     if not cfg.use_mlp:
       return z, heads, probs, kv, a, z
-    m = MLP(cfg, pol, name="mlp")(Norm(cfg, pol, name="norm2")(z))
+    first = 0 if cache_kv is None else cache_kv[0].shape[1]
+    m = MLP(cfg, pol, first, name="mlp")(Norm(cfg, pol, name="norm2")(z))
     if cfg.post_norms:
       m = Norm(cfg, pol, name="post_mlp_norm")(m, point="post_norm")
     return pol.round(pol.to_compute(z) + pol.to_compute(m), "residual"), heads, probs, kv, a, z
@@ -349,7 +369,7 @@ class Decoder(nn.Module):
     for l in range(cfg.num_layers):
       cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
       v, h, p, kv, a, z = Block(cfg, pol, self.query_chunk, self.query_mesh, l, self.key_block,
-                                name=f"layer_{l}")(
+                                "attn_weights" in self.collect, name=f"layer_{l}")(
           v, positions, k_pos, k_valid, cache_kv)
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
       attn_out.append(a); mid.append(z)
@@ -373,13 +393,15 @@ class Decoder(nn.Module):
       raise ValueError(f"{wants[0]!r} needs a token model (vocab_size > 0)")
     if wants and not cfg.tie_embeddings:
       w = self.param("lm_head", lambda k, s: {"kernel": init(k, s)}, (cfg.d_model, cfg.vocab_size))
+    first = 0 if cache is None else cache["k"].shape[2]  # stream index of row 0
     for key in wants:  # the same dot and rounding point for all rows or the last one
-      y_rows = y if key == "logits" else y[:, -1:]
+      y_rows, at = (y, first) if key == "logits" else (y[:, -1:], first + N - 1)
       if cfg.tie_embeddings:
-        lg = pol.round(_wdot(self, "bnd,vd->bnv", y_rows, "lm_head", table["embedding"]),
+        lg = pol.round(_wdot(self, "bnd,vd->bnv", y_rows, "lm_head", table["embedding"], at),
                        "logits")
       else:
-        lg = pol.round(_wdot(self, "bnd,dv->bnv", y_rows, "lm_head", w["kernel"]), "logits")
+        lg = pol.round(_wdot(self, "bnd,dv->bnv", y_rows, "lm_head", w["kernel"], at),
+                       "logits")
       out[key] = lg if key == "logits" else lg[:, 0]
     return out
 

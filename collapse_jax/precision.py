@@ -51,6 +51,8 @@ ROUNDING_POINTS = {
 ALL_POINTS = frozenset(ROUNDING_POINTS)
 
 FP8_DTYPES = (jnp.dtype(ml_dtypes.float8_e4m3fn), jnp.dtype(ml_dtypes.float8_e5m2))
+# Rows per tile of the length-invariant schedule (``Policy.row_tile``; collapse_jax.attention)
+ROW_TILE = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,15 @@ class Policy:
       input"; ``theory.sensitivity``). The forward values are unchanged, bit for bit.
       Normalisation statistics go through ``sm_step``, not ``softmax``, so they stay
       differentiable. ``describe()`` names it only when True.
+    row_tile: the length-invariant schedule (``collapse_jax.attention``). Every dot over
+      rows (projections, MLP, logits: :meth:`row_dot`) runs on tiles of ``row_tile`` rows
+      aligned at stream index 0, and attention runs on query tiles of ``row_tile`` rows
+      against key blocks of ``accum_block`` keys aligned at index 0, its softmax sum and
+      value dot accumulated block by block in order. Every backend dot then has one shape
+      and a row sits at one place in it whatever the sequence length, so row i of a pass
+      has the bits of the last row of a forward of exactly i + 1 tokens. None: one dot over
+      all rows and one softmax reduction per row (shape-dependent low bits; generation's
+      decode steps use it, see ``untiled``).
   """
   name: str
   param_dtype: Any
@@ -98,6 +109,7 @@ class Policy:
   matmul_precision: Any = jax.lax.Precision.HIGHEST
   accum_block: int | None = 256
   frozen_attention: bool = False
+  row_tile: int | None = ROW_TILE
 
   def __post_init__(self):
     unknown = set(self.round_at) - ALL_POINTS
@@ -108,6 +120,10 @@ class Policy:
     if self.accum_block is not None and int(self.accum_block) < 1:
       raise ValueError(f"accum_block must be a positive number of terms or None, got "
                        f"{self.accum_block!r}")
+    if self.row_tile is not None and (int(self.row_tile) < 1 or self.accum_block is None):
+      raise ValueError(f"row_tile must be a positive number of rows, with accum_block set "
+                       f"(the key block); got row_tile={self.row_tile!r}, "
+                       f"accum_block={self.accum_block!r}")
 
   # -- dtype questions -----------------------------------------------------------------
   @property
@@ -181,6 +197,41 @@ class Policy:
       out = out * jnp.asarray(scale, self.compute_dtype)
     return out
 
+  def dot_accum(self, spec: str, a, b):
+    """:meth:`dot` without the final conversion: the sum in ``accum_dtype``, for a caller
+    that adds partial sums itself (attention's key blocks)."""
+    od = self.dot_operand_dtype
+    return blocked_einsum(spec, jnp.asarray(a).astype(od), jnp.asarray(b).astype(od),
+                          self.accum_dtype, self.matmul_precision, self.accum_block)
+
+  def row_dot(self, spec: str, x_BN, w, first: int = 0):
+    """:meth:`dot` of rows x [B, N, ...] (``spec``'s first operand, rows on axis 1) with a
+    weight, on the length-invariant schedule: the rows, whose stream indices are
+    first .. first + N - 1, are cut into tiles of ``row_tile`` rows aligned at index 0
+    (zero rows pad the first and last tile) and each tile is one dot of [B, row_tile, ...]
+    (``lax.map``: one program, one shape). A row's bits then do not depend on N or on
+    ``first``'s tile-mates. ``row_tile`` None: one dot over all rows."""
+    R = self.row_tile
+    if R is None:
+      return self.dot(spec, x_BN, w)
+    B, N = x_BN.shape[:2]
+    f = first % R
+    T = -(-(f + N) // R)
+    xp = jnp.pad(x_BN, [(0, 0), (f, T * R - f - N)] + [(0, 0)] * (x_BN.ndim - 2))
+    tiles = jnp.moveaxis(xp.reshape((B, T, R) + x_BN.shape[2:]), 1, 0)
+    if T == 1:  # the same one dot of [B, R, ...], without a loop around it
+      out = self.dot(spec, tiles[0], w)[None]
+    else:
+      out = jax.lax.map(lambda t: self.dot(spec, t, w), tiles)  # [T, B, R, ...]
+    out = jnp.moveaxis(out, 0, 1)
+    return out.reshape((B, T * R) + out.shape[3:])[:, f:f + N]
+
+  def untiled(self) -> "Policy":
+    """This policy off the length-invariant schedule (``row_tile`` None): same dtypes and
+    rounding points, shape-dependent low bits. Generation's one-row decode steps use it: a
+    row in a tile of ``row_tile`` rows would cost ``row_tile`` times the work."""
+    return dataclasses.replace(self, row_tile=None) if self.row_tile is not None else self
+
   def preblock(self, spec: str, w) -> "Blocked":
     """``w`` as :meth:`dot` (``spec``, w second) would use it: cast to ``dot_operand_dtype``,
     split into the blocks of :func:`blocked_einsum`, and laid out as that batched dot reads
@@ -251,6 +302,7 @@ class Policy:
         "fp8_scaling": self.fp8_scaling,
         "matmul_precision": str(self.matmul_precision),
         "accum_block": self.accum_block,
+        "row_tile": self.row_tile,
     }
     if self.frozen_attention:  # omitted when False: results files of plain runs unchanged
       d["frozen_attention"] = True
@@ -360,6 +412,21 @@ def blocked_einsum(spec: str, a, b, accum_dtype, precision, block: int | None):
   for i in range(1, nb):
     acc = acc + parts[i]
   return acc
+
+
+def pairwise_sum(x):
+  """Sum over the last axis in an order this code fixes, not the backend: zero-padded to a
+  power of two, then halves added elementwise (x[:h] + x[h:]) until one term is left.
+  Every add is one IEEE add of the input's dtype (a zero pad adds exactly 0), so the bits
+  are the same on every CPU and for any number of trailing zeros. Keeps the axis (size 1)."""
+  n = x.shape[-1]
+  p = 1 << max(0, (n - 1).bit_length())
+  if p != n:
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, p - n)])
+  while x.shape[-1] > 1:
+    h = x.shape[-1] // 2
+    x = x[..., :h] + x[..., h:]
+  return x
 
 
 def quantize_scaled(x, fp8_dtype):

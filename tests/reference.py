@@ -22,6 +22,9 @@ What the emulator assumes about XLA:CPU's float32 arithmetic (each measured with
   contraction order, one FMA per term, in float32 (operands of bf16/f16/fp8 values have
   exact f32 products anyway); longer ones are blocks of that many terms whose partial sums
   are added in order (``Policy.accum_block``, explicit in the model);
+* the softmax sum over keys on the length-invariant schedule (``Policy.row_tile``) is the
+  model's own order, not XLA's: per block of ``accum_block`` keys (zero-padded), a pairwise
+  sum of halves in float32, then the blocks' sums added in order (``key_sum``);
 * jnp.sum over <= 32 elements is a sequential float32 left-to-right sum (exact match);
   a sum of squares ``sum(v*v)`` matches a sequential sum of products in ~98% of rows (1 ulp
   off otherwise, treated as uncertainty); longer sums are summed in float64 and rounded
@@ -153,7 +156,7 @@ class NumpyPolicy:
 
   def __init__(self, *, storage, param, operand, accum, compute, softmax, round_at,
                stepwise=False, xla=True, kernel_ulps=1.0, name="numpy", fma=None,
-               accum_block=None):
+               accum_block=None, row_tile=None):
     self.name = name
     self.st, self.pd, self.od = to_dtype(storage), to_dtype(param), to_dtype(operand)
     self.ad, self.cd, self.sd = to_dtype(accum), to_dtype(compute), to_dtype(softmax)
@@ -162,6 +165,7 @@ class NumpyPolicy:
     self.xla = bool(xla) and self.cd == F32
     self.fma_hw = xla_has_fma() if fma is None else bool(fma)
     self.accum_block = accum_block
+    self.row_tile = row_tile
     if not isinstance(kernel_ulps, dict):
       kernel_ulps = {k: float(kernel_ulps) * v for k, v in KERNEL_ULPS.items()}
     self.kernel_ulps = dict(kernel_ulps)
@@ -183,7 +187,8 @@ class NumpyPolicy:
                operand=d["matmul_operand_dtype"], accum=d["accum_dtype"],
                compute=d["compute_dtype"], softmax=d["softmax_dtype"],
                round_at=d["round_at"], stepwise=d["softmax_stepwise_rounding"],
-               kernel_ulps=kernel_ulps, name=d["name"], accum_block=d.get("accum_block"))
+               kernel_ulps=kernel_ulps, name=d["name"], accum_block=d.get("accum_block"),
+               row_tile=d.get("row_tile"))
 
   # -- dtype handling --------------------------------------------------------------------
   @property
@@ -270,6 +275,27 @@ class NumpyPolicy:
       return acc
     x64 = np.asarray(x, F64)
     return np.sum(x64 * x64 if square else x64, axis=-1, keepdims=True).astype(self.cd)
+
+  def key_sum(self, e):
+    """The softmax's sum over keys (last axis), keepdims. Tiled (row_tile set, XLA mode): the
+    keys in blocks of accum_block from index 0, zero-padded; each block summed pairwise
+    (pad to a power of two, add the two halves elementwise until one term is left), the
+    block sums added in order to -0.0, all in the compute dtype. Otherwise :meth:`sum`."""
+    if not (self.xla and self.row_tile):
+      return self.sum(e)
+    x, bk = self.c(e), self.accum_block
+    nk = -(-x.shape[-1] // bk)
+    p2 = 1 << max(0, (bk - 1).bit_length())
+    x = np.concatenate([x, np.zeros(x.shape[:-1] + (nk * bk - x.shape[-1],), self.cd)], -1)
+    total = np.full(x.shape[:-1] + (1,), -0.0, self.cd)
+    for b in range(nk):
+      blk = x[..., b * bk:(b + 1) * bk]
+      blk = np.concatenate([blk, np.zeros(blk.shape[:-1] + (p2 - bk,), self.cd)], -1)
+      while blk.shape[-1] > 1:
+        h = blk.shape[-1] // 2
+        blk = blk[..., :h] + blk[..., h:]
+      total = total + blk
+    return total
 
   def dot(self, spec, a, b, scale=None):
     """einsum(spec, a, b): operands in the operand dtype, accumulated in the accumulation
@@ -438,7 +464,7 @@ def _softmax(P: NumpyPolicy, scores, mask, bias):
   if narrow:
     rel = 0.0
   e = np.where(mask, e, np.zeros((), P.sd))
-  tot = P.sum(e)
+  tot = P.key_sum(e)
   tot = P.sm(tot, band=(rel + EPS32) * np.abs(tot.astype(F64)) if rel else None, attn=True,
              what="softmax: sum")
   tot = np.where(tot > 0, tot, np.ones((), P.sd))
