@@ -28,9 +28,15 @@ rows. A row stops after it emits a stop id or its decoded text contains a stop s
 (the stopping token is kept, as HF transformers' ``generate`` keeps its EOS), or after
 ``max_new_tokens``; the batch stops when every row has.
 
-The cached step is the same function as an uncached forward over the whole sequence, but
-its dots have other shapes, so low bits can differ (tests/test_generate.py states the
-tolerance, and checks every greedy token against fresh forwards).
+Bits. The prefill runs on the policy's length-invariant schedule (``Policy.row_tile``): a
+prompt alone in its batch (no left padding; P = its length) gets the bits of an exact-length
+forward of it, in every layer and in its last logits. Left padding moves a row's tokens to
+other stream indices, so a padded row's low bits may differ. The decode steps and
+:func:`score`'s continuations run off the schedule (``Policy.untiled``: one row in a
+128-row tile would cost 128 times the work): the same function as an uncached forward over
+the whole sequence, but their dots have other shapes, so low bits can differ
+(tests/test_generate.py states the tolerance, and checks every greedy token against fresh
+forwards).
 """
 from __future__ import annotations
 
@@ -101,7 +107,9 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
     return cache, jnp.argmax(logits, -1).astype(jnp.int32), logits
 
   def step(params, blocked, cache, tok_B, pos_B, slot):
-    out = model_lib.forward(cfg, pol, params, tok_B[:, None], positions=pos_B[:, None],
+    # one row per sequence: off the length-invariant schedule (Policy.untiled), where a row
+    # alone would cost a whole tile; its low bits are those of a one-row dot
+    out = model_lib.forward(cfg, pol.untiled(), params, tok_B[:, None], positions=pos_B[:, None],
                             cache=cache, collect=("kv", "last_logits"), blocked=blocked)
     put = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2)
     cache = {"k": put(cache["k"], out["k"]), "v": put(cache["v"], out["v"]),
@@ -284,8 +292,8 @@ def _score_fn(cfg: DecoderConfig, pol: Policy):
          "valid": jnp.broadcast_to(cache["valid"], (C,) + cache["valid"].shape[1:])}
     pos = jnp.broadcast_to(pos0 + jnp.arange(T, dtype=jnp.int32), (C, T))
     valid = jnp.arange(T)[None, :] < len_C[:, None]
-    out = model_lib.forward(cfg, pol, params, conts_CT, positions=pos, key_valid=valid, cache=c,
-                            collect=("logits",), blocked=blocked)
+    out = model_lib.forward(cfg, pol.untiled(), params, conts_CT, positions=pos,
+                            key_valid=valid, cache=c, collect=("logits",), blocked=blocked)
     # the distribution before each continuation token: the prompt's, then each row's own
     first = jnp.broadcast_to(first_logits_V, (C, 1, first_logits_V.shape[-1]))
     lp = jax.nn.log_softmax(jnp.concatenate([first, out["logits"]], 1).astype(jnp.float32), -1)

@@ -398,7 +398,7 @@ def test_query_chunked_attention_matches_the_whole_pass(pe, name):
   bits (another dot shape), asserted within 1e-5 relative."""
   cfg = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, vocab_size=16,
                          pe=pe)
-  pol = precision.get_policy(name)
+  pol = precision.get_policy(name).untiled()  # query chunks are the untiled path's
   params = pol.cast_params(model.init_params(cfg, jax.random.key(0)))
   toks = jnp.asarray(np.random.default_rng(0).integers(0, 16, (1, 300)))
   run = lambda qc: jax.jit(lambda p, t: model.forward(cfg, pol, p, t, collect=("residual", "heads"),
@@ -422,7 +422,7 @@ def test_key_blocks_give_the_values_of_the_whole_pass(pe, name, rtol):
   the values are the whole pass's; the reductions are shorter, so this is a tolerance."""
   cfg = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, vocab_size=16,
                       pe=pe)
-  pol = precision.get_policy(name)
+  pol = precision.get_policy(name).untiled()  # key blocks are the untiled path's
   params = pol.cast_params(model.init_params(cfg, jax.random.key(0)))
   toks = jnp.asarray(np.random.default_rng(0).integers(0, 16, (2, 300)))
   fwd = jax.jit(functools.partial(model.forward, cfg, pol),
@@ -441,6 +441,57 @@ def test_key_blocks_give_the_values_of_the_whole_pass(pe, name, rtol):
   close(part["y"], whole["y"][:, 40:], "cached prefix")
   with pytest.raises(ValueError, match="key_block must be >= 1"):
     model.forward(cfg, pol, params, toks, query_chunk=16, key_block=0)
+
+
+def _length_invariance(cfg, pol, n_pass, ns, prefix=None):
+  """Every layer's row n-1, the last-layer heads and y of one pass over ``n_pass`` tokens vs
+  the last row of a forward of exactly n tokens, for each n, and (``prefix``) the rows of a
+  forward of the tokens after a cache of the first ``prefix`` keys: the list of mismatches."""
+  params = pol.cast_params(model.init_params(cfg, jax.random.key(0)))
+  toks = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (1, n_pass)))
+  fwd = jax.jit(functools.partial(model.forward, cfg, pol, collect=("residual", "heads", "kv")))
+  whole = fwd(params, toks)
+  bits = lambda x: np.asarray(x).view(np.dtype(f"u{np.asarray(x).dtype.itemsize}"))
+  rows = lambda o, sl: [bits(o["residual"][:, :, sl]), bits(o["heads"][:, :, sl]),
+                        bits(o["y"][:, sl])]
+  bad = [n for n in ns if not all(np.array_equal(a, b) for a, b in zip(
+      rows(fwd(params, toks[:, :n]), slice(-1, None)), rows(whole, slice(n - 1, n))))]
+  if prefix:
+    pos = jnp.arange(n_pass, dtype=jnp.int32)[None]
+    cache = {"k": whole["k"][:, :, :prefix], "v": whole["v"][:, :, :prefix],
+             "pos": pos[:, :prefix], "valid": jnp.ones((1, prefix), bool)}
+    part = fwd(params, toks[:, prefix:], positions=pos[:, prefix:], cache=cache)
+    if not all(np.array_equal(a, b) for a, b in zip(
+        rows(part, slice(None)), rows(whole, slice(prefix, None)))):
+      bad.append(f"cache of {prefix}")
+  return bad
+
+
+@pytest.mark.bitwise
+@pytest.mark.parametrize("preset,pe", [("float32", "rope"), ("bfloat16", "rope"),
+                                       ("float16", "alibi"), ("float8_e5m2", "rope")])
+def test_rows_of_a_pass_are_exact_length_forwards(preset, pe):
+  """The length-invariant schedule (issue 24), with small tiles (8 rows, 16-key blocks) so
+  that n crosses their boundaries cheaply: row n-1 of a pass, in every layer, equals the
+  last row of a forward of exactly n tokens bit for bit, and a forward after a cached prefix
+  of 13 keys equals the pass's rows. GQA, a sliding window of 11 on layer 1 (whose skipped
+  key blocks must change nothing). Every preset, default tiles: the slow test below."""
+  import dataclasses
+  cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=4, num_kv_heads=2, vocab_size=16,
+                      pe=pe, mlp="swiglu", layer_windows=(None, 11))
+  pol = dataclasses.replace(precision.get_policy(preset), row_tile=8, accum_block=16)
+  assert _length_invariance(cfg, pol, 40, (1, 7, 8, 9, 16, 17, 33), prefix=13) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["float32", "bfloat16", "bfloat16_pure", "float16",
+                                    "float8_e4m3fn", "float8_e5m2"])
+def test_rows_of_a_pass_are_exact_length_forwards_default_tiles(preset):
+  """As above on the default schedule (128-row tiles, 256-key blocks), n around both."""
+  cfg = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, vocab_size=16)
+  pol = precision.get_policy(preset)
+  assert _length_invariance(cfg, pol, 300, (1, 127, 128, 129, 255, 256, 257, 300),
+                            prefix=130) == []
 
 
 def test_query_chunk_refuses_attention_matrices():
