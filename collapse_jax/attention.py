@@ -35,6 +35,28 @@ from collapse_jax import positional
 from collapse_jax.precision import Policy, pairwise_sum
 
 QUERY_AXIS = "query_chunks"  # the mesh axis over which query tiles are spread
+# Up to this many key blocks the passes are unrolled and compute every block (a block no row
+# sees adds exact zeros, as a skipped one would): a short sequence compiles as straight-line
+# code, without the loops and conditionals that only pay off for long ones. Same ops, same
+# shapes, same order: the same bits either way (tests/test_model.py crosses the threshold).
+UNROLL_BLOCKS = 2
+
+
+def _over_blocks(body, carry, xs, n: int):
+  """``lax.scan(body, carry, xs)`` over ``n`` blocks, unrolled in Python when n is at most
+  :data:`UNROLL_BLOCKS` (``body(carry, x, skip)``: skip=True may skip a block no row sees)."""
+  if n > UNROLL_BLOCKS:
+    return jax.lax.scan(lambda c, x: body(c, x, True), carry, xs)
+  ys = []
+  for i in range(n):
+    carry, y = body(carry, jax.tree_util.tree_map(lambda a: a[i], xs), False)
+    ys.append(y)
+  return carry, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ys)
+
+
+def _maybe(skip: bool, mask, live, dead):
+  """``live()`` where some row sees the block, else ``dead()``; without ``skip``, live()."""
+  return jax.lax.cond(jnp.any(mask), live, dead) if skip else live()
 
 
 def _pad_axis(x, axis: int, before: int, after: int, value=0):
@@ -99,7 +121,7 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
 
     shape = (B, KV, G, R, Bk)
 
-    def scores(carry, blk):
+    def scores(carry, blk, skip):
       k_j, _, _, valid_j, kpos_j, kidx_j = blk
       mask = mask_of(valid_j, kidx_j, kpos_j)
 
@@ -111,12 +133,12 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
           s = step(jnp.add, s, bias.reshape(shape))
         return jnp.where(mask, s, lowest)
 
-      s = jax.lax.cond(jnp.any(mask), live, lambda: jnp.full(shape, lowest))
+      s = _maybe(skip, mask, live, lambda: jnp.full(shape, lowest))
       return jnp.maximum(carry, jnp.max(s, axis=-1, keepdims=True)), (s, mask)
 
-    row_max, (s_all, masks) = jax.lax.scan(scores, jnp.full(shape[:-1] + (1,), lowest), kb)
+    row_max, (s_all, masks) = _over_blocks(scores, jnp.full(shape[:-1] + (1,), lowest), kb, nk)
 
-    def exps(total, blk):
+    def exps(total, blk, skip):
       s, mask = blk
 
       def live():
@@ -124,14 +146,14 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
         e = jnp.where(mask, e, jnp.zeros((), sd))
         return total + pairwise_sum(e.astype(cd)), e
 
-      return jax.lax.cond(jnp.any(mask), live, lambda: (total, jnp.zeros(shape, sd)))
+      return _maybe(skip, mask, live, lambda: (total, jnp.zeros(shape, sd)))
 
     # -0.0 + x == x for every x (+0.0 too): starting there, skipped blocks change nothing
-    total, e_all = jax.lax.scan(exps, jnp.full(shape[:-1] + (1,), -0.0, cd), (s_all, masks))
+    total, e_all = _over_blocks(exps, jnp.full(shape[:-1] + (1,), -0.0, cd), (s_all, masks), nk)
     total = total.astype(sd)  # the sum's one rounding to the softmax dtype
     total = jnp.where(total > 0, total, jnp.ones((), sd))
 
-    def values(carry, blk):
+    def values(carry, blk, skip):
       acc, sees_bad = carry
       e, mask, (_, v_j, bad_j, *_) = blk
 
@@ -143,19 +165,22 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
         hit = jnp.any(mask[:, 0, 0, :, :, None] & bad_j[:, None, :, :], axis=2)  # [B, R, KV]
         return (acc + part, sees_bad | hit), p if want_probs else jnp.zeros((), p_dtype)
 
-      return jax.lax.cond(jnp.any(mask), live, lambda: (
+      return _maybe(skip, mask, live, lambda: (
           (acc, sees_bad), jnp.zeros(shape if want_probs else (), p_dtype)))
 
     p_dtype = jax.eval_shape(lambda x: pol.round(x, "probs"),
                              jax.ShapeDtypeStruct(shape, cd)).dtype
     init = (jnp.full((B, R, KV, G, Dh), -0.0, pol.accum_dtype), jnp.zeros((B, R, KV), bool))
-    (acc, sees_bad), p_all = jax.lax.scan(values, init, (e_all, masks, kb))
+    (acc, sees_bad), p_all = _over_blocks(values, init, (e_all, masks, kb), nk)
     heads = pol.round(acc.astype(cd), "heads")
     heads = jnp.where(sees_bad[..., None, None], jnp.asarray(jnp.nan, heads.dtype), heads)
     return (heads, p_all) if want_probs else (heads, None)
 
   run = lambda qt, kb: jax.lax.map(lambda a: tile(*a, kb), qt)
-  if mesh is None:
+  if mesh is None and T == 1:  # one tile: the same program without a loop around it
+    heads, probs = jax.tree_util.tree_map(
+        lambda x: x[None], tile(*jax.tree_util.tree_map(lambda x: x[0], q_tiles), k_blocks))
+  elif mesh is None:
     heads, probs = run(q_tiles, k_blocks)
   else:  # only the tiles are split; everything around them is pinned replicated
     P = jax.sharding.PartitionSpec
