@@ -96,7 +96,11 @@ def _pairs_kv(cfg, pol, params, stream_T, token, len_a_S, chunk, copy_vector=Fal
              "v": jnp.broadcast_to(pre["v"], (cfg.num_layers, C) + pre["v"].shape[2:]),
              "pos": jnp.broadcast_to(jnp.arange(M, dtype=jnp.int32), (C, M)),
              "valid": jnp.arange(M)[None, :] < (n_C[:, None] - 1)}
-    out = model_lib.forward(cfg, pol, params, new, positions=pos, cache=cache, collect=COLLECT)
+    # two rows per length: off the length-invariant schedule (Policy.untiled), where they
+    # would cost two 128-row tiles; this engine's appended keys sit after the whole stream
+    # anyway (slots M, M + 1, not n - 1, n), so its bits are not an exact forward's
+    out = model_lib.forward(cfg, pol.untiled(), params, new, positions=pos, cache=cache,
+                            collect=COLLECT)
     pick = lambda j: {"y": out["y"][:, j], "residual": jnp.moveaxis(out["residual"][:, :, j], 0, 1),
                       "heads": out["heads"][-1, :, j]}
     return pick(0), pick(1)
@@ -264,6 +268,8 @@ def causal_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
   N, D, L, H, KV, Dh = tokens, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
   F = cfg.ff if cfg.use_mlp else 0
   C = N if query_chunk is None else min(query_chunk, N)
+  if pol.row_tile is not None:  # the length-invariant schedule attends a whole tile at a time
+    C = max(C, min(pol.row_tile, N))
   copy = lambda wide: wide + (s if s != wide else 0)  # a rounding point makes a new array
   collected = N * ((L + 1) * D + L * H * Dh) * s
   layer = N * ((H + 2 * KV) * Dh + 4 * D + 3 * F) * copy(c)
@@ -291,8 +297,10 @@ def plan_query_chunk(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
         f"chunks of {MIN_QUERY_CHUNK} query rows; the budget is {_size(budget_bytes)}: raise "
         "--memory_budget (if the machine has it), or lower "
         "--max_len, the number of --seeds or the model size")
-  fixed = causal_peak_bytes(cfg, pol, seeds, tokens, 0)
-  per_row = causal_peak_bytes(cfg, pol, seeds, tokens, 1) - fixed
+  base = min(pol.row_tile or 0, tokens)  # below one tile, a chunk needs what the tile needs
+  per_row = (causal_peak_bytes(cfg, pol, seeds, tokens, base + 1)
+             - causal_peak_bytes(cfg, pol, seeds, tokens, base))
+  fixed = causal_peak_bytes(cfg, pol, seeds, tokens, base) - base * per_row
   chunk = int((budget_bytes - fixed) // max(per_row, 1))
   return max(MIN_QUERY_CHUNK, min(chunk, tokens))
 

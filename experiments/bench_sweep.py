@@ -11,7 +11,7 @@ Prints wall times (compile excluded unless stated, median of --repeats) and rati
                                                             on --loop_lengths lengths and
                                                             extrapolated linearly to all N.
   sweep (blocked accumulation, the default)             vs  the same sweep with the backend's
-                                                            own dot order (accum_block=None)
+                                                            own dot order (accum_block=None, untiled)
 
   python -m experiments.bench_sweep --scaling=4096,16384,65536 --heads=1
 
@@ -134,7 +134,7 @@ def main(argv):
 
   t0 = time.perf_counter(); run("causal"); compile_sweep = time.perf_counter() - t0
   t_sweep = _time(lambda: run("causal"), F.repeats)
-  unblocked = dataclasses.replace(pol, accum_block=None)
+  unblocked = dataclasses.replace(pol, accum_block=None, row_tile=None)
   run("causal", unblocked)
   t_unblocked = _time(lambda: run("causal", unblocked), F.repeats)
   run("masked")

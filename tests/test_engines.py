@@ -261,9 +261,14 @@ def test_causal_pass_padded_to_min_tokens_keeps_the_pairs():
 def test_memory_budget_chunks_the_causal_pass_and_refuses_what_cannot_fit():
   """A budget below the whole pass's estimate makes the causal engine chunk its attention
   (same bits in bf16, as measured for the model); one too small for MIN_QUERY_CHUNK rows is
-  refused with one line naming the flag."""
+  refused with one line naming the flag. On the untiled path, where chunks set the memory;
+  on the length-invariant schedule a chunk below one tile needs what the tile needs."""
   cfg = CFG.replace(num_heads=4, d_model=16)
-  pol = cj.get_policy("bfloat16")
+  tiled = cj.get_policy("bfloat16")
+  assert (engines.causal_peak_bytes(cfg, tiled, 1, 301, 16)
+          == engines.causal_peak_bytes(cfg, tiled, 1, 301, tiled.row_tile)
+          < engines.causal_peak_bytes(cfg, tiled, 1, 301, tiled.row_tile + 1))
+  pol = tiled.untiled()
   f = pairs.make_family("prefix_repeat", 300, seed=0, vocab_size=8, prefix_len=4)
   params = _stack([pol.cast_params(model.init_params(cfg, jax.random.key(0)))])
   whole_bytes = engines.causal_peak_bytes(cfg, pol, 1, 301, None)
@@ -285,9 +290,9 @@ def test_memory_budget_chunks_the_causal_pass_and_refuses_what_cannot_fit():
 def test_kv_cache_and_masked_are_planned_against_the_budget():
   """kv_cache: a budget below the prefix pass's whole estimate chunks that pass's attention
   (same bf16 bits); kv_cache and masked refuse, in one line naming --chunk, a chunk of
-  lengths that cannot fit; exact is not planned."""
+  lengths that cannot fit; exact is not planned (the untiled path, where chunks set memory)."""
   cfg = CFG.replace(num_heads=4, d_model=16)
-  pol = cj.get_policy("bfloat16")
+  pol = cj.get_policy("bfloat16").untiled()
   f = pairs.make_family("stream_repeat_last", 300, seed=0, vocab_size=8)
   ns = np.arange(2, 300)
   params = _stack([pol.cast_params(model.init_params(cfg, jax.random.key(0)))])

@@ -129,7 +129,7 @@ v = rng.standard_normal((2, 4100, 4, 16)).astype(np.float32)
 pol = cj.get_policy("bfloat16")
 out = {}
 for name, block in (("blocked", pol.accum_block), ("backend", None)):
-  q = dataclasses.replace(pol, accum_block=block)
+  q = dataclasses.replace(pol, accum_block=block, row_tile=pol.row_tile if block else None)
   out[name] = np.asarray(jax.jit(lambda x, y: q.dot("bhnm,bmhd->bnhd", x, y))(p, v))
 np.savez(sys.argv[1], **out)
 """
