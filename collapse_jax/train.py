@@ -85,7 +85,10 @@ class TrainPrecision:
 
   @property
   def policy(self) -> precision.Policy:
-    return precision.get_policy(self.policy_name)
+    """The preset, off the length-invariant schedule (``Policy.untiled``): training batches
+    short sequences, which 128-row tiles and 256-key blocks would pad many times over; the
+    trained model's collapse is measured through the sweep, on the schedule."""
+    return precision.get_policy(self.policy_name).untiled()
 
   @property
   def rounds_at(self) -> tuple:

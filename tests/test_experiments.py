@@ -401,9 +401,10 @@ def test_tasks_end_to_end(tmp_path):
            "tasks_bridge.png"), timeout=1200)
   samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
   res = json.loads((out / "results.json").read_text())
-  # count_ones: n and the bridge's n + 1 (direct), n only for CoT; count_bernoulli: 2 samples
+  # count_ones: the grid's n (the bridge's n + 1 prompts are bridge rows, not samples);
+  # count_bernoulli: 2 samples
   keys = {(s["task"], s["mode"], s["n"], s["sample"]) for s in samples}
-  assert keys == ({("count_ones", "direct", n, 0) for n in (3, 4, 6, 7)}
+  assert keys == ({("count_ones", "direct", n, 0) for n in (3, 6)}
                   | {("count_ones", "cot_no_shot", n, 0) for n in (3, 6)}
                   | {("count_bernoulli", m, n, s) for m in ("direct", "cot_no_shot")
                      for n in (3, 6) for s in (0, 1)})
@@ -441,7 +442,8 @@ def test_train_end_to_end_then_resume(tmp_path):
     assert run["history"]["steps"] == list(range(20)) and len(run["history"]["evals"]) == 2
     assert [r["n"] for r in run["accuracy"]] == list(range(1, 9))
     col = run["collapse"]["bfloat16"]
-    assert len(col["linf"]) == 40 and col["equal_but_answer_differs"] == 0
+    cor = col["corollary"]  # train.b10_consequence (count_ones)
+    assert len(col["linf"]) == 40 and cor["holds"] and cor["premise_holds"]
   assert res["runs"]["bfloat16_weights"]["precision"]["rounds_at"] == ["grads", "moments",
                                                                         "weights"]
   (out / "float32" / "run.json").unlink()  # float32 as if stopped after its last step
