@@ -183,6 +183,14 @@ class Policy:
     """einsum(spec, a, b) with operands in ``dot_operand_dtype`` and accumulation in
     ``accum_dtype``; optional scalar ``scale`` is applied to the accumulator (in
     compute_dtype) before the caller rounds. Returns compute_dtype."""
+    out = self.dot_accum(spec, a, b).astype(self.compute_dtype)
+    if scale is not None:
+      out = out * jnp.asarray(scale, self.compute_dtype)
+    return out
+
+  def dot_accum(self, spec: str, a, b):
+    """:meth:`dot` without the final conversion: the sum in ``accum_dtype``, for a caller
+    that adds partial sums itself (attention's key blocks). ``b`` may be pre-blocked."""
     od = self.dot_operand_dtype
     if isinstance(b, Blocked):  # made by self.preblock(spec, w): already cast and split
       if b.spec != spec or b.x.dtype != od or b.block != self.accum_block:
@@ -190,19 +198,8 @@ class Policy:
                          f"used in {spec!r} ({od}, block {self.accum_block})")
     else:
       b = jnp.asarray(b).astype(od)
-    out = blocked_einsum(spec, jnp.asarray(a).astype(od), b, self.accum_dtype,
-                         self.matmul_precision, self.accum_block)
-    out = out.astype(self.compute_dtype)
-    if scale is not None:
-      out = out * jnp.asarray(scale, self.compute_dtype)
-    return out
-
-  def dot_accum(self, spec: str, a, b):
-    """:meth:`dot` without the final conversion: the sum in ``accum_dtype``, for a caller
-    that adds partial sums itself (attention's key blocks)."""
-    od = self.dot_operand_dtype
-    return blocked_einsum(spec, jnp.asarray(a).astype(od), jnp.asarray(b).astype(od),
-                          self.accum_dtype, self.matmul_precision, self.accum_block)
+    return blocked_einsum(spec, jnp.asarray(a).astype(od), b, self.accum_dtype,
+                          self.matmul_precision, self.accum_block)
 
   def row_dot(self, spec: str, x_BN, w, first: int = 0):
     """:meth:`dot` of rows x [B, N, ...] (``spec``'s first operand, rows on axis 1) with a
