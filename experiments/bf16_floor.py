@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 
 import collapse_jax as cj
-from collapse_jax import (cli, diagnosis, engines, pairs, model, plotting, results, sweep,
+from collapse_jax import (cli, diagnosis, engines, figures, pairs, model, results, sweep,
                           xla_env)
 
 F = flags.FLAGS
@@ -117,10 +117,10 @@ def main(argv):
       "experiment": "bf16_floor", "config": cfg.to_dict(), "flags": F.flag_values_dict(),
       "environment": results.environment(), "stages": stages, "sweep": records,
       "rounding_models": models, "octaves": octaves})
-  plotting.floor_figure(stages, records, f"{out}/bf16_floor.png",
-                        f"prefix_repeat, {cfg.num_layers}L d={cfg.d_model} H={heads}: where rows "
-                        "n-1 and n still differ; the distance over n; how often they are equal",
-                        octaves=octaves)
+  figures.sweep.floor_figure(stages, records, f"{out}/bf16_floor.png",
+                             f"prefix_repeat, {cfg.num_layers}L d={cfg.d_model} H={heads}: where "
+                             "rows n-1 and n still differ; the distance over n; how often they are "
+                             "equal", octaves=octaves)
   print(f"wrote {out}/results.json, bf16_floor.png")
 
 

@@ -21,7 +21,7 @@ import os
 from absl import app, flags
 
 import collapse_jax  # noqa: F401  (XLA guards before JAX starts)
-from collapse_jax import cli, config as config_lib, plotting, results, xla_env
+from collapse_jax import cli, config as config_lib, figures, results, xla_env
 from collapse_jax.theory import counting
 
 FLAGS = flags.FLAGS
@@ -77,7 +77,7 @@ def main(argv):
       "b9_conditions": ("token inputs, pe='none', no sliding window, bidirectional mask; the "
                         "compared sequences are exact-length forwards with the same weights"),
       "b9_summary": b9_summary, "b9": b9, "b10_summary": b10_summary, "b10": b10})
-  plotting.counting_figure(b9, b10, os.path.join(out, "counting.png"), base=FLAGS.base)
+  figures.theory.counting_figure(b9, b10, os.path.join(out, "counting.png"), base=FLAGS.base)
   print(f"wrote {out}/results.json and counting.png")
   for k, v in b9_summary.items():
     print(f"  B.9 {k}: {v}")

@@ -27,7 +27,7 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
-from collapse_jax import cli, isa, plotting, results, xla_env
+from collapse_jax import cli, figures, isa, results, xla_env
 
 F = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,9 +155,9 @@ def main(argv):
           xla_env.REFERENCE_FLAGS), "environment": results.environment(),
       "differing_fraction": frac, "fingerprints": here, "recorded": F.recorded,
       "comparison": comparison})
-  plotting.isa_heatmap(frac, settings, f"{out}/isa.png",
-                       f"bits vs the reference path (max ISA {xla_env.REFERENCE_ISA}) on "
-                       f"{cpu['cpu_model']} ({cpu['native_isa']})")
+  figures.sweep.isa_heatmap(frac, settings, f"{out}/isa.png",
+                            f"bits vs the reference path (max ISA {xla_env.REFERENCE_ISA}) on "
+                            f"{cpu['cpu_model']} ({cpu['native_isa']})")
   print(f"wrote {out}/results.json, isa.png")
   if F.record:
     same = lambda r: (r["cpu"], r["jaxlib"], r.get("commit")) == (cpu, here["jaxlib"],

@@ -25,7 +25,7 @@ import time
 from absl import app, flags
 
 import collapse_jax  # noqa: F401  (XLA guards before JAX starts)
-from collapse_jax import cli, plotting, results, xla_env
+from collapse_jax import cli, figures, results, xla_env
 from collapse_jax.theory import sensitivity, spectral
 
 FLAGS = flags.FLAGS
@@ -78,7 +78,7 @@ def main(argv):
                       "factorised_bound": sens["factorised"]["bound"],
                       "factorised_bound_tight": sens["factorised"]["bound_tight"]},
       "spectral": curves, "layers_to_converge": depths})
-  plotting.oversquashing_figure(
+  figures.theory.oversquashing_figure(
       sens, curves, depths, os.path.join(out, "oversquashing.png"), tol=FLAGS.tol,
       title=f"Thm 5.1: n={n}, L={L}, D={cfg.d_model}, {cfg.pe}, {pol.name}")
   print(f"wrote {out}/results.json and oversquashing.png")

@@ -20,7 +20,7 @@ import sys
 from absl import app, flags, logging
 
 import collapse_jax as cj
-from collapse_jax import (cli, engines, jobs, pairs, plotting, precision, records, results,
+from collapse_jax import (cli, engines, figures, jobs, pairs, precision, records, results,
                           sweep, xla_env)
 
 F = flags.FLAGS
@@ -123,9 +123,10 @@ def _assemble(cfg, policies, reference, cells, procs, out, shards):
   results.write_csv(f"{out}/results.csv", [row for r in runs for row in records.csv_rows(r)],
                     records.csv_columns(F.layers))
   if F.plot:
-    plotting.collapse_plot(runs, f"{out}/collapse.png",
-                           f"{F.family}, {F.layers}L d={F.d_model} {F.pe}, engine "
-                           f"{runs[0]['engine']}: final output y, seed mean", reference=ref or None)
+    figures.sweep.collapse_plot(runs, f"{out}/collapse.png",
+                                f"{F.family}, {F.layers}L d={F.d_model} {F.pe}, engine "
+                                f"{runs[0]['engine']}: final output y, seed mean",
+                                reference=ref or None)
   for r in runs:
     print(f"{r['dtype']:>16s} H={r['heads']:<3d} seed={r['seed']}: collapse onset n="
           f"{r['collapse_onset']}, sustained from n={r['sustained_onset']}, "

@@ -36,7 +36,7 @@ import time
 from absl import app, flags, logging
 
 import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import cli, engines, jobs, plotting, prompts, records, results, sweep, xla_env
+from collapse_jax import cli, engines, figures, jobs, prompts, records, results, sweep, xla_env
 
 F = flags.FLAGS
 # fp8 is opt-in (--dtype=all or naming it): XLA:CPU compiles the 30-layer fp8 programs in
@@ -151,14 +151,14 @@ def main(argv):
   files = ["results.json"]
   if F.plot:
     first = [r for r in runs if r["window"] == windows[0]]
-    plotting.figure5(first, settings, os.path.join(out, "real_model_collapse.png"), caption)
-    plotting.layers_figure(first, settings, os.path.join(out, "real_model_collapse_layers.png"),
-                           caption)
+    figures.real.figure5(first, settings, os.path.join(out, "real_model_collapse.png"), caption)
+    figures.real.layers_figure(first, settings, os.path.join(out, "real_model_collapse_layers.png"),
+                               caption)
     files += ["real_model_collapse.png", "real_model_collapse_layers.png"]
     if len(windows) > 1:
       sizes = sorted({w for c in cfgs.values() for w in c.layer_windows if w is not None})
-      plotting.windows_figure(runs, settings, windows, sizes,
-                              os.path.join(out, "real_model_collapse_windows.png"), caption)
+      figures.real.windows_figure(runs, settings, windows, sizes,
+                                  os.path.join(out, "real_model_collapse_windows.png"), caption)
       files.append("real_model_collapse_windows.png")
   for line in [records.compact_line(r) for r in runs] + [records.cross_check_line(c)
                                                           for c in checks]:

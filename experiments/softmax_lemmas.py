@@ -19,7 +19,7 @@ import os
 from absl import app, flags, logging
 
 import collapse_jax  # noqa: F401  (XLA guards before JAX starts)
-from collapse_jax import cli, plotting, precision, results, xla_env
+from collapse_jax import cli, figures, precision, results, xla_env
 from collapse_jax.theory import softmax
 
 FLAGS = flags.FLAGS
@@ -63,7 +63,7 @@ def main(argv):
       "policies": {p: precision.get_policy(p).describe() for p in b2["tv_by_precision"]},
       "environment": results.environment(), "summary": summary,
       "lemma_b1": b1, "lemma_b2": b2, "lemma_b4": b4})
-  plotting.softmax_lemmas_figure(b1, b2, b4, os.path.join(out, "softmax_lemmas.png"))
+  figures.theory.softmax_lemmas_figure(b1, b2, b4, os.path.join(out, "softmax_lemmas.png"))
   print(f"wrote {out}/results.json and softmax_lemmas.png")
   for k, v in summary.items():
     print(f"  {k}: {v}")

@@ -13,7 +13,7 @@ from the float64 distance and the dtype's ulp at the attention output's magnitud
 """
 from absl import app, flags, logging
 
-from collapse_jax import cli, pairs, plotting, results, sweep, xla_env
+from collapse_jax import cli, figures, pairs, results, sweep, xla_env
 
 F = flags.FLAGS
 cli.define(dtype="float32,bfloat16,float16,float8_e4m3fn,float8_e5m2", d_model=64, vocab=1024,
@@ -47,7 +47,7 @@ def main(argv):
       "configs": {pe: c.to_dict() for pe, c in cfgs.items()}, "flags": F.flag_values_dict(),
       "environment": results.environment(), "runs": [r for rs in by_pe.values() for r in rs]})
   if F.plot:
-    plotting.synthetic_figure(
+    figures.sweep.synthetic_figure(
         by_pe, f"{out}/synthetic_collapse.png",
         f"Fig {F.figure}: 1 attention layer, d={F.d_model}, weights N(0, {init_var:.3g}), "
         f"last token copied ({F.copy}); float64 = ground truth")

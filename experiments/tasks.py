@@ -29,7 +29,7 @@ import time
 from absl import app, flags, logging
 
 import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import cli, harness, jobs, plotting, results, tasks
+from collapse_jax import cli, figures, harness, jobs, results, tasks
 
 F = flags.FLAGS
 cli.define(dtype="float32,bfloat16", lengths="2,5,10,20", model="smollm2", out=None, plot=True,
@@ -98,14 +98,14 @@ def main(argv):
       compact=True)
   files = ["samples.jsonl", "results.json"]
   if F.plot:
-    plotting.tasks_figure(res["summary"], os.path.join(out, "tasks_accuracy.png"), caption)
+    figures.tasks.tasks_figure(res["summary"], os.path.join(out, "tasks_accuracy.png"), caption)
     files.append("tasks_accuracy.png")
     counts = [s for s in res["samples"] if s["task"] in tasks.COUNT_TASKS]
     if counts:
-      plotting.counts_figure(counts, os.path.join(out, "tasks_counts.png"), caption)
+      figures.tasks.counts_figure(counts, os.path.join(out, "tasks_counts.png"), caption)
       files.append("tasks_counts.png")
     if res["bridge"]:
-      plotting.bridge_figure(res["bridge"], os.path.join(out, "tasks_bridge.png"), caption)
+      figures.tasks.bridge_figure(res["bridge"], os.path.join(out, "tasks_bridge.png"), caption)
       files.append("tasks_bridge.png")
   for r in res["summary"]:
     print(f"{r['task']:>22s} {r['mode']:>12s} {r['dtype']:>9s} n={r['n']:<5d} acc strict "

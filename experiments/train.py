@@ -34,7 +34,7 @@ import time
 from absl import app, flags
 
 import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import cli, config, jobs, plotting, results, train
+from collapse_jax import cli, config, figures, jobs, results, train
 
 F = flags.FLAGS
 cli.define(seeds="0", layers=2, d_model=64, heads="4", pe="rope", norm="rmsnorm", mlp="gelu",
@@ -150,7 +150,7 @@ def main(argv):
       "flags": spec, "runs": runs, "caption": caption, "total_s": round(time.perf_counter() - t0, 1),
       "environment": results.environment()}, compact=True)
   if F.plot:
-    plotting.train_figure(runs, F.l_train, os.path.join(out, "train.png"), caption)
+    figures.train.train_figure(runs, F.l_train, os.path.join(out, "train.png"), caption)
   print(f"total {time.perf_counter() - t0:.1f}s; wrote {out}/results.json"
         + (", train.png" if F.plot else ""))
 
