@@ -1,8 +1,19 @@
-"""collapse_jax.figures.sweep: collapse_plot with and without the float64 reference and
-'absmax'."""
+"""collapse_jax.figures.sweep: every figure drawn in process from its synthetic sample
+(collapse_jax/figures/samples.py) passes every render check (collapse_jax/figures/check.py);
+collapse_plot with and without the float64 reference and 'absmax'."""
 import numpy as np
+import pytest
 
-from collapse_jax.figures import sweep
+from collapse_jax.figures import gallery, samples, sweep
+
+
+@pytest.mark.parametrize("name", samples.names("sweep"))
+def test_the_sample_figure_passes_the_render_checks(name):
+  assert gallery.draw_checked(name) == []
+
+
+def test_every_figure_function_has_a_sample():
+  assert samples.names("sweep") and samples.undrawn(sweep) == []
 
 
 def _records(dtype, heads, with_absmax=True):

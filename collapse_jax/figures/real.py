@@ -2,15 +2,14 @@
 ``figure5`` (the paper's Figure 5), ``layers_figure``, ``windows_figure``."""
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 from matplotlib import ticker
 
-from collapse_jax.plotting import (dtype_style, equal_ticks, positive_for_log, save, subplots)
+from collapse_jax.plotting import (dtype_style, equal_ticks, log_y, positive_for_log, save,
+                                   subplots, suptitle, wrap)
 
 
-def figure5(runs, settings: dict, path: str, caption: str) -> str:
+def figure5(runs, settings: dict, path: str | None, caption: str):
   """The paper's Figure 5 from compact real-model records (``records.compact``; 'pairs' names
   the setting in ``settings``): top, the last layer's per-head distance (mean over heads,
   min/max band); bottom, the final normalised output y; one style per dtype, equal n as
@@ -42,21 +41,21 @@ def figure5(runs, settings: dict, path: str, caption: str) -> str:
         ax.plot(n, np.where(mean > 0, mean, np.nan), label=label, **style)
         equal_ticks(ax, n, equal, floor, style["color"], ms=9)
       ax.axhline(floor, color="0.6", lw=0.6, ls="--")
-      ax.set_yscale("log")
+      log_y(ax)
       ax.set_xlabel("n (digit tokens in A_n)")
       ax.xaxis.set_major_locator(ticker.MaxNLocator(6, integer=True))
       ax.grid(True, which="both", alpha=0.25)
       ax.legend(fontsize=6.5, loc="best")
-      ax.set_title(f"{s.title}\n{s.pair}" if row == 0 else
-                   f"{s.title}: final normalised output y", fontsize=8)
+      ax.set_title(wrap(fig, f"{s.title}\n{s.pair}", fontsize=8, width=0.9 / len(keys))
+                   if row == 0 else f"{s.title}: final normalised output y", fontsize=8)
   axes[0, 0].set_ylabel(r"$\|v^{(L)}_n - v^{*(L)}_{n+1}\|_\infty$ last-layer heads" "\n"
                         "(mean over heads, band min/max; ticks: all heads bitwise equal)")
   axes[1, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$ (ticks: bitwise equal)")
-  fig.suptitle(caption, fontsize=8.5)
+  suptitle(fig, caption, fontsize=8.5)
   return save(fig, path)
 
 
-def layers_figure(runs, settings: dict, path: str, caption: str) -> str:
+def layers_figure(runs, settings: dict, path: str | None, caption: str):
   """Every residual layer of compact real-model records: log10 ||v_n^(l) - v*_{n+1}^(l)||_inf
   as a heat map over (n, layer), one panel per (dtype, setting); red cells are bitwise equal
   or non-finite (results.json tells which)."""
@@ -84,12 +83,12 @@ def layers_figure(runs, settings: dict, path: str, caption: str) -> str:
       ax.xaxis.set_major_locator(ticker.MaxNLocator(6, integer=True))
       ax.set_xlabel("n", fontsize=7)
       ax.set_ylabel("layer l (0 = embedding)", fontsize=7)
-  fig.suptitle(caption + "\ncolour: log10 ||v_n^(l) - v*_{n+1}^(l)||_inf of the residual stream; "
-               "red = bitwise equal or non-finite (see results.json)", fontsize=8)
+  suptitle(fig, caption + "\ncolour: log10 ||v_n^(l) - v*_{n+1}^(l)||_inf of the residual stream; "
+           "red = bitwise equal or non-finite (see results.json)", fontsize=8)
   return save(fig, path)
 
 
-def windows_figure(runs, settings: dict, windows, window_sizes, path: str, caption: str) -> str:
+def windows_figure(runs, settings: dict, windows, window_sizes, path: str | None, caption: str):
   """The sliding-window mitigation: for each (dtype, setting) panel, the distance of the
   final normalised output y (solid) and of the last layer's heads (mean over heads, dotted)
   against n, one colour per window mode (``windows``: 'native', 'global', a size), with its
@@ -132,14 +131,13 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str, capti
         if past.size:
           ax.axvline(runs[0]["lengths"][past[0]], color="0.4", lw=0.7, ls="-.")
       ax.axhline(floor, color="0.6", lw=0.6, ls="--")
-      ax.set_yscale("log")
+      log_y(ax)
       ax.grid(True, which="both", alpha=0.25)
       ax.legend(fontsize=6.5, loc="best")
       ax.set_title(f"{settings[k].title} | {dt}", fontsize=8)
       ax.set_xlabel("n (digit tokens in A_n); dash-dot line: A_n longer than the window",
                     fontsize=7)
   axes[0, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$ (solid), last-layer heads (dotted)")
-  fig.suptitle(textwrap.fill(caption, 60 * len(keys) + 20) + "\nwindows: native = the model's "
-               "local/global layers, global = no window, a size = every layer that window",
-               fontsize=8)
+  suptitle(fig, caption + "\nwindows: native = the model's local/global layers, global = no "
+           "window, a size = every layer that window", fontsize=8)
   return save(fig, path)

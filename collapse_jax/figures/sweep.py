@@ -1,14 +1,14 @@
-"""Figures of the precision sweep and its diagnostics: ``collapse_plot`` (experiments.precision_sweep),
-``isa_heatmap`` (isa_probe), ``floor_figure`` (bf16_floor), ``synthetic_figure``
-(synthetic_collapse)."""
+"""Figures of the precision sweep and its diagnostics: ``collapse_plot``
+(experiments.precision_sweep), ``isa_heatmap`` (isa_probe), ``floor_figure`` (bf16_floor),
+``synthetic_figure`` (synthetic_collapse)."""
 from __future__ import annotations
 
 import numpy as np
 from matplotlib import lines
 
 from collapse_jax.plotting import (DTYPE_COLORS, LEVEL_STYLE, REFERENCE_STYLE, dtype_style,
-                                   equal_ticks, half_ulp, log_x, positive_for_log, save,
-                                   subplots)
+                                   equal_ticks, half_ulp, log_x, log_y, positive_for_log, save,
+                                   subplots, suptitle)
 
 
 TICK_ROW = 2.2  # collapse_plot: each dtype's equal-ticks one row (this factor) lower
@@ -19,10 +19,10 @@ def _seed_mean(rs, key):
   return np.asarray(rs[0]["lengths"]), np.mean([np.asarray(r[key], np.float64) for r in rs], 0)
 
 
-def collapse_plot(records, path: str, title: str, key: str = "linf", reference=None) -> str:
+def collapse_plot(records, path: str | None, title: str, key: str = "linf", reference=None):
   """Distance ``key`` vs n (log-log), one panel per head count, one style per dtype (seed
-  mean; ``dtype_style``). Bitwise-equal pairs (distance exactly 0) leave a gap in the curve
-  and a tick on the floor line at the bottom; the first equal n (collapse onset) is a dot.
+  mean; ``dtype_style``). Bitwise-equal pairs (distance exactly 0 in every seed) leave a gap in
+  the curve and a tick on the floor line at the bottom; the first of them is a dot.
   With several dtypes, each one's ticks form their own row, the first on the floor line.
   Why a curve floors: each dtype's ulp(max|y_n|)/2 at the measured magnitude (records'
   'absmax' [S]) is a thin dotted line of its colour, where it falls inside the data's range;
@@ -56,7 +56,7 @@ def collapse_plot(records, path: str, title: str, key: str = "linf", reference=N
       style = dtype_style(dtype)
       n, y = _seed_mean(rs, key)
       equal = np.all([np.asarray(r["bitwise_equal"], bool) for r in rs], axis=0)
-      onset = min((r["collapse_onset"] for r in rs if r["collapse_onset"] > 0), default=-1)
+      onset = int(n[equal][0]) if equal.any() else -1  # the first n every seed is equal at
       label = dtype + (f" (equal at {equal.sum()} n, first n={onset})" if onset > 0
                        else " (never equal)")
       handles += ax.plot(n, np.where(y > 0, y, np.nan), alpha=0.9, label=label, **style)
@@ -71,20 +71,20 @@ def collapse_plot(records, path: str, title: str, key: str = "linf", reference=N
       handles.append(lines.Line2D([], [], color="0.3", label="ulp(max|y|)/2 (dtype's colour)",
                                   **LEVEL_STYLE))
     ax.axhline(floor, color="0.6", lw=0.6, ls="--")
-    log_x(ax)
-    ax.set_yscale("log")
     ax.set_ylim(floor / TICK_ROW ** rows / 1.3, top * 1.6)
+    log_x(ax)
+    log_y(ax)
     ax.set_xlabel("sequence length n")
     ax.set_title(f"H={h}", fontsize=9)
     ax.legend(handles=handles, fontsize=6.5, ncol=2, loc="upper center",
               bbox_to_anchor=(0.5, -0.14), frameon=False)
     ax.grid(True, which="both", alpha=0.25)
   axes[0, 0].set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$  (ticks at bottom: bitwise equal)")
-  fig.suptitle(title, fontsize=10)
+  suptitle(fig, title)
   return save(fig, path)
 
 
-def isa_heatmap(fractions: dict, settings, path: str, title: str) -> str:
+def isa_heatmap(fractions: dict, settings, path: str | None, title: str):
   """Probe x numerics-path heat map of the fraction of output elements whose bits differ
   from the reference path (``isa.differing_fraction``), each cell labelled."""
   probes = list(fractions)
@@ -103,7 +103,7 @@ def isa_heatmap(fractions: dict, settings, path: str, title: str) -> str:
   return save(fig, path)
 
 
-def floor_figure(stages: dict, records, path: str, title: str, octaves=None) -> str:
+def floor_figure(stages: dict, records, path: str | None, title: str, octaves=None):
   """Left: coordinates of each stage whose stored bits differ between rows n-1 and n
   (``diagnosis.stage_differences`` per dtype: {dtype: result}), one line per (dtype, n).
   Middle: ||y_n - y*_{n+1}||_inf vs n for sweep ``records``, one colour per dtype, with
@@ -132,7 +132,7 @@ def floor_figure(stages: dict, records, path: str, title: str, octaves=None) -> 
     equal_ticks(ax, n, r["bitwise_equal"], floor, line.get_color())
   ax.axhline(floor, color="0.6", lw=0.6, ls="--")
   log_x(ax)
-  ax.set_yscale("log")
+  log_y(ax)
   ax.set_xlabel("sequence length n")
   ax.set_ylabel(r"$\|y_n - y^*_{n+1}\|_\infty$")
   ax.legend(fontsize=7)
@@ -151,12 +151,11 @@ def floor_figure(stages: dict, records, path: str, title: str, octaves=None) -> 
     ax.set_ylabel("fraction of n with y bitwise equal")
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.25)
-  fig.suptitle(title, fontsize=10)
+  suptitle(fig, title)
   return save(fig, path)
 
 
-
-def synthetic_figure(by_pe: dict, path: str, title: str) -> str:
+def synthetic_figure(by_pe: dict, path: str | None, title: str):
   """Figures 8/10 (``sweep.synthetic_collapse_grid`` records per PE). Top: the last token's
   attention-output distance vs n per dtype (seed mean; equal n as ticks on the floor).
   Bottom: predicted vs measured onset per dtype (-1: never)."""
@@ -175,11 +174,12 @@ def synthetic_figure(by_pe: dict, path: str, title: str) -> str:
       if dtype != "float64":
         axp.scatter([r["predicted_onset"] for r in rs], [r["attn_onset"] for r in rs],
                     color=style["color"], label=dtype, s=30)
-    log_x(ax)
-    ax.set(yscale="log", xlabel="n", title=f"PE: {pe}")
+    ax.set(xlabel="n", title=f"PE: {pe}")
     ax.axhline(floor, color="0.6", ls="--", lw=0.6)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7)
+    log_x(ax)
+    log_y(ax)
     lim = max(2, int(max(max(r["lengths"]) for r in recs)))
     axp.plot([1, lim], [1, lim], color="0.5", ls=":", lw=0.8, label="measured = predicted")
     axp.set(xlabel="predicted onset n (-1: never)", ylabel="measured collapse onset n (-1: never)",
@@ -187,5 +187,5 @@ def synthetic_figure(by_pe: dict, path: str, title: str) -> str:
     axp.legend(fontsize=7)
   axes[0, 0].set_ylabel(r"$\|\sum_j\alpha_{nj}v_j - \sum_j\alpha^*_{n+1,j}v_j\|_\infty$"
                         " (ticks: bitwise equal)")
-  fig.suptitle(title, fontsize=10)
+  suptitle(fig, title)
   return save(fig, path)

@@ -5,31 +5,33 @@ from __future__ import annotations
 import numpy as np
 from matplotlib import lines
 
-from collapse_jax.plotting import (dtype_style, equal_ticks, footer, log_x, positive_for_log,
-                                   save, subplots)
+from collapse_jax.plotting import (dtype_style, equal_ticks, footer, log_x, log_y,
+                                   positive_for_log, save, subplots)
 
 
 MODE_MARKERS = {"direct": "o", "cot_no_shot": "s", "cot_few_shot": "^"}
+DODGE = 1.04  # tasks_figure: the curves of a panel sit this factor apart in n, so bars stay apart
 
 
-
-def tasks_figure(summary, path: str, caption: str) -> str:
-  """Figures 2/3 style, one column per task: flexible accuracy (filled band: Wilson 95%;
-  strict accuracy dashed) and the mean answer margin against n, one line per dtype and mode."""
+def tasks_figure(summary, path: str | None, caption: str):
+  """Figures 2/3 style, one column per task (``harness.summarize`` rows): flexible accuracy
+  with its Wilson 95% interval as error bars (strict accuracy dotted), and the mean answer
+  margin, against n; one line per dtype and mode, each nudged by a factor DODGE in n so that
+  the bars of one n stay apart."""
   names = list(dict.fromkeys(r["task"] for r in summary))
   fig, axes = subplots(2, len(names), figsize=(4.2 * len(names), 7.0))
   for j, task in enumerate(names):
-    for (dtype, mode) in dict.fromkeys((r["dtype"], r["mode"]) for r in summary
-                                       if r["task"] == task):
+    curves = list(dict.fromkeys((r["dtype"], r["mode"]) for r in summary if r["task"] == task))
+    for k, (dtype, mode) in enumerate(curves):
       rs = sorted((r for r in summary if (r["task"], r["dtype"], r["mode"]) ==
                    (task, dtype, mode)), key=lambda r: r["n"])
-      n = [r["n"] for r in rs]
+      n = np.asarray([r["n"] for r in rs], np.float64) * DODGE ** (k - (len(curves) - 1) / 2)
       st = dtype_style(dtype)
       kw = dict(color=st["color"], marker=MODE_MARKERS.get(mode, "o"), ms=4)
-      acc = [r["flexible"]["accuracy"] for r in rs]
-      axes[0, j].plot(n, acc, ls=st["ls"], lw=st["lw"], label=f"{dtype} {mode}", **kw)
-      axes[0, j].fill_between(n, [r["flexible"]["lo"] for r in rs],
-                              [r["flexible"]["hi"] for r in rs], color=st["color"], alpha=0.12)
+      acc = np.asarray([r["flexible"]["accuracy"] for r in rs])
+      bars = [acc - [r["flexible"]["lo"] for r in rs], [r["flexible"]["hi"] for r in rs] - acc]
+      axes[0, j].errorbar(n, acc, yerr=bars, ls=st["ls"], lw=st["lw"], capsize=2.5,
+                          elinewidth=0.8, label=f"{dtype} {mode}", **kw)
       axes[0, j].plot(n, [r["strict"]["accuracy"] for r in rs], ls=":", lw=0.9,
                       color=st["color"])
       axes[1, j].plot(n, [r["margin"]["mean"] for r in rs], ls=st["ls"], lw=st["lw"], **kw)
@@ -38,13 +40,12 @@ def tasks_figure(summary, path: str, caption: str) -> str:
     axes[1, j].set(xlabel="n", ylabel="margin: log p(correct) - log p(best wrong)")
     for ax in axes[:, j]:
       log_x(ax)
-  axes[0, 0].legend(fontsize=7)
+  axes[0, 0].legend(fontsize=7, title="bars: Wilson 95% interval", title_fontsize=7)
   footer(fig, caption)
-  fig.subplots_adjust(bottom=0.12)
   return save(fig, path)
 
 
-def counts_figure(samples, path: str, caption: str) -> str:
+def counts_figure(samples, path: str | None, caption: str):
   """Figures 4/7 style: the predicted count (flexible answer) against the true count for each
   count task and dtype; marker area = how many samples gave that answer."""
   names = list(dict.fromkeys(s["task"] for s in samples))
@@ -63,19 +64,18 @@ def counts_figure(samples, path: str, caption: str) -> str:
       ax.scatter(xy[:, 0], xy[:, 1], s=18 * np.asarray(list(pts.values())), alpha=0.6,
                  color=dtype_style(dtype)["color"], label=dtype)
     ax.plot([0, top], [0, top], color="0.5", lw=0.8)
-    ax.set(title=task, xlabel="true count", ylabel="predicted count (last number; capped "
+    ax.set(title=task, xlabel="true count", ylabel="predicted count (last number;\ncapped "
            "at 10x the largest true count)")
     ax.legend(fontsize=7)
   footer(fig, caption)
-  fig.subplots_adjust(bottom=0.16)
   return save(fig, path)
 
 
-def bridge_figure(bridge, path: str, caption: str) -> str:
+def bridge_figure(bridge, path: str | None, caption: str):
   """The bridge per task: the last-token distance ||y_a - y_b||_inf between its pair's two
   prompts (``tasks.bridge_sequences``; the sweep engine) against n per dtype (a
-  bitwise-equal pair at the floor, '|'), with markers above where the two prompts' greedy
-  outputs ('o') and margins ('x') are identical."""
+  bitwise-equal pair at the floor, '|'), with a circle ('o') on the points where the two
+  prompts' greedy outputs are identical and a cross ('x') where their margins are."""
   names = list(dict.fromkeys(b["task"] for b in bridge))
   fig, axes = subplots(1, len(names), figsize=(5.2 * len(names), 4.4))
   for j, task in enumerate(names):
@@ -84,25 +84,25 @@ def bridge_figure(bridge, path: str, caption: str) -> str:
     dist, floor = positive_for_log([b["y_linf"] for b in rows])
     for dtype in dict.fromkeys(b["dtype"] for b in rows):
       idx = [i for i, b in enumerate(rows) if b["dtype"] == dtype]
-      n = np.asarray([rows[i]["n"] for i in idx])
+      n, d = np.asarray([rows[i]["n"] for i in idx]), dist[idx]
       st = dtype_style(dtype)
-      ax.plot(n, dist[idx], color=st["color"], ls=st["ls"], lw=st["lw"], marker=".",
-              label=dtype)
+      ax.plot(n, d, color=st["color"], ls=st["ls"], lw=st["lw"], marker=".", label=dtype,
+              gid=f"series:{dtype}")
       equal_ticks(ax, n, [rows[i]["y_equal"] for i in idx], floor, st["color"])
       same_out = np.asarray([rows[i]["output_equal"] for i in idx], bool)
       same_m = np.asarray([rows[i]["margin_equal"] for i in idx], bool)
-      ax.plot(n[same_out], dist[idx][same_out] * 2.5, "o", mfc="none", color=st["color"], ms=7)
-      ax.plot(n[same_m], dist[idx][same_m] * 5, "x", color=st["color"], ms=7)
-    ax.set_yscale("log")
+      ax.plot(n[same_out], d[same_out], "o", mfc="none", mew=1.2, color=st["color"], ms=9,
+              gid=f"marks:{dtype}")
+      ax.plot(n[same_m], d[same_m], "x", color=st["color"], ms=6, gid=f"marks:{dtype}")
     (sa, _), (sb, _) = rows[0]["pair"]
     ax.set(title=f"{task}: pairs like {sa} vs {sb} (answers differ)", xlabel="n",
-           ylabel="||y_a - y_b||_inf at the answer slot")
+           ylabel=r"$\|y_a - y_b\|_\infty$ at the answer slot")
     log_x(ax)
+    log_y(ax)
     ax.legend(handles=ax.get_legend_handles_labels()[0] + [
         lines.Line2D([], [], ls="", marker="o", mfc="none", color="0.3",
                      label="same greedy output"),
         lines.Line2D([], [], ls="", marker="x", color="0.3", label="same margin (bitwise)")],
         fontsize=7)
   footer(fig, caption)
-  fig.subplots_adjust(bottom=0.16)
   return save(fig, path)

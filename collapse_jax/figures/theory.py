@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from collapse_jax.plotting import (dtype_style, equal_ticks, log_x, positive_for_log, save,
+from collapse_jax.plotting import (dtype_style, equal_ticks, log_x, log_y, positive_for_log, save,
                                    subplots)
 
 
-def softmax_lemmas_figure(b1: dict, b2: dict, b4: dict, path: str) -> str:
+def softmax_lemmas_figure(b1: dict, b2: dict, b4: dict, path: str | None):
   """experiments.softmax_lemmas (``theory.softmax`` sweeps). (a) Figure 9 / Lemma B.2:
   float64 mean with the min/max band over seeds, the mean-field estimate, and each
   precision's seed mean (exact zeros on the floor line); (b) Lemma B.4's constant distance
@@ -30,7 +30,7 @@ def softmax_lemmas_figure(b1: dict, b2: dict, b4: dict, path: str) -> str:
     equal_ticks(ax, ns, np.all(tv == 0, axis=1), floor, dtype_style(p)["color"],
                 onset=b2["first_zero_by_precision"][p])
   ax.axhline(floor, color="gray", lw=0.5, ls=":")
-  ax.set(yscale="log", xlabel="sequence length n",
+  ax.set(xlabel="sequence length n",
          ylabel=r"$\delta(\mathrm{softmax}(x), \mathrm{softmax}(x^*))$ (L1)",
          title=f"Fig. 9 / Lemma B.2 (k={b2['k']}; |: all seeds exactly 0, at {floor:g})")
   ax = axes[0, 1]
@@ -40,7 +40,7 @@ def softmax_lemmas_figure(b1: dict, b2: dict, b4: dict, path: str) -> str:
     ax.plot(b4["n"], y, marker=".", alpha=0.9, label=f"B.4 {p}", **dtype_style(p))
   ax.axhline(b4["limit"], color="k", ls="--", lw=1, label="2(e-1)/(e+1) = 0.9242")
   ax.plot(ns, mean64, "s-", color="C7", ms=3, label="B.2 decay, float64 mean")
-  ax.set(yscale="log", xlabel="sequence length n (even)", ylabel="L1 distance",
+  ax.set(xlabel="sequence length n (even)", ylabel="L1 distance",
          title="Lemma B.4 (no decay) vs Lemma B.2 (decay)")
   ax = axes[0, 2]
   ax.plot(b1["n"], b1["gap"], "o-", color="C0", ms=3, label="float64 (numpy)")
@@ -48,19 +48,21 @@ def softmax_lemmas_figure(b1: dict, b2: dict, b4: dict, path: str) -> str:
   for p in precs:
     g = b1["gap_by_precision"][p]
     y, _ = positive_for_log(np.abs(g), 1e-12)
-    ax.plot(b1["n"], y, marker=".", alpha=0.9, label=p, **dtype_style(p))
-    ax.plot(b1["n"][g < 0], y[g < 0], "x", color=dtype_style(p)["color"], ms=8)
-  ax.set(yscale="log", xlabel="n (length of x; x* has n+1)",
+    ax.plot(b1["n"], y, marker=".", alpha=0.9, label=p, gid=f"series:{p}", **dtype_style(p))
+    ax.plot(b1["n"][g < 0], y[g < 0], "x", color=dtype_style(p)["color"], ms=8,
+            gid=f"marks:{p}")
+  ax.set(xlabel="n (length of x; x* has n+1)",
          ylabel=r"softmax$(x)_n$ - softmax$(x^*)_{n+1}$",
          title=f"Lemma B.1 (b={b1['b']}, c={b1['c']}; zeros at 1e-12, x: gap < 0)")
   for ax in axes[0]:
     log_x(ax)
+    log_y(ax)
     ax.legend(fontsize=7)
   return save(fig, path)
 
 
-def oversquashing_figure(sens: dict, spectral: dict, depths: dict, path: str, *,
-                         title: str, tol: float) -> str:
+def oversquashing_figure(sens: dict, spectral: dict, depths: dict, path: str | None, *,
+                         title: str, tol: float):
   """experiments.oversquashing. (a) ||d y_n / d v_i^(0)|| per position (full and
   attention-frozen; ``theory.sensitivity.sensitivity_vs_bound``) under Theorem 5.1's bound
   and its per-position variant; (b) Prop. B.8: the last row's distance from its limit vs L
@@ -76,8 +78,9 @@ def oversquashing_figure(sens: dict, spectral: dict, depths: dict, path: str, *,
           label="sensitivity, attention frozen")
   ax.plot(pos, sens["full"]["spectral"], color="C0", lw=0.8, alpha=0.8,
           label="sensitivity, full gradient")
-  ax.set(yscale="log", xlabel="input position i",
+  ax.set(xlabel="input position i",
          ylabel=r"$\|\partial y_n / \partial v_i^{(0)}\|_2$", title=title)
+  log_y(ax)
   ax.legend(fontsize=7)
   ax = axes[0, 1]
   for i, (key, r) in enumerate(spectral.items()):
@@ -88,6 +91,7 @@ def oversquashing_figure(sens: dict, spectral: dict, depths: dict, path: str, *,
   ax.set(yscale="log", ylim=(1e-17, 2), xlabel="layers L",
          ylabel=r"$\max_i |((\Lambda+I)/2)^L_{n,i} - [i=1]|$",
          title=r"Prop. B.8: convergence to first column (dotted: $\lambda_2^L$)")
+  log_y(ax)
   ax.legend(fontsize=6)
   ax = axes[0, 2]
   ax.plot(depths["n"], depths["uniform"], "o-", label="uniform causal")
@@ -99,7 +103,7 @@ def oversquashing_figure(sens: dict, spectral: dict, depths: dict, path: str, *,
   return save(fig, path)
 
 
-def counting_figure(b9: dict, b10: dict, path: str, *, base: str) -> str:
+def counting_figure(b9: dict, b10: dict, path: str | None, *, base: str):
   """experiments.counting. (a) Prop. B.9: max |rep(expanded) - rep(base)| / max |rep(base)|
   per depth for every ``theory.counting.b9_sweep`` key (solid: blocks, dashed: tiled; the
   first multiplier opaque; 0 = bitwise equal drawn at 1e-9); (b) Cor. B.10: the last-token
@@ -120,9 +124,10 @@ def counting_figure(b9: dict, b10: dict, path: str, *, base: str) -> str:
   depth_names = first_rows[0]["depth"][1:]
   ax.set_xticks(np.arange(1, len(depth_names) + 1), depth_names)
   ax.axhline(floor, color="gray", lw=0.5, ls=":")
-  ax.set(yscale="log", xlabel="depth (residual stream v^(l), final output y)",
+  ax.set(xlabel="depth (residual stream v^(l), final output y)",
          ylabel="max |rep(expanded) - rep(base)| / max |rep(base)|",
          title=f"Prop. B.9: '{base}' vs x{mults} (— blocks, -- tiled; {floor:g} = bitwise equal)")
+  log_y(ax)
   ax.legend(fontsize=6, ncol=2)
   ax = axes[0, 1]
   first = next(iter(b10.values()))
@@ -135,9 +140,10 @@ def counting_figure(b9: dict, b10: dict, path: str, *, base: str) -> str:
     equal_ticks(ax, r["lengths"], r["equal"], 1e-6, dtype_style(p)["color"], ms=10 + 4 * i)
     if r["wrong_count"]:
       ax.axvline(r["wrong_count"]["n"], color=dtype_style(p)["color"], ls=":", lw=1)
-  log_x(ax)
-  ax.set(yscale="log", xlabel="n (sequence [BOS, a x (n-1)])",
+  ax.set(xlabel="n (sequence [BOS, a x (n-1)])",
          ylabel=r"$\|y_n - y_{n+1}\|_\infty$ (last token)",
          title="Cor. B.10: counts n-1 vs n (| at 1e-6: bitwise equal; : first confirmed)")
+  log_x(ax)
+  log_y(ax)
   ax.legend(fontsize=7)
   return save(fig, path)

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from collapse_jax.plotting import (dtype_style, equal_ticks, footer, log_x, positive_for_log,
-                                   save, subplots)
+from collapse_jax.plotting import (dtype_style, equal_ticks, footer, log_x, log_y,
+                                   positive_for_log, save, subplots)
 
 
 TRAIN_COLORS = {"float32": "tab:blue", "bfloat16": "tab:orange", "bfloat16_weights": "tab:red"}
 ONSET_MARKERS = ("v", "^", "s", "D", "P", "X", "*")
 
 
-def train_figure(runs: dict, l_train: int, path: str, caption: str) -> str:
+def train_figure(runs: dict, l_train: int, path: str | None, caption: str):
   """Three panels, one colour per training precision (``runs``: name -> the experiment's run
   record): (a) accuracy against n (count_ones: dotted, on the answerable rows), the training
   range shaded, each collapse onset (one marker per onset precision) as a dashed vertical
@@ -41,7 +41,8 @@ def train_figure(runs: dict, l_train: int, path: str, caption: str) -> str:
       counts, floor_src = np.asarray(col["counts"]), col["linf"]
       d, floor = positive_for_log(floor_src)
       bx.plot(counts, d, color=c, ls=dtype_style(pol)["ls"], lw=0.7, label=f"{name} / {pol}")
-      equal_ticks(bx, counts, col["equal"], floor, c, onset=col["collapse_onset"])
+      equal_ticks(bx, counts, col["equal"], floor, c, onset=col["collapse_onset"],
+                  key=f"{name}/{pol}")
     never = [pol for pol, col in run["collapse"].items() if col["collapse_onset"] <= 0]
     if never:
       top_c = max(int(np.max(col["counts"])) for col in run["collapse"].values())
@@ -51,21 +52,20 @@ def train_figure(runs: dict, l_train: int, path: str, caption: str) -> str:
          ylabel="accuracy (dotted: rows with count <= l_train)", title="(a) accuracy vs length")
   log_x(ax)
   ax.legend(fontsize=6.5, loc="center left")
-  bx.set_yscale("log")
-  bx.set(xlabel="c (ones)", ylabel="||y_c - y_(c+1)||_inf", title="(b) Cor. B.10 pairs "
+  bx.set(xlabel="c (ones)", ylabel=r"$\|y_c - y_{c+1}\|_\infty$", title="(b) Cor. B.10 pairs "
          "[BOS, 1^c] vs [BOS, 1^(c+1)]")
   log_x(bx)
+  log_y(bx)
   bx.legend(fontsize=6.5, title="trained / measured in", title_fontsize=6.5)
   gx = cx.twinx()
   for name, run in runs.items():
     h, c = run["history"], TRAIN_COLORS.get(name)
     cx.plot(h["steps"], positive_for_log(h["loss"])[0], color=c, lw=1.2, label=f"{name} loss")
     gx.plot(h["steps"], h["grad_norm"], color=c, lw=0.5, alpha=0.6)
-  cx.set_yscale("log")
-  gx.set_yscale("log")
+  log_y(cx)
+  log_y(gx)
   cx.set(xlabel="step", ylabel="training loss (solid)", title="(c) loss and gradient norm")
   gx.set_ylabel("global gradient norm before clipping (thin)")
   cx.legend(fontsize=6.5)
   footer(fig, caption)
-  fig.subplots_adjust(bottom=0.16)
   return save(fig, path)
