@@ -73,5 +73,7 @@ def write_gallery(out: str, names=None, log=print) -> dict:
     os.replace(tmp, out)  # onto a missing or empty directory: atomic
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.isdir(out) and not os.listdir(out):
+      os.rmdir(out)  # an empty --out made for this run (cli.run_dir): nothing half-written left
     raise
   return found
