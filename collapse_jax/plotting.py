@@ -103,7 +103,7 @@ def half_ulp(absmax, name: str) -> np.ndarray | None:
 # Tick multiples a log axis tries, sparsest first: whole decades, then 1-3, 1-2-5, 1-2-3-5
 # and every integer multiple of each decade.
 LOG_SUBS = ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0), tuple(range(1, 10)))
-LOG_COVER = 0.8  # the last labelled tick at or beyond this fraction of the view (log scale)
+LOG_COVER = {"x": 0.8, "y": 0.5}  # the last label at or beyond this fraction of the view
 MAX_LOG_LABELS = 12
 
 
@@ -120,10 +120,10 @@ def _log_label(v: float, decades: bool) -> str:
           else f"$\\mathdefault{{{m:g}\\times10^{{{e}}}}}$")
 
 
-def _log_axis(axis, lo: float, hi: float) -> None:
+def _log_axis(axis, lo: float, hi: float, cover: float) -> None:
   """Label a log ``axis`` with view limits (lo, hi) at the sparsest multiples (:data:`LOG_SUBS`)
-  that give 2..MAX_LOG_LABELS labels, the last at or beyond LOG_COVER of the view, so the labels
-  reach the data's end; no minor labels."""
+  that give 2..MAX_LOG_LABELS labels, the last at or beyond ``cover`` of the view (log scale),
+  so the labels reach the data's end; no minor labels."""
   span = np.log10(hi) - np.log10(lo)
   locs, subs = [], LOG_SUBS[0]
   for subs in LOG_SUBS:
@@ -133,7 +133,7 @@ def _log_axis(axis, lo: float, hi: float) -> None:
       ks = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
       cand = [m * 10.0 ** k for k in ks for m in subs]
     locs = [float(v) for v in cand if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)]
-    if 2 <= len(locs) <= MAX_LOG_LABELS and (np.log10(locs[-1]) - np.log10(lo)) / span >= LOG_COVER:
+    if 2 <= len(locs) <= MAX_LOG_LABELS and (np.log10(locs[-1]) - np.log10(lo)) / span >= cover:
       break
   decades = subs == (1.0,)
   axis.set_major_locator(ticker.FixedLocator(locs))
@@ -147,13 +147,14 @@ def log_x(ax) -> None:
   whole decades 10^k where they do, else 1-3, 1-2-5, ... multiples in plain numbers); call it
   after plotting and after setting the x limits."""
   ax.set_xscale("log")
-  _log_axis(ax.xaxis, *sorted(ax.get_xlim()))
+  _log_axis(ax.xaxis, *sorted(ax.get_xlim()), LOG_COVER["x"])
 
 
 def log_y(ax) -> None:
-  """:func:`log_x` for the y axis: never "3 x 10^0" where 3 reads better."""
+  """:func:`log_x` for the y axis (its labels need reach only half way up): never "3 x 10^0"
+  where 3 reads better."""
   ax.set_yscale("log")
-  _log_axis(ax.yaxis, *sorted(ax.get_ylim()))
+  _log_axis(ax.yaxis, *sorted(ax.get_ylim()), LOG_COVER["y"])
 
 
 def equal_ticks(ax, n, equal, floor: float, color, *, ms: float = 8, onset=None,
