@@ -5,17 +5,17 @@ r"""Train small decoders on counting and copying per precision; compare accuracy
   python -m experiments.train --dtype=bfloat16 --out=runs/mine --resume  # same flags: finish a stopped run
 
 For each training precision (--dtype: float32; bfloat16 = bf16 forward, f32 master weights
-and Adam moments; bfloat16_weights = bf16 weights and moments; collapse_jax/train.py says
+and Adam moments; bfloat16_weights = bf16 weights and moments; collapse_jax/train/ says
 where every tensor lives and is rounded) a decoder is trained with AdamW (warmup + cosine,
 clipping) on n in 1..--l_train digits, then:
   * accuracy at every n of --lengths (default 1..eval_factor * l_train);
   * the gradient norm of the loss at each of those n (what the optimizer is told there);
   * its own collapse on Cor. B.10's pairs ([BOS, 1^c] vs [BOS, 1^(c+1)], c <= --max_len),
     through the sweep engine, under each --onset_dtype, and its answers to those sequences;
-    for count_ones, the corollary's consequence (train.b10_consequence): of every run of
+    for count_ones, the corollary's consequence (measure.b10_consequence): of every run of
     counts whose representations are bitwise equal, at most one may be answered right, the
     answers asked as the accuracy asks them (each sequence alone, left-padded).
-Checkpoints (<out>/<dtype>/checkpoint.npz) are written at every evaluation and on SIGINT /
+Snapshots (<out>/<dtype>/snapshot.npz) are written at every evaluation and on SIGINT /
 SIGTERM (the run stops at the next step or phase; a second signal exits at once); the
 command printed at the stop (the same flags, --out and --resume) continues with the same
 batches, and a precision already finished (<out>/<dtype>/run.json) is kept. Writes results.json and
@@ -34,13 +34,15 @@ import time
 from absl import app, flags
 
 import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import cli, config, jobs, plotting, results, train
+from collapse_jax import cli, config, jobs, plotting, results
+from collapse_jax.train import data, loop, measure, snapshot
+from collapse_jax.train import state as state_lib
 
 F = flags.FLAGS
 cli.define(seeds="0", layers=2, d_model=64, heads="4", pe="rope", norm="rmsnorm", mlp="gelu",
            max_len=2048, lengths=None, memory_budget=2.0, out=None, plot=True, resume=False)
-flags.DEFINE_enum("task", "count_ones", train.TASKS, "the task trained")
-flags.DEFINE_list("dtype", ["float32", "bfloat16"], f"training precisions: {', '.join(train.PRESETS)}")
+flags.DEFINE_enum("task", "count_ones", data.TRAIN_TASKS, "the training task")
+flags.DEFINE_list("dtype", ["float32", "bfloat16"], f"training precisions: {', '.join(state_lib.TRAIN_PRECISIONS)}")
 flags.DEFINE_list("onset_dtype", ["float32", "bfloat16"], "precision presets the trained "
                   "model's collapse is measured under")
 flags.DEFINE_integer("l_train", 16, "training lengths n in 1..l_train")
@@ -50,7 +52,7 @@ flags.DEFINE_integer("steps", 2000, "optimizer steps")
 flags.DEFINE_integer("batch", 64, "sequences per step")
 flags.DEFINE_float("lr", 3e-3, "peak learning rate")
 flags.DEFINE_integer("warmup", 100, "linear warmup steps")
-flags.DEFINE_integer("eval_every", 250, "steps between evaluations, progress lines and checkpoints")
+flags.DEFINE_integer("eval_every", 250, "steps between evaluations, progress lines and snapshots")
 flags.DEFINE_integer("eval_samples", 256, "sequences per evaluated length")
 flags.DEFINE_integer("grad_samples", 64, "sequences per length for the gradient-norm probe")
 
@@ -61,7 +63,7 @@ def _setup():
   names = [d.strip() for d in F.dtype if d.strip()]
   if not names or len(set(names)) != len(names):
     raise ValueError(f"--dtype must name distinct training precisions, got {F.dtype}")
-  presets = [train.get_preset(d) for d in names]
+  presets = [state_lib.train_precision(d) for d in names]
   onset = cli.policies(",".join(F.onset_dtype), what="onset_dtype")
   for name in ("l_train", "eval_factor", "batch", "eval_every", "eval_samples", "grad_samples",
                "max_len"):
@@ -70,9 +72,9 @@ def _setup():
   top = F.l_train * F.eval_factor
   cfg = config.DecoderConfig(num_layers=F.layers, d_model=F.d_model, num_heads=heads,
                              pe=F.pe, norm=F.norm, mlp=F.mlp, max_len=max(F.max_len, top) + 2,
-                             vocab_size=train.vocab_size(top))
+                             vocab_size=data.vocab_size(top))
   ns = cli.lengths(F.lengths or f"1:{top}", top, " (--eval_factor * --l_train)")
-  opt = train.Optimizer(lr=F.lr, warmup=F.warmup, steps=F.steps)
+  opt = state_lib.Optimizer(lr=F.lr, warmup=F.warmup, steps=F.steps)
   return seed, presets, onset, cfg, ns, opt
 
 
@@ -98,28 +100,21 @@ def main(argv):
   t0, runs = time.perf_counter(), {}
   for tp in presets:
     d = os.path.join(out, tp.name)
-    ckpt, record = os.path.join(d, train.CHECKPOINT), os.path.join(d, "run.json")
-    results.remove_temporaries(d)  # a killed write's leftovers
+    snap, record = os.path.join(d, snapshot.FILE), os.path.join(d, "run.json")
     if os.path.exists(record):  # finished before --resume: kept, not recomputed
       with open(record) as f:
         runs[tp.name] = results.from_jsonable(json.load(f))
       print(f"[{tp.name}] finished before; kept {record}", flush=True)
       continue
-    state = history = None
-    ident = train.identity(cfg, tp, opt, F.task, seed, F.batch, F.l_train)
-    if os.path.exists(ckpt):
-      with cli.usage_errors():
-        state, meta = train.load_checkpoint(ckpt, train.init_state(cfg, tp, opt, seed), ident)
-      history = meta["history"]
-      print(f"[{tp.name}] resuming at step {int(state.step)} from {ckpt}", flush=True)
-    state, history = train.train(cfg, tp, opt, F.task, seed=seed, batch_size=F.batch,
-                                 l_train=F.l_train, eval_every=F.eval_every,
-                                 eval_samples=F.eval_samples, state=state, history=history,
-                                 checkpoint=ckpt, should_stop=stopping)
-    rec = None if stopping() else train.measure(
+    with cli.usage_errors():
+      state, history = loop.train(cfg, tp, opt, F.task, seed=seed, batch_size=F.batch,
+                                  l_train=F.l_train, eval_every=F.eval_every,
+                                  eval_samples=F.eval_samples, snapshot_path=snap,
+                                  should_stop=stopping)
+    rec = None if stopping() else measure.measure(
         cfg, tp, state.params, F.task, ns, l_train=F.l_train, seed=seed,
         eval_samples=F.eval_samples, grad_samples=F.grad_samples, onset_policies=onset,
-        max_count=F.max_len, memory_budget_gib=F.memory_budget, should_stop=stopping)
+        max_count=F.max_len, memory_budget_gib=F.memory_budget)
     if rec is None:
       print(f"{stop['signal']}: stopped; resume with: {resume}", file=sys.stderr)
       sys.exit(130 if stop["signal"] == "SIGINT" else 143)
