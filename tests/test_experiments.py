@@ -446,10 +446,12 @@ def test_train_end_to_end_then_resume(tmp_path):
     assert len(col["linf"]) == 40 and cor["holds"] and cor["premise_holds"]
   assert res["runs"]["bfloat16_weights"]["precision"]["rounds_at"] == ["grads", "moments",
                                                                         "weights"]
-  (out / "float32" / "run.json").unlink()  # float32 as if stopped after its last step
+  (out / "cells" / "float32.json").unlink()  # float32 as if stopped after its last step
+  kept = (out / "cells" / "bfloat16_weights.json").read_bytes()
   again = _run_ok("experiments.train", out, args + ["--resume"])
   assert "[float32] resuming at step 20" in again.stdout
-  assert "[bfloat16_weights] finished before" in again.stdout
+  assert "1 already saved, 1 to run" in again.stdout  # bfloat16_weights: finished before
+  assert (out / "cells" / "bfloat16_weights.json").read_bytes() == kept  # kept, not rerun
   res2 = json.loads((out / "results.json").read_text())
   for k in res["runs"]:
     assert res2["runs"][k]["accuracy"] == res["runs"][k]["accuracy"]
