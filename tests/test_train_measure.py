@@ -79,8 +79,9 @@ def test_collapse_probe_matches_exact_length_forwards_and_the_corollary():
   tp = state_lib.TrainPrecision("e5m2", jnp.float32, jnp.float32, "float8_e5m2")
   want = state_lib.predict(CFG, tp, params, batch) - data.COUNT0
   assert [got[a], got[b]] == [int(w) if w >= 0 else -1 for w in want]
-  # copy tasks: the pairs' correct answers are equal, the corollary predicts nothing
-  cp = measure.collapse(CFG, params, pols[:1], 4, task="copy_first", log=lambda *_: None)
+  # copy tasks: the pairs' correct answers are equal, the corollary predicts nothing (the
+  # same counts as above: the sweep's and the logits' programs are compiled already)
+  cp = measure.collapse(CFG, params, pols[:1], 100, task="copy_first", log=lambda *_: None)
   assert cp["float32"]["corollary"] is None
 
 
