@@ -47,3 +47,21 @@ def test_snapshot_keeps_fp8_bits(tmp_path):
     snapshot.save(path, state, {})
     back, _ = snapshot.load(path, state)
     same_bits(back, state)
+
+
+def test_restore_drops_a_killed_write_and_checks_the_run(tmp_path):
+  """restore: no snapshot -> None; the temporary file a killed write left beside it is
+  removed either way; a snapshot of another run is refused."""
+  from collapse_jax import results
+  state = state_lib.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.arange(3.0)}, ())
+  path = str(tmp_path / snapshot.FILE)
+  leftover = tmp_path / (results.TMP_PREFIX + "x" + snapshot.FILE)
+  leftover.write_bytes(b"half")
+  assert snapshot.restore(path, state, {"seed": 0}) is None and not leftover.exists()
+  snapshot.save(path, state, {"history": {}, "run": {"seed": 0}})
+  leftover.write_bytes(b"half")
+  back, meta = snapshot.restore(path, state, {"seed": 0})
+  same_bits(back, state)
+  assert meta["run"] == {"seed": 0} and not leftover.exists()
+  with pytest.raises(ValueError, match="seed"):
+    snapshot.restore(path, state, {"seed": 1})
