@@ -429,27 +429,29 @@ TRAIN_TINY = ["--layers=1", "--d_model=16", "--heads=2", "--l_train=4", "--eval_
 @pytest.mark.slow
 def test_train_end_to_end_then_resume(tmp_path):
   """Two training precisions, then --resume: a precision whose record is missing resumes
-  from its checkpoint (no step left to train), the finished one is kept; the accuracies
+  from its snapshot (no step left to train), the finished one is kept; the accuracies
   written are the same."""
   out = tmp_path / "run"
   args = ["--task=count_ones", "--steps=20", "--warmup=2", "--eval_every=10",
           "--dtype=float32,bfloat16_weights", *TRAIN_TINY]
-  _run_ok("experiments.train", out, args, ("results.json", "train.png", "float32/checkpoint.npz",
-                                           "bfloat16_weights/checkpoint.npz"))
+  _run_ok("experiments.train", out, args, ("results.json", "train.png", "float32/snapshot.npz",
+                                           "bfloat16_weights/snapshot.npz"))
   res = json.loads((out / "results.json").read_text())
   assert set(res["runs"]) == {"float32", "bfloat16_weights"} and res["lengths"] == list(range(1, 9))
   for run in res["runs"].values():
     assert run["history"]["steps"] == list(range(20)) and len(run["history"]["evals"]) == 2
     assert [r["n"] for r in run["accuracy"]] == list(range(1, 9))
     col = run["collapse"]["bfloat16"]
-    cor = col["corollary"]  # train.b10_consequence (count_ones)
+    cor = col["corollary"]  # measure.b10_consequence (count_ones)
     assert len(col["linf"]) == 40 and cor["holds"] and cor["premise_holds"]
   assert res["runs"]["bfloat16_weights"]["precision"]["rounds_at"] == ["grads", "moments",
                                                                         "weights"]
-  (out / "float32" / "run.json").unlink()  # float32 as if stopped after its last step
+  (out / "cells" / "float32.json").unlink()  # float32 as if stopped after its last step
+  kept = (out / "cells" / "bfloat16_weights.json").read_bytes()
   again = _run_ok("experiments.train", out, args + ["--resume"])
   assert "[float32] resuming at step 20" in again.stdout
-  assert "[bfloat16_weights] finished before" in again.stdout
+  assert "1 already saved, 1 to run" in again.stdout  # bfloat16_weights: finished before
+  assert (out / "cells" / "bfloat16_weights.json").read_bytes() == kept  # kept, not rerun
   res2 = json.loads((out / "results.json").read_text())
   for k in res["runs"]:
     assert res2["runs"][k]["accuracy"] == res["runs"][k]["accuracy"]
@@ -488,7 +490,7 @@ def test_train_default_learns_its_task_within_ten_minutes(tmp_path):
 
 @pytest.mark.slow
 def test_train_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
-  """SIGTERM mid-run: exit 143 with the resume command, a checkpoint at the step reached;
+  """SIGTERM mid-run: exit 143 with the resume command, a snapshot at the step reached;
   --resume then finishes with the same per-step losses as a run never interrupted."""
   args = ["--steps=300", "--eval_every=20", "--dtype=bfloat16", *TRAIN_TINY]
   full = tmp_path / "full"
@@ -502,7 +504,7 @@ def test_train_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
   rest, _ = p.communicate(timeout=300)
   assert p.returncode == 143, rest[-2000:]
   assert "resume with: python -m experiments.train" in rest and "--resume" in rest
-  assert (out / "bfloat16" / "checkpoint.npz").is_file()
+  assert (out / "bfloat16" / "snapshot.npz").is_file()
   _run_ok("experiments.train", out, args + ["--resume"])
   a = json.loads((full / "results.json").read_text())["runs"]["bfloat16"]["history"]
   b = json.loads((out / "results.json").read_text())["runs"]["bfloat16"]["history"]
