@@ -3,7 +3,7 @@
   python -m experiments.counting                 # small models (well under a minute)
   python -m experiments.counting --full          # more multipliers/precisions, N = 8192
 
-Writes <out>/results.json and <out>/counting.png (``plotting.counting_figure``):
+Writes <out>/results.json and <out>/counting.png (``figures.theory.counting_figure``):
   (a) Prop. B.9: a token model with pe='none' and NO causal mask gives '10' and its
       ratio-preserving expansions ('1100' blocks, '1010' tiled, x m) the same representation
       at every depth; measured as max |diff| / max |ref| per depth (0 drawn at the floor =

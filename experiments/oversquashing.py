@@ -3,7 +3,7 @@
   python -m experiments.oversquashing              # n = 256 tokens (seconds)
   python -m experiments.oversquashing --full       # n = 2048 tokens, 4 layers, spectral n to 4096
 
-Writes <out>/results.json and <out>/oversquashing.png (``plotting.oversquashing_figure``):
+Writes <out>/results.json and <out>/oversquashing.png (``figures.theory.oversquashing_figure``):
   (a) ||d y_n / d v_i^(0)|| (spectral norm of the D x D block) for every position i of a
       random C.3 decoder with vector inputs (``theory.sensitivity.vector_decoder``), by
       reverse mode in cotangent chunks; with attention weights frozen (the theorem's

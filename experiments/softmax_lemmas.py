@@ -4,7 +4,7 @@
   python -m experiments.softmax_lemmas --full          # paper scale: n up to 1e5
   python -m experiments.softmax_lemmas --dtype=all --seeds=0,1,2 --max_len=3000
 
-Writes <out>/results.json and <out>/softmax_lemmas.png (``plotting.softmax_lemmas_figure``):
+Writes <out>/results.json and <out>/softmax_lemmas.png (``figures.theory.softmax_lemmas_figure``):
   (a) Figure 9: delta = sum |p - q| (the paper's total variation: L1, no 1/2) of softmax(x)
       and softmax(x*), x ~ U[0,1]^n, x* = x + U[0,0.1] on the first k=200 entries; float64
       mean with the min/max band over the seeds, the mean-field estimate, and every
