@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from collapse_jax import memory
 from collapse_jax import metrics
 from collapse_jax import model as model_lib
 from collapse_jax import pairs as pairs_lib
@@ -234,94 +235,6 @@ def _exact(cfg, pol, params, pair_set, ns) -> dict:
   return jax.jit(pair_metrics)(stack(a_list), stack(b_list))
 
 
-# Smallest query chunk the planner picks: a chunk of 1 or 2 rows becomes a matrix-vector
-# product whose low bits differ from the unchunked pass (measured); >= 8 gave the same bits.
-MIN_QUERY_CHUNK = 16
-GiB = 2 ** 30
-
-
-def _itemsizes(pol: Policy) -> tuple[int, int, int, int]:
-  """Bytes per element: storage, compute, softmax and accumulation dtypes."""
-  return tuple(jnp.dtype(d).itemsize for d in (pol.storage_dtype, pol.compute_dtype,
-                                               pol.softmax_dtype, pol.accum_dtype))
-
-
-def _rows_bytes(cfg: DecoderConfig, pol: Policy, lengths: int) -> int:
-  """The compared rows of A_n and B_n for ``lengths`` n (y, residual [L+1], last-layer
-  heads) stored, plus one difference of them in the metrics' dtype (f32, or f64 for f64)."""
-  s = _itemsizes(pol)[0]
-  elems = lengths * ((cfg.num_layers + 2) * cfg.d_model + cfg.num_heads * cfg.dh)
-  return elems * (2 * s + (8 if s == 8 else 4))
-
-
-def causal_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
-                      query_chunk: int | None) -> int:
-  """Estimated peak bytes of the causal engine for ``seeds`` (vmapped) passes of ``tokens``:
-  the collected residual stream and heads; one layer's activations (q, k, v, MLP hidden,
-  norms) in the compute dtype, plus their stored copies where the storage dtype differs;
-  one chunk of attention: scores in the accumulation dtype, the softmax's exponentials and
-  probabilities in its dtype, stored copies of scores and probabilities where the storage
-  dtype differs, the mask, and the blocked value dot's partial sums; and the compared rows
-  of every n with their metrics. An upper-side estimate from the shapes; BUILD_NOTES
-  compares it with measured peak RSS."""
-  s, c, sm, acc = _itemsizes(pol)
-  N, D, L, H, KV, Dh = tokens, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
-  F = cfg.ff if cfg.use_mlp else 0
-  C = N if query_chunk is None else min(query_chunk, N)
-  if pol.row_tile is not None:  # the length-invariant schedule attends a whole tile at a time
-    C = max(C, min(pol.row_tile, N))
-  copy = lambda wide: wide + (s if s != wide else 0)  # a rounding point makes a new array
-  collected = N * ((L + 1) * D + L * H * Dh) * s
-  layer = N * ((H + 2 * KV) * Dh + 4 * D + 3 * F) * copy(c)
-  blocks = -(-N // (pol.accum_block or N))
-  per_score = copy(acc) + sm + copy(sm)  # scores, exp, probabilities
-  attention = C * N * (H * per_score + 1 + KV) + H * C * blocks * Dh * acc
-  return int(seeds * (collected + layer + attention + _rows_bytes(cfg, pol, N)))
-
-
-def _size(b: float) -> str:
-  return f"{b / GiB:.2f} GiB" if b >= 0.1 * GiB else f"{b / 2 ** 20:.1f} MiB"
-
-
-def plan_query_chunk(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
-                     budget_bytes: float | None) -> int | None:
-  """The largest query chunk whose estimated peak fits ``budget_bytes`` (None: no budget, or
-  the whole pass fits: unchunked). ValueError with one line when even MIN_QUERY_CHUNK rows
-  do not fit: what it needs, the budget, and which flags lower it."""
-  if budget_bytes is None or causal_peak_bytes(cfg, pol, seeds, tokens, None) <= budget_bytes:
-    return None
-  lo = causal_peak_bytes(cfg, pol, seeds, tokens, MIN_QUERY_CHUNK)
-  if lo > budget_bytes:
-    raise ValueError(
-        f"the causal pass over {tokens} tokens x {seeds} seeds needs about {_size(lo)} even in "
-        f"chunks of {MIN_QUERY_CHUNK} query rows; the budget is {_size(budget_bytes)}: raise "
-        "--memory_budget (if the machine has it), or lower "
-        "--max_len, the number of --seeds or the model size")
-  base = min(pol.row_tile or 0, tokens)  # below one tile, a chunk needs what the tile needs
-  per_row = (causal_peak_bytes(cfg, pol, seeds, tokens, base + 1)
-             - causal_peak_bytes(cfg, pol, seeds, tokens, base))
-  fixed = causal_peak_bytes(cfg, pol, seeds, tokens, base) - base * per_row
-  chunk = int((budget_bytes - fixed) // max(per_row, 1))
-  return max(MIN_QUERY_CHUNK, min(chunk, tokens))
-
-
-def appended_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, cache_tokens: int,
-                        chunk: int, lengths: int | None = None) -> int:
-  """Estimated peak bytes of the kv_cache engine's appended stage for ``seeds`` (vmapped):
-  the prefix's K/V [L, M, KV, Dh]; per length of a ``chunk`` (one lax.map step) its
-  broadcast copy of the cache, each layer's keys and values with the two new tokens, and
-  the two queries' scores and probabilities over M keys with their mask; and the compared
-  rows of all ``lengths`` n (default M) with their metrics."""
-  s, c, sm, acc = _itemsizes(pol)
-  M, L, H, KV, Dh = cache_tokens, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
-  copy = lambda wide: wide + (s if s != wide else 0)
-  cache = 2 * L * M * KV * Dh * s
-  per_length = (cache + 2 * (M + 2) * KV * Dh * copy(c)
-                + 2 * M * (H * (copy(acc) + sm + copy(sm)) + 1 + KV) + M)
-  rows = _rows_bytes(cfg, pol, M if lengths is None else lengths)
-  return int(seeds * (cache + chunk * per_length + rows))
-
-
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """How one engine run fits the memory budget: the pass length ``tokens``, the causal (or
@@ -337,7 +250,7 @@ def plan(cfg: DecoderConfig, pol: Policy, pair_set: pairs_lib.PairSet, ns, engin
          seeds: int = 1) -> Plan:
   """Plan a run of ``engine`` (None: the set's own) over ``ns`` within ``memory_budget``
   bytes, before anything is compiled. causal: the one pass, its attention in query chunks
-  when the whole would not fit (:func:`plan_query_chunk`). kv_cache: the prefix pass
+  when the whole would not fit (:func:`memory.plan_query_chunk`). kv_cache: the prefix pass
   likewise, then ``chunk`` lengths at a time. masked: ``chunk`` padded forwards at a time.
   exact: one forward at a time, not planned. ValueError with one line (what it needs, the
   budget, the flag that lowers it) when it cannot fit."""
@@ -352,18 +265,19 @@ def plan(cfg: DecoderConfig, pol: Policy, pair_set: pairs_lib.PairSet, ns, engin
   chunk = int(min(chunk, ns.size))
   qc = None
   if engine in ("causal", "kv_cache"):
-    qc = plan_query_chunk(cfg, pol, seeds, tokens, memory_budget)
-    peak = causal_peak_bytes(cfg, pol, seeds, tokens, qc)
+    qc = memory.plan_query_chunk(cfg, pol, seeds, tokens, memory_budget)
+    peak = memory.causal_peak_bytes(cfg, pol, seeds, tokens, qc)
   if engine == "kv_cache":
-    stage = appended_peak_bytes(cfg, pol, seeds, tokens, chunk, ns.size)
+    stage = memory.appended_peak_bytes(cfg, pol, seeds, tokens, chunk, ns.size)
     peak = max(peak, stage)
   elif engine == "masked":
-    peak = stage = chunk * causal_peak_bytes(cfg, pol, seeds, tokens, None)
+    peak = stage = chunk * memory.causal_peak_bytes(cfg, pol, seeds, tokens, None)
   if engine != "causal" and memory_budget is not None and stage > memory_budget:
     raise ValueError(
-        f"the {engine} engine over {tokens} tokens x {seeds} seeds needs about {_size(stage)} "
-        f"for {chunk} lengths at a time; the budget is {_size(memory_budget)}: lower --chunk"
-        + (" (1 needs " + _size(stage // chunk) + ")" if chunk > 1 else "")
+        f"the {engine} engine over {tokens} tokens x {seeds} seeds needs about "
+        f"{memory.size(stage)} for {chunk} lengths at a time; the budget is "
+        f"{memory.size(memory_budget)}: lower --chunk"
+        + (" (1 needs " + memory.size(stage // chunk) + ")" if chunk > 1 else "")
         + ", raise --memory_budget (if the machine has it), lower --max_len, or use the "
         "causal engine where the pair set allows it")
   return Plan(engine, tokens, qc, int(peak))
@@ -408,7 +322,7 @@ def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_
     engine: an ENGINES name, or None/'auto' (:func:`resolve`).
     min_tokens: causal engine: pad the one pass to at least this many tokens (continuing the
       pattern; rows are unchanged), so pair sets with other lengths share one compiled program.
-    memory_budget: bytes the causal engine may use on the device (``plan_query_chunk``): the
+    memory_budget: bytes the causal engine may use on the device (``memory.plan_query_chunk``): the
       attention runs in chunks of query rows when the whole pass would not fit; None:
       unchunked.
     devices: the jax devices that run it (None: the default device). One device: the program

@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 
 import collapse_jax as cj
-from collapse_jax import cli, engines, pairs, model, xla_env
+from collapse_jax import cli, engines, memory, pairs, model, xla_env
 
 F = flags.FLAGS
 cli.define(dtype="bfloat16", max_len=512, heads=["4"], layers=2, d_model=64, memory_budget=2.0)
@@ -58,7 +58,7 @@ def scaling_cell(cfg, pol, N: int, repeats: int) -> dict:
   the memory budget, each compiled once and then timed ``repeats`` times in alternation
   (forward, sweep, forward, sweep, ...: a load that comes and goes hits both alike); the
   medians, the query chunk, the estimated bytes and this process's peak RSS."""
-  budget = F.memory_budget * engines.GiB
+  budget = F.memory_budget * memory.GiB
   cfg = cfg.replace(max_len=N + 1)
   f = pairs.make_family("repeat", N, seed=0, vocab_size=32)
   lengths = pairs.parse_lengths(f"log:1:{N}:200")
@@ -80,7 +80,7 @@ def scaling_cell(cfg, pol, N: int, repeats: int) -> dict:
   for _ in range(repeats):
     t_fwd.append(_time(forward, 1))
     t_sweep.append(_time(sweep, 1))
-  return {"N": N, "query_chunk": plan.query_chunk, "estimate_gib": plan.peak_bytes / engines.GiB,
+  return {"N": N, "query_chunk": plan.query_chunk, "estimate_gib": plan.peak_bytes / memory.GiB,
           "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
           "sweep_first_s": first, "forward_first_s": first_fwd,
           "sweep_s": float(np.median(t_sweep)), "forward_s": float(np.median(t_fwd)),

@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 
 import collapse_jax as cj
-from collapse_jax import (cli, diagnosis, engines, figures, pairs, model, results, sweep,
+from collapse_jax import (cli, diagnosis, figures, memory, pairs, model, results, sweep,
                           xla_env)
 
 F = flags.FLAGS
@@ -75,8 +75,8 @@ def main(argv):
       fam_kw, grid, records = {}, cli.lengths(F.lengths or f"log:17:{F.max_len}:300", F.max_len), None
     top = int(max(grid[-1], max(ns)))
     fam = pairs.make_family("prefix_repeat", top + 1, seed=seed, vocab_size=cfg.vocab_size, **fam_kw)
-    budget = F.memory_budget * engines.GiB
-    qc = engines.plan_query_chunk(cfg, cj.get_policy("float64"), 1, top + 1, budget)
+    budget = F.memory_budget * memory.GiB
+    qc = memory.plan_query_chunk(cfg, cj.get_policy("float64"), 1, top + 1, budget)
   xla_env.enable_x64()
   out = cli.run_dir(F.out, "bf16_floor")
   print(f"numerics: {xla_env.numerics_path()['name']}")

@@ -20,8 +20,8 @@ import sys
 from absl import app, flags, logging
 
 import collapse_jax as cj
-from collapse_jax import (cli, engines, figures, jobs, pairs, precision, records, results,
-                          sweep, xla_env)
+from collapse_jax import (cli, engines, figures, jobs, memory, pairs, precision, records,
+                          results, sweep, xla_env)
 
 F = flags.FLAGS
 cli.define(dtype="bfloat16", heads=["1", "4", "16"], layers=2, d_model=64, pe="rope",
@@ -66,7 +66,7 @@ def _setup():
     for p in policies + ref:
       try:
         engines.plan(cfg.replace(num_heads=h), p, first, grid, F.engine, chunk=F.chunk,
-                     memory_budget=F.memory_budget * engines.GiB)
+                     memory_budget=F.memory_budget * memory.GiB)
       except ValueError as e:
         note = "; --reference=false drops this float64 cell" if p in ref else ""
         raise ValueError(f"cell {p.name}, heads={h}: {e}{note}") from None
@@ -98,7 +98,7 @@ def main(argv):
   cells = {c.id: c for c in sweep.grid_cells(models, pols, sets, seeds)}
   run_cells = lambda ids, save: sweep.run_grid(
       models, pols, sets, grid, seeds, engine=F.engine, chunk=F.chunk,
-      memory_budget=F.memory_budget * engines.GiB, log=logging.info,
+      memory_budget=F.memory_budget * memory.GiB, log=logging.info,
       cells=[cells[i] for i in ids], on_cell=lambda c, rec: save(c.id, rec))
   with jobs.exit_on_failure():
     out = jobs.run(run_cells, functools.partial(_assemble, cfg, policies, reference, cells,

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from collapse_jax import jobs
+from collapse_jax import memory
 from collapse_jax import model as model_lib
 from collapse_jax import precision
 from collapse_jax.config import DecoderConfig
@@ -105,13 +106,13 @@ def collapse(cfg: DecoderConfig, params, policies: Sequence[precision.Policy], m
   count in a run of bitwise-equal pairs, the model's answer as :func:`evaluate` asks it
   (:func:`answer_counts`), not the row of the pass that measured the equality (equal rows
   have one argmax, so that check could not fail)."""
-  from collapse_jax import engines, sweep
+  from collapse_jax import sweep
   data.check_task(task)
   params32 = state_lib.floats_to(params, jnp.float32)
   ns = np.arange(2, max_count + 2)
   recs = sweep.run_grid([sweep.Model(cfg, [params32])], list(policies),
                         {"b10": [b10_pairs(max_count, cfg.vocab_size)]}, ns, [0],
-                        memory_budget=memory_budget_gib * engines.GiB, log=log)
+                        memory_budget=memory_budget_gib * memory.GiB, log=log)
   ones_1T = data.ones_sequence(max_count + 1)[None]
   counts_C = ns - 1
   shift = lambda o: int(o) - 1 if o >= 0 else -1

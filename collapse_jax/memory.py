@@ -1,0 +1,103 @@
+"""Memory planning: estimated peak bytes of the sweep engines, from shapes alone, and the
+query chunk that fits a budget. Nothing here compiles or runs a model; ``engines.plan``
+uses these estimates to pick a run's query chunk (or refuse it in one line) before anything
+is compiled. BUILD_NOTES compares the estimates with measured peak RSS.
+
+Words: N / M tokens of the pass (or the kv_cache prefix), C query rows per attention chunk,
+L layers, H heads (KV key/value heads) of Dh, D the model width, F the MLP width; a
+"length" is one n of the sweep (its compared rows of A_n and B_n).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from collapse_jax.config import DecoderConfig
+from collapse_jax.precision import Policy
+
+
+# Smallest query chunk the planner picks: a chunk of 1 or 2 rows becomes a matrix-vector
+# product whose low bits differ from the unchunked pass (measured); >= 8 gave the same bits.
+MIN_QUERY_CHUNK = 16
+GiB = 2 ** 30
+
+
+def _itemsizes(pol: Policy) -> tuple[int, int, int, int]:
+  """Bytes per element: storage, compute, softmax and accumulation dtypes."""
+  return tuple(jnp.dtype(d).itemsize for d in (pol.storage_dtype, pol.compute_dtype,
+                                               pol.softmax_dtype, pol.accum_dtype))
+
+
+def _rows_bytes(cfg: DecoderConfig, pol: Policy, lengths: int) -> int:
+  """The compared rows of A_n and B_n for ``lengths`` n (y, residual [L+1], last-layer
+  heads) stored, plus one difference of them in the metrics' dtype (f32, or f64 for f64)."""
+  s = _itemsizes(pol)[0]
+  elems = lengths * ((cfg.num_layers + 2) * cfg.d_model + cfg.num_heads * cfg.dh)
+  return elems * (2 * s + (8 if s == 8 else 4))
+
+
+def causal_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
+                      query_chunk: int | None) -> int:
+  """Estimated peak bytes of the causal engine for ``seeds`` (vmapped) passes of ``tokens``:
+  the collected residual stream and heads; one layer's activations (q, k, v, MLP hidden,
+  norms) in the compute dtype, plus their stored copies where the storage dtype differs;
+  one chunk of attention: scores in the accumulation dtype, the softmax's exponentials and
+  probabilities in its dtype, stored copies of scores and probabilities where the storage
+  dtype differs, the mask, and the blocked value dot's partial sums; and the compared rows
+  of every n with their metrics. An upper-side estimate from the shapes; BUILD_NOTES
+  compares it with measured peak RSS."""
+  s, c, sm, acc = _itemsizes(pol)
+  N, D, L, H, KV, Dh = tokens, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
+  F = cfg.ff if cfg.use_mlp else 0
+  C = N if query_chunk is None else min(query_chunk, N)
+  if pol.row_tile is not None:  # the length-invariant schedule attends a whole tile at a time
+    C = max(C, min(pol.row_tile, N))
+  copy = lambda wide: wide + (s if s != wide else 0)  # a rounding point makes a new array
+  collected = N * ((L + 1) * D + L * H * Dh) * s
+  layer = N * ((H + 2 * KV) * Dh + 4 * D + 3 * F) * copy(c)
+  blocks = -(-N // (pol.accum_block or N))
+  per_score = copy(acc) + sm + copy(sm)  # scores, exp, probabilities
+  attention = C * N * (H * per_score + 1 + KV) + H * C * blocks * Dh * acc
+  return int(seeds * (collected + layer + attention + _rows_bytes(cfg, pol, N)))
+
+
+def size(b: float) -> str:
+  return f"{b / GiB:.2f} GiB" if b >= 0.1 * GiB else f"{b / 2 ** 20:.1f} MiB"
+
+
+def plan_query_chunk(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
+                     budget_bytes: float | None) -> int | None:
+  """The largest query chunk whose estimated peak fits ``budget_bytes`` (None: no budget, or
+  the whole pass fits: unchunked). ValueError with one line when even MIN_QUERY_CHUNK rows
+  do not fit: what it needs, the budget, and which flags lower it."""
+  if budget_bytes is None or causal_peak_bytes(cfg, pol, seeds, tokens, None) <= budget_bytes:
+    return None
+  lo = causal_peak_bytes(cfg, pol, seeds, tokens, MIN_QUERY_CHUNK)
+  if lo > budget_bytes:
+    raise ValueError(
+        f"the causal pass over {tokens} tokens x {seeds} seeds needs about {size(lo)} even in "
+        f"chunks of {MIN_QUERY_CHUNK} query rows; the budget is {size(budget_bytes)}: raise "
+        "--memory_budget (if the machine has it), or lower "
+        "--max_len, the number of --seeds or the model size")
+  base = min(pol.row_tile or 0, tokens)  # below one tile, a chunk needs what the tile needs
+  per_row = (causal_peak_bytes(cfg, pol, seeds, tokens, base + 1)
+             - causal_peak_bytes(cfg, pol, seeds, tokens, base))
+  fixed = causal_peak_bytes(cfg, pol, seeds, tokens, base) - base * per_row
+  chunk = int((budget_bytes - fixed) // max(per_row, 1))
+  return max(MIN_QUERY_CHUNK, min(chunk, tokens))
+
+
+def appended_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, cache_tokens: int,
+                        chunk: int, lengths: int | None = None) -> int:
+  """Estimated peak bytes of the kv_cache engine's appended stage for ``seeds`` (vmapped):
+  the prefix's K/V [L, M, KV, Dh]; per length of a ``chunk`` (one lax.map step) its
+  broadcast copy of the cache, each layer's keys and values with the two new tokens, and
+  the two queries' scores and probabilities over M keys with their mask; and the compared
+  rows of all ``lengths`` n (default M) with their metrics."""
+  s, c, sm, acc = _itemsizes(pol)
+  M, L, H, KV, Dh = cache_tokens, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
+  copy = lambda wide: wide + (s if s != wide else 0)
+  cache = 2 * L * M * KV * Dh * s
+  per_length = (cache + 2 * (M + 2) * KV * Dh * copy(c)
+                + 2 * M * (H * (copy(acc) + sm + copy(sm)) + 1 + KV) + M)
+  rows = _rows_bytes(cfg, pol, M if lengths is None else lengths)
+  return int(seeds * (cache + chunk * per_length + rows))

@@ -1,0 +1,50 @@
+"""Memory planning (collapse_jax/memory.py): the peak estimates and the query chunk that fits
+a budget, from shapes alone (the engines' runs under a budget: tests/test_engines.py)."""
+import pytest
+
+import collapse_jax as cj
+from collapse_jax import memory
+
+CFG = cj.DecoderConfig(num_layers=2, d_model=16, num_heads=4, vocab_size=8, pe="rope",
+                       mlp="swiglu", norm="rmsnorm")
+
+
+def test_on_the_schedule_a_chunk_below_one_tile_needs_what_the_tile_needs():
+  tiled = cj.get_policy("bfloat16")
+  assert (memory.causal_peak_bytes(CFG, tiled, 1, 301, 16)
+          == memory.causal_peak_bytes(CFG, tiled, 1, 301, tiled.row_tile)
+          < memory.causal_peak_bytes(CFG, tiled, 1, 301, tiled.row_tile + 1))
+
+
+@pytest.mark.parametrize("name", ["float32", "bfloat16", "float8_e4m3fn"])
+def test_planned_chunk_fits_the_budget_and_grows_with_it(name):
+  pol = cj.get_policy(name).untiled()
+  whole = memory.causal_peak_bytes(CFG, pol, 1, 301, None)
+  assert memory.plan_query_chunk(CFG, pol, 1, 301, None) is None
+  assert memory.plan_query_chunk(CFG, pol, 1, 301, whole) is None
+  small = memory.plan_query_chunk(CFG, pol, 1, 301, whole / 4)
+  large = memory.plan_query_chunk(CFG, pol, 1, 301, whole / 2)
+  assert memory.MIN_QUERY_CHUNK <= small <= large < 301
+  assert memory.causal_peak_bytes(CFG, pol, 1, 301, small) <= whole / 4
+  assert memory.causal_peak_bytes(CFG, pol, 1, 301, large) <= whole / 2
+  # two seeds need about twice the bytes
+  assert memory.causal_peak_bytes(CFG, pol, 2, 301, small) == 2 * memory.causal_peak_bytes(
+      CFG, pol, 1, 301, small)
+
+
+def test_what_cannot_fit_is_refused_in_one_line_naming_the_flag():
+  pol = cj.get_policy("bfloat16").untiled()
+  with pytest.raises(ValueError, match=r"needs about .* [GM]iB .*raise --memory_budget") as e:
+    memory.plan_query_chunk(CFG, pol, 1, 301, 1000.0)
+  assert "\n" not in str(e.value)
+
+
+def test_appended_stage_grows_with_the_chunk_of_lengths():
+  pol = cj.get_policy("bfloat16").untiled()
+  sizes = [memory.appended_peak_bytes(CFG, pol, 1, 300, c) for c in (1, 2, 8, 32)]
+  assert sizes == sorted(sizes) and len(set(sizes)) == 4
+
+
+def test_size_reads_in_mib_or_gib():
+  assert memory.size(3 * 2 ** 20) == "3.0 MiB"
+  assert memory.size(2 * memory.GiB) == "2.00 GiB"
