@@ -19,6 +19,9 @@ import pytest
 
 from collapse_jax import xla_env
 
+# every test here starts an app as a subprocess: the e2e tier (setup.cfg; .ci/run runs it)
+pytestmark = pytest.mark.e2e
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 E2E = {
@@ -31,6 +34,7 @@ E2E = {
                               "--d_model=8", "--b10_n=64", "--b10_dtype=bfloat16",
                               "--confirm=1"], ["results.json", "counting.png"]),
     "experiments.scorecard": (["--only=b4,b6_b7,b9"], ["scorecard.md", "scorecard.json"]),
+    "experiments.gallery": ([], ["index.html", "collapse.png", "tasks_accuracy.png"]),
 }
 
 
