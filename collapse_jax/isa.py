@@ -334,3 +334,57 @@ def compare_fingerprints(got: dict, recorded: dict) -> dict:
     out["equal" if got[k] == recorded[k] else "differ"][
         "controlled" if controlled(k) else "reported"].append(k)
   return out
+
+
+# -- the isa_probe app's fingerprints and report ---------------------------------------------
+
+FORWARD_PRESETS = ("float32", "bfloat16", "bfloat16_pure", "float16", "float8_e4m3fn",
+                   "float8_e5m2")
+
+
+def forward_fingerprints() -> dict:
+  """``{"<preset>/<y|residual|logits>": fingerprint}`` of a 2-layer model's forward over 300
+  tokens (long enough for a blocked contraction in the attention's value sum)."""
+  import jax
+  import numpy as np
+  from collapse_jax import model, precision
+  from collapse_jax.config import DecoderConfig
+  cfg = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, pe="rope",
+                      norm="layernorm", mlp="gelu", mlp_dim=64, vocab_size=40)
+  ids = np.random.default_rng(7).integers(0, cfg.vocab_size, (2, 300)).astype(np.int32)
+  params = model.init_params(cfg, jax.random.key(0))
+  out = {}
+  for name in FORWARD_PRESETS:
+    pol = precision.get_policy(name)
+    if pol.unavailable_reason():
+      continue
+    res = jax.jit(lambda p, x: model.forward(cfg, pol, p, x, collect=("residual", "logits")))(
+        pol.cast_params(params), ids)
+    out.update({f"{name}/{k}": fingerprint(v) for k, v in res.items()})
+  return out
+
+
+def compare_with_records(got: dict, records: list, here: dict) -> list:
+  """Print and return one comparison per record (``compare_fingerprints``)."""
+  print(f"\nthis machine: {describe_cpu(here['cpu'])}, jaxlib {here['jaxlib']}; "
+        "against the recorded fingerprints:")
+  rows = []
+  for i, rec in enumerate(records):
+    cmp = compare_fingerprints(got, rec["sha256"])
+    rows.append({"cpu": rec["cpu"], "jaxlib": rec["jaxlib"], "commit": rec.get("commit"),
+                 "date": rec.get("date"), **cmp})
+    count = lambda kind: (len(cmp["equal"][kind]),
+                          len(cmp["equal"][kind]) + len(cmp["differ"][kind]))
+    print(f"[{i + 1}] {describe_cpu(rec['cpu'])}, jaxlib {rec['jaxlib']}, recorded "
+          f"{rec.get('date') or '?'} at commit {(rec.get('commit') or '?')[:10]}:\n"
+          "    controlled (no dot) %d/%d equal; reported (dots, forwards) %d/%d equal"
+          % (*count("controlled"), *count("reported")))
+    for kind in ("controlled", "reported"):
+      if cmp["differ"][kind]:
+        print(f"    {kind} differ: {', '.join(cmp['differ'][kind])}")
+    if rec["jaxlib"] != here["jaxlib"]:
+      print("    (another jaxlib: any fingerprint may differ)")
+  print("A reported difference is XLA:CPU's dot kernels on another CPU (or other code since "
+        "the recorded commit), not an error; a controlled one breaks the reference path's "
+        "claim and fails tests/test_portability.py.")
+  return rows

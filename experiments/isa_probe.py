@@ -42,7 +42,6 @@ flags.DEFINE_bool("forwards", True, "also fingerprint a small model's forward in
                   "(needs this process on the reference path)")
 flags.DEFINE_bool("record", False, "add this machine's fingerprints to --recorded (replacing "
                   "a record of the same CPU, jaxlib and commit); reference path only")
-PRESETS = ("float32", "bfloat16", "bfloat16_pure", "float16", "float8_e4m3fn", "float8_e5m2")
 
 
 def _settings() -> list[str]:
@@ -60,27 +59,6 @@ def _settings() -> list[str]:
   return settings
 
 
-def forward_fingerprints() -> dict:
-  """``{"<preset>/<y|residual|logits>": fingerprint}`` of a 2-layer model's forward over 300
-  tokens (long enough for a blocked contraction in the attention's value sum)."""
-  import jax
-  from collapse_jax import model, precision
-  from collapse_jax.config import DecoderConfig
-  cfg = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, pe="rope",
-                      norm="layernorm", mlp="gelu", mlp_dim=64, vocab_size=40)
-  ids = np.random.default_rng(7).integers(0, cfg.vocab_size, (2, 300)).astype(np.int32)
-  params = model.init_params(cfg, jax.random.key(0))
-  out = {}
-  for name in PRESETS:
-    pol = precision.get_policy(name)
-    if pol.unavailable_reason():
-      continue
-    res = jax.jit(lambda p, x: model.forward(cfg, pol, p, x, collect=("residual", "logits")))(
-        pol.cast_params(params), ids)
-    out.update({f"{name}/{k}": isa.fingerprint(v) for k, v in res.items()})
-  return out
-
-
 def _commit() -> str | None:
   try:
     r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -88,32 +66,6 @@ def _commit() -> str | None:
   except (OSError, subprocess.SubprocessError):
     return None
   return r.stdout.strip() or None
-
-
-def compare_with_records(got: dict, records: list, here: dict) -> list:
-  """Print and return one comparison per record (``isa.compare_fingerprints``)."""
-  print(f"\nthis machine: {isa.describe_cpu(here['cpu'])}, jaxlib {here['jaxlib']}; "
-        "against the recorded fingerprints:")
-  rows = []
-  for i, rec in enumerate(records):
-    cmp = isa.compare_fingerprints(got, rec["sha256"])
-    rows.append({"cpu": rec["cpu"], "jaxlib": rec["jaxlib"], "commit": rec.get("commit"),
-                 "date": rec.get("date"), **cmp})
-    count = lambda kind: (len(cmp["equal"][kind]),
-                          len(cmp["equal"][kind]) + len(cmp["differ"][kind]))
-    print(f"[{i + 1}] {isa.describe_cpu(rec['cpu'])}, jaxlib {rec['jaxlib']}, recorded "
-          f"{rec.get('date') or '?'} at commit {(rec.get('commit') or '?')[:10]}:\n"
-          "    controlled (no dot) %d/%d equal; reported (dots, forwards) %d/%d equal"
-          % (*count("controlled"), *count("reported")))
-    for kind in ("controlled", "reported"):
-      if cmp["differ"][kind]:
-        print(f"    {kind} differ: {', '.join(cmp['differ'][kind])}")
-    if rec["jaxlib"] != here["jaxlib"]:
-      print("    (another jaxlib: any fingerprint may differ)")
-  print("A reported difference is XLA:CPU's dot kernels on another CPU (or other code since "
-        "the recorded commit), not an error; a controlled one breaks the reference path's "
-        "claim and fails tests/test_portability.py.")
-  return rows
 
 
 def main(argv):
@@ -137,7 +89,7 @@ def main(argv):
     print(f"{k:16s}" + "".join(f"{row[s]:11.4f}" for s in settings))
   got = isa.probe_fingerprints(outputs["reference"])
   if F.forwards and xla_env.numerics_path()["portable"]:
-    got.update(forward_fingerprints())
+    got.update(isa.forward_fingerprints())
   elif F.forwards:
     print("forwards not fingerprinted: this process is not on the reference path")
   import jax
@@ -149,7 +101,7 @@ def main(argv):
   if F.recorded and os.path.exists(F.recorded):
     with open(F.recorded) as f:
       recorded = json.load(f)
-  comparison = compare_with_records(got, recorded["records"], here) if F.recorded else []
+  comparison = isa.compare_with_records(got, recorded["records"], here) if F.recorded else []
   results.write_json(f"{out}/results.json", {
       "experiment": "isa_probe", "settings": settings, "reference_flags": dict(
           xla_env.REFERENCE_FLAGS), "environment": results.environment(),
