@@ -9,7 +9,7 @@ first); a key is at index j in [0, M). R = ``Policy.row_tile`` and Bk = ``Policy
       1. scores s = q.k * scale (one [R, Dh] x [Dh, Bk] dot per block), bias, mask; the
          row maximum (exact in any order);
       2. e = exp(s - max), masked entries 0; each block's sum in a fixed pairwise order
-         (``precision.pairwise_sum``), the blocks' sums added in block order;
+         (``blocked.pairwise_sum``), the blocks' sums added in block order;
       3. p = e / sum rounded at ``probs``; heads += p . v (one [R, Bk] x [Bk, Dh] dot per
          block, accumulated in ``accum_dtype`` in block order), rounded at ``heads``.
     A block that no row of the tile may see is skipped (``lax.cond``): it would only add
@@ -28,13 +28,69 @@ sum's order is this module's.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
 from collapse_jax import positional
-from collapse_jax.precision import Policy, pairwise_sum
+from collapse_jax.blocked import pairwise_sum
+from collapse_jax.precision import Policy
 
 QUERY_AXIS = "query_chunks"  # the mesh axis over which query tiles are spread
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """How attention runs, never what it computes: the one object ``model.Decoder`` passes down.
+
+  On the length-invariant schedule (``Policy.row_tile`` set) the tiles and key blocks are the
+  policy's; only ``query_mesh`` and ``want_probs`` apply. Off it (``row_tile`` None):
+    * ``query_chunk``: queries in chunks of this many rows (``lax.map``), so scores take
+      [B, H, chunk, M] memory, not [B, H, N, M]; each row's softmax is still one reduction.
+    * ``key_block`` (causal, chunked, no mesh): a chunk attends only to the first keys it can
+      see, rounded up to a multiple of this; the keys left out have weight exactly 0, but the
+      reductions have other lengths, so low bits may differ from the whole pass.
+  Both:
+    * ``query_mesh``: a 1-D ``jax.sharding.Mesh`` (axis :data:`QUERY_AXIS`) over which the
+      chunks or tiles are spread (``shard_map``; keys and values replicated).
+    * ``want_probs``: return the attention weights [B, H, N, M] (the tiled path computes
+      them only when asked)."""
+  query_chunk: int | None = None
+  query_mesh: Any = None
+  key_block: int | None = None
+  want_probs: bool = False
+
+  def check(self, n: int) -> None:
+    """One-line errors for a forward of ``n`` new rows."""
+    if self.query_chunk is not None:
+      if self.query_chunk < 1:
+        raise ValueError(f"query_chunk must be >= 1, got {self.query_chunk}")
+      if self.want_probs and self.query_chunk < n:
+        raise ValueError("'attn_weights' needs the whole [N, M] attention matrix: collect it "
+                         "without query_chunk")
+    if self.key_block is not None and self.key_block < 1:
+      raise ValueError(f"key_block must be >= 1, got {self.key_block}")
+    if self.query_mesh is not None and (self.query_chunk is None or
+                                        self.query_mesh.axis_names != (QUERY_AXIS,)):
+      raise ValueError(f"query_mesh spreads query chunks: it needs query_chunk and a 1-D mesh "
+                       f"with axis {QUERY_AXIS!r}")
+
+
+def attend(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
+           causal: bool, window: int | None, alibi_heads: int | None, qk_scale: float,
+           schedule: Schedule = Schedule()):
+  """Attention of N new rows (the last N of the M keys' indices): heads [B, N, KV, G, Dh]
+  (stored; NaN in rows that may see a non-finite value) and the weights [B, H, N, M] or None
+  (``schedule.want_probs``). Arguments as :func:`tiled_attention`'s; ``schedule`` says how it
+  runs. ``pol.row_tile`` set: :func:`tiled_attention`; else :func:`_untiled_attention`."""
+  kw = dict(causal=causal, window=window, alibi_heads=alibi_heads, qk_scale=qk_scale)
+  if pol.row_tile is not None:
+    return tiled_attention(pol, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, **kw,
+                           want_probs=schedule.want_probs, mesh=schedule.query_mesh)
+  return _untiled_attention(pol, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, **kw,
+                            schedule=schedule)
 # Up to this many key blocks the passes are unrolled and compute every block (a block no row
 # sees adds exact zeros, as a skipped one would): a short sequence compiles as straight-line
 # code, without the loops and conditionals that only pay off for long ones. Same ops, same
@@ -195,3 +251,79 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
     probs = jnp.transpose(probs, (2, 3, 4, 0, 5, 1, 6)).reshape(B, KV * G, T * R, nk * Bk)
     probs = probs[:, :, first:first + N, :M]
   return heads, probs
+
+
+def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
+                       causal: bool, window: int | None, alibi_heads: int | None,
+                       qk_scale: float, schedule: Schedule):
+  """The schedule without row tiles (``Policy.row_tile`` None): the whole pass, or query
+  chunks, each row's softmax over all its keys in one reduction (the backend's order)."""
+  B, N, KV, G, Dh = q_BNKGD.shape
+  M = k_BMKD.shape[1]
+  # A non-finite value (overflow) in a key the row cannot see must not leak into it via
+  # 0 * inf = NaN: zero bad values for the dot, then mark NaN only the rows that attend
+  # to a bad key. Identity (same bits) when every value is finite.
+  bad_BMK = ~jnp.all(jnp.isfinite(v_BMKD), axis=-1)  # [B, M, KV]
+  v_safe = jnp.where(jnp.isfinite(v_BMKD), v_BMKD, jnp.zeros((), v_BMKD.dtype))
+  # causal masking follows sequence order (cache slots first), not positions: a copied
+  # token may repeat a position, yet must not see the tokens after it
+  q_idx_N = jnp.arange(M - N, M)
+
+  def rows(q_BCKGD, q_idx_C, q_pos_BC, k, v_safe, bad_BMK, k_valid_BM, k_pos_BM):
+    """Rows C of the attention: heads [B, C, KV, G, Dh], probs [B, KV, G, C, M]."""
+    C = q_idx_C.shape[0]
+    scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BCKGD, k, scale=qk_scale), "scores")
+    mask_BCM = k_valid_BM[:, None, :]
+    if causal:
+      mask_BCM = mask_BCM & (jnp.arange(k.shape[1])[None, None, :] <= q_idx_C[None, :, None])
+    if window is not None:
+      dist = jnp.abs(q_pos_BC[:, :, None] - k_pos_BM[:, None, :])
+      mask_BCM = mask_BCM & (dist < window)
+    bias = None
+    if alibi_heads is not None:
+      bias = positional.alibi_bias(q_pos_BC, k_pos_BM, alibi_heads, causal, pol.compute_dtype)
+      bias = bias.reshape(B, KV, G, C, -1)
+    probs = pol.softmax(scores, mask_BCM[:, None, None], bias)
+    heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v_safe), "heads")
+    sees_bad_BCK = jnp.any(mask_BCM[:, :, :, None] & bad_BMK[:, None, :, :], axis=2)
+    nan = jnp.asarray(jnp.nan, heads.dtype)
+    return jnp.where(sees_bad_BCK[:, :, :, None, None], nan, heads), probs
+
+  keys = (k_BMKD, v_safe, bad_BMK, k_valid_BM, k_pos_BM)
+  C, mesh = schedule.query_chunk, schedule.query_mesh
+  if C is None or C >= N:
+    heads, probs = rows(q_BNKGD, q_idx_N, q_pos_BN, *keys)
+    return heads, probs.reshape(B, KV * G, N, M)
+  # pad the queries to whole chunks (padded rows are computed, then dropped)
+  nd = 1 if mesh is None else mesh.size
+  nc = -(-N // (C * nd)) * nd  # whole chunks, a share of equal size per device
+  pad = nc * C - N
+  qp = jnp.pad(q_BNKGD, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+  ip = jnp.pad(q_idx_N, (0, pad), constant_values=M - 1)
+  pp = jnp.pad(q_pos_BN, ((0, 0), (0, pad)), mode="edge")
+  chunks = (jnp.moveaxis(qp.reshape(B, nc, C, KV, G, Dh), 1, 0), ip.reshape(nc, C),
+            jnp.moveaxis(pp.reshape(B, nc, C), 1, 0))
+  run = lambda chunks, *keys: jax.lax.map(lambda a: rows(*a, *keys)[0], chunks)
+  KB = schedule.key_block
+  if mesh is None and KB is not None and causal:
+    parts, i = [], 0  # chunk i sees keys [0, M - N + (i + 1) C)
+    while i < nc:
+      seen = min(M, -(-(M - N + (i + 1) * C) // KB) * KB)
+      j = max(i + 1, min(nc, (seen - (M - N)) // C))  # chunks i..j-1 see at most `seen`
+      parts.append(run(jax.tree_util.tree_map(lambda x: x[i:j], chunks),
+                       *(x[:, :seen] for x in keys)))
+      i = j
+    heads = jnp.concatenate(parts, 0)
+  elif mesh is None:
+    heads = run(chunks, *keys)  # [nc, B, C, KV, G, Dh]
+  else:
+    # Only the chunks are split. Everything around them is pinned replicated: left free,
+    # XLA would propagate the split into the q projection and the output projection and
+    # run them on half the rows, a dot of another shape whose f32 bits differ (measured).
+    P = jax.sharding.PartitionSpec
+    whole = lambda x: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, P()))
+    run = jax.shard_map(run, mesh=mesh, in_specs=(P(QUERY_AXIS),) + (P(),) * 5,
+                        out_specs=P(QUERY_AXIS), check_vma=False)
+    chunks, keys = jax.tree_util.tree_map(whole, (chunks, keys))
+    heads = whole(run(chunks, *keys))
+  return jnp.moveaxis(heads, 0, 1).reshape(B, nc * C, KV, G, Dh)[:, :N], None

@@ -28,15 +28,21 @@ Job flags (experiments run as jobs of cells, collapse_jax/jobs.py; ``define(**JO
   --coordinator / --num_processes / --process_id   join JAX's distributed runtime (all three)
   --distributed  let jax.distributed.initialize() auto-detect the cluster (TPU pods, Slurm)
 
-The parsers (:func:`policies`, :func:`int_list`, :func:`lengths`) are plain functions of
-strings, so they are tested without absl. Bad values raise ValueError with a one-line
-message; :func:`usage_errors` prints it as one line and exits with status 2.
+The parsers (:func:`policies`, :func:`int_list`, :func:`lengths`, :func:`decoder_config`,
+:func:`sized`) are plain functions of values, so they are tested without absl. Bad values
+raise ValueError with a one-line message; :func:`usage_errors` prints it as one line and
+exits with status 2.
+
+An app has three parts: ``define_flags(flag_values)`` (called by its ``__main__`` only, so
+importing it defines nothing), ``parse(flag_dict) -> Spec`` (a pure function of the flag
+values: :func:`app_flags` in the app, :func:`parse_argv` in a test) and ``main``. Its
+results.json starts with ``results.header(experiment, app_flags(), ...)``.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from absl import flags
@@ -99,34 +105,78 @@ JOB = {"resume": False, "heartbeat": 60.0, "coordinator": None, "num_processes":
 NOT_RESULTS = set(JOB) | {"out", "plot"}
 
 
-def define(**defaults) -> None:
+def define(flag_values: flags.FlagValues | None = None, **defaults) -> None:
   """Define the named vocabulary flags with these defaults, e.g.
-  ``define(dtype="bfloat16", seeds="0", max_len=2048, out=None)``. A name outside
-  :data:`VOCABULARY` is an error: an experiment's own flags are defined next to it."""
+  ``define(dtype="bfloat16", seeds="0", max_len=2048, out=None)``, into ``flag_values``
+  (default the global ``FLAGS``). A name outside :data:`VOCABULARY` is an error: an
+  experiment's own flags are defined next to it."""
+  fv = FLAGS if flag_values is None else flag_values
   for name, default in defaults.items():
     if name not in VOCABULARY:
       raise KeyError(f"{name!r} is not in the flag vocabulary ({', '.join(VOCABULARY)})")
     kind, help_ = VOCABULARY[name]
     if isinstance(kind, tuple):
-      flags.DEFINE_enum(name, default, kind[1], help_)
+      flags.DEFINE_enum(name, default, kind[1], help_, flag_values=fv)
     else:
-      getattr(flags, f"DEFINE_{kind}")(name, default, help_)
+      getattr(flags, f"DEFINE_{kind}")(name, default, help_, flag_values=fv)
 
 
-def job_spec(main_file: str | None = None) -> dict:
-  """The flags that decide a run's results (stored in the job manifest; --resume compares
-  them): every flag of this vocabulary and of the experiment's own module (``main_file``,
-  default ``sys.argv[0]``), except :data:`NOT_RESULTS`."""
+def parse_argv(define_flags: Callable[[flags.FlagValues], None],
+               argv: Sequence[str] = ()) -> dict:
+  """The flag values an app's ``define_flags(flag_values)`` defines, parsed from ``argv``
+  (the arguments only, no program name) in a fresh ``FlagValues``: an app's ``parse``
+  tested in process, without absl's global flags. A value absl itself rejects (an
+  integer flag given 'x') raises ``flags.Error``."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  fv(["app", *argv])
+  return fv.flag_values_dict()
+
+
+def app_flags(main_file: str | None = None) -> dict:
+  """Every flag of this vocabulary and of the experiment's own module (``main_file``,
+  default ``sys.argv[0]``) with its value: what results.json records (``results.header``),
+  without absl's own flags (logging, help)."""
   import os
   main_file = os.path.abspath(main_file or sys.argv[0])
-  own = {"collapse_jax.cli", main_file}
   out = {}
   for name, value in FLAGS.flag_values_dict().items():
     module = FLAGS.find_module_defining_flag(name)
-    if name not in NOT_RESULTS and module is not None and (
-        module in own or os.path.abspath(module) == main_file):
+    if module is not None and (module == __name__ or os.path.abspath(module) == main_file):
       out[name] = value
   return out
+
+
+def job_spec(flag_dict: dict) -> dict:
+  """The flags that decide a run's results (stored in the job manifest; --resume compares
+  them): ``flag_dict`` (:func:`app_flags`) except :data:`NOT_RESULTS`."""
+  return {k: v for k, v in flag_dict.items() if k not in NOT_RESULTS}
+
+
+# Flags of the vocabulary that set a synthetic model, and the DecoderConfig field each sets.
+MODEL_FLAGS = {"layers": "num_layers", "d_model": "d_model", "pe": "pe", "norm": "norm",
+               "mlp": "mlp", "vocab": "vocab_size", "heads": "num_heads"}
+
+
+def decoder_config(fl: dict, **overrides) -> config_lib.DecoderConfig:
+  """The synthetic model the flags in ``fl`` describe: each of :data:`MODEL_FLAGS` present
+  (``--heads``: its first value) sets its field, ``overrides`` win, the rest are
+  ``DecoderConfig``'s defaults. Validated by ``DecoderConfig`` (ValueError, one line)."""
+  kw = {}
+  for flag, field in MODEL_FLAGS.items():
+    if fl.get(flag) is not None:
+      kw[field] = int_list(fl[flag], "heads")[0] if flag == "heads" else fl[flag]
+  return config_lib.DecoderConfig(**{**kw, **overrides})
+
+
+def sized(fl: dict, presets: dict[str, dict]) -> dict:
+  """An app's named size presets resolved against its flags: ``presets['full']`` with
+  --full, else ``presets['small']``; a flag given explicitly (not None) wins over the
+  preset's value for it. Returns the resolved values by name (every key of the presets)."""
+  if set(presets) != {"small", "full"} or set(presets["small"]) != set(presets["full"]):
+    raise KeyError("size presets are 'small' and 'full' with the same keys")
+  chosen = presets["full" if fl.get("full") else "small"]
+  return {k: fl[k] if fl.get(k) is not None else v for k, v in chosen.items()}
 
 
 def policies(spec: str, *, fp8_scaling: bool = False, what: str = "dtype"

@@ -44,6 +44,7 @@ Intermediates (``collect``) come from the same forward, never a second copy:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Sequence
@@ -108,35 +109,19 @@ class Norm(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head (GQA) attention. ``query_chunk``: compute the queries in chunks of this many
-  rows (``lax.map``), so scores and probabilities take [B, H, chunk, M] memory instead of
-  [B, H, N, M]. Every row still takes its softmax over all its keys in one reduction, with
-  the same rounding points; the attention matrices cannot be collected then.
-  ``query_mesh``: a 1-D ``jax.sharding.Mesh`` (axis ``QUERY_AXIS``) over which the chunks are
-  spread (``shard_map``): each device attends its share of chunks over every key (keys and
-  values replicated), one chunk at a time; everything else runs replicated.
-  ``key_block`` (causal, chunked, no mesh): each chunk attends only to the first keys it can
-  see, rounded up to a multiple of ``key_block`` (chunks needing the same count run as one
-  ``lax.map``). The keys left out are masked anyway (weight exactly 0), so the values are
-  those of the full pass, but the reductions have other lengths: low bits may differ.
-  On the length-invariant schedule (``policy.row_tile`` set) the attention is
-  ``attention.tiled_attention`` instead: fixed query tiles and key blocks (it needs no
-  ``query_chunk`` for memory and skips unseen key blocks itself; ``query_mesh`` spreads its
-  tiles); ``query_chunk`` and ``key_block`` apply to the untiled path only."""
+  """Multi-head (GQA) attention: the projections, q/k norms and RoPE here, the attention
+  itself in ``attention.attend`` on ``schedule`` (whole, query chunks, key blocks, a device
+  mesh; on the length-invariant schedule, ``policy.row_tile`` set: fixed query tiles and key
+  blocks)."""
   config: DecoderConfig
   policy: Policy
-  query_chunk: int | None = None
-  query_mesh: Any = None
+  schedule: attention.Schedule = attention.Schedule()
   layer: int = 0  # which layer: its window and RoPE base (cfg.window, cfg.rope_base)
-  key_block: int | None = None
-  want_probs: bool = False  # return the attention weights (tiled path: only when asked)
 
   @nn.compact
   def __call__(self, h_BND, q_pos_BN, k_pos_BM, k_valid_BM, cache_kv=None):
     cfg, pol = self.config, self.policy
-    window, theta = cfg.window(self.layer), cfg.rope_base(self.layer)
     D, H, KV, Dh = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh
-    G = H // KV
     init = _normal(cfg.variance)
     wq = self.param("q", init, (D, H, Dh), jnp.float32)
     wk = self.param("k", init, (D, KV, Dh), jnp.float32)
@@ -150,6 +135,7 @@ class Attention(nn.Module):
       q = Norm(cfg, pol, name="q_norm")(q, point="qk_norm")
       k = Norm(cfg, pol, name="k_norm")(k, point="qk_norm")
     if cfg.pe == "rope":
+      theta = cfg.rope_base(self.layer)
       q = pol.round(positional.apply_rope(pol.to_compute(q), q_pos_BN, theta,
                                           cfg.rope_layout), "rope")
       k = pol.round(positional.apply_rope(pol.to_compute(k), q_pos_BN, theta,
@@ -159,87 +145,13 @@ class Attention(nn.Module):
       k = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
       v = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
     B, N = h_BND.shape[:2]
-    M = k.shape[1]
-    if pol.row_tile is not None:
-      heads, probs = attention.tiled_attention(
-          pol, q.reshape(B, N, KV, G, Dh), k, v, k_pos_BM, k_valid_BM, q_pos_BN,
-          causal=cfg.causal, window=window, alibi_heads=H if cfg.pe == "alibi" else None,
-          qk_scale=cfg.qk_scale, want_probs=self.want_probs, mesh=self.query_mesh)
-      out = pol.round(_wdot(self, "bnhk,hkd->bnd", heads.reshape(B, N, H, Dh), "o", wo, first),
-                      "attn_out")
-      return out, heads.reshape(B, N, H, Dh), probs, new_kv
-    # A non-finite value (overflow) in a key the row cannot see must not leak into it via
-    # 0 * inf = NaN: zero bad values for the dot, then mark NaN only the rows that attend
-    # to a bad key. Identity (same bits) when every value is finite.
-    bad_BMK = ~jnp.all(jnp.isfinite(v), axis=-1)  # [B, M, KV]
-    v_safe = jnp.where(jnp.isfinite(v), v, jnp.zeros((), v.dtype))
-    # causal masking follows sequence order (cache slots first), not positions: a copied
-    # token may repeat a position, yet must not see the tokens after it
-    q_idx_N = jnp.arange(M - N, M)
-
-    def attend(q_BCKGD, q_idx_C, q_pos_BC, k, v_safe, bad_BMK, k_valid_BM, k_pos_BM):
-      """Rows C of the attention: heads [B, C, KV, G, Dh], probs [B, KV, G, C, M]."""
-      C = q_idx_C.shape[0]
-      scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BCKGD, k, scale=cfg.qk_scale), "scores")
-      mask_BCM = k_valid_BM[:, None, :]
-      if cfg.causal:
-        mask_BCM = mask_BCM & (jnp.arange(k.shape[1])[None, None, :] <= q_idx_C[None, :, None])
-      if window is not None:
-        dist = jnp.abs(q_pos_BC[:, :, None] - k_pos_BM[:, None, :])
-        mask_BCM = mask_BCM & (dist < window)
-      bias = None
-      if cfg.pe == "alibi":
-        bias = positional.alibi_bias(q_pos_BC, k_pos_BM, H, cfg.causal, pol.compute_dtype)
-        bias = bias.reshape(B, KV, G, C, -1)
-      probs = pol.softmax(scores, mask_BCM[:, None, None], bias)
-      heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v_safe), "heads")
-      sees_bad_BCK = jnp.any(mask_BCM[:, :, :, None] & bad_BMK[:, None, :, :], axis=2)
-      nan = jnp.asarray(jnp.nan, heads.dtype)
-      return jnp.where(sees_bad_BCK[:, :, :, None, None], nan, heads), probs
-
-    q_BNKGD = q.reshape(B, N, KV, G, Dh)
-    keys = (k, v_safe, bad_BMK, k_valid_BM, k_pos_BM)
-    C = self.query_chunk
-    if C is None or C >= N:
-      heads, probs = attend(q_BNKGD, q_idx_N, q_pos_BN, *keys)
-      probs = probs.reshape(B, H, N, M)
-    else:  # pad the queries to whole chunks (padded rows are computed, then dropped)
-      nd = 1 if self.query_mesh is None else self.query_mesh.size
-      nc = -(-N // (C * nd)) * nd  # whole chunks, a share of equal size per device
-      pad = nc * C - N
-      qp = jnp.pad(q_BNKGD, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
-      ip = jnp.pad(q_idx_N, (0, pad), constant_values=M - 1)
-      pp = jnp.pad(q_pos_BN, ((0, 0), (0, pad)), mode="edge")
-      chunks = (jnp.moveaxis(qp.reshape(B, nc, C, KV, G, Dh), 1, 0), ip.reshape(nc, C),
-                jnp.moveaxis(pp.reshape(B, nc, C), 1, 0))
-      run = lambda chunks, *keys: jax.lax.map(lambda a: attend(*a, *keys)[0], chunks)
-      KB = self.key_block
-      if self.query_mesh is None and KB is not None and cfg.causal:
-        parts, i = [], 0  # chunk i sees keys [0, M - N + (i + 1) C)
-        while i < nc:
-          seen = min(M, -(-(M - N + (i + 1) * C) // KB) * KB)
-          j = max(i + 1, min(nc, (seen - (M - N)) // C))  # chunks i..j-1 see at most `seen`
-          parts.append(run(jax.tree_util.tree_map(lambda x: x[i:j], chunks),
-                           *(x[:, :seen] for x in keys)))
-          i = j
-        heads = jnp.concatenate(parts, 0)
-      elif self.query_mesh is None:
-        heads = run(chunks, *keys)  # [nc, B, C, KV, G, Dh]
-      else:
-        # Only the chunks are split. Everything around them is pinned replicated: left free,
-        # XLA would propagate the split into the q projection and the output projection and
-        # run them on half the rows, a dot of another shape whose f32 bits differ (measured).
-        P = jax.sharding.PartitionSpec
-        whole = lambda x: jax.lax.with_sharding_constraint(
-            x, jax.sharding.NamedSharding(self.query_mesh, P()))
-        run = jax.shard_map(run, mesh=self.query_mesh, in_specs=(P(QUERY_AXIS),) + (P(),) * 5,
-                            out_specs=P(QUERY_AXIS), check_vma=False)
-        chunks, keys = jax.tree_util.tree_map(whole, (chunks, keys))
-        heads = whole(run(chunks, *keys))
-      heads = jnp.moveaxis(heads, 0, 1).reshape(B, nc * C, KV, G, Dh)[:, :N]
-      probs = None
+    heads, probs = attention.attend(
+        pol, q.reshape(B, N, KV, H // KV, Dh), k, v, k_pos_BM, k_valid_BM, q_pos_BN,
+        causal=cfg.causal, window=cfg.window(self.layer),
+        alibi_heads=H if cfg.pe == "alibi" else None, qk_scale=cfg.qk_scale,
+        schedule=self.schedule)
     heads = heads.reshape(B, N, H, Dh)
-    out = pol.round(_wdot(self, "bnhk,hkd->bnd", heads, "o", wo), "attn_out")
+    out = pol.round(_wdot(self, "bnhk,hkd->bnd", heads, "o", wo, first), "attn_out")
     return out, heads, probs, new_kv
 
 
@@ -272,18 +184,14 @@ class MLP(nn.Module):
 class Block(nn.Module):
   config: DecoderConfig
   policy: Policy
-  query_chunk: int | None = None
-  query_mesh: Any = None
+  schedule: attention.Schedule = attention.Schedule()
   layer: int = 0
-  key_block: int | None = None
-  want_probs: bool = False
 
   @nn.compact
   def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None):
     """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...]."""
     cfg, pol = self.config, self.policy
-    a, heads, probs, kv = Attention(cfg, pol, self.query_chunk, self.query_mesh, self.layer,
-                                    self.key_block, self.want_probs, name="attn")(
+    a, heads, probs, kv = Attention(cfg, pol, self.schedule, self.layer, name="attn")(
         Norm(cfg, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
     if cfg.post_norms:
       a = Norm(cfg, pol, name="post_attn_norm")(a, point="post_norm")
@@ -302,9 +210,8 @@ class Decoder(nn.Module):
   config: DecoderConfig
   policy: Policy
   collect: Sequence[str] = ()
-  query_chunk: int | None = None
-  query_mesh: Any = None
-  key_block: int | None = None
+  schedule: attention.Schedule = attention.Schedule()  # how attention runs (want_probs: set
+  #                                                     from collect)
 
   @nn.compact
   def __call__(self, inputs, positions=None, key_valid=None, cache=None):
@@ -321,18 +228,8 @@ class Decoder(nn.Module):
     unknown = set(self.collect) - set(COLLECTABLE)
     if unknown:
       raise ValueError(f"unknown intermediates {sorted(unknown)}; valid: {COLLECTABLE}")
-    if self.query_chunk is not None:
-      if self.query_chunk < 1:
-        raise ValueError(f"query_chunk must be >= 1, got {self.query_chunk}")
-      if "attn_weights" in self.collect and self.query_chunk < inputs.shape[1]:
-        raise ValueError("'attn_weights' needs the whole [N, M] attention matrix: collect it "
-                         "without query_chunk")
-    if self.key_block is not None and self.key_block < 1:
-      raise ValueError(f"key_block must be >= 1, got {self.key_block}")
-    if self.query_mesh is not None and (self.query_chunk is None or
-                                        self.query_mesh.axis_names != (QUERY_AXIS,)):
-      raise ValueError(f"query_mesh spreads query chunks: it needs query_chunk and a 1-D mesh "
-                       f"with axis {QUERY_AXIS!r}")
+    sched = dataclasses.replace(self.schedule, want_probs="attn_weights" in self.collect)
+    sched.check(inputs.shape[1])
     B, N = inputs.shape[:2]
     if positions is None and cache is not None:
       raise ValueError("pass the new tokens' positions with a cache (the default 0..N-1 would "
@@ -368,8 +265,7 @@ class Decoder(nn.Module):
     residual, heads, weights, ks, vs, attn_out, mid = [v], [], [], [], [], [], []
     for l in range(cfg.num_layers):
       cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
-      v, h, p, kv, a, z = Block(cfg, pol, self.query_chunk, self.query_mesh, l, self.key_block,
-                                "attn_weights" in self.collect, name=f"layer_{l}")(
+      v, h, p, kv, a, z = Block(cfg, pol, sched, l, name=f"layer_{l}")(
           v, positions, k_pos, k_valid, cache_kv)
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
       attn_out.append(a); mid.append(z)
@@ -429,18 +325,18 @@ def forward(config: DecoderConfig, policy: Policy, params, inputs, *, collect=()
   """Pure forward: ``params`` must already be cast by ``policy.cast_params``.
   jit/vmap/grad-safe; ``collect``, ``query_chunk`` and ``query_mesh`` must be static under jit.
   ``query_chunk``: attention over query rows in chunks of this size (memory linear in N for
-  a fixed chunk; see ``Attention``). ``query_mesh``: spread those chunks over the devices of
+  a fixed chunk; see ``attention.Schedule``). ``query_mesh``: spread those chunks over the devices of
   this 1-D mesh (axis ``QUERY_AXIS``; :func:`chunk_mesh`). ``blocked``: the weights as
   ``collect=("blocked",)`` returned them for this policy (same values, no per-call copy).
   ``key_block`` (static): with ``query_chunk`` on a causal model, each chunk attends only to
-  the keys it can see, in multiples of this many (``Attention``; low bits may differ)."""
+  the keys it can see, in multiples of this many (``attention.Schedule``; low bits may differ)."""
   policy.check_available()
   shape = getattr(inputs, "shape", None)
   if shape is not None and (len(shape) < 2 or shape[1] == 0):
     raise ValueError(f"forward: inputs must be [B, N{', D' if not config.vocab_size else ''}] "
                      f"with N >= 1 tokens; got shape {tuple(shape)}")
-  dec = Decoder(config, policy, tuple(c for c in collect if c != BLOCKED), query_chunk,
-                query_mesh, key_block)
+  dec = Decoder(config, policy, tuple(c for c in collect if c != BLOCKED),
+                attention.Schedule(query_chunk, query_mesh, key_block))
   if BLOCKED in collect:
     if blocked is not None:
       raise ValueError("forward: collect 'blocked' or pass blocked=, not both")

@@ -160,6 +160,24 @@ class Family(PairSet):
     return {**super().describe(), "tokens": self.tokens}
 
 
+def family_lengths(name: str, lengths, *, prefix_len: int = 16, prefix_ids=None, token=None,
+                   log=None) -> np.ndarray:
+  """The n of ``lengths`` that family ``name`` can pair: prefix_repeat needs n > its prefix
+  (the smaller n are dropped, with a ``log`` line); ValueError (one line) when none is
+  left. ``token`` is accepted (and ignored) so a family's keyword arguments pass through."""
+  del token
+  lengths = np.asarray(lengths)
+  if name != "prefix_repeat":
+    return lengths
+  start = (len(prefix_ids) if prefix_ids else prefix_len) + 1
+  kept = lengths[lengths >= start]
+  if kept.size == 0:
+    raise ValueError(f"no swept n >= {start} (prefix_repeat needs n > prefix length)")
+  if kept.size < lengths.size and log is not None:
+    log(f"prefix_repeat: dropped n < {start} from the grid (n must exceed the prefix)")
+  return kept
+
+
 def make_family(name: str, max_n: int, *, seed: int, vocab_size: int, token: int = 1,
                 prefix_len: int = 16, prefix_ids=None, alphabet=None,
                 copy: str = "token") -> Family:

@@ -313,3 +313,16 @@ def check_tokenization(setting: PromptSetting, tokenizer, ns: Sequence[int] = (1
       if not np.array_equal(np.asarray(ids), want):
         raise AssertionError(f"setting ({setting.key}) n={n} {'B' if b_side else 'A'}: the "
                              f"prompt text tokenizes to {ids}, the pair definition says {want.tolist()}")
+
+
+def figure5_caption(label: str, prompt_format: str, position: str, runs, seeds, keys,
+                    windows) -> str:
+  """Figure 5's caption: the model, its prompt format, the compared token, each setting's
+  engine (from ``runs``), (b)'s seeds and the window modes when not native only."""
+  return (f"{label} (-> f32 -> policy), {PROMPT_FORMATS[prompt_format]}, "
+          "compared token = "
+          + ("last digit of A_n / B_n" if position == "digit" else "end of the prompt")
+          + "; n = digit tokens of A_n (every digit is one token); engines: "
+          + ", ".join(dict.fromkeys(f"({r['pairs']}) {r['engine']}" for r in runs))
+          + (f"; (b) seeds {','.join(map(str, seeds))}" if "b" in keys else "")
+          + (f"; windows {','.join(windows)}" if list(windows) != ["native"] else ""))

@@ -60,6 +60,22 @@ def environment() -> dict:
   }
 
 
+def header(experiment: str, flags: Mapping[str, Any], *, config: Any = None,
+           policies: Iterable[Any] = (), **extra) -> dict:
+  """The first keys of every results.json, in this order: ``experiment``; ``flags`` (the
+  app's flags as given, ``cli.app_flags()``); ``config`` (a ``DecoderConfig`` or a dict of
+  them, as dicts; omitted when None); ``policies`` (name -> ``Policy.describe()``; omitted
+  when none); ``environment`` (:func:`environment`); then ``extra`` in the order given."""
+  out: dict[str, Any] = {"experiment": experiment, "flags": dict(flags)}
+  if config is not None:
+    out["config"] = (config.to_dict() if hasattr(config, "to_dict")
+                     else {k: c.to_dict() for k, c in config.items()})
+  pols = list(policies)
+  if pols:
+    out["policies"] = {p.name: p.describe() for p in pols}
+  return {**out, "environment": environment(), **extra}
+
+
 def to_jsonable(obj: Any) -> Any:
   """numpy/jax scalars and arrays -> lists/numbers; non-finite floats -> strings."""
   if isinstance(obj, Mapping):

@@ -19,6 +19,7 @@ from collapse_jax import engines
 from collapse_jax import metrics
 from collapse_jax import model as model_lib
 from collapse_jax import pairs as pairs_lib
+from collapse_jax import prompts
 from collapse_jax import records as records_lib
 from collapse_jax.config import DecoderConfig
 
@@ -173,6 +174,43 @@ def family_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, leng
                               alphabet=alphabet)
   return run_grid(models, policies, sets, np.asarray(lengths), list(seeds), engine=engine,
                   chunk=chunk, memory_budget=memory_budget, log=log)
+
+
+def check_cells_fit(cfg: DecoderConfig, policies, heads_list, pair_set, lengths,
+                    engine: str | None, *, chunk: int, memory_budget: float | None,
+                    notes: Mapping[str, str] = {}) -> None:
+  """Refuse what cannot fit before anything starts: ValueError (one line) naming the first
+  cell (policy, heads) whose engine plan (``engines.plan``, one seed per cell) exceeds
+  ``memory_budget`` bytes, with ``notes[policy name]`` appended where given."""
+  for h in heads_list:
+    for p in policies:
+      try:
+        engines.plan(cfg.replace(num_heads=h), p, pair_set, lengths, engine, chunk=chunk,
+                     memory_budget=memory_budget)
+      except ValueError as e:
+        note = f"; {notes[p.name]}" if p.name in notes else ""
+        raise ValueError(f"cell {p.name}, heads={h}: {e}{note}") from None
+
+
+def setting_groups(keys: Sequence[str], ckpt, grid, seeds: Sequence[int], position: str,
+                   engine: str | None) -> list[tuple[dict[str, list], list[int]]]:
+  """Figure 5's pair sets on a real model (``prompts.make_setting`` with ``ckpt``'s tokenizer
+  and prompt format) as groups for :func:`run_grid`, each (pair sets by setting, seeds): the
+  seed-free settings once (first seed), setting (b) once per seed. Checks each setting's
+  tokenization and that ``engine`` can hold its pairs (ValueError, one line)."""
+  tok = ckpt.tokenizer
+  make = lambda k, s: prompts.make_setting(k, tok, max_n=int(grid[-1]) + 1, seed=s,
+                                           vocab_size=ckpt.config.vocab_size, position=position,
+                                           prompt_format=ckpt.prompt_format)
+  fixed = {k: [make(k, seeds[0])] for k in keys if k != "b" or len(seeds) == 1}
+  groups = [(fixed, list(seeds[:1]))] if fixed else []
+  if "b" in keys and len(seeds) > 1:
+    groups.append(({"b": [make("b", s) for s in seeds]}, list(seeds)))
+  for sets, _ in groups:
+    for s in sets.values():
+      prompts.check_tokenization(s[0], tok)
+      engines.resolve(engine, s[0])  # the engine can hold this setting's pairs
+  return groups
 
 
 def predicted_onset(lengths, dist_ref, absmax_ref, dtype) -> int:

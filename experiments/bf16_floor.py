@@ -113,10 +113,9 @@ def main(argv):
       for o in octaves[r["dtype"]]:
         print(f"  [{o['lo']:>6d}, {o['hi']:>6d}) {o['count']:>6d} n: measured {o['measured']:.3f}"
               f"  [{o['attention']:.3g} .. {o['output']:.3g}]")
-  results.write_json(f"{out}/results.json", {
-      "experiment": "bf16_floor", "config": cfg.to_dict(), "flags": F.flag_values_dict(),
-      "environment": results.environment(), "stages": stages, "sweep": records,
-      "rounding_models": models, "octaves": octaves})
+  results.write_json(f"{out}/results.json", results.header(
+      "bf16_floor", cli.app_flags(), config=cfg, stages=stages, sweep=records,
+      rounding_models=models, octaves=octaves))
   figures.sweep.floor_figure(stages, records, f"{out}/bf16_floor.png",
                              f"prefix_repeat, {cfg.num_layers}L d={cfg.d_model} H={heads}: where "
                              "rows n-1 and n still differ; the distance over n; how often they are "

@@ -67,13 +67,10 @@ def main(argv):
          for p in b10_precs}
   b10_summary = counting.b10_summary(b10)
 
-  results.write_json(os.path.join(out, "results.json"), {
-      "experiment": "counting", "paper": "Prop. 6.1/B.9, Cor. 6.2/B.10",
-      "flags": {"seeds": [seed], "layers": FLAGS.layers, "d_model": FLAGS.d_model,
-                "heads": models[False][0].num_heads, "base": FLAGS.base, "multipliers": mults,
-                "dtype": precs, "b10_config": cfg10.to_dict(), "b10_n": N,
-                "b10_dtype": b10_precs, "confirm": FLAGS.confirm, "full": full},
-      "environment": results.environment(),
+  results.write_json(os.path.join(out, "results.json"), {**results.header(
+      "counting", cli.app_flags(), config=cfg10, paper="Prop. 6.1/B.9, Cor. 6.2/B.10",
+      settings={"seeds": [seed], "heads": models[False][0].num_heads, "multipliers": mults,
+                "dtype": precs, "b10_n": N, "b10_dtype": b10_precs, "full": full}),
       "b9_conditions": ("token inputs, pe='none', no sliding window, bidirectional mask; the "
                         "compared sequences are exact-length forwards with the same weights"),
       "b9_summary": b9_summary, "b9": b9, "b10_summary": b10_summary, "b10": b10})

@@ -102,11 +102,10 @@ def main(argv):
     with open(F.recorded) as f:
       recorded = json.load(f)
   comparison = isa.compare_with_records(got, recorded["records"], here) if F.recorded else []
-  results.write_json(f"{out}/results.json", {
-      "experiment": "isa_probe", "settings": settings, "reference_flags": dict(
-          xla_env.REFERENCE_FLAGS), "environment": results.environment(),
-      "differing_fraction": frac, "fingerprints": here, "recorded": F.recorded,
-      "comparison": comparison})
+  results.write_json(f"{out}/results.json", results.header(
+      "isa_probe", cli.app_flags(), settings=settings,
+      reference_flags=dict(xla_env.REFERENCE_FLAGS), differing_fraction=frac,
+      fingerprints=here, recorded=F.recorded, comparison=comparison))
   figures.sweep.isa_heatmap(frac, settings, f"{out}/isa.png",
                             f"bits vs the reference path (max ISA {xla_env.REFERENCE_ISA}) on "
                             f"{cpu['cpu_model']} ({cpu['native_isa']})")

@@ -63,12 +63,11 @@ def main(argv):
       f"model_layer0_n{n}": sens["bound"]["Lambda"][0]})
   depths = spectral.convergence_depths(max(spec_ns), seed=seed, tol=FLAGS.tol)
 
-  results.write_json(os.path.join(out, "results.json"), {
-      "experiment": "oversquashing", "paper": "Theorem 5.1/B.5, Lemma B.6/B.7, Prop. 5.2/B.8",
-      "config": cfg.to_dict(), "policy": pol.describe(),
-      "flags": {"max_len": n, "layers": L, "seeds": [seed], "vjp_chunk": FLAGS.vjp_chunk,
-                "tol": FLAGS.tol, "spectral_n": spec_ns, "full": FLAGS.full},
-      "environment": results.environment(), "sensitivity_and_bound_seconds": seconds,
+  results.write_json(os.path.join(out, "results.json"), {**results.header(
+      "oversquashing", cli.app_flags(), config=cfg, policies=[pol],
+      paper="Theorem 5.1/B.5, Lemma B.6/B.7, Prop. 5.2/B.8",
+      settings={"max_len": n, "layers": L, "seeds": [seed], "spectral_n": spec_ns}),
+      "sensitivity_and_bound_seconds": seconds,
       "ushape": sens["ushape"], "bound_check": sens["bound_check"],
       "sensitivity": {"full_spectral": sens["full"]["spectral"],
                       "frozen_spectral": sens["frozen"]["spectral"],

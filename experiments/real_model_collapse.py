@@ -36,7 +36,7 @@ import time
 from absl import app, flags, logging
 
 import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import cli, engines, figures, jobs, prompts, records, results, sweep, xla_env
+from collapse_jax import cli, figures, jobs, prompts, records, results, sweep, xla_env
 
 F = flags.FLAGS
 # fp8 is opt-in (--dtype=all or naming it): XLA:CPU compiles the 30-layer fp8 programs in
@@ -70,23 +70,6 @@ def _setup():
   return policies, seeds, keys, cli.lengths(F.lengths, F.max_len), cli.window_modes(F.windows)
 
 
-def _groups(keys, ckpt, grid, seeds, position, engine):
-  """Pair-set groups for run_grid: the seed-free settings once (first seed), and (b) per seed."""
-  tok = ckpt.tokenizer
-  make = lambda k, s: prompts.make_setting(k, tok, max_n=int(grid[-1]) + 1, seed=s,
-                                           vocab_size=ckpt.config.vocab_size, position=position,
-                                           prompt_format=ckpt.prompt_format)
-  fixed = {k: [make(k, seeds[0])] for k in keys if k != "b" or len(seeds) == 1}
-  groups = [(fixed, seeds[:1])] if fixed else []
-  if "b" in keys and len(seeds) > 1:
-    groups.append(({"b": [make("b", s) for s in seeds]}, seeds))
-  for sets, _ in groups:
-    for s in sets.values():
-      prompts.check_tokenization(s[0], tok)
-      engines.resolve(engine, s[0])  # the engine can hold this setting's pairs
-  return groups
-
-
 def main(argv):
   del argv
   from collapse_jax import checkpoints
@@ -101,7 +84,7 @@ def main(argv):
     sys.exit(f"error: {' '.join(str(e).split())}")
   logging.info("loaded %s in %.1fs", ckpt.label, time.perf_counter() - t_start)
   with cli.usage_errors():
-    groups = _groups(keys, ckpt, grid, seeds, F.position, F.engine)
+    groups = sweep.setting_groups(keys, ckpt, grid, seeds, F.position, F.engine)
     cfgs = {w: ckpt.config.with_windows(w) for w in windows}
   out = cli.run_dir(F.out, "real")
   logging.info("real-model collapse of %s -> %s (settings %s, %d n in [%d, %d], dtypes %s, "
@@ -126,28 +109,20 @@ def main(argv):
         checks.append({"pairs": e["pairs"], "dtype": e["dtype"], "seed": e["seed"],
                        "window": e["window"], **records.cross_check(e, o)})
   settings = {k: v[0] for sets, _ in groups for k, v in sets.items()}
-  caption = (f"{ckpt.label} (-> f32 -> policy), {prompts.PROMPT_FORMATS[ckpt.prompt_format]}, "
-             "compared token = "
-             + ("last digit of A_n / B_n" if F.position == "digit" else "end of the prompt")
-             + "; n = digit tokens of A_n (every digit is one token); engines: "
-             + ", ".join(dict.fromkeys(f"({r['pairs']}) {r['engine']}" for r in runs))
-             + (f"; (b) seeds {','.join(map(str, seeds))}" if "b" in keys else "")
-             + (f"; windows {','.join(windows)}" if windows != ["native"] else ""))
+  caption = prompts.figure5_caption(ckpt.label, ckpt.prompt_format, F.position, runs, seeds,
+                                    keys, windows)
   total = time.perf_counter() - t_start
-  results.write_json(os.path.join(out, "results.json"), {
-      "experiment": "real_model_collapse", "model": ckpt.label, "model_name": ckpt.name,
-      "prompt_format": ckpt.prompt_format, "config": ckpt.config.to_dict(),
-      "window_configs": {w: {"layer_windows": c.layer_windows, "sliding_window": c.sliding_window}
-                         for w, c in cfgs.items()},
-      "flags": F.flag_values_dict(), "caption": caption,
-      "lengths": grid, "settings": {k: s.describe() for k, s in settings.items()},
-      "token_counts": {k: s.token_counts(grid) for k, s in settings.items()},
-      "engines": {r["pairs"]: r["engine"] for r in runs},
-      "policies": {p.name: p.describe() for p in policies}, "environment": results.environment(),
-      "timings_s": {f"{r['window']}/{r['pairs']}/{r['dtype']}/{r['seed']}": r["seconds"]
-                    for r in runs},
-      "total_s": round(total, 1),
-      "runs": runs, "cross_check": checks}, compact=True)
+  results.write_json(os.path.join(out, "results.json"), results.header(
+      "real_model_collapse", cli.app_flags(), config=ckpt.config, policies=policies,
+      model=ckpt.label, model_name=ckpt.name, prompt_format=ckpt.prompt_format,
+      window_configs={w: {"layer_windows": c.layer_windows, "sliding_window": c.sliding_window}
+                      for w, c in cfgs.items()},
+      caption=caption, lengths=grid, settings={k: s.describe() for k, s in settings.items()},
+      token_counts={k: s.token_counts(grid) for k, s in settings.items()},
+      engines={r["pairs"]: r["engine"] for r in runs},
+      timings_s={f"{r['window']}/{r['pairs']}/{r['dtype']}/{r['seed']}": r["seconds"]
+                 for r in runs},
+      total_s=round(total, 1), runs=runs, cross_check=checks), compact=True)
   files = ["results.json"]
   if F.plot:
     first = [r for r in runs if r["window"] == windows[0]]

@@ -34,9 +34,8 @@ def main(argv):
   md = scorecard.to_markdown(rows)
   with open(os.path.join(out, "scorecard.md"), "w") as f:
     f.write(f"# Scorecard ({'full' if FLAGS.full else 'fast'} settings)\n\n" + md)
-  results.write_json(os.path.join(out, "scorecard.json"), {
-      "full": FLAGS.full, "environment": results.environment(), "rows": rows,
-      **scorecard.tally(rows)})
+  results.write_json(os.path.join(out, "scorecard.json"), results.header(
+      "scorecard", cli.app_flags(), rows=rows, **scorecard.tally(rows)))
   print(md)
   print(f"wrote {out}/scorecard.md and scorecard.json")
 

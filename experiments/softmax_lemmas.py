@@ -54,14 +54,13 @@ def main(argv):
   b1 = softmax.lemma_b1_sweep(softmax.log_lengths(2, max_len, num_n), b=FLAGS.b, c=FLAGS.c,
                               precisions=precs)
   summary = softmax.lemmas_summary(b1, b2, b4)
-  results.write_json(os.path.join(out, "results.json"), {
-      "experiment": "softmax_lemmas", "paper": "Lemma B.1, Lemma B.2 (Fig. 9), Lemma B.4",
-      "distance": "tv_* = the paper's total variation sum |p - q| (L1, no factor 1/2)",
-      "flags": {"full": FLAGS.full, "min_n": FLAGS.min_n, "max_len": max_len, "num_n": num_n,
-                "seeds": seeds, "k": FLAGS.k, "noise": FLAGS.noise, "b": FLAGS.b, "c": FLAGS.c,
-                "dtype": precs},
-      "policies": {p: precision.get_policy(p).describe() for p in b2["tv_by_precision"]},
-      "environment": results.environment(), "summary": summary,
+  results.write_json(os.path.join(out, "results.json"), {**results.header(
+      "softmax_lemmas", cli.app_flags(),
+      policies=[precision.get_policy(p) for p in b2["tv_by_precision"]],
+      paper="Lemma B.1, Lemma B.2 (Fig. 9), Lemma B.4",
+      distance="tv_* = the paper's total variation sum |p - q| (L1, no factor 1/2)",
+      settings={"max_len": max_len, "num_n": num_n, "seeds": seeds, "dtype": precs}),
+      "summary": summary,
       "lemma_b1": b1, "lemma_b2": b2, "lemma_b4": b4})
   figures.theory.softmax_lemmas_figure(b1, b2, b4, os.path.join(out, "softmax_lemmas.png"))
   print(f"wrote {out}/results.json and softmax_lemmas.png")

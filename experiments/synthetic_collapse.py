@@ -42,10 +42,9 @@ def main(argv):
     cfgs[pe], by_pe[pe] = sweep.synthetic_collapse_grid(
         pe, init_var, lengths, seeds, dtypes, d_model=F.d_model, vocab=F.vocab, copy=F.copy,
         log=logging.info)
-  results.write_json(f"{out}/results.json", {
-      "experiment": "synthetic_collapse", "figure": F.figure,
-      "configs": {pe: c.to_dict() for pe, c in cfgs.items()}, "flags": F.flag_values_dict(),
-      "environment": results.environment(), "runs": [r for rs in by_pe.values() for r in rs]})
+  results.write_json(f"{out}/results.json", results.header(
+      "synthetic_collapse", cli.app_flags(), config=cfgs, figure=F.figure,
+      runs=[r for rs in by_pe.values() for r in rs]))
   if F.plot:
     figures.sweep.synthetic_figure(
         by_pe, f"{out}/synthetic_collapse.png",

@@ -88,14 +88,11 @@ def main(argv):
              f"; greedy, max {F.max_new_tokens or 'default'} new tokens; n = sequence length "
              "(digits / ones / words); prompts from Appendix C.1 (collapse_jax/tasks.py)")
   results.write_jsonl(os.path.join(out, "samples.jsonl"), res["samples"])
-  results.write_json(os.path.join(out, "results.json"), {
-      "experiment": "tasks", "model": ckpt.label, "model_name": ckpt.name,
-      "prompt_format": ckpt.prompt_format, "config": ckpt.config.to_dict(),
-      "flags": F.flag_values_dict(), "caption": caption, "lengths": ns,
-      "stop_ids": harness.stop_ids(ckpt), "policies": {p.name: p.describe() for p in policies},
-      "summary": res["summary"], "bridge": res["bridge"], "timings_s": res["timings_s"],
-      "total_s": round(time.perf_counter() - t0, 1), "environment": results.environment()},
-      compact=True)
+  results.write_json(os.path.join(out, "results.json"), results.header(
+      "tasks", cli.app_flags(), config=ckpt.config, policies=policies, model=ckpt.label,
+      model_name=ckpt.name, prompt_format=ckpt.prompt_format, caption=caption, lengths=ns,
+      stop_ids=harness.stop_ids(ckpt), summary=res["summary"], bridge=res["bridge"],
+      timings_s=res["timings_s"], total_s=round(time.perf_counter() - t0, 1)), compact=True)
   files = ["samples.jsonl", "results.json"]
   if F.plot:
     figures.tasks.tasks_figure(res["summary"], os.path.join(out, "tasks_accuracy.png"), caption)

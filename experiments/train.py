@@ -32,7 +32,7 @@ import time
 from absl import app, flags
 
 import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import cli, config, figures, jobs, results
+from collapse_jax import cli, config, figures, hosts, jobs, results
 from collapse_jax.train import data, loop, measure, snapshot
 from collapse_jax.train import state as state_lib
 
@@ -76,7 +76,7 @@ def _setup():
   opt = state_lib.Optimizer(lr=F.lr, warmup=F.warmup, steps=F.steps)
   if F.heartbeat < 0:
     raise ValueError(f"--heartbeat must be >= 0 seconds (0: none), got {F.heartbeat}")
-  jobs.check_distributed(F.coordinator, F.num_processes, F.process_id, F.distributed)
+  hosts.check_distributed(F.coordinator, F.num_processes, F.process_id, F.distributed)
   jobs.check_out(F.out, cli.job_spec(), F.resume, F.num_processes or (2 if F.distributed else 1))
   return seed, presets, onset, cfg, ns, opt
 
@@ -85,7 +85,7 @@ def main(argv):
   del argv  # the command line is sys.argv (for the resume line)
   with cli.usage_errors():
     seed, presets, onset, cfg, ns, opt = _setup()
-    procs = jobs.start_processes(F.coordinator, F.num_processes, F.process_id, F.distributed)
+    procs = hosts.start_processes(F.coordinator, F.num_processes, F.process_id, F.distributed)
   out = F.out or results.make_run_dir(None, "train")  # the snapshots' home: known to the cells
   t0, names = time.perf_counter(), [tp.name for tp in presets]
 
@@ -120,11 +120,10 @@ def _assemble(cfg, opt, seed, ns, names, procs, t0, out, shards):
   caption = (f"{F.task}, trained on n <= {F.l_train}; {cfg.num_layers} layers, d={cfg.d_model}, "
              f"{cfg.num_heads} heads, {cfg.pe}; {F.steps} steps x {F.batch}; seed {seed}; onsets "
              f"on Cor. B.10's pairs, counts <= {F.max_len}")
-  results.write_json(os.path.join(out, "results.json"), {
-      "experiment": "train", "task": F.task, "l_train": F.l_train, "lengths": ns,
-      "config": cfg.to_dict(), "optimizer": dataclasses.asdict(opt), "flags": cli.job_spec(),
-      "runs": runs, "caption": caption, "total_s": round(time.perf_counter() - t0, 1),
-      "environment": results.environment(), "layout": jobs.layout(procs)}, compact=True)
+  results.write_json(os.path.join(out, "results.json"), results.header(
+      "train", cli.app_flags(), config=cfg, task=F.task, l_train=F.l_train, lengths=ns,
+      optimizer=dataclasses.asdict(opt), runs=runs, caption=caption,
+      total_s=round(time.perf_counter() - t0, 1), layout=hosts.layout(procs)), compact=True)
   if F.plot:
     figures.train.train_figure(runs, F.l_train, os.path.join(out, "train.png"), caption)
   print(f"total {time.perf_counter() - t0:.1f}s; wrote {out}/results.json"

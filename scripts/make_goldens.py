@@ -178,7 +178,8 @@ def main(argv=None):
   args = ap.parse_args(argv)
 
   import torch
-  tok, model, versions = hf_reference(find_smollm2_gguf())
+  path = find_smollm2_gguf()
+  tok, model, versions = hf_reference(path)
   cap = {}
   model.model.norm.register_forward_hook(
       lambda mod, inp, out: cap.update(pre=inp[0].detach(), post=out.detach()))
@@ -197,7 +198,7 @@ def main(argv=None):
   ids = [tok(s, add_special_tokens=False)["input_ids"] for s in texts]
   assert ids == [ref_tok.encode(s) for s in texts], "the two reference tokenizers disagree"
   nmax = max(map(len, ids))
-  L, D = model.config.num_hidden_layers, model.config.hidden_size
+  L = model.config.num_hidden_layers
   out = {k: [] for k in ("y_last", "pre_norm_last", "residual_last", "logits_last", "topk_ids",
                          "topk_logits")}
   with torch.no_grad():

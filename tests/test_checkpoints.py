@@ -135,6 +135,7 @@ def test_smollm2_float32_matches_transformers(smollm2_out, golden):
     print("  %-18s %.2e %.2e %.2e %.2e" % r)
 
 
+@pytest.mark.slow
 @needs_smollm2
 def test_smollm2_rope_layouts(smollm2, golden):
   """GGUF rows + 'interleaved' RoPE == un-permuted rows + 'half' RoPE (to f32 roundoff);

@@ -73,3 +73,41 @@ def test_window_modes():
     cli.window_modes("native,local")
   with pytest.raises(ValueError, match="--windows is empty"):
     cli.window_modes("")
+
+
+def test_decoder_config_maps_the_model_flags_and_overrides_win():
+  cfg = cli.decoder_config({"layers": 3, "d_model": 32, "heads": ["4", "2"], "pe": "alibi",
+                            "norm": "rmsnorm", "mlp": "swiglu", "vocab": 16, "out": "x"},
+                           max_len=9)
+  assert (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.pe, cfg.norm, cfg.mlp,
+          cfg.vocab_size, cfg.max_len) == (3, 32, 4, "alibi", "rmsnorm", "swiglu", 16, 9)
+  assert cli.decoder_config({"layers": 3}, num_layers=1).num_layers == 1
+  assert cli.decoder_config({"pe": None}).pe == cli.config_lib.DecoderConfig().pe
+  with pytest.raises(ValueError, match="divide"):
+    cli.decoder_config({"d_model": 32, "heads": ["3"]})
+
+
+def test_sized_takes_the_preset_unless_a_flag_is_given():
+  presets = {"small": {"n": 8, "dtype": "bfloat16"}, "full": {"n": 4096, "dtype": "all"}}
+  assert cli.sized({"full": False, "n": None, "dtype": None}, presets) == presets["small"]
+  assert cli.sized({"full": True, "n": None, "dtype": None}, presets) == presets["full"]
+  assert cli.sized({"full": True, "n": 5}, presets) == {"n": 5, "dtype": "all"}
+  with pytest.raises(KeyError, match="same keys"):
+    cli.sized({}, {"small": {"n": 1}, "full": {}})
+
+
+def test_parse_argv_defines_into_a_fresh_flag_set_and_app_flags_keep_the_app_s_own():
+  def define_flags(fv):
+    cli.define(fv, dtype="bfloat16", max_len=8, out=None, **cli.JOB)
+    flags.DEFINE_integer("own", 3, "an app's own flag", flag_values=fv)
+  fl = cli.parse_argv(define_flags, ["--dtype=float32", "--own=4"])
+  assert fl["dtype"] == "float32" and fl["own"] == 4 and fl["max_len"] == 8
+  assert "own" not in flags.FLAGS  # nothing leaked into absl's global flags
+  assert cli.job_spec(fl) == {"dtype": "float32", "max_len": 8, "own": 4}
+  with pytest.raises(flags.Error):
+    cli.parse_argv(define_flags, ["--own=x"])
+  # app_flags: the vocabulary's and the calling app's flags, never absl's own
+  if "max_len" not in flags.FLAGS:
+    cli.define(max_len=77)
+  got = cli.app_flags(__file__)
+  assert "max_len" in got and "logtostderr" not in got and "verbosity" not in got

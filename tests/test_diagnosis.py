@@ -2,6 +2,7 @@
 run end to end in tests/test_experiments.py)."""
 import jax
 import numpy as np
+import pytest
 
 import collapse_jax as cj
 from collapse_jax import diagnosis, model
@@ -9,6 +10,7 @@ from collapse_jax import diagnosis, model
 CFG = cj.DecoderConfig(num_layers=2, d_model=16, num_heads=2, vocab_size=8, mlp="swiglu")
 
 
+@pytest.mark.slow
 def test_stage_differences_match_two_rows_of_one_pass():
   pol = cj.get_policy("bfloat16")
   params = pol.cast_params(model.init_params(CFG, jax.random.key(1)))
@@ -41,6 +43,7 @@ def _bf16_spacing(x):
   return np.nextafter(lo, bf(np.inf)).astype(np.float64) - lo.astype(np.float64)
 
 
+@pytest.mark.slow
 def test_equal_probability_against_separate_float64_forwards():
   """The rounding models from one float64 pass, recomputed from exact-length float64
   forwards of A_n and B_n with an ml_dtypes spacing; a pair set whose two rows are equal in

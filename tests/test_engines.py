@@ -30,8 +30,8 @@ def _run(pol_name, family, engine, lengths, seeds=(0,), cfg=CFG):
 
 
 @pytest.mark.parametrize("family,engine_names", [
-    ("repeat", ("causal", "kv_cache", "masked", "exact")),
-    ("prefix_repeat", ("causal", "kv_cache", "masked", "exact")),
+    pytest.param("repeat", ("causal", "kv_cache", "masked", "exact"), marks=pytest.mark.slow),
+    pytest.param("prefix_repeat", ("causal", "kv_cache", "masked", "exact"), marks=pytest.mark.slow),
     ("stream_repeat_last", ("kv_cache", "masked", "exact"))])
 def test_engines_match_exact_length_float64_forwards(family, engine_names):
   lengths = np.asarray([5, 9, 20])
@@ -99,7 +99,8 @@ ENGINE_TOL = {"float32": (1e-4, 0.0), "bfloat16": (0.0, 2 ** -5), "float8_e4m3fn
 
 
 @pytest.mark.bitwise
-@pytest.mark.parametrize("pol_name", ["float32", "bfloat16", "float8_e4m3fn"])
+@pytest.mark.parametrize("pol_name", ["float32", "bfloat16",
+                                      pytest.param("float8_e4m3fn", marks=pytest.mark.slow)])
 def test_causal_and_masked_engines_agree(pol_name):
   lengths = np.arange(5, 41)
   c, _, _ = _run(pol_name, "prefix_repeat", "causal", lengths)
@@ -109,7 +110,9 @@ def test_causal_and_masked_engines_agree(pol_name):
     np.testing.assert_allclose(c[k], m[k], rtol=rtol, atol=atol, err_msg=k)
 
 
-@pytest.mark.parametrize("pol_name,atol", [("float32", 1e-5), ("bfloat16", 2 ** -5)])
+@pytest.mark.slow
+@pytest.mark.parametrize("pol_name,atol", [("float32", 1e-5),
+                                           ("bfloat16", 2 ** -5)])
 def test_kv_cache_engine_agrees_within_tolerance(pol_name, atol):
   lengths = np.arange(2, 40)
   k, _, _ = _run(pol_name, "stream_repeat_last", "kv_cache", lengths)
@@ -118,6 +121,7 @@ def test_kv_cache_engine_agrees_within_tolerance(pol_name, atol):
   assert not np.any(k["y_nonfinite"])
 
 
+@pytest.mark.slow
 def test_one_compile_per_dtype_and_heads_however_many_lengths():
   cfg = CFG.replace(d_model=24, num_layers=1)  # fresh shapes: no earlier cache hit
   pols = [cj.get_policy("float32"), cj.get_policy("bfloat16")]
@@ -129,6 +133,7 @@ def test_one_compile_per_dtype_and_heads_however_many_lengths():
   assert delta == {(p.name, h, "causal"): 1 for p in pols for h in (2, 3)}
 
 
+@pytest.mark.slow
 def test_overflow_at_a_later_position_does_not_leak_into_earlier_rows():
   cfg = cj.DecoderConfig(num_layers=1, d_model=16, num_heads=2)
   for name in ("float16", "float8_e4m3fn", "bfloat16"):
@@ -230,6 +235,7 @@ def test_resolve_picks_and_rejects_engines():
     engines.resolve("fast", pre)
 
 
+@pytest.mark.slow
 def test_copied_vector_pair_matches_exact_forwards_float64():
   """copy='vector': B_n's copy of the last token keeps position n-1 (sinusoidal PE), so
   B_n = A_n with its last input VECTOR repeated. Every engine equals hand-built forwards."""
@@ -283,6 +289,7 @@ def test_memory_budget_chunks_the_causal_pass_with_the_same_bits():
     np.testing.assert_array_equal(part[k], whole[k], err_msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.bitwise
 def test_kv_cache_and_masked_are_planned_against_the_budget():
   """kv_cache: a budget below the prefix pass's whole estimate chunks that pass's attention

@@ -82,9 +82,10 @@ def test_bucket():
   assert generate.bucket(3, minimum=1) == 4
 
 
-@pytest.mark.parametrize("name,dtype", [("llama-gqa", "float32"), ("llama-gqa", "float16"),
-                                        ("gemma3-style", "float32"),
-                                        ("gemma3-style", "bfloat16")])
+@pytest.mark.parametrize("name,dtype", [("llama-gqa", "float32"),
+                                        pytest.param("llama-gqa", "float16", marks=pytest.mark.slow),
+                                        pytest.param("gemma3-style", "float32", marks=pytest.mark.slow),
+                                        pytest.param("gemma3-style", "bfloat16", marks=pytest.mark.slow)])
 def test_greedy_equals_fresh_forwards(name, dtype):
   cfg, pol, params = _setup(name, dtype)
   rng = np.random.default_rng(1)
@@ -105,7 +106,8 @@ def test_greedy_equals_fresh_forwards(name, dtype):
   assert checked >= 15  # most steps are decided (not near ties)
 
 
-@pytest.mark.parametrize("name,dtype", [("llama-gqa", "bfloat16"), ("gemma3-style", "float32")])
+@pytest.mark.parametrize("name,dtype", [("llama-gqa", "bfloat16"),
+                                        pytest.param("gemma3-style", "float32", marks=pytest.mark.slow)])
 def test_scores_equal_uncached_log_softmax(name, dtype):
   cfg, pol, params = _setup(name, dtype)
   prompt = list(np.random.default_rng(2).integers(0, 50, size=13))
@@ -133,6 +135,7 @@ def test_batch_left_padding_gives_each_prompt_its_own_tokens():
   assert together == alone
 
 
+@pytest.mark.slow
 def test_stops_and_lengths():
   cfg, pol, params = _setup("llama-gqa", "float32")
   prompt = list(np.random.default_rng(4).integers(0, 50, size=6))
@@ -209,6 +212,7 @@ def test_real_model_greedy_matches_transformers(name):
   assert got == [c["new_ids"] for c in cases]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_long_prompt_with_blocked_weights_equals_fresh_forwards(dtype):
   """A prompt longer than the prefill's chunk (100 tokens: P = 128, two chunks of

@@ -1,4 +1,4 @@
-"""The job layer (collapse_jax/jobs.py): owners, run directories and manifests, shards,
+"""The job layer (collapse_jax/jobs.py): run directories and manifests, shards,
 resume, progress and the resume line. In-process with plain-Python cells; the signal,
 SIGKILL and two-process runs of the real job are in tests/test_experiments.py."""
 import json
@@ -7,34 +7,10 @@ import os
 
 import pytest
 
-from collapse_jax import jobs, results
+from collapse_jax import hosts, jobs, results
 
 IDS = [f"bfloat16/heads={h}/prefix_repeat/seed={s}" for h in (1, 4, 16) for s in (0, 1)]
 SPEC = {"dtype": "bfloat16", "heads": ["1", "4", "16"], "max_len": 64}
-
-
-def test_owner_is_stable_balanced_and_order_free():
-  for count in (1, 2, 4, 7):
-    own = jobs.owner(IDS, count)
-    assert own == jobs.owner(list(reversed(IDS)), count)  # the set of ids decides, not order
-    per = [sum(v == p for v in own.values()) for p in range(count)]
-    assert sum(per) == len(IDS) and max(per) - min(per) <= 1
-  assert set(jobs.owner(IDS, 1).values()) == {0}
-
-
-@pytest.mark.parametrize("args,msg", [
-    (dict(coordinator="localhost:1", num_processes=None, process_id=None, auto=False),
-     "go together"),
-    (dict(coordinator="localhost", num_processes=2, process_id=0, auto=False), "HOST:PORT"),
-    (dict(coordinator="h:1", num_processes=2, process_id=2, auto=False), "[0, 2)"),
-    (dict(coordinator="h:1", num_processes=2, process_id=0, auto=True), "auto-detects"),
-])
-def test_distributed_flags_are_checked(args, msg):
-  with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace(")", r"\)")):
-    jobs.check_distributed(**args)
-  jobs.check_distributed("h:1", 2, 1, False)
-  jobs.check_distributed(None, None, None, True)
-  assert jobs.start_processes() == jobs.Processes(1, 0)
 
 
 def test_check_out_new_resume_and_mismatch(tmp_path):
@@ -92,7 +68,7 @@ def test_run_saves_shards_resumes_and_assembles(tmp_path):
       save(c, _record(c))
 
   kw = dict(out=out, prefix="sweep", experiment="t", spec=SPEC, cell_ids=IDS,
-            procs=jobs.Processes(), heartbeat_s=0, log=lines.append)
+            procs=hosts.Processes(), heartbeat_s=0, log=lines.append)
   with pytest.raises(jobs.JobFailed, match="RuntimeError: cell failed .2 of 6 cells saved") as e:
     jobs.run(lambda t, s: run_cells(t, s, fail_after=2), assembled.update, argv=["p.py"], **kw)
   assert "resume with: python p.py" in str(e.value) and "\n" not in str(e.value)

@@ -265,6 +265,7 @@ def test_bidirectional_gradients_nonzero_everywhere():
   assert np.all(g > 0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [True, False])
 def test_sliding_window_gradients(causal):
   w = 3
@@ -390,7 +391,8 @@ def test_padded_pass_matches_exact_length(preset, causal):
 
 @pytest.mark.bitwise
 @pytest.mark.parametrize("pe,name", [("rope", "float32"), ("rope", "bfloat16"),
-                                     ("rope", "float16"), ("alibi", "float8_e4m3fn")])
+                                     pytest.param("rope", "float16", marks=pytest.mark.slow),
+                                     pytest.param("alibi", "float8_e4m3fn", marks=pytest.mark.slow)])
 def test_query_chunked_attention_matches_the_whole_pass(pe, name):
   """Attention over query rows in chunks (memory linear in N): every row still takes one
   softmax over all its keys at the same rounding points. Measured on XLA:CPU (AVX/AVX2):
@@ -414,8 +416,9 @@ def test_query_chunked_attention_matches_the_whole_pass(pe, name):
         np.testing.assert_array_equal(b, a, err_msg=f"{k} chunk {qc}")
 
 
-@pytest.mark.parametrize("pe,name,rtol", [("rope", "float32", 1e-5), ("rope", "bfloat16", 2e-2),
-                                          ("alibi", "float16", 3e-3)])
+@pytest.mark.parametrize("pe,name,rtol", [pytest.param("rope", "float32", 1e-5, marks=pytest.mark.slow),
+                                          pytest.param("rope", "bfloat16", 2e-2, marks=pytest.mark.slow),
+                                          pytest.param("alibi", "float16", 3e-3, marks=pytest.mark.slow)])
 def test_key_blocks_give_the_values_of_the_whole_pass(pe, name, rtol):
   """``key_block``: each query chunk attends only to the keys it can see (in multiples of
   the block), with and without a cached prefix. The keys left out had weight exactly 0, so
@@ -468,8 +471,10 @@ def _length_invariance(cfg, pol, n_pass, ns, prefix=None):
 
 
 @pytest.mark.bitwise
-@pytest.mark.parametrize("preset,pe", [("float32", "rope"), ("bfloat16", "rope"),
-                                       ("float16", "alibi"), ("float8_e5m2", "rope")])
+@pytest.mark.parametrize("preset,pe", [("float32", "rope"),
+                                       pytest.param("bfloat16", "rope", marks=pytest.mark.slow),
+                                       pytest.param("float16", "alibi", marks=pytest.mark.slow),
+                                       pytest.param("float8_e5m2", "rope", marks=pytest.mark.slow)])
 def test_rows_of_a_pass_are_exact_length_forwards(preset, pe):
   """The length-invariant schedule (issue 24), with small tiles (8 rows, 16-key blocks) so
   that n crosses their boundaries cheaply: row n-1 of a pass, in every layer, equals the
@@ -520,9 +525,9 @@ def test_query_chunks_over_a_mesh():
 
 @pytest.mark.bitwise
 @pytest.mark.parametrize("preset,kw", [
-    ("float32", dict(vocab_size=23)),                                  # tied lm_head
+    pytest.param("float32", dict(vocab_size=23), marks=pytest.mark.slow),                 # tied lm_head
     ("bfloat16", dict(vocab_size=23, tie_embeddings=False, mlp="geglu", qk_norm=True)),
-    ("float8_e4m3fn", dict(vocab_size=23, num_kv_heads=1)),
+    pytest.param("float8_e4m3fn", dict(vocab_size=23, num_kv_heads=1), marks=pytest.mark.slow),
 ])
 def test_preblocked_weights_give_the_same_forward(preset, kw):
   """``collect=("blocked",)`` returns every used weight as its dot uses it (cast, padded,

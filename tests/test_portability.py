@@ -20,7 +20,6 @@ goldens that prove what the project controls on whatever CPU runs the suite (BUI
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -149,30 +148,6 @@ def test_blocked_dots_do_not_depend_on_the_core_count(tmp_path):
   assert np.array_equal(res["1"]["blocked"].view(np.uint32), res["all"]["blocked"].view(np.uint32))
   # the blocked order is a different (explicit) order, close to the backend's
   np.testing.assert_allclose(res["all"]["blocked"], res["all"]["backend"], rtol=0, atol=1e-4)
-
-
-def test_blocked_einsum_splits_the_longest_contracted_axis():
-  """K <= block: one dot, bitwise the einsum; K > block: the blocks' partial sums added in
-  order, equal to an explicit numpy loop over the same blocks of exactly-summable data."""
-  import jax.numpy as jnp
-  rng = np.random.default_rng(0)
-  a = rng.integers(-8, 8, (3, 600)).astype(np.float32)
-  b = rng.integers(-8, 8, (600, 5)).astype(np.float32)
-  f = lambda blk: np.asarray(precision.blocked_einsum("nk,kd->nd", jnp.asarray(a), jnp.asarray(b),
-                                                       jnp.float32, None, blk))
-  np.testing.assert_array_equal(f(None), a @ b)  # integers: exact in any order
-  np.testing.assert_array_equal(f(256), a @ b)
-  np.testing.assert_array_equal(f(7), a @ b)
-  # a contraction over two axes (heads x head_dim, like the output projection)
-  h = rng.standard_normal((2, 9, 64)).astype(np.float32)
-  w = rng.standard_normal((9, 64, 8)).astype(np.float32)
-  got = precision.blocked_einsum("bhk,hkd->bd", jnp.asarray(h), jnp.asarray(w), jnp.float32,
-                                 None, 256)
-  want = sum(np.einsum("bhk,hkd->bd", h[:, i:i + 4].astype(np.float64), w[i:i + 4])
-             for i in (0, 4, 8))
-  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
-  with pytest.raises(ValueError, match="accum_block"):
-    dataclasses.replace(precision.get_policy("float32"), accum_block=0)
 
 
 def test_numerics_path_names_the_reference_path():

@@ -242,3 +242,16 @@ def test_plain_prompts_for_gemma3(gemma_tok):
   assert prompts.prompt_text("Q 1", "plain") == "Q 1\nAnswer:"
   with pytest.raises(ValueError, match="unknown prompt format"):
     prompts.prompt_text("Q 1", "instruct")
+
+
+def test_figure5_caption_names_engines_seeds_and_windows():
+  from collapse_jax import prompts
+  runs = [{"pairs": "a", "engine": "causal"}, {"pairs": "b", "engine": "kv_cache"},
+          {"pairs": "a", "engine": "causal"}]
+  fmt = next(iter(prompts.PROMPT_FORMATS))
+  c = prompts.figure5_caption("M", fmt, "digit", runs, [0, 1], ["a", "b"], ["native"])
+  assert c.startswith(f"M (-> f32 -> policy), {prompts.PROMPT_FORMATS[fmt]}")
+  assert "engines: (a) causal, (b) kv_cache;" in c and "(b) seeds 0,1" in c
+  assert "windows" not in c and "last digit" in c
+  c = prompts.figure5_caption("M", fmt, "turn_end", runs[:1], [0], ["a"], ["native", "512"])
+  assert "seeds" not in c and c.endswith("; windows native,512") and "end of the prompt" in c

@@ -26,6 +26,7 @@ def test_run_grid_checks_seed_counts():
     sweep.run_grid([model], [cj.get_policy("float32")], {"r": [f, f]}, [2, 3], [0])
 
 
+@pytest.mark.slow
 def test_fig8_distance_decays_and_prediction_is_recorded():
   lengths = pairs.parse_lengths("log:2:512:12")
   _, recs = sweep.synthetic_collapse_grid("sinusoidal", 1 / 32, lengths, [0], ["bfloat16"],

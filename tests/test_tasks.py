@@ -89,6 +89,7 @@ TINY = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, voca
 DIGITS = list(range(10, 20))  # token ids of '0'..'9' in the tiny vocabulary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_preference_equals_brute_force(dtype):
   pol = get_policy(dtype)
@@ -150,6 +151,7 @@ def test_bridge_consequence_fails_on_answers_a_collapsed_pair_cannot_give():
   assert harness.bridge_consequence(True, 5, 6, 5, 6)["violated"]
 
 
+@pytest.mark.slow
 def test_task_pairs_on_the_exact_engine():
   pol = get_policy("float32")
   params = pol.cast_params(model.init_params(TINY, jax.random.key(4)))

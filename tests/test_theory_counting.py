@@ -12,6 +12,7 @@ def counting_models():
   return counting.b9_models(layers=2, d_model=16, heads=2, base="10")
 
 
+@pytest.mark.slow
 def test_b9_models_share_weights_and_differ_in_mask(counting_models):
   (cfg, params), (cfg_c, params_c) = counting_models[False], counting_models[True]
   assert not cfg.causal and cfg_c.causal and cfg.pe == "none" and cfg.vocab_size == 2

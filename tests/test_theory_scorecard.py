@@ -114,6 +114,7 @@ def test_b6_b7_fails_when_a_row_attends_only_to_itself(monkeypatch):
   assert row["passed"] is False and "multiplicity of 1 = 2" in row["measured"]
 
 
+@pytest.mark.slow
 def test_b8_fails_when_a_row_attends_only_to_itself(monkeypatch):
   """A self-only row keeps its own column: ((Lambda+I)/2)^L never reaches the first column."""
   from collapse_jax.theory import spectral
@@ -129,6 +130,7 @@ def _small_decoder(monkeypatch):
                       lambda n, **kw: orig(16, **{**kw, "d_model": 8}))
 
 
+@pytest.mark.slow
 def test_b5_fails_on_a_bound_of_other_weights(monkeypatch):
   """Theorem 5.1's check with its bound computed from W_O / 1000 (not the weights whose
   sensitivity is measured): the bound no longer covers the attention paths. Unbroken, the

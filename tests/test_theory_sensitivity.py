@@ -20,6 +20,7 @@ def tiny_decoder():
     yield cfg, pol, params, x
 
 
+@pytest.mark.slow
 def test_vector_decoder_inputs_are_the_same_in_every_policy():
   _, _, _, x32 = sensitivity.vector_decoder(8, d_model=8, policy="float32")
   _, pol, _, xb = sensitivity.vector_decoder(8, d_model=8, policy="bfloat16")
@@ -27,6 +28,7 @@ def test_vector_decoder_inputs_are_the_same_in_every_policy():
   np.testing.assert_array_equal(np.asarray(xb), np.asarray(x32.astype(jnp.bfloat16)))
 
 
+@pytest.mark.slow
 def test_chunked_jacobian_equals_jacrev(tiny_decoder):
   cfg, pol, params, x = tiny_decoder
   with jax.enable_x64(True):
@@ -117,6 +119,7 @@ def test_analytic_constants_in_closed_form():
           np.testing.assert_allclose(got, c, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_frozen_attention_policy_same_forward_no_attention_gradient(tiny_decoder):
   cfg, pol, params, x = tiny_decoder
   frozen = dataclasses.replace(pol, frozen_attention=True)
@@ -133,6 +136,7 @@ def test_frozen_attention_policy_same_forward_no_attention_gradient(tiny_decoder
   assert np.any(np.asarray(g_norm) != 0)  # norm statistics stay differentiable
 
 
+@pytest.mark.slow
 def test_attn_out_and_mid_residual_are_the_models_own(tiny_decoder):
   cfg, pol, params, x = tiny_decoder
   with jax.enable_x64(True):

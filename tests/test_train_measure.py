@@ -28,6 +28,7 @@ def test_evaluate_and_grad_norms_by_length():
                            .5) == 2
 
 
+@pytest.mark.slow
 def test_collapse_probe_matches_exact_length_forwards_and_the_corollary():
   """The sweep engine's distances on Cor. B.10's pairs equal the distances between exact-length
   forwards of [BOS, 1^c] and [BOS, 1^(c+1)] (float32, rtol 1e-5); the answers are the

@@ -16,6 +16,7 @@ except ImportError:
   from tests.train_helpers import CFG, L, PRECISIONS, same_bits, small_opt
 
 
+@pytest.mark.slow  # tests/test_train_loop.py's resume test round-trips a snapshot by default
 @pytest.mark.parametrize("name", PRECISIONS)
 def test_snapshot_round_trips_exactly(name, tmp_path):
   tp, opt = state_lib.train_precision(name), small_opt()

@@ -44,8 +44,8 @@ F32 = {(("float32", "float32"), "float32")}
 
 @pytest.mark.parametrize("name,fwd,bwd,master,moments", [
     ("float32", F32, F32, "float32", "float32"),
-    ("bfloat16", BF16_FWD, BF16_BWD, "float32", "float32"),
-    ("bfloat16_weights", BF16_FWD, BF16_BWD, "bfloat16", "bfloat16")])
+    pytest.param("bfloat16", BF16_FWD, BF16_BWD, "float32", "float32", marks=pytest.mark.slow),
+    pytest.param("bfloat16_weights", BF16_FWD, BF16_BWD, "bfloat16", "bfloat16", marks=pytest.mark.slow)])
 def test_presets_put_each_tensor_where_they_say(name, fwd, bwd, master, moments):
   """The forward's matmuls take the preset's operand dtype (bf16 x bf16 -> f32 in both bf16
   presets); in the backward every matmul has a stored bf16 operand and an f32 cotangent (no
@@ -133,7 +133,8 @@ def test_adamw_step_matches_a_float64_numpy_adamw():
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", PRECISIONS)
+@pytest.mark.parametrize("name", [n if n == "bfloat16_weights" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in PRECISIONS])
 def test_train_step_lowers_the_loss_on_a_fixed_batch(name):
   tp, opt = state_lib.train_precision(name), small_opt(steps=40, lr=1e-2)
   state = state_lib.init_state(CFG, tp, opt, 0)

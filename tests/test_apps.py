@@ -1,0 +1,72 @@
+"""Every app's flags parsed in process (``parse(flag_dict) -> Spec``, experiments/*.py), bad
+values included: ``cli.parse_argv`` gives an app's flags in a fresh ``FlagValues``, so no
+Python+JAX process is started per case. What the user sees for a bad flag (one line, exit 2)
+is tested once per app in tests/test_experiments.py (e2e)."""
+import re
+
+import numpy as np
+import pytest
+from absl import flags
+
+from collapse_jax import cli, jobs
+from experiments import precision_sweep
+
+
+def _sweep(tmp_path, *args):
+  fl = cli.parse_argv(precision_sweep.define_flags,
+                      ["--max_len=64", *args, f"--out={tmp_path / 'x'}"])
+  return precision_sweep.parse(fl)
+
+
+def test_precision_sweep_defaults_parse_to_the_documented_spec(tmp_path):
+  spec = _sweep(tmp_path)
+  assert [p.name for p in spec.policies] == ["bfloat16"] and spec.reference
+  assert spec.heads == [1, 4, 16] and spec.seeds == [0] and spec.cfg.num_heads == 1
+  assert spec.cfg.max_len == 65 and spec.cfg.d_model == 64 and spec.cfg.pe == "rope"
+  np.testing.assert_array_equal(spec.grid, np.arange(17, 65))  # n > the 16-token prefix
+  assert spec.family == {"token": 1, "prefix_len": 16, "prefix_ids": None}
+  assert cli.job_spec(spec.flags)["dtype"] == "bfloat16"
+  assert not set(cli.job_spec(spec.flags)) & cli.NOT_RESULTS
+  spec = _sweep(tmp_path, "--dtype=float64,float32", "--prefix_ids=3,4", "--lengths=log:3:64:5")
+  assert not spec.reference and spec.family["prefix_ids"] == [3, 4] and spec.grid[0] == 3
+  assert not (tmp_path / "x").exists()  # parsing creates nothing
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dtype=bf17"], "valid: float64, float32, bfloat16"),
+    (["--seeds=a"], "--seeds must be a comma list of integers"),
+    (["--token=999"], "--token"),
+    (["--prefix_ids=100,-3"], "--prefix_ids"),
+    (["--chunk=0"], "--chunk must be >= 1"),
+    (["--family=stream_repeat_last", "--engine=causal"], "no single shared sequence"),
+    (["--resume"], "holds no job"),
+    (["--coordinator=localhost:1"], "go together"),
+    (["--max_len=100000", "--heads=16", "--memory_budget=0.01"], "raise --memory_budget"),
+    (["--heads=3"], "does not divide d_model"),
+    (["--pe=xpos"], "rope"),
+    (["--family=ones"], "repeat"),
+    (["--pe=learned", "--lengths=1:9000"], "exceeds the learned PE table"),
+    (["--lengths=1:10"], "prefix_repeat needs n > prefix length"),
+    (["--lengths=1:10:0"], "step must be >= 1"),
+    (["--fp8_scaling", "--dtype=bfloat16"], "fp8 presets only"),
+    (["--heartbeat=-1"], "--heartbeat must be >= 0"),
+])
+def test_precision_sweep_refuses_bad_values(args, msg, tmp_path):
+  """A ValueError of ours or absl's own ``flags.Error`` (enums, integers), naming the flag;
+  nothing is created."""
+  with pytest.raises((ValueError, flags.Error), match=re.escape(msg)):
+    _sweep(tmp_path, *args)
+  assert not (tmp_path / "x").exists()
+
+
+def test_precision_sweep_resume_compares_the_stored_flags(tmp_path):
+  out = tmp_path / "x"
+  fl = cli.parse_argv(precision_sweep.define_flags, ["--max_len=64", f"--out={out}"])
+  jobs.open_out(str(out), "sweep", cli.job_spec(fl), ["c"], "precision_sweep")
+  with pytest.raises(FileExistsError, match="add --resume"):
+    precision_sweep.parse(fl)
+  fl2 = cli.parse_argv(precision_sweep.define_flags, ["--max_len=64", f"--out={out}", "--resume"])
+  assert precision_sweep.parse(fl2).grid[-1] == 64
+  fl3 = cli.parse_argv(precision_sweep.define_flags, ["--max_len=80", f"--out={out}", "--resume"])
+  with pytest.raises(ValueError, match="--max_len was 64, now 80"):
+    precision_sweep.parse(fl3)
