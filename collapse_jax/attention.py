@@ -293,7 +293,7 @@ def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_B
   C, mesh = schedule.query_chunk, schedule.query_mesh
   if C is None or C >= N:
     heads, probs = rows(q_BNKGD, q_idx_N, q_pos_BN, *keys)
-    return heads, probs.reshape(B, KV * G, N, M)
+    return heads, probs.reshape(B, KV * G, N, M) if schedule.want_probs else None
   # pad the queries to whole chunks (padded rows are computed, then dropped)
   nd = 1 if mesh is None else mesh.size
   nc = -(-N // (C * nd)) * nd  # whole chunks, a share of equal size per device
