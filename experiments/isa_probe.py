@@ -51,8 +51,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-  """A probe, parsed: ``settings``, the numerics-path names run (one process each; the
-  first name given of each, 'reference' among them)."""
+  """A probe, parsed: ``settings``, the numerics-path names run in the order given (one
+  fresh process each; 'reference' among them, the x86 levels upper-cased)."""
   settings: list
   flags: dict
 
