@@ -1,4 +1,5 @@
-"""Timing the sweep engines (``experiments/bench_sweep.py`` prints what these measure).
+"""Timing the sweep engines (``experiments/bench_sweep.py`` prints what these measure) and
+greedy decoding (:func:`generate_timings`, ``experiments/bench_generate.py``).
 
 Every time is wall-clock seconds around ``jax.block_until_ready``; "warm" times exclude
 compilation (the first call is made and timed separately). Medians of ``repeats`` calls.
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import engines, memory, metrics, model, pairs
+from collapse_jax import engines, generate, memory, metrics, model, pairs
 from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
@@ -27,6 +28,33 @@ def timed(fn) -> float:
 
 def median_time(fn, repeats: int) -> float:
   return float(np.median([timed(fn) for _ in range(repeats)]))
+
+
+def best_of(fn, repeats: int) -> tuple[float, object]:
+  """(seconds, result) of the fastest of ``repeats`` calls of ``fn`` (host results: no
+  blocking here; ``fn`` returns when its work is done)."""
+  runs = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    out = fn()
+    runs.append((time.perf_counter() - t, out))
+  return min(runs, key=lambda r: r[0])
+
+
+def generate_timings(cfg: DecoderConfig, pol: Policy, params, ids: list, new_tokens: int,
+                     repeats: int) -> dict:
+  """``generate.run`` of one prompt (``ids``, N token ids) for ``new_tokens`` greedy tokens
+  (batch 1) under ``pol`` (``params`` already cast): one call that compiles, then the best
+  of ``repeats``. Returns prefill_s, decode_tok_s, e2e_tok_s (new tokens / whole call),
+  compile_s (first call minus best), step_ms (per decode step), ids (the new tokens) and the
+  run's P and S (``generate.Generation``)."""
+  t = time.perf_counter()
+  generate.run(cfg, pol, params, [ids], new_tokens)  # compiles
+  first = time.perf_counter() - t
+  total, g = best_of(lambda: generate.run(cfg, pol, params, [ids], new_tokens), repeats)
+  return {"prefill_s": g.prefill_s, "decode_tok_s": g.steps / g.decode_s if g.steps else 0.0,
+          "e2e_tok_s": new_tokens / total, "compile_s": first - total, "ids": g.ids[0],
+          "step_ms": 1e3 * g.decode_s / max(g.steps, 1), "P": g.P, "S": g.S}
 
 
 def scaling_cell(cfg: DecoderConfig, pol: Policy, N: int, *, repeats: int,

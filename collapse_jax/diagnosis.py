@@ -10,11 +10,14 @@ every earlier stage to agree (BUILD_NOTES, "Why bf16 stops at ~1 ulp").
 """
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import metrics, model
+from collapse_jax import metrics, model, results
 from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
@@ -112,3 +115,29 @@ def octaves(ns, **series) -> list[dict]:
       out.append({"lo": 2 ** k, "hi": 2 ** (k + 1), "count": int(m.sum()),
                   **{name: float(v[m].mean()) for name, v in vals.items()}})
   return out
+
+
+def from_sweep_run(path: str, heads: int, seed: int, dtypes) -> tuple:
+  """What experiments/bf16_floor.py explains of a finished ``precision_sweep`` run of the
+  prefix_repeat family in directory ``path``: (config with ``num_heads=heads``, the family's
+  keyword arguments {token, prefix_len, prefix_ids}, the grid of n [G] int, the records of
+  ``heads`` and ``seed`` for each name in ``dtypes``, reference ones included). ValueError
+  (one line, naming --sweep_dir) for a missing results.json, another experiment or family,
+  or a missing record."""
+  try:
+    with open(os.path.join(path, "results.json")) as f:
+      run = results.from_jsonable(json.load(f))
+  except OSError as e:
+    raise ValueError(f"--sweep_dir {path!r}: no results.json ({e.strerror})") from None
+  fl = run["flags"]
+  if run.get("experiment") != "precision_sweep" or run.get("family") != "prefix_repeat":
+    raise ValueError(f"--sweep_dir {path!r} is not a prefix_repeat precision_sweep run")
+  recs = [r for r in run["runs"] + run.get("reference", [])
+          if r["heads"] == heads and r["seed"] == seed and r["dtype"] in dtypes]
+  if {r["dtype"] for r in recs} != set(dtypes):
+    raise ValueError(f"--sweep_dir {path!r} holds no record for heads={heads} seed={seed} of "
+                     f"every --dtype {sorted(dtypes)}")
+  cfg = DecoderConfig(**run["config"]).replace(num_heads=heads, num_kv_heads=None)
+  fam = dict(token=fl["token"], prefix_len=fl["prefix_len"],
+             prefix_ids=[int(i) for i in fl["prefix_ids"]] if fl["prefix_ids"] else None)
+  return cfg, fam, np.asarray(recs[0]["lengths"]), recs

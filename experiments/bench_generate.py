@@ -14,20 +14,46 @@ Needs the `hf` extra (torch, transformers) for the HF side; --nohf times ours on
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import time
 
 from absl import app, flags
 
 import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import checkpoints, cli, generate, prompts, xla_env
+from collapse_jax import bench, checkpoints, cli, prompts, xla_env
 
 F = flags.FLAGS
-cli.define(dtype="float32", model="smollm2")
-flags.DEFINE_list("prompt_lens", ["100", "2000"], "prompt lengths in tokens")
-flags.DEFINE_integer("new_tokens", 32, "greedy tokens decoded per prompt")
-flags.DEFINE_integer("repeats", 2, "timed runs per side (the best is reported)")
-flags.DEFINE_bool("hf", True, "also time HF transformers' generate (needs torch/transformers)")
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+  cli.define(fv, dtype="float32", model="smollm2")
+  flags.DEFINE_list("prompt_lens", ["100", "2000"], "prompt lengths in tokens", flag_values=fv)
+  flags.DEFINE_integer("new_tokens", 32, "greedy tokens decoded per prompt", flag_values=fv)
+  flags.DEFINE_integer("repeats", 2, "timed runs per side (the best is reported)",
+                       flag_values=fv)
+  flags.DEFINE_bool("hf", True, "also time HF transformers' generate (needs torch/"
+                    "transformers)", flag_values=fv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A benchmark, parsed: ``policies`` (our side, one row each), the prompt lengths ``lens``
+  in tokens (each >= 2; the prompt's own floor is checked once the tokenizer is loaded)."""
+  policies: list
+  lens: list
+  flags: dict
+
+
+def parse(fl: dict) -> Spec:
+  """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`; ValueError (one
+  line) on a bad value. Reads no absl global and loads no model."""
+  policies = cli.policies(fl["dtype"])
+  lens = cli.int_list(fl["prompt_lens"], "prompt_lens", minimum=2)
+  if fl["new_tokens"] < 2:
+    raise ValueError(f"--new_tokens must be >= 2, got {fl['new_tokens']}")
+  if fl["repeats"] < 1:
+    raise ValueError(f"--repeats must be >= 1, got {fl['repeats']}")
+  return Spec(policies, lens, dict(fl))
 
 
 def prompt_of_length(ckpt, n_tokens: int) -> list:
@@ -39,26 +65,6 @@ def prompt_of_length(ckpt, n_tokens: int) -> list:
   ids = checkpoints.encode(ckpt.tokenizer, text(n_tokens - base), bos=True)
   assert len(ids) == n_tokens, (len(ids), n_tokens)
   return ids
-
-
-def _best(fn, repeats):
-  runs = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    out = fn()
-    runs.append((time.perf_counter() - t, out))
-  return min(runs, key=lambda r: r[0])
-
-
-def ours(ckpt, pol, ids, new_tokens, repeats):
-  params = pol.cast_params(ckpt.params)
-  t = time.perf_counter()
-  generate.run(ckpt.config, pol, params, [ids], new_tokens)  # compiles
-  first = time.perf_counter() - t
-  total, g = _best(lambda: generate.run(ckpt.config, pol, params, [ids], new_tokens), repeats)
-  return {"prefill_s": g.prefill_s, "decode_tok_s": g.steps / g.decode_s if g.steps else 0.0,
-          "e2e_tok_s": new_tokens / total, "compile_s": first - total, "ids": g.ids[0],
-          "step_ms": 1e3 * g.decode_s / max(g.steps, 1), "P": g.P, "S": g.S}
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,8 +92,8 @@ def hf(path, ids, new_tokens, repeats):
     gen()
     # the prefill as generate runs it: logits of the last row only (generate passes
     # logits_to_keep=1; all rows' logits would add a [N, V] head to HF's prefill time)
-    t_pre, _ = _best(lambda: m(x, use_cache=True, logits_to_keep=1), repeats)
-    total, out = _best(gen, repeats)
+    t_pre, _ = bench.best_of(lambda: m(x, use_cache=True, logits_to_keep=1), repeats)
+    total, out = bench.best_of(gen, repeats)
   return {"prefill_s": t_pre, "decode_tok_s": (new_tokens - 1) / max(total - t_pre, 1e-9),
           "e2e_tok_s": new_tokens / total, "ids": out[0, len(ids):].tolist(),
           "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -96,26 +102,27 @@ def hf(path, ids, new_tokens, repeats):
 def main(argv):
   del argv
   with cli.usage_errors():
-    policies = cli.policies(F.dtype)
-    lens = cli.int_list(F.prompt_lens, "prompt_lens", minimum=2)
-    if F.new_tokens < 2:
-      raise ValueError(f"--new_tokens must be >= 2, got {F.new_tokens}")
-  ckpt = checkpoints.load_model(F.model)
-  path = (checkpoints.find_smollm2_gguf() if F.model == "smollm2"
+    spec = parse(cli.app_flags(__file__))
+  fl = spec.flags
+  new, repeats = fl["new_tokens"], fl["repeats"]
+  ckpt = checkpoints.load_model(fl["model"])
+  path = (checkpoints.find_smollm2_gguf() if fl["model"] == "smollm2"
           else checkpoints.find_gemma3_gguf())
-  print(f"{ckpt.label}; {F.new_tokens} new tokens, batch 1, greedy; "
+  print(f"{ckpt.label}; {new} new tokens, batch 1, greedy; "
         f"numerics {xla_env.numerics_path()['name']}", flush=True)
   print(f"{'N':>5} {'side':>14} {'prefill s':>9} {'decode tok/s':>12} {'e2e tok/s':>9} "
         f"{'step ms':>7} {'compile s':>9}  same tokens as HF f32", flush=True)
-  for n in lens:
-    ids = prompt_of_length(ckpt, n)
-    ref = hf(path, ids, F.new_tokens, F.repeats) if F.hf else None
+  for n in spec.lens:
+    with cli.usage_errors():
+      ids = prompt_of_length(ckpt, n)
+    ref = hf(path, ids, new, repeats) if fl["hf"] else None
     if ref:
       print(f"{n:>5} {'HF torch f32':>14} {ref['prefill_s']:9.3f} {ref['decode_tok_s']:12.1f} "
             f"{ref['e2e_tok_s']:9.1f} {1e3 / ref['decode_tok_s']:7.1f} {'-':>9}  "
             f"({ref['threads']} threads, torch {ref['torch']})", flush=True)
-    for pol in policies:
-      o = ours(ckpt, pol, ids, F.new_tokens, F.repeats)
+    for pol in spec.policies:
+      o = bench.generate_timings(ckpt.config, pol, pol.cast_params(ckpt.params), ids, new,
+                                  repeats)
       same = "-" if ref is None else str(o["ids"] == ref["ids"])
       print(f"{n:>5} {'ours ' + pol.name:>14} {o['prefill_s']:9.3f} {o['decode_tok_s']:12.1f} "
             f"{o['e2e_tok_s']:9.1f} {o['step_ms']:7.1f} {o['compile_s']:9.1f}  {same} "
@@ -128,4 +135,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags(F)
   app.run(main)

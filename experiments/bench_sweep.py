@@ -21,6 +21,7 @@ whole pass would not fit) and one forward of the same length, timed --repeats ti
 alternation; prints the query chunk, the estimated and measured peak, the median times and
 sweep/forward per N (and per timing pair).
 """
+import dataclasses
 import json
 import subprocess
 import sys
@@ -32,24 +33,53 @@ import collapse_jax as cj
 from collapse_jax import bench, cli, xla_env
 
 F = flags.FLAGS
-cli.define(dtype="bfloat16", max_len=512, heads=["4"], layers=2, d_model=64, memory_budget=2.0)
-flags.DEFINE_list("scaling", None, "N values: one scaling cell per N (memory and time)")
-flags.DEFINE_integer("scaling_cell", None, "internal: run the scaling cell of this N, print JSON")
-flags.DEFINE_integer("loop_lengths", 16, "lengths timed in the per-length loop")
-flags.DEFINE_integer("repeats", 3, "timing repeats (median)")
 
 
-def scaling(Ns):
-  print(f"scaling: dtype={F.dtype} L={F.layers} D={F.d_model} H={F.heads[0]} budget "
-        f"{F.memory_budget} GiB, one fresh process per N, {F.repeats} alternating timings "
-        "(medians)")
+def define_flags(fv: flags.FlagValues) -> None:
+  cli.define(fv, dtype="bfloat16", max_len=512, heads=["4"], layers=2, d_model=64,
+             memory_budget=2.0)
+  flags.DEFINE_list("scaling", None, "N values: one scaling cell per N (memory and time)",
+                    flag_values=fv)
+  flags.DEFINE_integer("scaling_cell", None, "internal: run the scaling cell of this N, print "
+                       "JSON", flag_values=fv)
+  flags.DEFINE_integer("loop_lengths", 16, "lengths timed in the per-length loop",
+                       flag_values=fv)
+  flags.DEFINE_integer("repeats", 3, "timing repeats (median)", flag_values=fv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A benchmark, parsed: one ``policy``; ``cfg`` (vocab 32, one head count); ``Ns``: the
+  --scaling N (None: the engine comparison at --max_len)."""
+  policy: cj.Policy
+  cfg: cj.DecoderConfig
+  Ns: list | None
+  flags: dict
+
+
+def parse(fl: dict) -> Spec:
+  """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`; ValueError (one
+  line) on a bad value. Reads no absl global."""
+  pol = cli.one(cli.policies(fl["dtype"]), "dtype")
+  cli.one(cli.int_list(fl["heads"], "heads"), "heads")
+  Ns = cli.int_list(fl["scaling"], "scaling", minimum=1) if fl["scaling"] else None
+  for name in ("max_len", "loop_lengths", "repeats"):
+    if fl[name] < 1:
+      raise ValueError(f"--{name} must be >= 1, got {fl[name]}")
+  return Spec(pol, cli.decoder_config(fl, vocab_size=32), Ns, dict(fl))
+
+
+def scaling(fl, Ns):
+  print(f"scaling: dtype={fl['dtype']} L={fl['layers']} D={fl['d_model']} H={fl['heads'][0]} "
+        f"budget {fl['memory_budget']} GiB, one fresh process per N, {fl['repeats']} "
+        "alternating timings (medians)")
   print(f"{'N':>7s} {'chunk':>6s} {'est GiB':>8s} {'peak RSS GiB':>13s} {'sweep s':>8s} "
         f"{'(first)':>8s} {'forward s':>10s} {'(first)':>8s} {'sweep/fwd':>10s} (each pair)")
   for N in Ns:
     cmd = [sys.executable, "-m", "experiments.bench_sweep", f"--scaling_cell={N}",
-           f"--dtype={F.dtype}", f"--heads={F.heads[0]}", f"--layers={F.layers}",
-           f"--d_model={F.d_model}", f"--memory_budget={F.memory_budget}",
-           f"--repeats={F.repeats}"]
+           f"--dtype={fl['dtype']}", f"--heads={fl['heads'][0]}", f"--layers={fl['layers']}",
+           f"--d_model={fl['d_model']}", f"--memory_budget={fl['memory_budget']}",
+           f"--repeats={fl['repeats']}"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
       print(f"{N:>7d} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -65,22 +95,20 @@ def scaling(Ns):
 def main(argv):
   del argv
   with cli.usage_errors():
-    pol = cli.one(cli.policies(F.dtype), "dtype")
-    heads = cli.one(cli.int_list(F.heads, "heads"), "heads")
-    Ns = cli.int_list(F.scaling, "scaling") if F.scaling else None
-  cfg = cj.DecoderConfig(num_layers=F.layers, d_model=F.d_model, num_heads=heads, vocab_size=32)
-  if F.scaling_cell:
-    print(json.dumps(bench.scaling_cell(cfg, pol, F.scaling_cell, repeats=F.repeats,
-                                        memory_budget_gib=F.memory_budget)))
+    spec = parse(cli.app_flags(__file__))
+  fl, cfg, pol = spec.flags, spec.cfg, spec.policy
+  if fl["scaling_cell"]:
+    print(json.dumps(bench.scaling_cell(cfg, pol, fl["scaling_cell"], repeats=fl["repeats"],
+                                        memory_budget_gib=fl["memory_budget"])))
     return
-  if Ns:
-    scaling(Ns)
+  if spec.Ns:
+    scaling(fl, spec.Ns)
     return
-  N = F.max_len
-  t = bench.engine_timings(cfg, pol, N, repeats=F.repeats, loop_lengths=F.loop_lengths)
+  N = fl["max_len"]
+  t = bench.engine_timings(cfg, pol, N, repeats=fl["repeats"], loop_lengths=fl["loop_lengths"])
   loop_all = t["loop_each_s"] * N
   print(f"device={jax.devices()[0].device_kind} backend={jax.default_backend()} dtype={pol.name} "
-        f"L={F.layers} D={F.d_model} H={heads} N={N}")
+        f"L={cfg.num_layers} D={cfg.d_model} H={cfg.num_heads} N={N}")
   print(f"  one forward at length N+1 (warm)           {t['forward_s']:9.4f} s")
   print(f"  sweep, causal engine, {N} lengths (warm)   {t['sweep_s']:9.4f} s   (first call incl. "
         f"compile {t['sweep_first_s']:.2f} s)")
@@ -96,4 +124,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags(F)
   app.run(main)

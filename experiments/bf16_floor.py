@@ -19,8 +19,7 @@ one. Writes results.json and bf16_floor.png.
 dot casts its operands to bf16, which rounds the probabilities anyway; it gave identical
 bits at every n and is not run.)
 """
-import json
-import os
+import dataclasses
 
 import jax
 import numpy as np
@@ -31,54 +30,68 @@ from collapse_jax import (cli, diagnosis, figures, memory, pairs, model, results
                           xla_env)
 
 F = flags.FLAGS
-cli.define(dtype="float64,bfloat16", heads=["1"], d_model=64, max_len=8192, lengths=None,
-           seeds=["0"], memory_budget=2.0, out=None)
 MIN_OCTAVE = 8  # octaves with fewer swept n (the grid's ends) are not reported
-flags.DEFINE_list("at", ["1000", "4000"], "n at which rows n-1 and n are compared stage by stage")
-flags.DEFINE_string("sweep_dir", None, "a finished precision_sweep run (prefix_repeat) to explain: "
-                    "its model, grid and records replace this experiment's own sweep")
 
 
-def _from_sweep(path, heads, seed, dtypes):
-  """(config, family kwargs, grid, records) of a finished precision_sweep run."""
-  try:
-    with open(os.path.join(path, "results.json")) as f:
-      run = results.from_jsonable(json.load(f))
-  except OSError as e:
-    raise ValueError(f"--sweep_dir {path!r}: no results.json ({e.strerror})") from None
-  fl = run["flags"]
-  if run.get("experiment") != "precision_sweep" or run.get("family") != "prefix_repeat":
-    raise ValueError(f"--sweep_dir {path!r} is not a prefix_repeat precision_sweep run")
-  recs = [r for r in run["runs"] + run.get("reference", [])
-          if r["heads"] == heads and r["seed"] == seed and r["dtype"] in dtypes]
-  if {r["dtype"] for r in recs} != set(dtypes):
-    raise ValueError(f"--sweep_dir {path!r} holds no record for heads={heads} seed={seed} of "
-                     f"every --dtype {sorted(dtypes)}")
-  cfg = cj.DecoderConfig(**run["config"]).replace(num_heads=heads, num_kv_heads=None)
-  fam = dict(token=fl["token"], prefix_len=fl["prefix_len"],
-             prefix_ids=[int(i) for i in fl["prefix_ids"]] if fl["prefix_ids"] else None)
-  return cfg, fam, np.asarray(recs[0]["lengths"]), recs
+def define_flags(fv: flags.FlagValues) -> None:
+  cli.define(fv, dtype="float64,bfloat16", heads=["1"], d_model=64, max_len=8192, lengths=None,
+             seeds=["0"], memory_budget=2.0, out=None)
+  flags.DEFINE_list("at", ["1000", "4000"], "n at which rows n-1 and n are compared stage by "
+                    "stage", flag_values=fv)
+  flags.DEFINE_string("sweep_dir", None, "a finished precision_sweep run (prefix_repeat) to "
+                      "explain: its model, grid and records replace this experiment's own sweep",
+                      flag_values=fv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A diagnosis, parsed: ``ns`` (--at), the prefix_repeat family ``fam`` long enough for
+  the grid and every n (``top``: the largest of both); ``records``: --sweep_dir's (None:
+  run the sweep); ``query_chunk`` of the float64 rounding models under --memory_budget."""
+  policies: list
+  ns: list
+  heads: int
+  seed: int
+  cfg: cj.DecoderConfig
+  fam: pairs.Family
+  grid: np.ndarray
+  records: list | None
+  query_chunk: int | None
+  top: int
+  flags: dict
+
+
+def parse(fl: dict) -> Spec:
+  """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`; ValueError (one
+  line) on a bad value, an unusable --sweep_dir or a pass that cannot fit --memory_budget.
+  Reads no absl global (a --sweep_dir's results.json only)."""
+  pols = cli.policies(fl["dtype"])
+  ns = cli.int_list(fl["at"], "at", minimum=1)
+  heads = cli.one(cli.int_list(fl["heads"], "heads"), "heads")
+  seed = cli.one(cli.int_list(fl["seeds"], "seeds"), "seeds")
+  if fl["sweep_dir"]:
+    cfg, fam_kw, grid, records = diagnosis.from_sweep_run(fl["sweep_dir"], heads, seed,
+                                                          [p.name for p in pols])
+  else:
+    cfg = cli.decoder_config(fl, num_layers=2, vocab_size=32,
+                             max_len=max(fl["max_len"], max(ns)) + 1)
+    fam_kw, records = {}, None
+    grid = cli.lengths(fl["lengths"] or f"log:17:{fl['max_len']}:300", fl["max_len"])
+  top = int(max(grid[-1], max(ns)))
+  fam = pairs.make_family("prefix_repeat", top + 1, seed=seed, vocab_size=cfg.vocab_size, **fam_kw)
+  qc = memory.plan_query_chunk(cfg, cj.get_policy("float64"), 1, top + 1,
+                               fl["memory_budget"] * memory.GiB)
+  return Spec(pols, ns, heads, seed, cfg, fam, grid, records, qc, top, dict(fl))
 
 
 def main(argv):
   del argv
   with cli.usage_errors():
-    pols = cli.policies(F.dtype)
-    ns = cli.int_list(F.at, "at")
-    heads = cli.one(cli.int_list(F.heads, "heads"), "heads")
-    seed = cli.one(cli.int_list(F.seeds, "seeds"), "seeds")
-    if F.sweep_dir:
-      cfg, fam_kw, grid, records = _from_sweep(F.sweep_dir, heads, seed, [p.name for p in pols])
-    else:
-      cfg = cj.DecoderConfig(num_layers=2, d_model=F.d_model, num_heads=heads, vocab_size=32,
-                             max_len=max(F.max_len, max(ns)) + 1)
-      fam_kw, grid, records = {}, cli.lengths(F.lengths or f"log:17:{F.max_len}:300", F.max_len), None
-    top = int(max(grid[-1], max(ns)))
-    fam = pairs.make_family("prefix_repeat", top + 1, seed=seed, vocab_size=cfg.vocab_size, **fam_kw)
-    budget = F.memory_budget * memory.GiB
-    qc = memory.plan_query_chunk(cfg, cj.get_policy("float64"), 1, top + 1, budget)
+    spec = parse(cli.app_flags(__file__))
+  fl, cfg, pols, ns, fam, grid = spec.flags, spec.cfg, spec.policies, spec.ns, spec.fam, spec.grid
+  seed, heads, records = spec.seed, spec.heads, spec.records
   xla_env.enable_x64()
-  out = cli.run_dir(F.out, "bf16_floor")
+  out = cli.run_dir(fl["out"], "bf16_floor")
   print(f"numerics: {xla_env.numerics_path()['name']}")
   params = model.init_params(cfg, jax.random.key(seed))
   stages = {}
@@ -92,10 +105,11 @@ def main(argv):
           for i, s in enumerate(r["stages"])))
   if records is None:
     records = sweep.family_grid(cfg, pols, [heads], "prefix_repeat", grid, [seed],
-                                memory_budget=budget, log=lambda *a: None)
+                                memory_budget=fl["memory_budget"] * memory.GiB,
+                                log=lambda *a: None)
   narrow = [p for p in pols if p.name not in ("float64", "float32")]
-  models = {p.name: diagnosis.equal_probability(cfg, params, fam.stream(top), grid,
-                                                p.storage_dtype, query_chunk=qc)
+  models = {p.name: diagnosis.equal_probability(cfg, params, fam.stream(spec.top), grid,
+                                                p.storage_dtype, query_chunk=spec.query_chunk)
             for p in narrow}
   for r in records:
     lin, n = np.asarray(r["linf"]), np.asarray(r["lengths"])
@@ -114,7 +128,7 @@ def main(argv):
         print(f"  [{o['lo']:>6d}, {o['hi']:>6d}) {o['count']:>6d} n: measured {o['measured']:.3f}"
               f"  [{o['attention']:.3g} .. {o['output']:.3g}]")
   results.write_json(f"{out}/results.json", results.header(
-      "bf16_floor", cli.app_flags(), config=cfg, stages=stages, sweep=records,
+      "bf16_floor", fl, config=cfg, stages=stages, sweep=records,
       rounding_models=models, octaves=octaves))
   figures.sweep.floor_figure(stages, records, f"{out}/bf16_floor.png",
                              f"prefix_repeat, {cfg.num_layers}L d={cfg.d_model} H={heads}: where "
@@ -124,4 +138,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags(F)
   app.run(main)

@@ -12,6 +12,7 @@ renamed at the end. Exit status 1 when a figure fails a check (the gallery is st
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -22,21 +23,38 @@ from collapse_jax import cli
 from collapse_jax.figures import gallery, samples
 
 F = flags.FLAGS
-cli.define(out=None)
-flags.DEFINE_list("figures", None, "draw only these figures (default: all of "
-                  + ", ".join(samples.SAMPLES) + ")")
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+  cli.define(fv, out=None)
+  flags.DEFINE_list("figures", None, "draw only these figures (default: all of "
+                    + ", ".join(samples.SAMPLES) + ")", flag_values=fv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A gallery, parsed: ``names``, the figures drawn (``samples.SAMPLES`` keys, in order)."""
+  names: list
+  flags: dict
+
+
+def parse(fl: dict) -> Spec:
+  """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`; ValueError (one
+  line) on an unknown figure. Reads no absl global."""
+  names = fl["figures"] or list(samples.SAMPLES)
+  unknown = [n for n in names if n not in samples.SAMPLES]
+  if unknown:
+    raise ValueError(f"unknown --figures {unknown}; known: {', '.join(samples.SAMPLES)}")
+  return Spec(list(names), dict(fl))
 
 
 def main(argv):
   del argv
   t0 = time.perf_counter()
   with cli.usage_errors():
-    names = F.figures or list(samples.SAMPLES)
-    unknown = [n for n in names if n not in samples.SAMPLES]
-    if unknown:
-      raise ValueError(f"unknown --figures {unknown}; known: {', '.join(samples.SAMPLES)}")
-  out = cli.run_dir(F.out, "gallery")
-  found = gallery.write_gallery(out, names)
+    spec = parse(cli.app_flags(__file__))
+  out = cli.run_dir(spec.flags["out"], "gallery")
+  found = gallery.write_gallery(out, spec.names)
   bad = {n: p for n, p in found.items() if p}
   for name, problems in bad.items():
     print(f"{name}.png fails {len(problems)} render check(s):\n  " + "\n  ".join(problems))
@@ -46,4 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags(F)
   app.run(main)

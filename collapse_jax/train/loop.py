@@ -89,3 +89,31 @@ def train(cfg: DecoderConfig, tp: TrainPrecision, opt: Optimizer, task: str, *, 
           f"ETA {jobs.clock(el / done * (opt.steps - s - 1))}")
   flush()
   return state, history
+
+
+def train_and_measure(cfg: DecoderConfig, tp: TrainPrecision, opt: Optimizer, ns,
+                      onset_policies, *, task: str, seed: int, batch_size: int, l_train: int,
+                      eval_every: int, eval_samples: int, grad_samples: int, max_count: int,
+                      memory_budget_gib: float, snapshot_path: str | None = None,
+                      log=jobs.say) -> dict:
+  """One training precision's cell (experiments/train.py): :func:`train` on ``task`` (from
+  the snapshot at ``snapshot_path`` when there is one), then ``measure.measure`` of the
+  trained params at every n of ``ns`` (int array [len(ns)]) and on Cor. B.10's pairs (counts
+  <= ``max_count``)
+  under each of ``onset_policies``; ``log``: the progress lines and ``measure.summary``'s.
+  Returns measure's record with 'train_s', 'history' (this training's, :func:`train`) and
+  'seconds' (wall time of the whole cell) added."""
+  from collapse_jax.train import measure
+  t = time.perf_counter()
+  state, history = train(cfg, tp, opt, task, seed=seed, batch_size=batch_size, l_train=l_train,
+                         eval_every=eval_every, eval_samples=eval_samples,
+                         snapshot_path=snapshot_path, log=log)
+  rec = measure.measure(cfg, tp, state.params, task, ns, l_train=l_train, seed=seed,
+                        eval_samples=eval_samples, grad_samples=grad_samples,
+                        onset_policies=onset_policies, max_count=max_count,
+                        memory_budget_gib=memory_budget_gib)
+  rec = {**rec, "train_s": history["train_s"], "history": history,
+         "seconds": round(time.perf_counter() - t, 1)}
+  for line in measure.summary(tp.name, rec, l_train):
+    log(line)
+  return rec

@@ -81,6 +81,15 @@ def train_precision(name: str) -> TrainPrecision:
   return TRAIN_PRECISIONS[name]
 
 
+def train_precisions(names, what: str = "dtype") -> dict[str, TrainPrecision]:
+  """['float32', 'bfloat16'] (a list flag's values) -> {name: TrainPrecision}, in order;
+  ValueError (one line, naming ``--what``) for none, a repeated or an unknown name."""
+  clean = [str(n).strip() for n in names if str(n).strip()]
+  if not clean or len(set(clean)) != len(clean):
+    raise ValueError(f"--{what} must name distinct training precisions, got {list(names)}")
+  return {name: train_precision(name) for name in clean}
+
+
 class TrainState(NamedTuple):
   """step int32 []; params: master weights (master dtype, model.py's layout); opt_state:
   optax state (moments in the moment dtype, counts int32)."""
