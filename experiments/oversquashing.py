@@ -3,6 +3,9 @@
   python -m experiments.oversquashing              # n = 256 tokens (seconds)
   python -m experiments.oversquashing --full       # n = 2048 tokens, 4 layers, spectral n to 4096
 
+--full picks the "full" preset of SIZES instead of "small" (--max_len, --layers,
+--spectral_n); a flag given explicitly wins over its preset.
+
 Writes <out>/results.json and <out>/oversquashing.png (``figures.theory.oversquashing_figure``):
   (a) ||d y_n / d v_i^(0)|| (spectral norm of the D x D block) for every position i of a
       random C.3 decoder with vector inputs (``theory.sensitivity.vector_decoder``), by
@@ -19,54 +22,90 @@ Writes <out>/results.json and <out>/oversquashing.png (``figures.theory.oversqua
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 from absl import app, flags
 
 import collapse_jax  # noqa: F401  (XLA guards before JAX starts)
-from collapse_jax import cli, figures, results, xla_env
+from collapse_jax import cli, config as config_lib, figures, results, xla_env
 from collapse_jax.theory import sensitivity, spectral
 
-FLAGS = flags.FLAGS
-cli.define(out=None, full=False, max_len=None, layers=None, d_model=32, heads="2", pe="rope",
-           mlp="gelu", dtype="float64", seeds="0")
-flags.DEFINE_integer("vjp_chunk", 8, "cotangents per vmapped VJP chunk (memory ~ vjp_chunk "
-                     "backward passes)")
-flags.DEFINE_list("spectral_n", None, "n for convergence curves (default 8,64,512; --full "
-                  "adds 4096)")
-flags.DEFINE_integer("spectral_max_L", 120, "largest L for the convergence curves")
-flags.DEFINE_float("tol", 1e-3, "tolerance for 'layers to converge'")
+# --full selects "full"; a flag given explicitly wins over its preset value.
+SIZES = {"small": {"max_len": 256, "layers": 2, "spectral_n": [8, 64, 512]},
+         "full": {"max_len": 2048, "layers": 4, "spectral_n": [8, 64, 512, 4096]}}
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+  cli.define(fv, out=None, full=False, max_len=None, layers=None, d_model=32, heads="2",
+             pe="rope", mlp="gelu", dtype="float64", seeds="0")
+  fv["max_len"].help += " (default 256; --full 2048)"
+  fv["layers"].help += " (default 2; --full 4)"
+  flags.DEFINE_integer("vjp_chunk", 8, "cotangents per vmapped VJP chunk (memory ~ vjp_chunk "
+                       "backward passes)", flag_values=fv)
+  flags.DEFINE_list("spectral_n", None, "n for convergence curves (default 8,64,512; --full "
+                    "adds 4096)", flag_values=fv)
+  flags.DEFINE_integer("spectral_max_L", 120, "largest L for the convergence curves",
+                       flag_values=fv)
+  flags.DEFINE_float("tol", 1e-3, "tolerance for 'layers to converge'", flag_values=fv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """An over-squashing run, parsed: ``cfg`` the vector-input decoder for ``n`` positions
+  (``sensitivity.vector_fixed``), ``dtype`` its one precision, ``spectral_n`` the n of the
+  convergence curves; ``settings``: the resolved presets as results.json records them."""
+  dtype: str
+  seed: int
+  n: int
+  cfg: config_lib.DecoderConfig
+  spectral_n: list
+  settings: dict
+  flags: dict
+
+
+def parse(fl: dict) -> Spec:
+  """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`; ValueError (one line)
+  on a bad value or a model the bound does not cover (``sensitivity.check_bound``). Builds the
+  config only (no weights, no JAX program). Reads no absl global."""
+  size = cli.sized(fl, SIZES)
+  name = cli.one([p.name for p in cli.policies(fl["dtype"])], "dtype")
+  seed = cli.one(cli.int_list(fl["seeds"], "seeds"), "seeds")
+  heads = cli.one(cli.int_list(fl["heads"], "heads"), "heads")
+  spec_ns = cli.int_list(size["spectral_n"], "spectral_n", minimum=1)
+  n, L = size["max_len"], size["layers"]
+  if n < 1:
+    raise ValueError(f"--max_len must be >= 1, got {n}")
+  for flag, least in (("vjp_chunk", 1), ("spectral_max_L", 0)):
+    if fl[flag] < least:
+      raise ValueError(f"--{flag} must be >= {least}, got {fl[flag]}")
+  cfg = cli.decoder_config(fl, num_layers=L, num_heads=heads, **sensitivity.vector_fixed(n))
+  sensitivity.check_bound(cfg)
+  settings = {"max_len": n, "layers": L, "seeds": [seed], "spectral_n": spec_ns}
+  return Spec(name, seed, n, cfg, spec_ns, settings, dict(fl))
 
 
 def main(argv):
   del argv
-  xla_env.enable_x64()
   with cli.usage_errors():
-    name = cli.one([p.name for p in cli.policies(FLAGS.dtype)], "dtype")
-    seed = cli.one(cli.int_list(FLAGS.seeds, "seeds"), "seeds")
-    heads = cli.one(cli.int_list(FLAGS.heads, "heads"), "heads")
-    spec_ns = cli.int_list(FLAGS.spectral_n or ([8, 64, 512, 4096] if FLAGS.full
-                                                 else [8, 64, 512]), "spectral_n")
-    n = FLAGS.max_len or (2048 if FLAGS.full else 256)
-    L = FLAGS.layers or (4 if FLAGS.full else 2)
-    cfg, pol, params, x = sensitivity.vector_decoder(
-        n, layers=L, d_model=FLAGS.d_model, heads=heads, pe=FLAGS.pe, mlp=FLAGS.mlp,
-        policy=name, seed=seed)
-  out = cli.run_dir(FLAGS.out, "oversquashing")
+    spec = parse(cli.app_flags(__file__))
+  fl, n = spec.flags, spec.n
+  xla_env.enable_x64()
+  out = cli.run_dir(fl["out"], "oversquashing")
+  cfg, pol, params, x = sensitivity.init_vector_decoder(spec.cfg, spec.dtype, n, seed=spec.seed)
 
   t0 = time.time()
-  sens = sensitivity.sensitivity_vs_bound(cfg, pol, params, x, chunk=FLAGS.vjp_chunk)
+  sens = sensitivity.sensitivity_vs_bound(cfg, pol, params, x, chunk=fl["vjp_chunk"])
   seconds = time.time() - t0
-  Ls = range(0, FLAGS.spectral_max_L + 1)
-  curves = spectral.convergence_curves(spec_ns, Ls, seed=seed, tol=FLAGS.tol, extra={
-      f"model_layer0_n{n}": sens["bound"]["Lambda"][0]})
-  depths = spectral.convergence_depths(max(spec_ns), seed=seed, tol=FLAGS.tol)
+  Ls = range(0, fl["spectral_max_L"] + 1)
+  curves = spectral.convergence_curves(spec.spectral_n, Ls, seed=spec.seed, tol=fl["tol"],
+                                       extra={f"model_layer0_n{n}": sens["bound"]["Lambda"][0]})
+  depths = spectral.convergence_depths(max(spec.spectral_n), seed=spec.seed, tol=fl["tol"])
 
   results.write_json(os.path.join(out, "results.json"), {**results.header(
-      "oversquashing", cli.app_flags(), config=cfg, policies=[pol],
-      paper="Theorem 5.1/B.5, Lemma B.6/B.7, Prop. 5.2/B.8",
-      settings={"max_len": n, "layers": L, "seeds": [seed], "spectral_n": spec_ns}),
+      "oversquashing", fl, config=cfg, policies=[pol],
+      paper="Theorem 5.1/B.5, Lemma B.6/B.7, Prop. 5.2/B.8", settings=spec.settings),
       "sensitivity_and_bound_seconds": seconds,
       "ushape": sens["ushape"], "bound_check": sens["bound_check"],
       "sensitivity": {"full_spectral": sens["full"]["spectral"],
@@ -78,8 +117,8 @@ def main(argv):
                       "factorised_bound_tight": sens["factorised"]["bound_tight"]},
       "spectral": curves, "layers_to_converge": depths})
   figures.theory.oversquashing_figure(
-      sens, curves, depths, os.path.join(out, "oversquashing.png"), tol=FLAGS.tol,
-      title=f"Thm 5.1: n={n}, L={L}, D={cfg.d_model}, {cfg.pe}, {pol.name}")
+      sens, curves, depths, os.path.join(out, "oversquashing.png"), tol=fl["tol"],
+      title=f"Thm 5.1: n={n}, L={cfg.num_layers}, D={cfg.d_model}, {cfg.pe}, {pol.name}")
   print(f"wrote {out}/results.json and oversquashing.png")
   print("  bound:", {k: v for k, v in sens["bound_check"].items() if not hasattr(v, "__len__")})
   print("  u-shape:", sens["ushape"])
@@ -88,4 +127,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags(flags.FLAGS)
   app.run(main)

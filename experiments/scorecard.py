@@ -6,10 +6,12 @@
 
 Prints a table (claim, paper reference, our measured number, PASS/FAIL/info) and writes
 <out>/scorecard.md and <out>/scorecard.json. The checks, their settings and their pass
-criteria live in ``collapse_jax.theory.scorecard`` (add a check there with ``register``).
+criteria live in ``collapse_jax.theory.scorecard`` (add a check there with ``register``);
+--full is passed to each check, which holds its own small and full settings.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import app, flags
@@ -18,27 +20,44 @@ import collapse_jax  # noqa: F401  (XLA guards before JAX starts)
 from collapse_jax import cli, results, xla_env
 from collapse_jax.theory import scorecard
 
-FLAGS = flags.FLAGS
-cli.define(out=None, full=False)
-flags.DEFINE_list("only", None, "run only these check names ("
-                  + ", ".join(c.name for c in scorecard.CHECKS) + ")")
+
+def define_flags(fv: flags.FlagValues) -> None:
+  cli.define(fv, out=None, full=False)
+  flags.DEFINE_list("only", None, "run only these check names ("
+                    + ", ".join(c.name for c in scorecard.CHECKS) + ")", flag_values=fv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A scorecard run, parsed: ``names`` the checks to run (None: every registered check),
+  ``full`` each check's paper-scale settings (``scorecard.run``)."""
+  names: set | None
+  full: bool
+  flags: dict
+
+
+def parse(fl: dict) -> Spec:
+  """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`; an unknown check
+  name is a one-line ValueError. Reads no absl global."""
+  return Spec(scorecard.check_names(fl["only"]), fl["full"], dict(fl))
 
 
 def main(argv):
   del argv
-  xla_env.enable_x64()
   with cli.usage_errors():
-    names = scorecard.check_names(FLAGS.only)
-  out = cli.run_dir(FLAGS.out, "scorecard")
-  rows = scorecard.run(names, FLAGS.full)
+    spec = parse(cli.app_flags(__file__))
+  xla_env.enable_x64()
+  out = cli.run_dir(spec.flags["out"], "scorecard")
+  rows = scorecard.run(spec.names, spec.full)
   md = scorecard.to_markdown(rows)
   with open(os.path.join(out, "scorecard.md"), "w") as f:
-    f.write(f"# Scorecard ({'full' if FLAGS.full else 'fast'} settings)\n\n" + md)
+    f.write(f"# Scorecard ({'full' if spec.full else 'fast'} settings)\n\n" + md)
   results.write_json(os.path.join(out, "scorecard.json"), results.header(
-      "scorecard", cli.app_flags(), rows=rows, **scorecard.tally(rows)))
+      "scorecard", spec.flags, rows=rows, **scorecard.tally(rows)))
   print(md)
   print(f"wrote {out}/scorecard.md and scorecard.json")
 
 
 if __name__ == "__main__":
+  define_flags(flags.FLAGS)
   app.run(main)

@@ -24,7 +24,11 @@ the decoder). Shapes are in the names (``x_ND``, ``scores_RN``, ``J_DND``).
 
 The experiments (``experiments.softmax_lemmas``, ``oversquashing``, ``counting``,
 ``scorecard``) and the scorecard's checks build their settings with the same setup
-functions (``sensitivity.vector_decoder``, ``counting.b9_models``, ``counting.b10_model``).
+functions (``sensitivity.vector_decoder``, ``counting.b9_models``, ``counting.b10_model``);
+an experiment's ``parse`` builds the same configs from its flags (``cli.decoder_config`` with
+``sensitivity.vector_fixed``, ``counting.b9_fixed``, ``counting.b10_fixed``, and
+``sensitivity.check_bound``) and its ``main`` draws the weights (``init_vector_decoder``,
+``b9_models_for``, ``counting.init_params``).
 """
 from collapse_jax.theory import counting, scorecard, sensitivity, softmax, spectral
 

@@ -6,7 +6,8 @@
   * Cor. B.10 -- ``counting_collapse``: one causal pass over [BOS, a, a, ..., a] finds counts
     c and c+1 whose final representations are bitwise equal in a precision.
 
-``b9_models`` / ``b10_model`` are the settings experiments.counting and the scorecard share.
+``b9_models`` / ``b10_model`` are the settings experiments.counting and the scorecard share
+(the app builds the same configs from its flags with ``b9_fixed`` / ``b10_fixed``).
 """
 from __future__ import annotations
 
@@ -24,14 +25,38 @@ from collapse_jax.precision import Policy, get_policy
 
 
 # -- Proposition B.9 ---------------------------------------------------------------------
+def base_vocab(base: str) -> int:
+  """The vocabulary of a Prop. B.9 base sequence of digit tokens: its largest digit + 1. A
+  base that is not a non-empty string of the digits 0-9 is a one-line ValueError."""
+  if not base or any(ch not in "0123456789" for ch in base):
+    raise ValueError(f"--base must be a non-empty string of the digits 0-9, got {base!r}")
+  return max(int(ch) for ch in base) + 1
+
+
+def b9_fixed(base: str) -> dict:
+  """The DecoderConfig fields Prop. B.9 fixes: the digits of ``base`` as vocabulary, no PE,
+  no causal mask (the causal model of ``b9_models_for`` is the same config made causal)."""
+  return dict(vocab_size=base_vocab(base), pe="none", causal=False)
+
+
+def init_params(cfg: DecoderConfig, seed: int = 0) -> dict:
+  """float32 weights of ``cfg`` from ``PRNGKey(seed)``: the B.9 and B.10 models' weights."""
+  return model.init_params(cfg, jax.random.PRNGKey(seed))
+
+
 def b9_models(*, layers: int = 2, d_model: int = 32, heads: int = 2, base: str = "10",
               seed: int = 0) -> dict:
   """Token models for Prop. B.9 (pe='none', vocabulary = the digits of ``base``), one set of
   float32 weights for both masks (the mask has no parameters):
   {False: (bidirectional cfg, params), True: (causal cfg, params)}."""
-  cfg = DecoderConfig(num_layers=layers, d_model=d_model, num_heads=heads,
-                      vocab_size=max(int(ch) for ch in base) + 1, pe="none", causal=False)
-  params = model.init_params(cfg, jax.random.PRNGKey(seed))
+  return b9_models_for(DecoderConfig(num_layers=layers, d_model=d_model, num_heads=heads,
+                                     **b9_fixed(base)), seed)
+
+
+def b9_models_for(cfg: DecoderConfig, seed: int = 0) -> dict:
+  """``b9_models`` for a bidirectional config already built (``b9_fixed`` fields; the app
+  builds it from its flags): {False: (cfg, params), True: (causal cfg, params)}."""
+  params = init_params(cfg, seed)
   return {False: (cfg, params), True: (cfg.replace(causal=True), params)}
 
 
@@ -132,13 +157,18 @@ def b9_summary(b9: dict) -> dict:
 
 
 # -- Corollary B.10 ----------------------------------------------------------------------
+def b10_fixed(N: int) -> dict:
+  """The DecoderConfig fields Cor. B.10 fixes for sequences up to ``N``: the vocabulary
+  {BOS=0, a=1, 2}, a causal mask and max_len >= N."""
+  return dict(vocab_size=3, causal=True, max_len=max(4096, N))
+
+
 def b10_model(N: int, *, layers: int = 1, d_model: int = 16, heads: int = 1,
               pe: str = "rope", seed: int = 0):
-  """The causal token model of Cor. B.10 (vocabulary {BOS=0, a=1, 2}) sized for sequences up
-  to ``N``: (cfg, float32 params)."""
-  cfg = DecoderConfig(num_layers=layers, d_model=d_model, num_heads=heads, vocab_size=3, pe=pe,
-                      causal=True, max_len=max(4096, N))
-  return cfg, model.init_params(cfg, jax.random.PRNGKey(seed))
+  """The causal token model of Cor. B.10 (``b10_fixed``) sized for sequences up to ``N``:
+  (cfg, float32 params)."""
+  cfg = DecoderConfig(num_layers=layers, d_model=d_model, num_heads=heads, pe=pe, **b10_fixed(N))
+  return cfg, init_params(cfg, seed)
 
 
 @functools.lru_cache(maxsize=None)

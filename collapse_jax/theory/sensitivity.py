@@ -31,6 +31,12 @@ from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy, get_policy
 
 
+def vector_fixed(n: int) -> dict:
+  """The DecoderConfig fields Theorem 5.1's setting fixes for ``n`` positions: vector inputs
+  (vocab_size=0), a causal mask, max_len >= n."""
+  return dict(vocab_size=0, causal=True, max_len=max(4096, n))
+
+
 def vector_decoder(n: int, *, layers: int = 2, d_model: int = 32, heads: int = 2,
                    pe: str = "rope", mlp: str = "gelu", policy: Policy | str = "float64",
                    seed: int = 0):
@@ -38,13 +44,31 @@ def vector_decoder(n: int, *, layers: int = 2, d_model: int = 32, heads: int = 2
   C.3 decoder (N(0, 1/d) weights) on vector inputs. Returns (cfg, policy, params cast by the
   policy, x_ND [n, d_model] in the storage dtype). x ~ N(0, 1) is drawn in float32, so every
   policy sees the same inputs up to its own rounding."""
-  cfg = DecoderConfig(num_layers=layers, d_model=d_model, num_heads=heads, vocab_size=0, pe=pe,
-                      mlp=mlp, causal=True, max_len=max(4096, n))
+  cfg = DecoderConfig(num_layers=layers, d_model=d_model, num_heads=heads, pe=pe, mlp=mlp,
+                      **vector_fixed(n))
+  return init_vector_decoder(cfg, policy, n, seed=seed)
+
+
+def init_vector_decoder(cfg: DecoderConfig, policy: Policy | str, n: int, *, seed: int = 0):
+  """``vector_decoder`` for a config already built (``vector_fixed`` fields; the app builds it
+  from its flags): (cfg, policy, params cast by the policy, x_ND [n, d_model])."""
   pol = get_policy(policy)
   kp, kx = jax.random.split(jax.random.PRNGKey(seed))
   params = pol.cast_params(model.init_params(cfg, kp))
-  x_ND = jax.random.normal(kx, (n, d_model), jnp.float32).astype(pol.storage_dtype)
+  x_ND = jax.random.normal(kx, (n, cfg.d_model), jnp.float32).astype(pol.storage_dtype)
   return cfg, pol, params, x_ND
+
+
+def check_bound(cfg: DecoderConfig, constants: str = "analytic") -> None:
+  """The models ``oversquashing_bound`` covers (ValueError, one line, otherwise): global
+  attention without post-norms or q/k norms, and for the 'analytic' constants a Lipschitz
+  MLP ('gelu'). Needs no weights: the app checks its flags with it before running."""
+  if constants not in ("analytic", "measured"):
+    raise ValueError(f"constants must be 'analytic' or 'measured', got {constants!r}")
+  if cfg.windowed or cfg.post_norms or cfg.qk_norm:
+    raise ValueError("bound implemented for global attention without post-norms or q/k norms")
+  if constants == "analytic" and cfg.use_mlp and cfg.mlp != "gelu":
+    raise ValueError(f"the analytic bound needs a Lipschitz MLP ('gelu'), not {cfg.mlp!r}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -196,12 +220,7 @@ def oversquashing_bound(cfg: DecoderConfig, policy: Policy, params, x_ND, *,
 
   Returns numpy float64: 'bound' [N], 'bound_tight' [N], 'C', 'inv_beta1' [L],
   'sigma_over_beta2' [L], 'inv_beta3', 'Lambda' [L, N, N], 'path_sum' [N], 'constants'."""
-  if constants not in ("analytic", "measured"):
-    raise ValueError(f"constants must be 'analytic' or 'measured', got {constants!r}")
-  if cfg.windowed or cfg.post_norms or cfg.qk_norm:
-    raise ValueError("bound implemented for global attention without post-norms or q/k norms")
-  if constants == "analytic" and cfg.use_mlp and cfg.mlp != "gelu":
-    raise ValueError(f"the analytic bound needs a Lipschitz MLP ('gelu'), not {cfg.mlp!r}")
+  check_bound(cfg, constants)
   out = _capture_fn(cfg, policy)(params, jnp.asarray(x_ND)[None])
   alpha = np.asarray(out["attn_weights"])[:, 0].astype(np.float64)  # [L, H, N, N]
   residual_LND = np.asarray(out["residual"])[:, 0]  # [L+1, N, D] stored dtype
