@@ -229,8 +229,8 @@ def figure5_runs(params, groups, cfgs, policies, grid, *, position: str = "digit
   pair sets (``sweep.setting_groups``: ({setting: [PairSet per seed]}, seeds)) under each
   window config of ``cfgs`` (mode -> DecoderConfig; several modes add a 'window' label) and
   each policy, on the n of ``grid`` (shape [N]), with a progress line per cell. Returns
-  (runs, checks): ``runs`` one ``records.compact`` record per (group cell), labelled with
-  the first window mode and ``position``; with ``cross_check`` the default engine also runs
+  (runs, checks): ``runs`` one ``records.compact`` record per cell of each group,
+  labelled with its window mode ('window') and ``position``; with ``cross_check`` the default engine also runs
   each group, and ``checks`` holds one ``records.cross_check`` row per run."""
   windows = list(cfgs)
   grids = [([sweep.Model(cfg, [params] * len(seeds), {} if windows == ["native"] else
