@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from collapse_jax import engines, generate, tasks
+from collapse_jax import engines, generate, jobs, records, sweep, tasks
 
 DIRECT_TOKENS, COT_TOKENS = 24, 192  # default max_new_tokens per mode
 
@@ -219,3 +219,52 @@ def cell_count(policies, task_names, modes) -> int:
   """How many cells :func:`evaluate` runs (for a progress line before it starts)."""
   return len(policies) * (len(_cells(task_names, modes))
                           + sum(t in task_names for t in tasks.BRIDGE_TASKS))
+
+
+def figure5_runs(params, groups, cfgs, policies, grid, *, position: str = "digit",
+                 engine: str | None = None, chunk: int = 32, memory_budget: float | None = None,
+                 cross_check: bool = False, log: Callable[[str], None] = print
+                 ) -> tuple[list[dict], list[dict]]:
+  """Figure 5 on one set of weights (experiments/real_model_collapse.py): every group of
+  pair sets (``sweep.setting_groups``: ({setting: [PairSet per seed]}, seeds)) under each
+  window config of ``cfgs`` (mode -> DecoderConfig; several modes add a 'window' label) and
+  each policy, on the n of ``grid`` (shape [N]), with a progress line per cell. Returns
+  (runs, checks): ``runs`` one ``records.compact`` record per cell of each group,
+  labelled with its window mode ('window') and ``position``; with ``cross_check`` the default engine also runs
+  each group, and ``checks`` holds one ``records.cross_check`` row per run."""
+  windows = list(cfgs)
+  grids = [([sweep.Model(cfg, [params] * len(seeds), {} if windows == ["native"] else
+                         {"window": w}) for w, cfg in cfgs.items()], sets, seeds)
+           for sets, seeds in groups]
+  progress = jobs.Progress(sum(len(sweep.grid_cells(m, policies, sets, s))
+                               for m, sets, s in grids))
+  runs, checks = [], []
+  for models, sets, seeds in grids:
+    recs = sweep.run_grid(models, policies, sets, grid, seeds, engine=engine, chunk=chunk,
+                          memory_budget=memory_budget, log=log,
+                          on_cell=lambda cell, rec: progress.end(cell.id, rec["seconds"]))
+    runs += [records.compact({"window": windows[0], **r, "position": position}) for r in recs]
+    if cross_check:
+      one = [records.compact({"window": windows[0], **r}) for r in sweep.run_grid(
+          models, policies, sets, grid, seeds, chunk=chunk, memory_budget=memory_budget, log=log)]
+      for e, o in zip(runs[-len(one):], one):
+        checks.append({"pairs": e["pairs"], "dtype": e["dtype"], "seed": e["seed"],
+                       "window": e["window"], **records.cross_check(e, o)})
+  return runs, checks
+
+
+def figure5_extras(ckpt, cfgs, settings, grid, runs, caption: str) -> dict:
+  """The keys of real_model_collapse's results.json after the header's, up to the total
+  time, in order: the model (label, name, prompt format), each window mode's windows
+  (``cfgs``: mode -> DecoderConfig), the caption, the n (``grid``, shape [N]), each
+  setting's description and token counts (``settings``: key -> PairSet), the engine per
+  setting and the seconds per run (``runs``: :func:`figure5_runs`' records)."""
+  return dict(
+      model=ckpt.label, model_name=ckpt.name, prompt_format=ckpt.prompt_format,
+      window_configs={w: {"layer_windows": c.layer_windows, "sliding_window": c.sliding_window}
+                      for w, c in cfgs.items()},
+      caption=caption, lengths=grid, settings={k: s.describe() for k, s in settings.items()},
+      token_counts={k: s.token_counts(grid) for k, s in settings.items()},
+      engines={r["pairs"]: r["engine"] for r in runs},
+      timings_s={f"{r['window']}/{r['pairs']}/{r['dtype']}/{r['seed']}": r["seconds"]
+                 for r in runs})

@@ -14,7 +14,6 @@ n in the grid, in THE decoder with the GGUF weights:
       # every layer global, every layer a 512 window
   python -m experiments.real_model_collapse --engine=exact --lengths=1,10,100 --settings=a
       # exact-length forwards, cross-checked against the one-pass engine on the same n
-
   python -m experiments.real_model_collapse --settings=d,d_left --lengths=1:300:7
       # commas from the right (exact forwards) vs from the left (one causal pass)
 
@@ -29,102 +28,108 @@ per-head distance and y) and real_model_collapse_layers.png (every layer), for t
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 
 from absl import app, flags, logging
 
-import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
-from collapse_jax import cli, figures, jobs, prompts, records, results, sweep, xla_env
+# importing collapse_jax applies the XLA guards before jax starts
+from collapse_jax import (cli, engines, figures, harness, jobs, prompts, records, results, sweep,
+                          xla_env)
 
 F = flags.FLAGS
-# fp8 is opt-in (--dtype=all or naming it): XLA:CPU compiles the 30-layer fp8 programs in
-# minutes each (codegen time grows faster than linearly with depth; BUILD_NOTES.md).
-cli.define(dtype="float32,bfloat16,float16", max_len=1000, lengths=None, seeds=["0"],
-           engine=None, chunk=32, fp8_scaling=False, out=None, plot=True, model="smollm2",
-           windows=["native"], memory_budget=None)
-flags.DEFINE_list("settings", list(prompts.SETTINGS), "Figure 5 settings among "
-                  f"{','.join(prompts.SETTINGS)}, or the variants {','.join(prompts.VARIANTS)}")
-flags.DEFINE_enum("position", "digit", prompts.POSITIONS, "compared token: the last digit "
-                  "(default) or the end of the chat turn (exact engine only)")
-flags.DEFINE_bool("cross_check", True, "with --engine=exact and --position=digit, also run the "
-                  "default engine on the same n and record the comparison")
 
 
-def _setup():
-  policies = cli.policies(F.dtype, fp8_scaling=F.fp8_scaling)
-  seeds = cli.int_list(F.seeds, "seeds")
-  keys = [k.strip() for k in F.settings]
-  valid = prompts.SETTINGS + prompts.VARIANTS
-  bad = [k for k in keys if k not in valid]
-  if bad:
+def define_flags(fv: flags.FlagValues) -> None:
+  cli.define(fv, dtype="float32,bfloat16,float16",  # fp8 opt-in: XLA:CPU compiles it in minutes
+             max_len=1000, lengths=None, seeds=["0"], engine=None, chunk=32, fp8_scaling=False,
+             out=None, plot=True, model="smollm2", windows=["native"], memory_budget=None)
+  flags.DEFINE_list("settings", list(prompts.SETTINGS), "Figure 5 settings among "
+                    f"{','.join(prompts.SETTINGS)}, or the variants {','.join(prompts.VARIANTS)}",
+                    flag_values=fv)
+  flags.DEFINE_enum("position", "digit", prompts.POSITIONS, "compared token: the last digit "
+                    "(default) or the end of the chat turn (exact engine only)", flag_values=fv)
+  flags.DEFINE_bool("cross_check", True, "with --engine=exact and --position=digit, also run "
+                    "the default engine on the same n and record the comparison", flag_values=fv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A run, parsed: ``settings``: prompt setting keys; ``grid``: the n, shape [N];
+  ``budget``: bytes or None; ``cross_check``: also run the default engine (exact, digit)."""
+  policies: list
+  seeds: list
+  settings: list
+  grid: object
+  windows: list
+  budget: float | None
+  cross_check: bool
+  flags: dict
+
+
+def parse(fl: dict) -> Spec:
+  """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`; ValueError (one
+  line) on a bad value or an --out that holds files. Loads no model, reads no absl global."""
+  policies = cli.policies(fl["dtype"], fp8_scaling=fl["fp8_scaling"])
+  seeds = cli.int_list(fl["seeds"], "seeds")
+  keys, valid = [k.strip() for k in fl["settings"]], prompts.SETTINGS + prompts.VARIANTS
+  if bad := [k for k in keys if k not in valid]:
     raise ValueError(f"unknown settings {bad}; valid: {', '.join(valid)}")
-  if F.position == "turn_end" and F.engine not in (None, "auto", "exact"):
+  if fl["engine"] not in (None, "auto", *engines.ENGINES):
+    raise ValueError(f"unknown engine {fl['engine']!r}; valid: auto, {', '.join(engines.ENGINES)}")
+  if fl["position"] == "turn_end" and fl["engine"] not in (None, "auto", "exact"):
     raise ValueError("--position=turn_end needs the exact engine (A_n and B_n then differ "
                      "before the compared token, so no one-pass formulation applies)")
-  if F.chunk < 1:
-    raise ValueError(f"--chunk must be >= 1, got {F.chunk}")
-  if F.memory_budget is not None and F.memory_budget <= 0:
-    raise ValueError(f"--memory_budget must be > 0 GiB, got {F.memory_budget}")
-  return policies, seeds, keys, cli.lengths(F.lengths, F.max_len), cli.window_modes(F.windows)
+  if fl["chunk"] < 1:
+    raise ValueError(f"--chunk must be >= 1, got {fl['chunk']}")
+  budget = fl["memory_budget"]
+  if budget is not None and budget <= 0:
+    raise ValueError(f"--memory_budget must be > 0 GiB, got {budget}")
+  grid, windows = cli.lengths(fl["lengths"], fl["max_len"]), cli.window_modes(fl["windows"])
+  jobs.check_out(fl["out"], {}, False, 1)
+  cross = fl["engine"] == "exact" and fl["cross_check"] and fl["position"] == "digit"
+  return Spec(policies, seeds, keys, grid, windows, None if budget is None else budget * 2 ** 30,
+              cross, dict(fl))
 
 
 def main(argv):
   del argv
   from collapse_jax import checkpoints
   with cli.usage_errors():
-    policies, seeds, keys, grid, windows = _setup()
+    spec = parse(cli.app_flags(__file__))
+  fl, policies, seeds, keys, grid, windows = (spec.flags, spec.policies, spec.seeds,
+                                              spec.settings, spec.grid, spec.windows)
   if any(p.needs_x64 for p in policies):
     xla_env.enable_x64()
   t_start = time.perf_counter()
   try:
-    ckpt = checkpoints.load_model(F.model)
+    ckpt = checkpoints.load_model(fl["model"])
   except (OSError, ImportError, checkpoints.CheckpointError) as e:  # one line, no traceback
     sys.exit(f"error: {' '.join(str(e).split())}")
   logging.info("loaded %s in %.1fs", ckpt.label, time.perf_counter() - t_start)
   with cli.usage_errors():
-    groups = sweep.setting_groups(keys, ckpt, grid, seeds, F.position, F.engine)
+    groups = sweep.setting_groups(keys, ckpt, grid, seeds, fl["position"], fl["engine"])
     cfgs = {w: ckpt.config.with_windows(w) for w in windows}
-  out = cli.run_dir(F.out, "real")
+  out = cli.run_dir(fl["out"], "real")
   logging.info("real-model collapse of %s -> %s (settings %s, %d n in [%d, %d], dtypes %s, "
                "windows %s)", ckpt.label, out, ",".join(keys), grid.size, grid[0], grid[-1],
                ",".join(p.name for p in policies), ",".join(windows))
-  budget = None if F.memory_budget is None else F.memory_budget * 2 ** 30
-  runs, checks = [], []
-  grids = [([sweep.Model(cfg, [ckpt.params] * len(group_seeds),
-                         {} if windows == ["native"] else {"window": w})
-             for w, cfg in cfgs.items()], sets, group_seeds) for sets, group_seeds in groups]
-  progress = jobs.Progress(sum(len(sweep.grid_cells(m, policies, sets, s)) for m, sets, s in grids))
-  for models, sets, group_seeds in grids:
-    recs = sweep.run_grid(models, policies, sets, grid, group_seeds, engine=F.engine,
-                          chunk=F.chunk, memory_budget=budget, log=logging.info,
-                          on_cell=lambda cell, rec: progress.end(cell.id, rec["seconds"]))
-    runs += [records.compact({"window": windows[0], **r, "position": F.position}) for r in recs]
-    if F.engine == "exact" and F.cross_check and F.position == "digit":
-      one = [records.compact({"window": windows[0], **r}) for r in sweep.run_grid(
-          models, policies, sets, grid, group_seeds, chunk=F.chunk, memory_budget=budget,
-          log=logging.info)]
-      for e, o in zip(runs[-len(one):], one):
-        checks.append({"pairs": e["pairs"], "dtype": e["dtype"], "seed": e["seed"],
-                       "window": e["window"], **records.cross_check(e, o)})
+  runs, checks = harness.figure5_runs(
+      ckpt.params, groups, cfgs, policies, grid, position=fl["position"], engine=fl["engine"],
+      chunk=fl["chunk"], memory_budget=spec.budget, cross_check=spec.cross_check,
+      log=logging.info)
   settings = {k: v[0] for sets, _ in groups for k, v in sets.items()}
-  caption = prompts.figure5_caption(ckpt.label, ckpt.prompt_format, F.position, runs, seeds,
+  caption = prompts.figure5_caption(ckpt.label, ckpt.prompt_format, fl["position"], runs, seeds,
                                     keys, windows)
   total = time.perf_counter() - t_start
   results.write_json(os.path.join(out, "results.json"), results.header(
-      "real_model_collapse", cli.app_flags(), config=ckpt.config, policies=policies,
-      model=ckpt.label, model_name=ckpt.name, prompt_format=ckpt.prompt_format,
-      window_configs={w: {"layer_windows": c.layer_windows, "sliding_window": c.sliding_window}
-                      for w, c in cfgs.items()},
-      caption=caption, lengths=grid, settings={k: s.describe() for k, s in settings.items()},
-      token_counts={k: s.token_counts(grid) for k, s in settings.items()},
-      engines={r["pairs"]: r["engine"] for r in runs},
-      timings_s={f"{r['window']}/{r['pairs']}/{r['dtype']}/{r['seed']}": r["seconds"]
-                 for r in runs},
+      "real_model_collapse", fl, config=ckpt.config, policies=policies,
+      **harness.figure5_extras(ckpt, cfgs, settings, grid, runs, caption),
       total_s=round(total, 1), runs=runs, cross_check=checks), compact=True)
   files = ["results.json"]
-  if F.plot:
+  if fl["plot"]:
     first = [r for r in runs if r["window"] == windows[0]]
     figures.real.figure5(first, settings, os.path.join(out, "real_model_collapse.png"), caption)
     figures.real.layers_figure(first, settings, os.path.join(out, "real_model_collapse_layers.png"),
@@ -135,11 +140,11 @@ def main(argv):
       figures.real.windows_figure(runs, settings, windows, sizes,
                                   os.path.join(out, "real_model_collapse_windows.png"), caption)
       files.append("real_model_collapse_windows.png")
-  for line in [records.compact_line(r) for r in runs] + [records.cross_check_line(c)
-                                                          for c in checks]:
-    print(line)
+  print("\n".join([records.compact_line(r) for r in runs]
+                  + [records.cross_check_line(c) for c in checks]))
   print(f"total {total:.1f}s; wrote {out}/" + ", ".join(files))
 
 
 if __name__ == "__main__":
+  define_flags(F)
   app.run(main)

@@ -22,79 +22,101 @@ tasks_counts.png (count tasks) and tasks_bridge.png.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 
 from absl import app, flags, logging
 
-import collapse_jax  # noqa: F401  (applies the XLA guards before jax starts)
+# importing collapse_jax applies the XLA guards before jax starts
 from collapse_jax import cli, figures, harness, jobs, results, tasks
 
 F = flags.FLAGS
-cli.define(dtype="float32,bfloat16", lengths="2,5,10,20", model="smollm2", out=None, plot=True,
-           full=False)
-flags.DEFINE_list("task", ["copy_last", "copy_first", "count_ones"],
-                  f"tasks: {', '.join(tasks.TASKS)}")
-flags.DEFINE_list("mode", ["direct"], f"prompt modes: {', '.join(tasks.MODES)} (CoT modes: "
-                  "count tasks only)")
-flags.DEFINE_integer("samples", 1, "seeded sequences per n (count_bernoulli, count_word; "
-                     "the other tasks have one sequence per n)")
-flags.DEFINE_integer("max_new_tokens", None, f"greedy tokens per answer (default "
-                     f"{harness.DIRECT_TOKENS} direct, {harness.COT_TOKENS} CoT)")
-flags.DEFINE_integer("batch", 8, "prompts decoded together")
-FULL = dict(task=list(tasks.TASKS), mode=list(tasks.MODES), lengths="log:2:1000:12", samples=5)
+# The size presets (cli.sized): 'small' by default, 'full' with --full (the paper's grid); a
+# flag given explicitly wins over either.
+SIZES = {"small": dict(task=["copy_last", "copy_first", "count_ones"], mode=["direct"],
+                       lengths="2,5,10,20", samples=1),
+         "full": dict(task=list(tasks.TASKS), mode=list(tasks.MODES), lengths="log:2:1000:12",
+                      samples=5)}
 
 
-def _setup():
-  if F.full:
-    for k, v in FULL.items():
-      setattr(F, k, v)
-  policies = cli.policies(F.dtype)
-  names = [t.strip() for t in F.task]
-  modes = [m.strip() for m in F.mode]
+def define_flags(fv: flags.FlagValues) -> None:
+  cli.define(fv, dtype="float32,bfloat16", lengths=None, model="smollm2", out=None, plot=True,
+             full=False)
+  flags.DEFINE_list("task", None, f"tasks: {', '.join(tasks.TASKS)} (default: "
+                    "copy_last,copy_first,count_ones; --full: all)", flag_values=fv)
+  flags.DEFINE_list("mode", None, f"prompt modes: {', '.join(tasks.MODES)} (CoT modes: count "
+                    "tasks only; default: direct; --full: all)", flag_values=fv)
+  flags.DEFINE_integer("samples", None, "seeded sequences per n (count_bernoulli, count_word; "
+                       "the other tasks have one sequence per n; default 1, --full 5)",
+                       flag_values=fv)
+  flags.DEFINE_integer("max_new_tokens", None, f"greedy tokens per answer (default "
+                       f"{harness.DIRECT_TOKENS} direct, {harness.COT_TOKENS} CoT)", flag_values=fv)
+  flags.DEFINE_integer("batch", 8, "prompts decoded together", flag_values=fv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A run, parsed: ``lengths``: the n, shape [N]; ``flags``: the flags with the size
+  presets resolved (what results.json records)."""
+  policies: list
+  tasks: list
+  modes: list
+  lengths: object
+  samples: int
+  flags: dict
+
+
+def parse(fl: dict) -> Spec:
+  """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`, --lengths (default
+  2,5,10,20; --full log:2:1000:12), --task, --mode and --samples from :data:`SIZES`;
+  ValueError (one line) on a bad value or an --out that holds files. Loads no model."""
+  fl = {**fl, **cli.sized(fl, SIZES)}
+  policies = cli.policies(fl["dtype"])
+  names, modes = [t.strip() for t in fl["task"]], [m.strip() for m in fl["mode"]]
   for what, got, valid in (("task", names, tasks.TASKS), ("mode", modes, tasks.MODES)):
-    bad = [x for x in got if x not in valid]
-    if bad:
+    if bad := [x for x in got if x not in valid]:
       raise ValueError(f"unknown --{what} {bad}; valid: {', '.join(valid)}")
-  ns = cli.lengths(F.lengths, 100_000)
+  ns = cli.lengths(fl["lengths"], 100_000)
   if ns[0] < 2 and any(t.startswith("copy") for t in names):
     raise ValueError("the copy tasks need n >= 2 (a first and a last digit)")
-  for name, v in (("samples", F.samples), ("batch", F.batch), ("max_new_tokens",
-                                                                F.max_new_tokens or 1)):
-    if v < 1:
-      raise ValueError(f"--{name} must be >= 1, got {v}")
-  return policies, names, modes, ns
+  for name in ("samples", "batch", "max_new_tokens"):
+    if fl[name] is not None and fl[name] < 1:
+      raise ValueError(f"--{name} must be >= 1, got {fl[name]}")
+  jobs.check_out(fl["out"], {}, False, 1)
+  return Spec(policies, names, modes, ns, fl["samples"], fl)
 
 
 def main(argv):
   del argv
   from collapse_jax import checkpoints
   with cli.usage_errors():
-    policies, names, modes, ns = _setup()
+    spec = parse(cli.app_flags(__file__))
+  fl, policies, names, modes, ns = spec.flags, spec.policies, spec.tasks, spec.modes, spec.lengths
   t0 = time.perf_counter()
   try:
-    ckpt = checkpoints.load_model(F.model)
+    ckpt = checkpoints.load_model(fl["model"])
   except (OSError, ImportError, checkpoints.CheckpointError) as e:  # one line, no traceback
     sys.exit(f"error: {' '.join(str(e).split())}")
-  out = cli.run_dir(F.out, "tasks")
+  out = cli.run_dir(fl["out"], "tasks")
   logging.info("tasks %s on %s, modes %s, n %s, dtypes %s -> %s", ",".join(names), ckpt.label,
                ",".join(modes), list(ns), ",".join(p.name for p in policies), out)
   progress = jobs.Progress(harness.cell_count(policies, names, modes))
-  res = harness.evaluate(ckpt, policies, names, modes, ns, samples=F.samples,
-                         max_new_tokens=F.max_new_tokens, batch=F.batch, log=logging.info,
+  res = harness.evaluate(ckpt, policies, names, modes, ns, samples=spec.samples,
+                         max_new_tokens=fl["max_new_tokens"], batch=fl["batch"], log=logging.info,
                          on_cell=progress.end)
   caption = (f"{ckpt.label}; {'chat template' if ckpt.prompt_format == 'chat' else 'plain text'}"
-             f"; greedy, max {F.max_new_tokens or 'default'} new tokens; n = sequence length "
+             f"; greedy, max {fl['max_new_tokens'] or 'default'} new tokens; n = sequence length "
              "(digits / ones / words); prompts from Appendix C.1 (collapse_jax/tasks.py)")
   results.write_jsonl(os.path.join(out, "samples.jsonl"), res["samples"])
   results.write_json(os.path.join(out, "results.json"), results.header(
-      "tasks", cli.app_flags(), config=ckpt.config, policies=policies, model=ckpt.label,
+      "tasks", fl, config=ckpt.config, policies=policies, model=ckpt.label,
       model_name=ckpt.name, prompt_format=ckpt.prompt_format, caption=caption, lengths=ns,
       stop_ids=harness.stop_ids(ckpt), summary=res["summary"], bridge=res["bridge"],
       timings_s=res["timings_s"], total_s=round(time.perf_counter() - t0, 1)), compact=True)
   files = ["samples.jsonl", "results.json"]
-  if F.plot:
+  if fl["plot"]:
     figures.tasks.tasks_figure(res["summary"], os.path.join(out, "tasks_accuracy.png"), caption)
     files.append("tasks_accuracy.png")
     counts = [s for s in res["samples"] if s["task"] in tasks.COUNT_TASKS]
@@ -119,4 +141,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags(F)
   app.run(main)

@@ -1,0 +1,156 @@
+"""The real-model apps' flags parsed in process (``parse(flag_dict) -> Spec``):
+experiments/real_model_collapse.py and experiments/tasks.py, bad values included. Parsing
+loads no model (``checkpoints.load_model`` is made to fail here) and creates nothing; the
+runs themselves are the slow e2e tests of tests/test_experiments.py."""
+import re
+
+import numpy as np
+import pytest
+from absl import flags
+
+from collapse_jax import checkpoints, cli, prompts, tasks as tasks_lib
+from experiments import real_model_collapse, tasks
+
+
+@pytest.fixture(autouse=True)
+def no_model(monkeypatch):
+  def load_model(*a, **k):
+    raise AssertionError("parse loaded a model")
+  monkeypatch.setattr(checkpoints, "load_model", load_model)
+
+
+def _real(tmp_path, *args):
+  fl = cli.parse_argv(real_model_collapse.define_flags, [*args, f"--out={tmp_path / 'x'}"])
+  return real_model_collapse.parse(fl)
+
+
+def _tasks(tmp_path, *args):
+  return tasks.parse(cli.parse_argv(tasks.define_flags, [*args, f"--out={tmp_path / 'x'}"]))
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dtype=bf17"], "unknown precision 'bf17'"),
+    (["--fp8_scaling"], "fp8 presets only"),
+    (["--seeds=a"], "--seeds must be a comma list of integers"),
+    (["--seeds=-1"], "--seeds must be >= 0"),
+    (["--settings=a,z"], "unknown settings ['z']"),
+    (["--engine=warp"], "unknown engine 'warp'"),
+    (["--position=turn_end", "--engine=causal"], "--position=turn_end needs the exact engine"),
+    (["--chunk=0"], "--chunk must be >= 1, got 0"),
+    (["--memory_budget=0"], "--memory_budget must be > 0 GiB, got 0.0"),
+    (["--max_len=0"], "--max_len must be >= 1"),
+    (["--lengths=1:2000"], "--lengths reaches n=2000, beyond --max_len=1000"),
+    (["--lengths=1:10:0"], "step must be >= 1"),
+    (["--windows=native,native"], "--windows repeats a mode"),
+    (["--windows=0"], "--windows takes native, global or a window size >= 1"),
+    (["--model=llama"], "smollm2"),             # absl's own: enums, integers
+    (["--position=middle"], "turn_end"),
+    (["--chunk=x"], "--chunk"),
+])
+def test_real_model_collapse_refuses_bad_values(args, msg, tmp_path):
+  with pytest.raises((ValueError, flags.Error), match=re.escape(msg)):
+    _real(tmp_path, *args)
+  assert not (tmp_path / "x").exists()
+
+
+def test_real_model_collapse_defaults_parse_to_the_documented_spec(tmp_path):
+  spec = _real(tmp_path)
+  assert [p.name for p in spec.policies] == ["float32", "bfloat16", "float16"]
+  assert spec.seeds == [0] and spec.settings == list(prompts.SETTINGS)
+  np.testing.assert_array_equal(spec.grid, np.arange(1, 1001))
+  assert spec.windows == ["native"] and spec.budget is None and not spec.cross_check
+  assert spec.flags["model"] == "smollm2" and spec.flags["position"] == "digit"
+  spec = _real(tmp_path, "--engine=exact", "--settings=a,d_left", "--memory_budget=0.5",
+               "--windows=native,global,512", "--lengths=1,10,100", "--seeds=0,1")
+  assert spec.cross_check and spec.budget == 0.5 * 2 ** 30 and spec.settings == ["a", "d_left"]
+  assert spec.windows == ["native", "global", "512"] and list(spec.grid) == [1, 10, 100]
+  assert spec.seeds == [0, 1]
+  assert not _real(tmp_path, "--engine=exact", "--position=turn_end").cross_check
+  assert not _real(tmp_path, "--engine=exact", "--nocross_check").cross_check
+  assert not (tmp_path / "x").exists()  # parsing creates nothing
+
+
+@pytest.mark.parametrize("parse", [_real, _tasks])
+def test_an_out_that_holds_files_is_refused_before_any_model_loads(parse, tmp_path):
+  (tmp_path / "x").mkdir()
+  (tmp_path / "x" / "results.json").write_text("{}")
+  with pytest.raises(FileExistsError, match="already holds files"):
+    parse(tmp_path)
+  assert [p.name for p in (tmp_path / "x").iterdir()] == ["results.json"]
+  (tmp_path / "x" / "results.json").unlink()
+  parse(tmp_path)  # an empty --out is fine
+
+
+def test_tasks_defaults_parse_to_the_small_preset(tmp_path):
+  spec = _tasks(tmp_path)
+  assert [p.name for p in spec.policies] == ["float32", "bfloat16"]
+  assert spec.tasks == ["copy_last", "copy_first", "count_ones"] and spec.modes == ["direct"]
+  assert list(spec.lengths) == [2, 5, 10, 20] and spec.samples == 1
+  # results.json records the flags with the presets resolved
+  assert spec.flags["task"] == spec.tasks and spec.flags["lengths"] == "2,5,10,20"
+  assert spec.flags["samples"] == 1 and spec.flags["max_new_tokens"] is None
+  assert spec.flags["batch"] == 8 and not spec.flags["full"]
+  assert not (tmp_path / "x").exists()
+
+
+def test_tasks_full_is_the_paper_grid_and_an_explicit_flag_wins(tmp_path):
+  spec = _tasks(tmp_path, "--full")
+  assert spec.tasks == list(tasks_lib.TASKS) and spec.modes == list(tasks_lib.MODES)
+  assert spec.samples == 5 and spec.flags["lengths"] == "log:2:1000:12"
+  assert spec.lengths[0] == 2 and spec.lengths[-1] == 1000
+  spec = _tasks(tmp_path, "--full", "--samples=2", "--task=count_ones", "--lengths=3,6")
+  assert spec.samples == 2 and spec.tasks == ["count_ones"] and list(spec.lengths) == [3, 6]
+  assert spec.modes == list(tasks_lib.MODES)
+  spec = _tasks(tmp_path, "--task=count_ones", "--lengths=1,4")  # n = 1: count tasks only
+  assert list(spec.lengths) == [1, 4]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dtype=bf17"], "unknown precision 'bf17'"),
+    (["--task=copy_last,nope"], "unknown --task ['nope']; valid: "),
+    (["--mode=direct,fancy"], "unknown --mode ['fancy']; valid: "),
+    (["--lengths=1,5"], "the copy tasks need n >= 2"),
+    (["--full", "--lengths=1,5"], "the copy tasks need n >= 2"),
+    (["--lengths=1:10:0"], "step must be >= 1"),
+    (["--samples=0"], "--samples must be >= 1, got 0"),
+    (["--batch=0"], "--batch must be >= 1, got 0"),
+    (["--max_new_tokens=0"], "--max_new_tokens must be >= 1, got 0"),
+    (["--samples=x"], "--samples"),             # absl's own: enums, integers
+    (["--model=llama"], "smollm2"),
+])
+def test_tasks_refuses_bad_values(args, msg, tmp_path):
+  with pytest.raises((ValueError, flags.Error), match=re.escape(msg)):
+    _tasks(tmp_path, *args)
+  assert not (tmp_path / "x").exists()
+
+
+def test_importing_the_apps_defines_no_flags():
+  for name in ("settings", "position", "cross_check", "task", "mode", "samples"):
+    module = flags.FLAGS.find_module_defining_flag(name) if name in flags.FLAGS else None
+    assert module is None or not module.endswith(("real_model_collapse.py", "tasks.py")), module
+
+
+def test_figure5_runs_on_a_tiny_synthetic_model():
+  """harness.figure5_runs (real_model_collapse's run loop) on random weights: one record per
+  (window mode, pair set, dtype, seed), labelled; the exact engine cross-checked against the
+  default one; harness.figure5_extras keys in results.json's order."""
+  import types
+  import jax
+  from collapse_jax import harness, model, pairs, precision
+  cfg = cli.decoder_config({"layers": 1, "d_model": 8, "heads": ["2"], "vocab": 16}, max_len=9)
+  params = model.init_params(cfg, jax.random.key(0))
+  fam = pairs.make_family("prefix_repeat", 8, seed=0, vocab_size=16, prefix_len=2)
+  grid = np.array([3, 5, 8])
+  runs, checks = harness.figure5_runs(
+      params, [({"p": [fam]}, [0])], {"native": cfg, "global": cfg},
+      [precision.get_policy("float32")], grid, engine="exact", cross_check=True, log=lambda s: 0)
+  assert [(r["window"], r["pairs"], r["dtype"], r["seed"], r["position"]) for r in runs] == [
+      ("native", "p", "float32", 0, "digit"), ("global", "p", "float32", 0, "digit")]
+  assert [r["engine"] for r in runs] == ["exact"] * 2 and runs[0]["lengths"] == [3, 5, 8]
+  assert len(checks) == 2 and all(c["pairs"] == "p" and c["dtype"] == "float32" for c in checks)
+  ckpt = types.SimpleNamespace(label="tiny", name="tiny", prompt_format="plain")
+  setting = types.SimpleNamespace(describe=lambda: {"k": "p"}, token_counts=lambda g: list(g))
+  extras = harness.figure5_extras(ckpt, {"native": cfg}, {"p": setting}, grid, runs, "cap")
+  assert list(extras) == ["model", "model_name", "prompt_format", "window_configs", "caption",
+                          "lengths", "settings", "token_counts", "engines", "timings_s"]
+  assert extras["engines"] == {"p": "exact"} and extras["token_counts"]["p"] == [3, 5, 8]
