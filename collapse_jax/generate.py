@@ -77,7 +77,7 @@ def bucket(n: int, minimum: int = 64) -> int:
 
 @dataclasses.dataclass
 class Generation:
-  """What :func:`run` returns. ``ids``: the new token ids per prompt; ``stop``: why each row
+  """What :func:`greedy_decode` returns. ``ids``: the new token ids per prompt; ``stop``: why each row
   stopped ('stop_id', 'stop_string' or 'length'); P / S: prompt bucket and cache slots;
   ``prefill_s`` / ``decode_s``: wall time (compiles included on first use); ``steps``: decode
   steps run, in whole blocks (the first new token comes from the prefill)."""
@@ -195,10 +195,11 @@ def prefill(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequen
   return cache, nxt, logits, lengths, P, blocked
 
 
-def run(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[int]],
-        max_new_tokens: int, *, stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
-        decode: Callable[[list], str] | None = None, query_chunk: int | None = PREFILL_CHUNK,
-        block_steps: int = 8) -> Generation:
+def greedy_decode(cfg: DecoderConfig, policy: Policy, params,
+                  prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                  stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
+                  decode: Callable[[list], str] | None = None,
+                  query_chunk: int | None = PREFILL_CHUNK, block_steps: int = 8) -> Generation:
   """Batched greedy decoding (see the module docstring). ``params``: cast by
   ``policy.cast_params``. ``decode`` (ids -> text) is needed for ``stop_strings``.
   ``query_chunk``: the prefill's attention in chunks of this many query rows
@@ -254,8 +255,8 @@ def run(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[i
 
 def greedy(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[int]],
            max_new_tokens: int, stop_ids: Sequence[int] = (), **kw) -> list:
-  """The new token ids per prompt (list of lists), greedy; keywords as :func:`run`."""
-  return run(cfg, policy, params, prompts, max_new_tokens, stop_ids=stop_ids, **kw).ids
+  """The new token ids per prompt (list of lists), greedy; keywords as :func:`greedy_decode`."""
+  return greedy_decode(cfg, policy, params, prompts, max_new_tokens, stop_ids=stop_ids, **kw).ids
 
 
 # -- answer log-probabilities ---------------------------------------------------------------

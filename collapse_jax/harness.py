@@ -71,7 +71,7 @@ class _Runner:
     for a in range(0, len(todo), B):
       chunk = todo[a:a + B]
       rows = [list(it.ids) for it in chunk] + [list(chunk[-1].ids)] * (B - len(chunk))
-      g = generate.run(cfg, self.policy, self.params, rows,
+      g = generate.greedy_decode(cfg, self.policy, self.params, rows,
                        _max_new(chunk[0].mode, self.max_new), stop_ids=self.stops,
                        stop_strings=self.stop_strings, decode=tok.decode)
       for it, ids, why in zip(chunk, g.ids, g.stop):

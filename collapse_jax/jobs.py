@@ -215,7 +215,7 @@ def run_in_worker(work: Callable[[], object], *, heartbeat_s: float, progress: P
 
 # -- the whole job ------------------------------------------------------------------------------
 
-def run(run_cells: Callable[[Sequence[str], Callable[[str, dict], None]], object],
+def run_job(run_cells: Callable[[Sequence[str], Callable[[str, dict], None]], object],
         assemble: Callable[[str, dict[str, dict]], object], *, out: str | None, prefix: str,
         experiment: str, spec: dict, cell_ids: Sequence[str], procs: Processes,
         heartbeat_s: float = 60.0, argv: Sequence[str] = (), module: str | None = None,

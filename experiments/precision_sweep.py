@@ -111,7 +111,7 @@ def main(argv):
       memory_budget=fl["memory_budget"] * memory.GiB, log=logging.info,
       cells=[cells[i] for i in ids], on_cell=lambda c, rec: save(c.id, rec))
   with jobs.exit_on_failure():
-    out = jobs.run(run_cells, functools.partial(_assemble, spec, cells, procs),
+    out = jobs.run_job(run_cells, functools.partial(_assemble, spec, cells, procs),
                    out=fl["out"], prefix="sweep", experiment="precision_sweep",
                    spec=cli.job_spec(fl), cell_ids=list(cells), procs=procs,
                    heartbeat_s=fl["heartbeat"], argv=sys.argv, module=__spec__.name)

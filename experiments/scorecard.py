@@ -30,7 +30,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A scorecard run, parsed: ``names`` the checks to run (None: every registered check),
-  ``full`` each check's paper-scale settings (``scorecard.run``)."""
+  ``full`` each check's paper-scale settings (``scorecard.run_checks``)."""
   names: set | None
   full: bool
   flags: dict
@@ -48,7 +48,7 @@ def main(argv):
     spec = parse(cli.app_flags(__file__))
   xla_env.enable_x64()
   out = cli.run_dir(spec.flags["out"], "scorecard")
-  rows = scorecard.run(spec.names, spec.full)
+  rows = scorecard.run_checks(spec.names, spec.full)
   md = scorecard.to_markdown(rows)
   with open(os.path.join(out, "scorecard.md"), "w") as f:
     f.write(f"# Scorecard ({'full' if spec.full else 'fast'} settings)\n\n" + md)

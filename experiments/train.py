@@ -120,7 +120,7 @@ def main(argv):
                                         spec.onset, snapshot_path=snap, **spec.cell))
 
   with jobs.exit_on_failure():
-    jobs.run(run_cells, functools.partial(_assemble, spec, procs, t0), out=out, prefix="train",
+    jobs.run_job(run_cells, functools.partial(_assemble, spec, procs, t0), out=out, prefix="train",
              experiment="train", spec=cli.job_spec(fl), cell_ids=list(spec.precisions), procs=procs,
              heartbeat_s=fl["heartbeat"], argv=sys.argv, module=__spec__.name)
   if procs.index != 0:

@@ -152,7 +152,7 @@ def test_softmax_lemmas_refuses_bad_values(args, msg, tmp_path):
 # -- scorecard --------------------------------------------------------------------------------
 
 def test_scorecard_defaults_and_full(tmp_path):
-  """--full is passed to the checks (``scorecard.run(names, full)``), which hold the sizes."""
+  """--full is passed to the checks (``scorecard.run_checks(names, full)``), which hold the sizes."""
   spec = _parse(scorecard, tmp_path)
   assert spec.names is None and spec.full is False
   spec = _parse(scorecard, tmp_path, "--full", "--only=b4,b6_b7")

@@ -141,21 +141,21 @@ def test_stops_and_lengths():
   prompt = list(np.random.default_rng(4).integers(0, 50, size=6))
   free = generate.greedy(cfg, pol, params, [prompt], 12)[0]
   stop_at = next(i for i, t in enumerate(free) if i >= 2 and t not in free[:i])
-  g = generate.run(cfg, pol, params, [prompt, prompt], 12, stop_ids=[free[stop_at]],
+  g = generate.greedy_decode(cfg, pol, params, [prompt, prompt], 12, stop_ids=[free[stop_at]],
                    block_steps=3)
   assert g.ids == [free[:stop_at + 1]] * 2 and g.stop == ["stop_id"] * 2
   decode = lambda ids: " ".join(map(str, ids))
-  g = generate.run(cfg, pol, params, [prompt], 12, stop_strings=[decode(free[1:3])],
+  g = generate.greedy_decode(cfg, pol, params, [prompt], 12, stop_strings=[decode(free[1:3])],
                    decode=decode)
   assert g.ids == [free[:3]] and g.stop == ["stop_string"]
   for k in (1, 5, 12):
-    g = generate.run(cfg, pol, params, [prompt], k, block_steps=4)
+    g = generate.greedy_decode(cfg, pol, params, [prompt], k, block_steps=4)
     assert g.ids == [free[:k]] and g.stop == ["length"]
   assert generate.greedy(cfg, pol, params, [prompt], 0) == [[]]
   with pytest.raises(ValueError, match="at least one token"):
     generate.greedy(cfg, pol, params, [[]], 4)
   with pytest.raises(ValueError, match="stop_strings need decode"):
-    generate.run(cfg, pol, params, [prompt], 4, stop_strings=["x"])
+    generate.greedy_decode(cfg, pol, params, [prompt], 4, stop_strings=["x"])
   with pytest.raises(ValueError, match="prompt tokens"):
     generate.greedy(cfg, pol, params, [[99]], 4)
 

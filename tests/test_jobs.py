@@ -70,7 +70,7 @@ def test_run_saves_shards_resumes_and_assembles(tmp_path):
   kw = dict(out=out, prefix="sweep", experiment="t", spec=SPEC, cell_ids=IDS,
             procs=hosts.Processes(), heartbeat_s=0, log=lines.append)
   with pytest.raises(jobs.JobFailed, match="RuntimeError: cell failed .2 of 6 cells saved") as e:
-    jobs.run(lambda t, s: run_cells(t, s, fail_after=2), assembled.update, argv=["p.py"], **kw)
+    jobs.run_job(lambda t, s: run_cells(t, s, fail_after=2), assembled.update, argv=["p.py"], **kw)
   assert "resume with: python p.py" in str(e.value) and "\n" not in str(e.value)
   assert "cell failed" in open(os.path.join(out, "error-process0.log")).read()  # the traceback
   assert ran == IDS[:2] and not assembled
@@ -78,7 +78,7 @@ def test_run_saves_shards_resumes_and_assembles(tmp_path):
       os.path.basename(jobs.shard_path(out, c)) for c in IDS[:2])
   open(os.path.join(out, "cells", ".tmp-half-written.json"), "w").write("{")
   jobs.check_out(out, SPEC, resume=True, procs_requested=1)
-  jobs.run(run_cells, lambda o, shards: assembled.update(shards), **kw)
+  jobs.run_job(run_cells, lambda o, shards: assembled.update(shards), **kw)
   assert ran == IDS  # the first two were not run again
   assert list(assembled) == IDS
   for c in IDS:

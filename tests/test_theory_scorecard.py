@@ -34,7 +34,7 @@ def test_a_raising_check_is_a_fail_row_and_report_escapes_pipes(temporary_check)
   def fine(full):
     return [scorecard.Row("a|b", "ref", f"full={full}", None, {})]
 
-  rows = scorecard.run({"boom", "fine"}, full=True)
+  rows = scorecard.run_checks({"boom", "fine"}, full=True)
   assert [(r["check"], r["passed"]) for r in rows] == [("boom", False), ("fine", None)]
   assert "RuntimeError: x|y" in rows[0]["measured"] and "traceback" in rows[0]["details"]
   assert rows[1]["measured"] == "full=True"
@@ -44,7 +44,7 @@ def test_a_raising_check_is_a_fail_row_and_report_escapes_pipes(temporary_check)
 
 
 def test_fast_softmax_and_spectral_checks_pass():
-  rows = scorecard.run({"b4", "b6_b7", "b8_spectral"})
+  rows = scorecard.run_checks({"b4", "b6_b7", "b8_spectral"})
   assert [r["check"] for r in rows] == ["b4", "b6_b7", "b8_spectral"]
   assert all(r["passed"] is True for r in rows), [r["measured"] for r in rows]
 
@@ -53,11 +53,11 @@ def test_fast_softmax_and_spectral_checks_pass():
 # -- every criterion, fed a broken input on purpose, must report FAIL --------------------------
 # Each test below changes one input of one check (its model, its data, or a hypothesis of the
 # paper's statement) so that the statement no longer holds, runs the check through
-# scorecard.run, and asserts the row is a FAIL (not a raise: a raising check is a FAIL too,
+# scorecard.run_checks, and asserts the row is a FAIL (not a raise: a raising check is a FAIL too,
 # so each test also asserts the row is the criterion's own). Heavier checks are slow-marked.
 
 def _rows(name):
-  rows = scorecard.run({name})
+  rows = scorecard.run_checks({name})
   assert not any(r["claim"].startswith("check ") and r["claim"].endswith("raised")
                  for r in rows), [r["measured"] for r in rows]
   return rows

@@ -1,6 +1,6 @@
 """The scorecard: every theory check of the paper, measured, with its pass criterion.
 
-A check is ``fn(full: bool) -> list[Row]`` registered under a name; ``run`` calls them in
+A check is ``fn(full: bool) -> list[Row]`` registered under a name; ``run_checks`` calls them in
 order and ``to_markdown`` prints the table (claim, paper reference, measured, PASS/FAIL/info).
 Adding one (e.g. another figure of the paper)::
 
@@ -304,7 +304,7 @@ def check_names(only: Sequence[str] | None) -> set[str] | None:
   return names
 
 
-def run(names=None, full=False) -> list[dict]:
+def run_checks(names=None, full=False) -> list[dict]:
   """Run the registered checks (all, or those in ``names``) in order: one dict per Row with
   its 'check' name and the check's 'seconds'. A check that raises gives a FAIL row."""
   rows = []
