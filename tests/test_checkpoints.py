@@ -471,6 +471,7 @@ def gemma3_golden():
     return {k: z[k] for k in z.files}
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @needs_gemma3
 @pytest.mark.slow  # CI's slow step: ~100 s, mostly reading the 262k-token metadata
 def test_gemma3_config_and_gguf_conventions(gemma3):
@@ -511,6 +512,7 @@ def _gemma3_forward(gemma3, ids, layers=None):
   return {k: np.asarray(v) for k, v in out.items()}
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @needs_gemma3
 @pytest.mark.slow  # CI's slow step: ~100 s, mostly reading the 262k-token metadata
 def test_gemma3_float32_matches_transformers(gemma3, gemma3_golden):
@@ -543,6 +545,7 @@ def test_gemma3_float32_matches_transformers(gemma3, gemma3_golden):
     print("  %-18s %4d %.2e %.2e %.2e %.2e" % r)
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @needs_gemma3
 @pytest.mark.slow  # CI's slow step: ~100 s, mostly reading the 262k-token metadata
 def test_gemma3_qk_rows_are_not_permuted(gemma3, gemma3_golden):

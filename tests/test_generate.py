@@ -194,6 +194,7 @@ def test_greedy_matches_transformers_tiny(kind, tmp_path):
 
 # -- (f) the real models against HF's greedy tokens --------------------------------------------
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_real_model_greedy_matches_transformers(name):

@@ -172,7 +172,8 @@ def test_digit_stream_does_not_depend_on_max_n(tok):
 # -- (ii) one-pass engines vs exact-length forwards (float32) -------------------------------------
 
 @pytest.mark.slow  # SmolLM2 end to end (~60 s each): CI's slow step
-@pytest.mark.parametrize("key", ["a", "b", "d_left"])
+@pytest.mark.parametrize("key", [pytest.param("a", marks=pytest.mark.long), "b",
+                                 pytest.param("d_left", marks=pytest.mark.long)])
 def test_engine_rows_match_exact_forwards(smollm2, settings, key):
   """Engines (causal rows for a/d_left -- c has a's structure --; kv_cache for b) vs exact-shape
   forwards of A_n and B_n, n in {3, 4} (d_left: a comma between A_3's and B_3's last digit;
