@@ -130,6 +130,7 @@ def test_importing_the_apps_defines_no_flags():
     assert module is None or not module.endswith(("real_model_collapse.py", "tasks.py")), module
 
 
+@pytest.mark.slow
 def test_figure5_runs_on_a_tiny_synthetic_model():
   """harness.figure5_runs (real_model_collapse's run loop) on random weights: one record per
   (window mode, pair set, dtype, seed), labelled; the exact engine cross-checked against the

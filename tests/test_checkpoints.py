@@ -287,6 +287,7 @@ def test_hf_checkpoint_matches_transformers(kind, tmp_path):
   np.testing.assert_allclose(np.asarray(out["logits"]), ref.logits.numpy(), atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @needs_torch_hf
 def test_hf_bfloat16_safetensors(tmp_path):
   """bf16 checkpoints (Gemma 7B ships bf16): numpy has no bfloat16, read via ml_dtypes."""

@@ -32,7 +32,7 @@ def _run(pol_name, family, engine, lengths, seeds=(0,), cfg=CFG):
 @pytest.mark.parametrize("family,engine_names", [
     pytest.param("repeat", ("causal", "kv_cache", "masked", "exact"), marks=pytest.mark.slow),
     pytest.param("prefix_repeat", ("causal", "kv_cache", "masked", "exact"), marks=pytest.mark.slow),
-    ("stream_repeat_last", ("kv_cache", "masked", "exact"))])
+    pytest.param("stream_repeat_last", ("kv_cache", "masked", "exact"), marks=pytest.mark.slow)])
 def test_engines_match_exact_length_float64_forwards(family, engine_names):
   lengths = np.asarray([5, 9, 20])
   pol = cj.get_policy("float64")
@@ -271,6 +271,7 @@ def test_causal_pass_padded_to_min_tokens_keeps_the_pairs():
     np.testing.assert_allclose(padded[k], alone[k], rtol=1e-9, atol=1e-14, err_msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.bitwise
 def test_memory_budget_chunks_the_causal_pass_with_the_same_bits():
   """A budget below the whole pass's estimate makes the causal engine chunk its attention

@@ -126,6 +126,7 @@ def test_scores_equal_uncached_log_softmax(name, dtype):
     np.testing.assert_allclose(rest[i], np.log(np.exp(np.delete(lp, nxt_ids)).sum()), atol=tol)
 
 
+@pytest.mark.slow
 def test_batch_left_padding_gives_each_prompt_its_own_tokens():
   cfg, pol, params = _setup("gemma3-style", "float32")
   rng = np.random.default_rng(3)
@@ -168,6 +169,7 @@ needs_torch_hf = pytest.mark.skipif(
 
 
 @needs_torch_hf
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 def test_greedy_matches_transformers_tiny(kind, tmp_path):
   import torch

@@ -118,7 +118,9 @@ def _grid():
 GRID = _grid()
 
 
-@pytest.mark.parametrize("name", list(GRID))
+# every other case in the default tier, the rest in the slow step
+@pytest.mark.parametrize("name", [n if i % 2 == 0 else pytest.param(n, marks=pytest.mark.slow)
+                                  for i, n in enumerate(GRID)])
 def test_float64_decoder_matches_float64_reference(name):
   cfg = GRID[name]
   params, x = _params(cfg), _inputs(cfg)
@@ -198,6 +200,7 @@ def test_random_params_have_the_model_layout(cfg):
   assert shapes(R.random_params(cfg)) == shapes(expect)
 
 
+@pytest.mark.slow
 def test_window_modes_and_per_layer_options():
   """with_windows keeps every layer's RoPE base; bad per-layer options fail on construction;
   a window longer than the sequence is bit-identical to no window (the mask is the only
@@ -353,8 +356,9 @@ def _assert_same(a, b, preset, key):
 
 
 @pytest.mark.bitwise
-@pytest.mark.parametrize("preset,pe", [("float64", "rope"), ("float32", "rope"),
-                                       ("bfloat16", "rope"), ("float16", "rope"),
+@pytest.mark.parametrize("preset,pe", [pytest.param("float64", "rope", marks=pytest.mark.slow),
+                                       ("float32", "rope"), ("bfloat16", "rope"),
+                                       pytest.param("float16", "rope", marks=pytest.mark.slow),
                                        ("bfloat16", "alibi")])
 def test_kv_cache_matches_full_pass(preset, pe):
   cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=4, num_kv_heads=2, head_dim=4,
@@ -526,7 +530,8 @@ def test_query_chunks_over_a_mesh():
 @pytest.mark.bitwise
 @pytest.mark.parametrize("preset,kw", [
     pytest.param("float32", dict(vocab_size=23), marks=pytest.mark.slow),                 # tied lm_head
-    ("bfloat16", dict(vocab_size=23, tie_embeddings=False, mlp="geglu", qk_norm=True)),
+    pytest.param("bfloat16", dict(vocab_size=23, tie_embeddings=False, mlp="geglu",
+                                  qk_norm=True), marks=pytest.mark.slow),
     pytest.param("float8_e4m3fn", dict(vocab_size=23, num_kv_heads=1), marks=pytest.mark.slow),
 ])
 def test_preblocked_weights_give_the_same_forward(preset, kw):

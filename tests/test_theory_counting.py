@@ -21,6 +21,7 @@ def test_b9_models_share_weights_and_differ_in_mask(counting_models):
   assert counting.expand("10", 3, "tiled") == "101010"
 
 
+@pytest.mark.slow
 def test_b9_ratio_invariance_exact_for_power_of_two_in_bf16(counting_models):
   cfg, params = counting_models[False]
   rows = counting.ratio_invariance(cfg, "bfloat16", params, base="10", multipliers=(2,))
@@ -51,6 +52,7 @@ def test_b9_sweep_and_summary(counting_models):
   assert s["causal/bfloat16"]["max_rel_diff_depth>=2"] > 4 * s["causal/bfloat16"]["eps"]
 
 
+@pytest.mark.slow
 def test_b10_finds_a_collapsed_count():
   cfg, params = counting.b10_model(160)
   with jax.enable_x64(True):

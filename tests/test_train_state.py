@@ -43,9 +43,10 @@ F32 = {(("float32", "float32"), "float32")}
 
 
 @pytest.mark.parametrize("name,fwd,bwd,master,moments", [
-    ("float32", F32, F32, "float32", "float32"),
+    pytest.param("float32", F32, F32, "float32", "float32", marks=pytest.mark.slow),
     pytest.param("bfloat16", BF16_FWD, BF16_BWD, "float32", "float32", marks=pytest.mark.slow),
-    pytest.param("bfloat16_weights", BF16_FWD, BF16_BWD, "bfloat16", "bfloat16", marks=pytest.mark.slow)])
+    pytest.param("bfloat16_weights", BF16_FWD, BF16_BWD, "bfloat16", "bfloat16",
+                 marks=pytest.mark.slow)])
 def test_presets_put_each_tensor_where_they_say(name, fwd, bwd, master, moments):
   """The forward's matmuls take the preset's operand dtype (bf16 x bf16 -> f32 in both bf16
   presets); in the backward every matmul has a stored bf16 operand and an f32 cotangent (no
