@@ -7,6 +7,7 @@ import collapse_jax as cj
 from collapse_jax import bench, engines, memory, pairs, precision
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @pytest.mark.slow  # compiles eight programs (~27 s)
 def test_engine_timings_and_scaling_cell_measure_every_entry():
   cfg = cj.DecoderConfig(num_layers=1, d_model=16, num_heads=2, vocab_size=32)

@@ -359,6 +359,7 @@ def test_bf16_floor_end_to_end(tmp_path):
   assert {"lo", "hi", "count", "measured", "attention", "output"} <= set(octaves[0])
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @pytest.mark.slow
 def test_bench_sweep_prints_ratios():
   r = subprocess.run([sys.executable, "-m", "experiments.bench_sweep", "--max_len=24",
@@ -478,6 +479,7 @@ def test_train_default_learns_its_task_within_ten_minutes(tmp_path):
     assert min(inside) >= 0.95, (name, inside)
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @pytest.mark.slow
 def test_train_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
   """SIGTERM mid-run: exit 143 with the resume command, a snapshot at the step reached;

@@ -171,9 +171,9 @@ def test_digit_stream_does_not_depend_on_max_n(tok):
 
 # -- (ii) one-pass engines vs exact-length forwards (float32) -------------------------------------
 
-@pytest.mark.slow  # SmolLM2 end to end (~60 s each): CI's slow step
-@pytest.mark.parametrize("key", [pytest.param("a", marks=pytest.mark.long), "b",
-                                 pytest.param("d_left", marks=pytest.mark.long)])
+@pytest.mark.slow  # SmolLM2 end to end (~60 s each)
+@pytest.mark.long  # outside CI's 30 minutes (pytest -m long)
+@pytest.mark.parametrize("key", ["a", "b", "d_left"])
 def test_engine_rows_match_exact_forwards(smollm2, settings, key):
   """Engines (causal rows for a/d_left -- c has a's structure --; kv_cache for b) vs exact-shape
   forwards of A_n and B_n, n in {3, 4} (d_left: a comma between A_3's and B_3's last digit;
@@ -225,6 +225,7 @@ def gemma_tok():
   return load_tokenizer(find_gemma3_gguf())
 
 
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @pytest.mark.slow  # CI's slow step (building Gemma's tokenizer takes ~26 s)
 def test_plain_prompts_for_gemma3(gemma_tok):
   """'<bos>{question} {digits}\\nAnswer:': BOS first, the space before the digits its own
