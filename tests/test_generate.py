@@ -106,8 +106,8 @@ def test_greedy_equals_fresh_forwards(name, dtype):
   assert checked >= 15  # most steps are decided (not near ties)
 
 
-@pytest.mark.parametrize("name,dtype", [("llama-gqa", "bfloat16"),
-                                        pytest.param("gemma3-style", "float32", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name,dtype", [("llama-gqa", "bfloat16"), ("gemma3-style", "float32")])
 def test_scores_equal_uncached_log_softmax(name, dtype):
   cfg, pol, params = _setup(name, dtype)
   prompt = list(np.random.default_rng(2).integers(0, 50, size=13))

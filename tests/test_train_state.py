@@ -134,8 +134,8 @@ def test_adamw_step_matches_a_float64_numpy_adamw():
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", [n if n == "bfloat16_weights" else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in PRECISIONS])
+@pytest.mark.slow  # the default tier trains through tests/test_train_loop.py
+@pytest.mark.parametrize("name", PRECISIONS)
 def test_train_step_lowers_the_loss_on_a_fixed_batch(name):
   tp, opt = state_lib.train_precision(name), small_opt(steps=40, lr=1e-2)
   state = state_lib.init_state(CFG, tp, opt, 0)

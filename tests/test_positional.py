@@ -1,0 +1,65 @@
+"""Positional encodings (collapse_jax/positional.py) against float64 numpy references:
+RoPE in both layouts, the sinusoidal table, ALiBi's slopes (the paper's values) and bias."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from collapse_jax import positional
+
+B, N, H, DH = 2, 7, 3, 8
+
+
+def _rope64(x, pos, theta, layout):
+  """float64: pair (i, i + Dh/2) ('half') or (2i, 2i+1) ('interleaved'), each pair rotated
+  by pos * theta^(-2i/Dh), as a complex multiplication."""
+  x = x.astype(np.float64)
+  if layout == "half":
+    re, im = x[..., : DH // 2], x[..., DH // 2:]
+  else:
+    re, im = x[..., 0::2], x[..., 1::2]
+  inv = theta ** (-np.arange(0, DH, 2) / DH)
+  z = (re + 1j * im) * np.exp(1j * pos[:, :, None, None] * inv)
+  if layout == "half":
+    return np.concatenate([z.real, z.imag], -1)
+  return np.stack([z.real, z.imag], -1).reshape(x.shape)
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_rope_is_the_rotation_of_each_pair(layout):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((B, N, H, DH)).astype(np.float32)
+  pos = np.asarray([[0, 1, 2, 3, 10, 40, 63], [5, 5, 6, 7, 8, 9, 100]], np.int32)
+  got = np.asarray(positional.apply_rope(jnp.asarray(x), jnp.asarray(pos), 10000.0, layout))
+  want = _rope64(x, pos, 10000.0, layout)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-5)
+  np.testing.assert_array_equal(got[:, :1][pos[:, :1] == 0], x[:, :1][pos[:, :1] == 0])
+  # q(p) . k(p') depends on p - p' only (checked in float64 on the reference)
+  q, k = want[0, 1, 0], want[0, 2, 0]  # positions 1 and 2
+  qs, ks = (_rope64(x[:1, i:i + 1], np.asarray([[p]]), 10000.0, layout)[0, 0, 0]
+            for i, p in ((1, 31), (2, 32)))
+  np.testing.assert_allclose(q @ k, qs @ ks, rtol=1e-12)
+
+
+def test_sinusoidal_table():
+  pos = np.asarray([[0, 1, 2, 50]], np.int32)
+  got = np.asarray(positional.sinusoidal(jnp.asarray(pos), 6, jnp.float32))
+  w = 10000.0 ** (-np.arange(0, 6, 2) / 6)
+  want = np.zeros((1, 4, 6))
+  want[..., 0::2], want[..., 1::2] = np.sin(pos[..., None] * w), np.cos(pos[..., None] * w)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_alibi_slopes_are_the_papers_and_the_bias_their_distances():
+  np.testing.assert_array_equal(positional.alibi_slopes(8), 2.0 ** -np.arange(1, 9))
+  np.testing.assert_array_equal(positional.alibi_slopes(4), 2.0 ** -np.arange(2, 10, 2))
+  # 6 heads: the 4-head slopes, then every other slope of the 8-head set
+  np.testing.assert_array_equal(positional.alibi_slopes(6),
+                                [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3])
+  q, k = np.asarray([[3, 5]]), np.asarray([[0, 3, 5, 7]])
+  for causal in (True, False):
+    got = np.asarray(positional.alibi_bias(jnp.asarray(q), jnp.asarray(k), 4, causal,
+                                           jnp.float32))
+    d = (q[0, :, None] - k[0, None, :]).astype(np.float64)
+    d = d if causal else np.abs(d)
+    want = -positional.alibi_slopes(4)[:, None, None] * d[None]
+    np.testing.assert_array_equal(got[0], want.astype(np.float32))
