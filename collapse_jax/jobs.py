@@ -29,8 +29,8 @@ from typing import Callable, Sequence
 
 
 from collapse_jax import results
-from collapse_jax.hosts import (Processes, barrier, describe_layout, failed_processes,
-                               gather_shards, layout, owner)
+from collapse_jax.hosts import (Processes, barrier, check_distributed, describe_layout,
+                               failed_processes, gather_shards, layout, owner)
 
 MANIFEST = "job.json"
 CELLS = "cells"
@@ -72,6 +72,16 @@ def check_out(out: str | None, spec: dict, resume: bool, procs_requested: int) -
                           "(runs are never overwritten)")
   if out:
     _check_writable(out)
+
+
+def check_job_flags(fl: dict, spec: dict) -> None:
+  """The job flags (``cli.JOB`` and --out) of an app's flag dict ``fl``, before anything is
+  created: --heartbeat >= 0, the distributed flags (``hosts.check_distributed``) and --out
+  for ``spec`` (:func:`check_out`). ValueError (one line)."""
+  if fl["heartbeat"] < 0:
+    raise ValueError(f"--heartbeat must be >= 0 seconds (0: none), got {fl['heartbeat']}")
+  check_distributed(fl["coordinator"], fl["num_processes"], fl["process_id"], fl["distributed"])
+  check_out(fl["out"], spec, fl["resume"], fl["num_processes"] or (2 if fl["distributed"] else 1))
 
 
 def _check_writable(out: str) -> None:

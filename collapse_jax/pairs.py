@@ -160,12 +160,11 @@ class Family(PairSet):
     return {**super().describe(), "tokens": self.tokens}
 
 
-def family_lengths(name: str, lengths, *, prefix_len: int = 16, prefix_ids=None, token=None,
+def family_lengths(name: str, lengths, *, prefix_len: int = 16, prefix_ids=None,
                    log=None) -> np.ndarray:
   """The n of ``lengths`` that family ``name`` can pair: prefix_repeat needs n > its prefix
   (the smaller n are dropped, with a ``log`` line); ValueError (one line) when none is
-  left. ``token`` is accepted (and ignored) so a family's keyword arguments pass through."""
-  del token
+  left."""
   lengths = np.asarray(lengths)
   if name != "prefix_repeat":
     return lengths

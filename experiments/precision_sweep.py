@@ -68,7 +68,8 @@ def parse(fl: dict) -> Spec:
                      "which holds max_len+1 positions)" if fl["pe"] == "learned" else "")
   prefix_ids = [int(i) for i in fl["prefix_ids"]] if fl["prefix_ids"] else None
   family = dict(token=fl["token"], prefix_len=fl["prefix_len"], prefix_ids=prefix_ids)
-  grid = pairs.family_lengths(fl["family"], grid, **family, log=logging.warning)
+  grid = pairs.family_lengths(fl["family"], grid, prefix_len=fl["prefix_len"],
+                              prefix_ids=prefix_ids, log=logging.warning)
   if fl["chunk"] < 1:
     raise ValueError(f"--chunk must be >= 1, got {fl['chunk']}")
   cfg.check_token_ids([fl["token"]], "--token")
@@ -82,12 +83,7 @@ def parse(fl: dict) -> Spec:
                         memory_budget=fl["memory_budget"] * memory.GiB,
                         notes={"float64": "--reference=false drops this float64 cell"}
                         if reference else {})
-  if fl["heartbeat"] < 0:
-    raise ValueError(f"--heartbeat must be >= 0 seconds (0: none), got {fl['heartbeat']}")
-  hosts.check_distributed(fl["coordinator"], fl["num_processes"], fl["process_id"],
-                          fl["distributed"])
-  jobs.check_out(fl["out"], cli.job_spec(fl), fl["resume"],
-                 fl["num_processes"] or (2 if fl["distributed"] else 1))
+  jobs.check_job_flags(fl, cli.job_spec(fl))
   return Spec(policies, reference, heads, seeds, cfg, grid, family, dict(fl))
 
 

@@ -90,12 +90,7 @@ def parse(fl: dict) -> Spec:
                            vocab_size=data.vocab_size(top))
   ns = cli.lengths(fl["lengths"] or f"1:{top}", top, " (--eval_factor * --l_train)")
   opt = state_lib.Optimizer(lr=fl["lr"], warmup=fl["warmup"], steps=fl["steps"])
-  if fl["heartbeat"] < 0:
-    raise ValueError(f"--heartbeat must be >= 0 seconds (0: none), got {fl['heartbeat']}")
-  hosts.check_distributed(fl["coordinator"], fl["num_processes"], fl["process_id"],
-                          fl["distributed"])
-  jobs.check_out(fl["out"], cli.job_spec(fl), fl["resume"],
-                 fl["num_processes"] or (2 if fl["distributed"] else 1))
+  jobs.check_job_flags(fl, cli.job_spec(fl))
   cell = dict(task=fl["task"], seed=seed, batch_size=fl["batch"], l_train=fl["l_train"],
               eval_every=fl["eval_every"], eval_samples=fl["eval_samples"],
               grad_samples=fl["grad_samples"], max_count=fl["max_len"],
