@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -256,6 +257,19 @@ def lengths(spec: str | None, max_len: int, hint: str = "") -> np.ndarray:
   if grid[-1] > max_len:
     raise ValueError(f"--lengths reaches n={grid[-1]}, beyond --max_len={max_len}{hint}")
   return grid
+
+
+def load_model(name: str, log: Callable[[str], None] = print):
+  """``checkpoints.load_model(name)`` for an app's main: a missing package, a missing file or
+  a refused checkpoint -> ``error: <reason>`` in one line on stderr and exit status 1; the
+  load time goes to ``log``."""
+  t0 = time.perf_counter()
+  try:
+    ckpt = checkpoints.load_model(name)
+  except (OSError, ImportError, checkpoints.CheckpointError) as e:  # one line, no traceback
+    sys.exit(f"error: {' '.join(str(e).split())}")
+  log(f"loaded {ckpt.label} in {time.perf_counter() - t0:.1f}s")
+  return ckpt
 
 
 def run_dir(out: str | None, prefix: str) -> str:

@@ -17,19 +17,26 @@ holds the words), under each precision policy, and tie its answers to the measur
            one-pass form holds), both greedy answers and whether each is right, and what a
            bitwise-equal pair forces (:func:`bridge_consequence`).
 
-Prompts of one (dtype, task, mode) are decoded together in batches of ``batch``, sorted by
-length, with the bridge's prompts of that task. A prompt asked twice (count_ones' bridge
-prompt n + 1 is often a grid n) is run once.
+The grid is a job of cells (collapse_jax/jobs.py; :func:`task_cells`, :func:`run_task_cells`,
+:func:`assemble_tasks`): one cell per (dtype, task, mode) and one bridge cell per (dtype,
+bridge task). A cell decodes its prompts together in batches of ``batch``, sorted by length,
+and runs a prompt it asks twice once; it shares nothing with other cells, so a resumed job
+assembles what an uninterrupted one does.
+
+Figure 5 on real weights (experiments/real_model_collapse.py) is a job too: :func:`figure5_job`
+lists its cells, :func:`figure5_run_cells` runs them through ``sweep.run_grid``,
+:func:`figure5_assemble` collects the runs and cross-checks.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
-from collapse_jax import engines, generate, jobs, records, sweep, tasks
+from collapse_jax import engines, generate, records, sweep, tasks
 
 DIRECT_TOKENS, COT_TOKENS = 24, 192  # default max_new_tokens per mode
 
@@ -170,87 +177,168 @@ def bridge(ckpt, runner: _Runner, task: str, ns, prompt_format: str) -> list[dic
   return rows
 
 
+BRIDGE = "bridge"  # the mode word of a bridge cell: id '<dtype>/bridge/<task>'
+
+
+def task_cells(policies, task_names: Sequence[str], modes: Sequence[str]) -> dict[str, tuple]:
+  """The cells of the task grid, in the results' order: id -> (policy, task, mode). Per
+  policy, '<dtype>/<task>/<mode>' for each (task, mode) that applies (CoT modes: count tasks
+  only), then '<dtype>/bridge/<task>' (mode :data:`BRIDGE`) for each of
+  ``tasks.BRIDGE_TASKS`` in ``task_names``."""
+  pairs = [(t, m) for t in task_names for m in modes if m == "direct" or t in tasks.COUNT_TASKS]
+  pairs += [(t, BRIDGE) for t in tasks.BRIDGE_TASKS if t in task_names]
+  return {(f"{p.name}/{BRIDGE}/{t}" if m == BRIDGE else f"{p.name}/{t}/{m}"): (p, t, m)
+          for p in policies for t, m in pairs}
+
+
+def skipped_cells(task_names: Sequence[str], modes: Sequence[str]) -> list[str]:
+  """The 'task/mode' asked for that :func:`task_cells` leaves out (CoT modes of a task that
+  does not count)."""
+  return [f"{t}/{m}" for t in task_names for m in modes
+          if m != "direct" and t not in tasks.COUNT_TASKS]
+
+
+def run_task_cell(ckpt, policy, task: str, mode: str, ns, *, samples: int = 1,
+                  max_new_tokens: int | None = None, batch: int = 8) -> dict:
+  """One cell of the task grid, on its own (a fresh memo, its own batches: its record
+  depends on the cell alone, so a resumed job assembles the same results): {'samples': one
+  row per prompt} for a (task, mode), {'bridge': one row per n} for a bridge cell."""
+  runner = _Runner(ckpt, policy, max_new_tokens, batch)
+  if mode == BRIDGE:
+    return {"bridge": bridge(ckpt, runner, task, ns, ckpt.prompt_format)}
+  its = tasks.items(ckpt.tokenizer, task, mode, ns, samples, ckpt.prompt_format)
+  return {"samples": [_sample_row(it, policy.name, rec) for it, rec in zip(its, runner.run(its))]}
+
+
+def run_task_cells(ckpt, cells: dict, ids: Sequence[str], save: Callable[[str, dict], None],
+                   ns, **kw) -> None:
+  """Run the cells ``ids`` of ``cells`` (:func:`task_cells`) with ``kw`` for
+  :func:`run_task_cell` and call ``save(id, record)`` as each ends (``jobs.run_job``'s
+  ``run_cells``); each record carries its 'seconds'."""
+  for i in ids:
+    t0 = time.perf_counter()
+    rec = run_task_cell(ckpt, *cells[i], ns, **kw)
+    save(i, {**rec, "seconds": round(time.perf_counter() - t0, 2)})
+
+
+def assemble_tasks(cells: dict, recs: dict[str, dict]) -> dict:
+  """The task grid's results from every cell's record (``recs``: id -> record):
+  {'samples', 'summary', 'bridge', 'cells', 'timings_s'}, in the cells' order."""
+  samples = [row for i in cells for row in recs[i].get("samples", [])]
+  return {"samples": samples, "summary": summarize(samples),
+          "bridge": [row for i in cells for row in recs[i].get("bridge", [])],
+          "cells": list(cells), "timings_s": {i: recs[i]["seconds"] for i in cells}}
+
+
 def evaluate(ckpt, policies, task_names: Sequence[str], modes: Sequence[str], ns, *,
              samples: int = 1, max_new_tokens: int | None = None, batch: int = 8,
-             log: Callable[[str], None] = print, on_cell: Callable | None = None) -> dict:
-  """Run the grid (module docstring). ``on_cell(name, seconds)`` after each (dtype, task,
-  mode) and each bridge cell (for progress lines)."""
-  fmt = ckpt.prompt_format
-  cells = _cells(task_names, modes)
-  skipped = [(t, m) for t in task_names for m in modes if (t, m) not in cells]
-  if skipped:
-    log(f"skipping {', '.join(f'{t}/{m}' for t, m in skipped)}: CoT modes are for the count "
-        "tasks")
-  samples_out, bridge_out, timings = [], [], {}
-  for pol in policies:
-    runner = _Runner(ckpt, pol, max_new_tokens, batch)
-    for task, mode in cells:
-      t0 = time.perf_counter()
-      its = tasks.items(ckpt.tokenizer, task, mode, ns, samples, fmt)
-      extra = []
-      if task in tasks.BRIDGE_TASKS and mode == "direct":  # the bridge's prompts, batched too
-        extra = [it for n in ns for it in tasks.bridge_items(ckpt.tokenizer, task, int(n), fmt)]
-      for it, rec in zip(its, runner.run(its + extra)):
-        samples_out.append(_sample_row(it, pol.name, rec))
-      name = f"{pol.name}/{task}/{mode}"
-      timings[name] = time.perf_counter() - t0
-      if on_cell:
-        on_cell(name, timings[name])
-    for task in [t for t in tasks.BRIDGE_TASKS if t in task_names]:
-      t0 = time.perf_counter()
-      bridge_out += bridge(ckpt, runner, task, ns, fmt)
-      name = f"{pol.name}/bridge/{task}"
-      timings[name] = time.perf_counter() - t0
-      if on_cell:
-        on_cell(name, timings[name])
-  return {"samples": samples_out, "summary": summarize(samples_out), "bridge": bridge_out,
-          "cells": [f"{p.name}/{t}/{m}" for p in policies for t, m in cells]
-          + [f"{p.name}/bridge/{t}" for p in policies for t in tasks.BRIDGE_TASKS
-             if t in task_names],
-          "timings_s": timings}
+             log: Callable[[str], None] = print) -> dict:
+  """The whole task grid in this process (module docstring): every cell of
+  :func:`task_cells` in turn, assembled by :func:`assemble_tasks`."""
+  cells = task_cells(policies, task_names, modes)
+  if skipped := skipped_cells(task_names, modes):
+    log(f"skipping {', '.join(skipped)}: CoT modes are for the count tasks")
+  recs: dict[str, dict] = {}
+  run_task_cells(ckpt, cells, list(cells), recs.__setitem__, ns, samples=samples,
+                 max_new_tokens=max_new_tokens, batch=batch)
+  return assemble_tasks(cells, recs)
 
 
-def _cells(task_names, modes) -> list:
-  """The (task, mode) cells that apply (CoT modes: count tasks only)."""
-  return [(t, m) for t in task_names for m in modes if m == "direct" or t in tasks.COUNT_TASKS]
+def summary_line(r: dict) -> str:
+  """One console line for a summary row (:func:`summarize`)."""
+  return (f"{r['task']:>22s} {r['mode']:>12s} {r['dtype']:>9s} n={r['n']:<5d} acc strict "
+          f"{r['strict']['accuracy']:.2f} flexible {r['flexible']['accuracy']:.2f} "
+          f"[{r['flexible']['lo']:.2f}, {r['flexible']['hi']:.2f}] margin "
+          f"{r['margin']['mean']:+.3f}")
 
 
-def cell_count(policies, task_names, modes) -> int:
-  """How many cells :func:`evaluate` runs (for a progress line before it starts)."""
-  return len(policies) * (len(_cells(task_names, modes))
-                          + sum(t in task_names for t in tasks.BRIDGE_TASKS))
+def bridge_line(b: dict) -> str:
+  """One console line for a bridge row (:func:`bridge`)."""
+  (sa, _), (sb, _) = b["pair"]
+  return (f"bridge {b['task']:>10s} {b['dtype']:>9s} n={b['n']:<5d} {sa} vs {sb}: |y_a - y_b| "
+          f"{b['y_linf']:.3g}{' (bitwise equal)' if b['y_equal'] else ''}; answers "
+          f"{b['answer_a']} / {b['answer_b']} (correct {b['correct_a']} / {b['correct_b']}); "
+          f"same output {b['output_equal']}, same margin {b['margin_equal']}"
+          + ("; VIOLATED: equal y, both slot digits right" if b["violated"] else ""))
 
 
-def figure5_runs(params, groups, cfgs, policies, grid, *, position: str = "digit",
-                 engine: str | None = None, chunk: int = 32, memory_budget: float | None = None,
-                 cross_check: bool = False, log: Callable[[str], None] = print
-                 ) -> tuple[list[dict], list[dict]]:
-  """Figure 5 on one set of weights (experiments/real_model_collapse.py): every group of
-  pair sets (``sweep.setting_groups``: ({setting: [PairSet per seed]}, seeds)) under each
-  window config of ``cfgs`` (mode -> DecoderConfig; several modes add a 'window' label) and
-  each policy, on the n of ``grid`` (shape [N]), with a progress line per cell. Returns
-  (runs, checks): ``runs`` one ``records.compact`` record per cell of each group,
-  labelled with its window mode ('window') and ``position``; with ``cross_check`` the default engine also runs
-  each group, and ``checks`` holds one ``records.cross_check`` row per run."""
+CHECK = "cross_check/"  # a cross-check cell's id: CHECK + the id of the run it checks
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure5Job:
+  """Figure 5 on one set of weights as a job of cells (collapse_jax/jobs.py; made by
+  :func:`figure5_job`). ``grids``: per group of pair sets, (models, pair sets by setting,
+  seeds) for ``sweep.run_grid``, one model per window mode; ``cells``: cell id -> (group
+  index, ``sweep.Cell``), in the results' order, the cross-check cells (id ``CHECK + id``,
+  the default engine on the same n) after their group's runs; ``windows``: the window modes."""
+  grids: list
+  policies: list
+  cells: dict
+  windows: list
+
+  @property
+  def ids(self) -> list[str]:
+    return list(self.cells)
+
+
+def figure5_job(params, groups, cfgs, policies, cross_check: bool = False) -> Figure5Job:
+  """The cells of Figure 5: every group of pair sets (``sweep.setting_groups``: ({setting:
+  [PairSet per seed]}, seeds)) under each window config of ``cfgs`` (mode -> DecoderConfig;
+  several modes add a 'window' label to the cell ids and records) and each policy; with
+  ``cross_check`` each run's cell again under the default engine."""
   windows = list(cfgs)
   grids = [([sweep.Model(cfg, [params] * len(seeds), {} if windows == ["native"] else
                          {"window": w}) for w, cfg in cfgs.items()], sets, seeds)
            for sets, seeds in groups]
-  progress = jobs.Progress(sum(len(sweep.grid_cells(m, policies, sets, s))
-                               for m, sets, s in grids))
-  runs, checks = [], []
-  for models, sets, seeds in grids:
-    recs = sweep.run_grid(models, policies, sets, grid, seeds, engine=engine, chunk=chunk,
-                          memory_budget=memory_budget, log=log,
-                          on_cell=lambda cell, rec: progress.end(cell.id, rec["seconds"]))
-    runs += [records.compact({"window": windows[0], **r, "position": position}) for r in recs]
-    if cross_check:
-      one = [records.compact({"window": windows[0], **r}) for r in sweep.run_grid(
-          models, policies, sets, grid, seeds, chunk=chunk, memory_budget=memory_budget, log=log)]
-      for e, o in zip(runs[-len(one):], one):
-        checks.append({"pairs": e["pairs"], "dtype": e["dtype"], "seed": e["seed"],
-                       "window": e["window"], **records.cross_check(e, o)})
+  cells = {}
+  for g, (models, sets, seeds) in enumerate(grids):
+    group = sweep.grid_cells(models, policies, sets, seeds)
+    cells.update({c.id: (g, c) for c in group})
+    cells.update({CHECK + c.id: (g, c) for c in group if cross_check})
+  return Figure5Job(grids, list(policies), cells, windows)
+
+
+def figure5_run_cells(job: Figure5Job, ids: Sequence[str], save: Callable[[str, dict], None],
+                      grid, *, position: str = "digit", engine: str | None = None,
+                      chunk: int = 32, memory_budget: float | None = None,
+                      log: Callable[[str], None] = print) -> None:
+  """Run the cells ``ids`` of ``job`` on the n of ``grid`` (shape [N]) and call
+  ``save(id, record)`` as each finishes (``jobs.run_job``'s ``run_cells``). Records are
+  ``records.compact``, labelled with the window mode ('window'); a run's with ``position``
+  and ``engine`` (default: each setting's), a cross-check's with the default engine."""
+  for g, (models, sets, seeds) in enumerate(job.grids):
+    mine = [i for i in ids if job.cells[i][0] == g]
+    for prefix in ("", CHECK):
+      todo = [job.cells[i][1] for i in mine if i.startswith(CHECK) == bool(prefix)]
+      if not todo:
+        continue
+      extra = {} if prefix else {"position": position}
+      sweep.run_grid(models, job.policies, sets, grid, seeds, engine=None if prefix else engine,
+                     chunk=chunk, memory_budget=memory_budget, log=log, cells=todo,
+                     on_cell=lambda cell, rec, prefix=prefix, extra=extra: save(
+                         prefix + cell.id, records.compact({"window": job.windows[0], **rec,
+                                                            **extra})))
+
+
+def figure5_assemble(job: Figure5Job, recs: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+  """(runs, checks) from every cell's record (``recs``: id -> record): ``runs`` in the cells'
+  order; ``checks`` one ``records.cross_check`` row per cross-checked run."""
+  runs = [recs[i] for i in job.ids if not i.startswith(CHECK)]
+  checks = [{"pairs": recs[i]["pairs"], "dtype": recs[i]["dtype"], "seed": recs[i]["seed"],
+             "window": recs[i]["window"], **records.cross_check(recs[i], recs[CHECK + i])}
+            for i in job.ids if CHECK + i in recs]
   return runs, checks
+
+
+def figure5_runs(params, groups, cfgs, policies, grid, *, cross_check: bool = False,
+                 **kw) -> tuple[list[dict], list[dict]]:
+  """Figure 5 in this process, every cell in turn (:func:`figure5_job`,
+  :func:`figure5_run_cells` with ``kw``, :func:`figure5_assemble`): (runs, checks)."""
+  job = figure5_job(params, groups, cfgs, policies, cross_check)
+  recs: dict[str, dict] = {}
+  figure5_run_cells(job, job.ids, recs.__setitem__, grid, **kw)
+  return figure5_assemble(job, recs)
 
 
 def figure5_extras(ckpt, cfgs, settings, grid, runs, caption: str) -> dict:

@@ -18,17 +18,17 @@ n in the grid, in THE decoder with the GGUF weights:
       # commas from the right (exact forwards) vs from the left (one causal pass)
 
 Engines (collapse_jax/engines.py; default: causal for (a), (c), d_left, kv_cache for (b),
-exact for (d): its right-grouped commas are not prefix-consistent).
---position=turn_end compares the last token of the chat turn (exact engine only). --seeds are
-setting (b)'s digit seeds. --model picks the model (collapse_jax.checkpoints.MODELS) and with it
-the prompt format (chat template for SmolLM2-Instruct, plain text for the Gemma 3 base model;
-collapse_jax/prompts.py). Writes results.json, real_model_collapse.png (Figure 5: last-layer
-per-head distance and y) and real_model_collapse_layers.png (every layer), for the first
---windows mode, and with several modes real_model_collapse_windows.png.
+exact for (d): its commas are not prefix-consistent). --position=turn_end compares the chat
+turn's last token (exact engine only). --seeds: setting (b)'s digit seeds. --model picks the
+model (checkpoints.MODELS) and its prompt format (collapse_jax/prompts.py). Writes
+results.json, real_model_collapse.png (Figure 5), real_model_collapse_layers.png and with
+several --windows real_model_collapse_windows.png. A job of cells (window x setting x dtype
+x seed; collapse_jax/jobs.py), as precision_sweep: --resume, signals, --num_processes.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -36,8 +36,8 @@ import time
 from absl import app, flags, logging
 
 # importing collapse_jax applies the XLA guards before jax starts
-from collapse_jax import (cli, engines, figures, harness, jobs, prompts, records, results, sweep,
-                          xla_env)
+from collapse_jax import (cli, engines, figures, harness, hosts, jobs, prompts, records, results,
+                          sweep, xla_env)
 
 F = flags.FLAGS
 
@@ -45,7 +45,8 @@ F = flags.FLAGS
 def define_flags(fv: flags.FlagValues) -> None:
   cli.define(fv, dtype="float32,bfloat16,float16",  # fp8 opt-in: XLA:CPU compiles it in minutes
              max_len=1000, lengths=None, seeds=["0"], engine=None, chunk=32, fp8_scaling=False,
-             out=None, plot=True, model="smollm2", windows=["native"], memory_budget=None)
+             out=None, plot=True, model="smollm2", windows=["native"], memory_budget=None,
+             **cli.JOB)
   flags.DEFINE_list("settings", list(prompts.SETTINGS), "Figure 5 settings among "
                     f"{','.join(prompts.SETTINGS)}, or the variants {','.join(prompts.VARIANTS)}",
                     flag_values=fv)
@@ -88,58 +89,57 @@ def parse(fl: dict) -> Spec:
   if budget is not None and budget <= 0:
     raise ValueError(f"--memory_budget must be > 0 GiB, got {budget}")
   grid, windows = cli.lengths(fl["lengths"], fl["max_len"]), cli.window_modes(fl["windows"])
-  jobs.check_out(fl["out"], {}, False, 1)
+  jobs.check_job_flags(fl, cli.job_spec(fl))
   cross = fl["engine"] == "exact" and fl["cross_check"] and fl["position"] == "digit"
   return Spec(policies, seeds, keys, grid, windows, None if budget is None else budget * 2 ** 30,
               cross, dict(fl))
 
 
 def main(argv):
-  del argv
-  from collapse_jax import checkpoints
+  del argv  # the command line is sys.argv (for the resume line)
   with cli.usage_errors():
     spec = parse(cli.app_flags(__file__))
-  fl, policies, seeds, keys, grid, windows = (spec.flags, spec.policies, spec.seeds,
-                                              spec.settings, spec.grid, spec.windows)
-  if any(p.needs_x64 for p in policies):
+    fl = spec.flags
+    procs = hosts.start_processes(fl["coordinator"], fl["num_processes"], fl["process_id"],
+                                  fl["distributed"])
+  if any(p.needs_x64 for p in spec.policies):
     xla_env.enable_x64()
   t_start = time.perf_counter()
-  try:
-    ckpt = checkpoints.load_model(fl["model"])
-  except (OSError, ImportError, checkpoints.CheckpointError) as e:  # one line, no traceback
-    sys.exit(f"error: {' '.join(str(e).split())}")
-  logging.info("loaded %s in %.1fs", ckpt.label, time.perf_counter() - t_start)
+  ckpt = cli.load_model(fl["model"], logging.info)
   with cli.usage_errors():
-    groups = sweep.setting_groups(keys, ckpt, grid, seeds, fl["position"], fl["engine"])
-    cfgs = {w: ckpt.config.with_windows(w) for w in windows}
-  out = cli.run_dir(fl["out"], "real")
-  logging.info("real-model collapse of %s -> %s (settings %s, %d n in [%d, %d], dtypes %s, "
-               "windows %s)", ckpt.label, out, ",".join(keys), grid.size, grid[0], grid[-1],
-               ",".join(p.name for p in policies), ",".join(windows))
-  runs, checks = harness.figure5_runs(
-      ckpt.params, groups, cfgs, policies, grid, position=fl["position"], engine=fl["engine"],
-      chunk=fl["chunk"], memory_budget=spec.budget, cross_check=spec.cross_check,
-      log=logging.info)
+    groups = sweep.setting_groups(spec.settings, ckpt, spec.grid, spec.seeds, fl["position"],
+                                  fl["engine"])
+    cfgs = {w: ckpt.config.with_windows(w) for w in spec.windows}
+  job = harness.figure5_job(ckpt.params, groups, cfgs, spec.policies, spec.cross_check)
+  run_cells = functools.partial(
+      harness.figure5_run_cells, job, grid=spec.grid, position=fl["position"],
+      engine=fl["engine"], chunk=fl["chunk"], memory_budget=spec.budget, log=logging.info)
   settings = {k: v[0] for sets, _ in groups for k, v in sets.items()}
-  caption = prompts.figure5_caption(ckpt.label, ckpt.prompt_format, fl["position"], runs, seeds,
-                                    keys, windows)
-  total = time.perf_counter() - t_start
+  with jobs.exit_on_failure():
+    out = jobs.run_job(run_cells, functools.partial(_assemble, spec, ckpt, cfgs, job, settings,
+                                                    t_start, procs),
+                       out=fl["out"], prefix="real", experiment="real_model_collapse",
+                       spec=cli.job_spec(fl), cell_ids=job.ids, procs=procs,
+                       heartbeat_s=fl["heartbeat"], argv=sys.argv, module=__spec__.name)
+  if procs.index != 0:
+    print(f"process {procs.index}: cells saved; process 0 wrote the results in {out}")
+
+
+def _assemble(spec: Spec, ckpt, cfgs, job, settings, t_start, procs, out, shards):
+  """Process 0: results.json and the figures from every cell's shard."""
+  fl, windows = spec.flags, spec.windows
+  runs, checks = harness.figure5_assemble(job, {i: s["record"] for i, s in shards.items()})
+  caption = prompts.figure5_caption(ckpt.label, ckpt.prompt_format, fl["position"], runs,
+                                    spec.seeds, spec.settings, windows)
+  total = time.perf_counter() - t_start  # this process's wall time (a resumed run: since then)
   results.write_json(os.path.join(out, "results.json"), results.header(
-      "real_model_collapse", fl, config=ckpt.config, policies=policies,
-      **harness.figure5_extras(ckpt, cfgs, settings, grid, runs, caption),
-      total_s=round(total, 1), runs=runs, cross_check=checks), compact=True)
-  files = ["results.json"]
-  if fl["plot"]:
-    first = [r for r in runs if r["window"] == windows[0]]
-    figures.real.figure5(first, settings, os.path.join(out, "real_model_collapse.png"), caption)
-    figures.real.layers_figure(first, settings, os.path.join(out, "real_model_collapse_layers.png"),
-                               caption)
-    files += ["real_model_collapse.png", "real_model_collapse_layers.png"]
-    if len(windows) > 1:
-      sizes = sorted({w for c in cfgs.values() for w in c.layer_windows if w is not None})
-      figures.real.windows_figure(runs, settings, windows, sizes,
-                                  os.path.join(out, "real_model_collapse_windows.png"), caption)
-      files.append("real_model_collapse_windows.png")
+      "real_model_collapse", fl, config=ckpt.config, policies=spec.policies,
+      **harness.figure5_extras(ckpt, cfgs, settings, spec.grid, runs, caption),
+      total_s=round(total, 1), layout=hosts.layout(procs), runs=runs, cross_check=checks),
+      compact=True)
+  sizes = sorted({w for c in cfgs.values() for w in c.layer_windows if w is not None})
+  files = ["results.json"] + (figures.real.write_all(runs, settings, windows, sizes, out, caption)
+                              if fl["plot"] else [])
   print("\n".join([records.compact_line(r) for r in runs]
                   + [records.cross_check_line(c) for c in checks]))
   print(f"total {total:.1f}s; wrote {out}/" + ", ".join(files))

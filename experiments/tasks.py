@@ -18,11 +18,13 @@ template; base models (--model=gemma3) plain text: '<bos>{prompt}\n', the model 
 
 Writes to --out: samples.jsonl (every raw sample), results.json (accuracy with Wilson 95%
 intervals and margins per task, mode, dtype and n; the bridge; timings), tasks_accuracy.png,
-tasks_counts.png (count tasks) and tasks_bridge.png.
+tasks_counts.png (count tasks) and tasks_bridge.png. A job of cells (dtype x task x mode, and
+dtype x bridge task; collapse_jax/jobs.py), as precision_sweep: --resume, signals, hosts.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -30,7 +32,7 @@ import time
 from absl import app, flags, logging
 
 # importing collapse_jax applies the XLA guards before jax starts
-from collapse_jax import cli, figures, harness, jobs, results, tasks
+from collapse_jax import cli, figures, harness, hosts, jobs, results, tasks
 
 F = flags.FLAGS
 # The size presets (cli.sized): 'small' by default, 'full' with --full (the paper's grid); a
@@ -43,7 +45,7 @@ SIZES = {"small": dict(task=["copy_last", "copy_first", "count_ones"], mode=["di
 
 def define_flags(fv: flags.FlagValues) -> None:
   cli.define(fv, dtype="float32,bfloat16", lengths=None, model="smollm2", out=None, plot=True,
-             full=False)
+             full=False, **cli.JOB)
   flags.DEFINE_list("task", None, f"tasks: {', '.join(tasks.TASKS)} (default: "
                     "copy_last,copy_first,count_ones; --full: all)", flag_values=fv)
   flags.DEFINE_list("mode", None, f"prompt modes: {', '.join(tasks.MODES)} (CoT modes: count "
@@ -84,60 +86,57 @@ def parse(fl: dict) -> Spec:
   for name in ("samples", "batch", "max_new_tokens"):
     if fl[name] is not None and fl[name] < 1:
       raise ValueError(f"--{name} must be >= 1, got {fl[name]}")
-  jobs.check_out(fl["out"], {}, False, 1)
+  jobs.check_job_flags(fl, cli.job_spec(fl))
   return Spec(policies, names, modes, ns, fl["samples"], fl)
 
 
 def main(argv):
-  del argv
-  from collapse_jax import checkpoints
+  del argv  # the command line is sys.argv (for the resume line)
   with cli.usage_errors():
     spec = parse(cli.app_flags(__file__))
-  fl, policies, names, modes, ns = spec.flags, spec.policies, spec.tasks, spec.modes, spec.lengths
+    fl = spec.flags
+    procs = hosts.start_processes(fl["coordinator"], fl["num_processes"], fl["process_id"],
+                                  fl["distributed"])
   t0 = time.perf_counter()
-  try:
-    ckpt = checkpoints.load_model(fl["model"])
-  except (OSError, ImportError, checkpoints.CheckpointError) as e:  # one line, no traceback
-    sys.exit(f"error: {' '.join(str(e).split())}")
-  out = cli.run_dir(fl["out"], "tasks")
-  logging.info("tasks %s on %s, modes %s, n %s, dtypes %s -> %s", ",".join(names), ckpt.label,
-               ",".join(modes), list(ns), ",".join(p.name for p in policies), out)
-  progress = jobs.Progress(harness.cell_count(policies, names, modes))
-  res = harness.evaluate(ckpt, policies, names, modes, ns, samples=spec.samples,
-                         max_new_tokens=fl["max_new_tokens"], batch=fl["batch"], log=logging.info,
-                         on_cell=progress.end)
+  ckpt = cli.load_model(fl["model"], logging.info)
+  cells = harness.task_cells(spec.policies, spec.tasks, spec.modes)
+  logging.info("tasks %s on %s, modes %s, n %s, dtypes %s: %d cells", ",".join(spec.tasks),
+               ckpt.label, ",".join(spec.modes), list(spec.lengths),
+               ",".join(p.name for p in spec.policies), len(cells))
+  if skipped := harness.skipped_cells(spec.tasks, spec.modes):
+    logging.warning("skipping %s: CoT modes are for the count tasks", ", ".join(skipped))
+  run_cells = functools.partial(harness.run_task_cells, ckpt, cells, ns=spec.lengths,
+                                samples=spec.samples, max_new_tokens=fl["max_new_tokens"],
+                                batch=fl["batch"])
+  with jobs.exit_on_failure():
+    out = jobs.run_job(run_cells, functools.partial(_assemble, spec, ckpt, cells, t0),
+                       out=fl["out"], prefix="tasks", experiment="tasks",
+                       spec=cli.job_spec(fl), cell_ids=list(cells), procs=procs,
+                       heartbeat_s=fl["heartbeat"], argv=sys.argv, module=__spec__.name)
+  if procs.index != 0:
+    print(f"process {procs.index}: cells saved; process 0 wrote the results in {out}")
+
+
+def _assemble(spec: Spec, ckpt, cells, t0, out, shards):
+  """Process 0: samples.jsonl, results.json and the figures from every cell's shard."""
+  fl = spec.flags
+  res = harness.assemble_tasks(cells, {i: s["record"] for i, s in shards.items()})
   caption = (f"{ckpt.label}; {'chat template' if ckpt.prompt_format == 'chat' else 'plain text'}"
              f"; greedy, max {fl['max_new_tokens'] or 'default'} new tokens; n = sequence length "
              "(digits / ones / words); prompts from Appendix C.1 (collapse_jax/tasks.py)")
   results.write_jsonl(os.path.join(out, "samples.jsonl"), res["samples"])
+  total = time.perf_counter() - t0  # this process's wall time (a resumed run: since then)
   results.write_json(os.path.join(out, "results.json"), results.header(
-      "tasks", fl, config=ckpt.config, policies=policies, model=ckpt.label,
-      model_name=ckpt.name, prompt_format=ckpt.prompt_format, caption=caption, lengths=ns,
-      stop_ids=harness.stop_ids(ckpt), summary=res["summary"], bridge=res["bridge"],
-      timings_s=res["timings_s"], total_s=round(time.perf_counter() - t0, 1)), compact=True)
-  files = ["samples.jsonl", "results.json"]
-  if fl["plot"]:
-    figures.tasks.tasks_figure(res["summary"], os.path.join(out, "tasks_accuracy.png"), caption)
-    files.append("tasks_accuracy.png")
-    counts = [s for s in res["samples"] if s["task"] in tasks.COUNT_TASKS]
-    if counts:
-      figures.tasks.counts_figure(counts, os.path.join(out, "tasks_counts.png"), caption)
-      files.append("tasks_counts.png")
-    if res["bridge"]:
-      figures.tasks.bridge_figure(res["bridge"], os.path.join(out, "tasks_bridge.png"), caption)
-      files.append("tasks_bridge.png")
-  for r in res["summary"]:
-    print(f"{r['task']:>22s} {r['mode']:>12s} {r['dtype']:>9s} n={r['n']:<5d} acc strict "
-          f"{r['strict']['accuracy']:.2f} flexible {r['flexible']['accuracy']:.2f} "
-          f"[{r['flexible']['lo']:.2f}, {r['flexible']['hi']:.2f}] margin {r['margin']['mean']:+.3f}")
-  for b in res["bridge"]:
-    (sa, _), (sb, _) = b["pair"]
-    print(f"bridge {b['task']:>10s} {b['dtype']:>9s} n={b['n']:<5d} {sa} vs {sb}: |y_a - y_b| "
-          f"{b['y_linf']:.3g}{' (bitwise equal)' if b['y_equal'] else ''}; answers "
-          f"{b['answer_a']} / {b['answer_b']} (correct {b['correct_a']} / {b['correct_b']}); "
-          f"same output {b['output_equal']}, same margin {b['margin_equal']}"
-          + ("; VIOLATED: equal y, both slot digits right" if b["violated"] else ""))
-  print(f"total {time.perf_counter() - t0:.1f}s; wrote {out}/" + ", ".join(files))
+      "tasks", fl, config=ckpt.config, policies=spec.policies, model=ckpt.label,
+      model_name=ckpt.name, prompt_format=ckpt.prompt_format, caption=caption,
+      lengths=spec.lengths, stop_ids=harness.stop_ids(ckpt), summary=res["summary"],
+      bridge=res["bridge"], cells=res["cells"], timings_s=res["timings_s"],
+      total_s=round(total, 1)), compact=True)
+  files = ["samples.jsonl", "results.json"] + (
+      figures.tasks.write_all(res, out, caption, tasks.COUNT_TASKS) if fl["plot"] else [])
+  print("\n".join([harness.summary_line(r) for r in res["summary"]]
+                  + [harness.bridge_line(b) for b in res["bridge"]]))
+  print(f"total {total:.1f}s; wrote {out}/" + ", ".join(files))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ def _tasks(tmp_path, *args):
     (["--model=llama"], "smollm2"),             # absl's own: enums, integers
     (["--position=middle"], "turn_end"),
     (["--chunk=x"], "--chunk"),
+    (["--resume"], "holds no job"),             # the job flags (collapse_jax/jobs.py)
+    (["--heartbeat=-1"], "--heartbeat must be >= 0"),
+    (["--num_processes=2"], "--coordinator"),
 ])
 def test_real_model_collapse_refuses_bad_values(args, msg, tmp_path):
   with pytest.raises((ValueError, flags.Error), match=re.escape(msg)):
@@ -117,6 +120,8 @@ def test_tasks_full_is_the_paper_grid_and_an_explicit_flag_wins(tmp_path):
     (["--max_new_tokens=0"], "--max_new_tokens must be >= 1, got 0"),
     (["--samples=x"], "--samples"),             # absl's own: enums, integers
     (["--model=llama"], "smollm2"),
+    (["--resume"], "holds no job"),             # the job flags (collapse_jax/jobs.py)
+    (["--heartbeat=-1"], "--heartbeat must be >= 0"),
 ])
 def test_tasks_refuses_bad_values(args, msg, tmp_path):
   with pytest.raises((ValueError, flags.Error), match=re.escape(msg)):
@@ -128,30 +133,3 @@ def test_importing_the_apps_defines_no_flags():
   for name in ("settings", "position", "cross_check", "task", "mode", "samples"):
     module = flags.FLAGS.find_module_defining_flag(name) if name in flags.FLAGS else None
     assert module is None or not module.endswith(("real_model_collapse.py", "tasks.py")), module
-
-
-@pytest.mark.slow
-def test_figure5_runs_on_a_tiny_synthetic_model():
-  """harness.figure5_runs (real_model_collapse's run loop) on random weights: one record per
-  (window mode, pair set, dtype, seed), labelled; the exact engine cross-checked against the
-  default one; harness.figure5_extras keys in results.json's order."""
-  import types
-  import jax
-  from collapse_jax import harness, model, pairs, precision
-  cfg = cli.decoder_config({"layers": 1, "d_model": 8, "heads": ["2"], "vocab": 16}, max_len=9)
-  params = model.init_params(cfg, jax.random.key(0))
-  fam = pairs.make_family("prefix_repeat", 8, seed=0, vocab_size=16, prefix_len=2)
-  grid = np.array([3, 5, 8])
-  runs, checks = harness.figure5_runs(
-      params, [({"p": [fam]}, [0])], {"native": cfg, "global": cfg},
-      [precision.get_policy("float32")], grid, engine="exact", cross_check=True, log=lambda s: 0)
-  assert [(r["window"], r["pairs"], r["dtype"], r["seed"], r["position"]) for r in runs] == [
-      ("native", "p", "float32", 0, "digit"), ("global", "p", "float32", 0, "digit")]
-  assert [r["engine"] for r in runs] == ["exact"] * 2 and runs[0]["lengths"] == [3, 5, 8]
-  assert len(checks) == 2 and all(c["pairs"] == "p" and c["dtype"] == "float32" for c in checks)
-  ckpt = types.SimpleNamespace(label="tiny", name="tiny", prompt_format="plain")
-  setting = types.SimpleNamespace(describe=lambda: {"k": "p"}, token_counts=lambda g: list(g))
-  extras = harness.figure5_extras(ckpt, {"native": cfg}, {"p": setting}, grid, runs, "cap")
-  assert list(extras) == ["model", "model_name", "prompt_format", "window_configs", "caption",
-                          "lengths", "settings", "token_counts", "engines", "timings_s"]
-  assert extras["engines"] == {"p": "exact"} and extras["token_counts"]["p"] == [3, 5, 8]

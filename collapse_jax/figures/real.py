@@ -1,6 +1,9 @@
 """Figures of real-model collapse (experiments.real_model_collapse, compact records):
-``figure5`` (the paper's Figure 5), ``layers_figure``, ``windows_figure``."""
+``figure5`` (the paper's Figure 5), ``layers_figure``, ``windows_figure``; ``write_all``
+writes the ones a run draws."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from matplotlib import ticker
@@ -141,3 +144,17 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str | None
   suptitle(fig, caption + "\nwindows: native = the model's local/global layers, global = no "
            "window, a size = every layer that window", fontsize=8)
   return save(fig, path)
+
+
+def write_all(runs, settings: dict, windows, window_sizes, out: str, caption: str) -> list[str]:
+  """real_model_collapse's figures in ``out``: :func:`figure5` and :func:`layers_figure` of
+  the first window mode's runs, and with several modes :func:`windows_figure`. Returns the
+  file names written."""
+  first = [r for r in runs if r["window"] == windows[0]]
+  files = ["real_model_collapse.png", "real_model_collapse_layers.png"]
+  figure5(first, settings, os.path.join(out, files[0]), caption)
+  layers_figure(first, settings, os.path.join(out, files[1]), caption)
+  if len(windows) > 1:
+    files.append("real_model_collapse_windows.png")
+    windows_figure(runs, settings, windows, window_sizes, os.path.join(out, files[2]), caption)
+  return files

@@ -46,9 +46,10 @@ def names(module: str) -> list[str]:
 
 
 def undrawn(module) -> list[str]:
-  """The public figure functions of ``module`` (a figures module) that no sample draws."""
+  """The public figure functions of ``module`` (a figures module) that no sample draws
+  (``write_*`` functions write several of its figures and are tested on their own)."""
   drawn = {s.figure for s in SAMPLES.values()}
-  return [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+  return [k for k, v in vars(module).items() if callable(v) and not k.startswith(("_", "write_"))
           and getattr(v, "__module__", None) == module.__name__ and v not in drawn]
 
 

@@ -1,6 +1,8 @@
 """Figures of the task harness (collapse_jax/harness.py, experiments.tasks): ``tasks_figure``,
-``counts_figure``, ``bridge_figure``."""
+``counts_figure``, ``bridge_figure``; ``write_all`` writes the ones a run draws."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from matplotlib import lines
@@ -106,3 +108,19 @@ def bridge_figure(bridge, path: str | None, caption: str):
         fontsize=7)
   footer(fig, caption)
   return save(fig, path)
+
+
+def write_all(res: dict, out: str, caption: str, count_tasks) -> list[str]:
+  """experiments.tasks' figures in ``out`` from ``harness.assemble_tasks``' ``res``:
+  :func:`tasks_figure`, :func:`counts_figure` when samples of ``count_tasks`` exist and
+  :func:`bridge_figure` when the run has a bridge. Returns the file names written."""
+  files = ["tasks_accuracy.png"]
+  tasks_figure(res["summary"], os.path.join(out, files[-1]), caption)
+  counts = [s for s in res["samples"] if s["task"] in count_tasks]
+  if counts:
+    files.append("tasks_counts.png")
+    counts_figure(counts, os.path.join(out, files[-1]), caption)
+  if res["bridge"]:
+    files.append("tasks_bridge.png")
+    bridge_figure(res["bridge"], os.path.join(out, files[-1]), caption)
+  return files
