@@ -258,14 +258,22 @@ def test_missing_smollm2_is_a_clear_error(monkeypatch):
 # -- (c): tiny HF Llama / Gemma built by transformers ------------------------------------------
 
 @needs_torch_hf
-@pytest.mark.parametrize("kind", ["llama", "gemma", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen3", "gemma", "gemma3"])
 def test_hf_checkpoint_matches_transformers(kind, tmp_path):
+  """Logits, every layer's residual and y against transformers 5.23 in float32, on 17
+  tokens (longer than the windows of 5), with random norm weights."""
   import torch
   from collapse_jax.checkpoints.hf import load_hf_checkpoint
   m = tiny_hf(kind, tmp_path)
   cfg, params = load_hf_checkpoint(tmp_path)
-  assert cfg.rope_layout == "half" and cfg.dh == (12 if kind == "llama" else 16)
-  if kind == "gemma3":
+  assert cfg.rope_layout == "half" and cfg.dh == (12 if kind in ("llama", "mistral") else 16)
+  if kind == "mistral":
+    assert (cfg.sliding_window, cfg.layer_windows, cfg.qk_norm, cfg.rope_theta) == \
+        (5, (), False, 500.0)
+  elif kind == "qwen3":
+    assert (cfg.qk_norm, cfg.norm, cfg.layer_windows, cfg.tie_embeddings) == \
+        (True, "rmsnorm", (None, 5), True)
+  elif kind == "gemma3":
     assert (cfg.qk_norm, cfg.post_norms, cfg.layer_windows, cfg.layer_rope_thetas,
             cfg.qk_scale, cfg.kv_heads) == (True, True, (5, 5, None), (100.0, 100.0, 5e4),
                                             24 ** -0.5, 1)
@@ -318,10 +326,16 @@ def test_hf_config_mapping():
   c5 = config_from_hf({**gemma7b, "rope_theta": None,
                        "rope_parameters": {"rope_type": "default", "rope_theta": 500.0}})
   assert c5.rope_theta == 500.0
-  with pytest.raises(CheckpointError, match="not supported"):
+  with pytest.raises(CheckpointError, match="'gemma2' is not supported .the decoder has no "
+                     "attention and final-logit softcapping yet"):
     config_from_hf({**gemma7b, "model_type": "gemma2"})
+  with pytest.raises(CheckpointError, match="'qwen2' is not supported .the decoder has no q/k/v"):
+    config_from_hf({**gemma7b, "model_type": "qwen2"})
+  with pytest.raises(CheckpointError, match=r"gemma config keys \['sliding_window'\] are neither"):
+    config_from_hf({**gemma7b, "sliding_window": 4096})  # an allow-list, not a block-list
   with pytest.raises(CheckpointError, match="RoPE scaling"):
-    config_from_hf({**gemma7b, "model_type": "llama", "hidden_act": "silu",
+    config_from_hf({**{k: v for k, v in gemma7b.items() if k != "hidden_activation"},
+                    "model_type": "llama", "hidden_act": "silu",
                     "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
 
 
@@ -590,3 +604,34 @@ def test_gemma3_tokenizer_matches_transformers(gemma3):
   assert not bad, bad[:3]
   assert encode(tok, "1" * 7) == [encode(tok, "1")[0]] * 7 and encode(tok, "1", bos=True)[0] == 2
   assert [tok.id_to_token(i) for i in encode(tok, " 1,1\n")] == ["\u2581", "1", ",", "1", "\n"]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen3", "gemma", "gemma3_text"])
+def test_every_family_converter_is_an_allow_list(model_type):
+  """A key no family handles or ignores is refused by name; the keys transformers 5.23 itself
+  writes for each family convert (test_hf_checkpoint_matches_transformers)."""
+  from collapse_jax.checkpoints.hf import CheckpointError, HANDLED, IGNORED, config_from_hf
+  base = {"model_type": model_type, "hidden_size": 64, "num_attention_heads": 2,
+          "num_key_value_heads": 1, "head_dim": 32, "intermediate_size": 96,
+          "num_hidden_layers": 2, "vocab_size": 50,
+          **({"sliding_window": 16} if model_type == "gemma3_text" else {})}
+  assert config_from_hf(base).num_layers == 2
+  assert not HANDLED[model_type] & IGNORED
+  with pytest.raises(CheckpointError, match=rf"{model_type} config keys \['rope_wobble'\]"):
+    config_from_hf({**base, "rope_wobble": 1.0})
+
+
+def test_mistral_and_qwen3_windows_from_config():
+  from collapse_jax.checkpoints.hf import CheckpointError, config_from_hf
+  base = {"hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 96,
+          "num_hidden_layers": 3, "vocab_size": 50}
+  assert config_from_hf({**base, "model_type": "mistral", "sliding_window": 7}).window(2) == 7
+  assert config_from_hf({**base, "model_type": "mistral", "sliding_window": None}).window(0) is None
+  q = config_from_hf({**base, "model_type": "qwen3", "sliding_window": 9, "layer_types":
+                      ["full_attention", "sliding_attention", "sliding_attention"]})
+  assert q.layer_windows == (None, 9, 9) and q.qk_norm and q.norm == "rmsnorm"
+  assert config_from_hf({**base, "model_type": "qwen3", "sliding_window": None}).layer_windows == ()
+  with pytest.raises(CheckpointError, match="need sliding_window"):
+    config_from_hf({**base, "model_type": "qwen3", "layer_types": ["sliding_attention"] * 3})
+  with pytest.raises(CheckpointError, match="hidden_act 'gelu'"):
+    config_from_hf({**base, "model_type": "qwen3", "hidden_act": "gelu"})

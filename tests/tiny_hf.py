@@ -1,5 +1,6 @@
 """Tiny random Hugging Face checkpoints built by transformers (test helper, needs torch):
-Llama, Gemma (head_dim != hidden/heads) and Gemma 3 (windows 5/5/global, own RoPE bases),
+Llama, Mistral (window 5), Qwen3 (q/k norms, a window-5 layer), Gemma (head_dim !=
+hidden/heads) and Gemma 3 (windows 5/5/global, own RoPE bases),
 with random norm weights, saved as safetensors to a directory."""
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ def tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
   if kind == "llama":
     cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=5000.0, **common)
     m = transformers.LlamaForCausalLM(cfg)
+  elif kind == "mistral":  # one window of 5 on every layer
+    cfg = transformers.MistralConfig(sliding_window=5, rope_theta=500.0, **common)
+    m = transformers.MistralForCausalLM(cfg)
+  elif kind == "qwen3":  # q/k RMSNorms, head_dim 16 != 48/4; layer 1 a window of 5
+    cfg = transformers.Qwen3Config(head_dim=16, use_sliding_window=True, sliding_window=5,
+                                   max_window_layers=1, tie_word_embeddings=True, **common)
+    m = transformers.Qwen3ForCausalLM(cfg)
   elif kind == "gemma3":  # 3 layers: local (window 5), local, global; own RoPE bases
     cfg = transformers.Gemma3TextConfig(
         head_dim=16, query_pre_attn_scalar=24, sliding_window=5, sliding_window_pattern=3,
@@ -30,7 +38,7 @@ def tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
   with torch.no_grad():  # random norms (HF inits them to 1 / 0) so the norm weights matter
     for name, p in m.named_parameters():
       if name.endswith("norm.weight"):
-        p.copy_(0.5 * torch.randn_like(p) + (1.0 if kind == "llama" else 0.0))
+        p.copy_(0.5 * torch.randn_like(p) + (0.0 if kind.startswith("gemma") else 1.0))
   m = m.eval().to(getattr(torch, dtype))
   m.save_pretrained(tmp_path, safe_serialization=True)
   return m.float()

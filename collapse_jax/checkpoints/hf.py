@@ -1,6 +1,6 @@
 """Local Hugging Face checkpoints (config.json + *.safetensors) -> our decoder's params.
 
-Llama, Gemma (v1) and Gemma 3 (text: ``gemma3_text``) families. Everything is read from disk with the ``safetensors`` numpy
+Llama, Mistral, Qwen3, Gemma (v1) and Gemma 3 (text: ``gemma3_text``) families. Everything is read from disk with the ``safetensors`` numpy
 API; nothing here touches the network. Weights are returned as float32 numpy arrays in the
 layout documented in ``collapse_jax.model`` (cast them with ``policy.cast_params``).
 
@@ -23,8 +23,13 @@ Gemma 3 adds, as decoder options: per-head q/k RMSNorms (``qk_norm``; ``self_att
 is the MLP's input norm, ``post_feedforward_layernorm`` the post-MLP norm), ``layer_types``
 -> per-layer windows (``layer_windows``), ``rope_parameters`` per layer type -> per-layer RoPE
 bases (``layer_rope_thetas``), and ``query_pre_attn_scalar`` -> ``query_scale``. Its config
-converter handles or explicitly ignores every config.json key (:data:`GEMMA3_IGNORED`) and
-rejects the rest: an unknown key could change the model.
+converter, like every family's, handles or explicitly ignores every config.json key
+(:data:`HANDLED`, :data:`IGNORED`) and rejects the rest: an unknown key could change the model.
+
+Mistral: Llama with one sliding window on every layer (``sliding_window``; keys j with
+i - j < W, as transformers' mask). Qwen3: Llama with per-head q/k RMSNorms (``qk_norm``; plain
+w, not Gemma's 1 + w) and windows where ``layer_types`` says sliding_attention. Qwen2 (q/k/v
+biases) and Gemma 2 (softcapping) are refused, naming what the decoder lacks.
 """
 from __future__ import annotations
 
@@ -38,23 +43,35 @@ import numpy as np
 
 from collapse_jax.config import DecoderConfig
 
-SUPPORTED_MODEL_TYPES = ("llama", "gemma", "gemma3_text")
-# gemma3_text config.json keys that do not change the forward pass (bookkeeping, training,
-# generation and caching settings); every other key is handled or rejected.
-GEMMA3_IGNORED = frozenset({
+# Every family's converter is an allow-list: each config.json key is handled (HANDLED), known
+# not to change the forward pass (IGNORED: bookkeeping, training, generation and caching
+# settings), or refused in one line naming it: an unknown key could change the model.
+IGNORED = frozenset({
     "transformers_version", "architectures", "output_hidden_states", "output_attentions",
     "return_dict", "dtype", "torch_dtype", "chunk_size_feed_forward", "is_encoder_decoder",
     "id2label", "label2id", "problem_type", "initializer_range", "use_cache", "pad_token_id",
     "eos_token_id", "bos_token_id", "attention_dropout", "_name_or_path", "model_type",
-    "cache_implementation"})
-GEMMA3_HANDLED = frozenset({
+    "cache_implementation",
+    "pretraining_tp"})  # Llama: transformers 5 no longer reads it in the forward pass
+_BASE = frozenset({
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_activation",
-    "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
-    "rope_parameters", "attention_bias", "mlp_bias", "query_pre_attn_scalar", "sliding_window",
-    "layer_types", "final_logit_softcapping", "attn_logit_softcapping",
-    "use_bidirectional_attention", "rope_scaling", "rope_theta", "rope_local_base_freq",
-    "sliding_window_pattern", "_sliding_window_pattern"})
+    "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+    "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "rope_parameters",
+    "rope_theta", "rope_scaling", "attention_bias", "mlp_bias"})
+HANDLED = {
+    "llama": _BASE,
+    "mistral": _BASE | {"sliding_window"},
+    "qwen3": _BASE | {"sliding_window", "use_sliding_window", "max_window_layers",
+                      "layer_types"},
+    "gemma": _BASE | {"hidden_activation", "use_bidirectional_attention"},
+    "gemma3_text": _BASE | {
+        "hidden_activation", "query_pre_attn_scalar", "sliding_window", "layer_types",
+        "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention",
+        "rope_local_base_freq", "sliding_window_pattern", "_sliding_window_pattern"},
+}
+SUPPORTED_MODEL_TYPES = tuple(HANDLED)
+# Families transformers has that the decoder does not (yet): what each lacks.
+NOT_YET = {"qwen2": "q/k/v projection biases", "gemma2": "attention and final-logit softcapping"}
 
 
 class CheckpointError(ValueError):
@@ -73,12 +90,33 @@ def _rope_theta(cfg: Mapping) -> float:
   return float(theta)
 
 
+def _layer_windows(cfg: Mapping, num_layers: int, window) -> tuple:
+  """Per-layer windows from ``layer_types`` (sliding_attention -> ``window``, full_attention
+  -> None); () when every layer is full."""
+  types = list(cfg.get("layer_types") or ["full_attention"] * num_layers)
+  if len(types) != num_layers or set(types) - {"sliding_attention", "full_attention"}:
+    raise CheckpointError(f"layer_types {types} is not {num_layers} of "
+                          "sliding_attention/full_attention")
+  if "sliding_attention" not in types:
+    return ()
+  if window is None:
+    raise CheckpointError("sliding_attention layers need sliding_window")
+  return tuple(int(window) if t == "sliding_attention" else None for t in types)
+
+
 def config_from_hf(cfg: Mapping) -> DecoderConfig:
-  """DecoderConfig from a parsed HF config.json (Llama, Gemma v1 or Gemma 3 text)."""
+  """DecoderConfig from a parsed HF config.json: Llama, Mistral, Qwen3, Gemma (v1) or Gemma 3
+  text. Refuses (one line) another model_type and any key its family neither handles nor
+  ignores (:data:`HANDLED`, :data:`IGNORED`)."""
   mt = cfg.get("model_type")
-  if mt not in SUPPORTED_MODEL_TYPES:
-    raise CheckpointError(f"model_type {mt!r} is not supported; supported: "
+  if mt not in HANDLED:
+    lacks = f" (the decoder has no {NOT_YET[mt]} yet)" if mt in NOT_YET else ""
+    raise CheckpointError(f"model_type {mt!r} is not supported{lacks}; supported: "
                           f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+  unknown = sorted(set(cfg) - IGNORED - HANDLED[mt])
+  if unknown:
+    raise CheckpointError(f"{mt} config keys {unknown} are neither handled nor known to be "
+                          "irrelevant to the forward pass")
   for flag in ("attention_bias", "mlp_bias"):
     if cfg.get(flag):
       raise CheckpointError(f"{flag}=True is not supported (the decoder has no projection biases)")
@@ -93,12 +131,21 @@ def config_from_hf(cfg: Mapping) -> DecoderConfig:
       vocab_size=int(cfg["vocab_size"]), init_var=0.02 ** 2)
   if mt == "gemma3_text":
     return _gemma3(cfg, common)
-  if mt == "llama":
+  if cfg.get("use_bidirectional_attention"):
+    raise CheckpointError("use_bidirectional_attention=True is not supported (the decoders "
+                          "here are causal)")
+  if mt in ("llama", "mistral", "qwen3"):
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
-      raise CheckpointError(f"Llama hidden_act {act!r} is not supported (only silu -> SwiGLU)")
-    return DecoderConfig(mlp="swiglu", norm="rmsnorm", embed_scale=False,
-                         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **common)
+      raise CheckpointError(f"{mt} hidden_act {act!r} is not supported (only silu -> SwiGLU)")
+    windows = {}
+    if mt == "mistral" and cfg.get("sliding_window") is not None:
+      windows = {"sliding_window": int(cfg["sliding_window"])}
+    elif mt == "qwen3":  # transformers derives layer_types from use_sliding_window
+      windows = {"layer_windows": _layer_windows(cfg, common["num_layers"],
+                                                 cfg.get("sliding_window"))}
+    return DecoderConfig(mlp="swiglu", norm="rmsnorm", embed_scale=False, qk_norm=mt == "qwen3",
+                         **windows, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **common)
   act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
   if act not in ("gelu_pytorch_tanh", "gelu"):
     # HF Gemma maps legacy hidden_act='gelu' to the tanh approximation too (see GemmaMLP).
@@ -109,10 +156,6 @@ def config_from_hf(cfg: Mapping) -> DecoderConfig:
 
 def _gemma3(cfg: Mapping, common: dict) -> DecoderConfig:
   """Gemma 3 (text) from its config.json (transformers >= 4.50 or 5.x spelling)."""
-  unknown = sorted(set(cfg) - GEMMA3_IGNORED - GEMMA3_HANDLED)
-  if unknown:
-    raise CheckpointError(f"gemma3_text config keys {unknown} are neither handled nor known to "
-                          "be irrelevant to the forward pass")
   for key in ("final_logit_softcapping", "attn_logit_softcapping"):
     if cfg.get(key) is not None:
       raise CheckpointError(f"{key}={cfg[key]} is not supported (the decoder has no softcapping)")
@@ -127,11 +170,7 @@ def _gemma3(cfg: Mapping, common: dict) -> DecoderConfig:
       "sliding_attention" if (i + 1) % int(cfg.get("sliding_window_pattern",
                                                    cfg.get("_sliding_window_pattern", 6))) else
       "full_attention" for i in range(L)])
-  if len(types) != L or set(types) - {"sliding_attention", "full_attention"}:
-    raise CheckpointError(f"layer_types {types} is not {L} of sliding_attention/full_attention")
-  window = cfg.get("sliding_window")
-  if window is None and "sliding_attention" in types:
-    raise CheckpointError("sliding_attention layers need sliding_window")
+  windows = _layer_windows({"layer_types": types}, L, cfg.get("sliding_window")) or (None,) * L
   if cfg.get("rope_scaling"):  # transformers applies it to the global layers
     raise CheckpointError(f"RoPE scaling {cfg['rope_scaling']!r} is not supported by the decoder")
   rp = cfg.get("rope_parameters") or {}
@@ -148,8 +187,7 @@ def _gemma3(cfg: Mapping, common: dict) -> DecoderConfig:
       mlp="geglu", norm="gemma_rmsnorm", embed_scale=True, qk_norm=True, post_norms=True,
       tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
       query_scale=float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5,
-      layer_windows=tuple(int(window) if t == "sliding_attention" else None for t in types),
-      layer_rope_thetas=tuple(thetas[t] for t in types), **common)
+      layer_windows=windows, layer_rope_thetas=tuple(thetas[t] for t in types), **common)
 
 
 def params_from_hf_state_dict(config: DecoderConfig, sd: Mapping[str, np.ndarray]) -> dict:
