@@ -58,7 +58,10 @@ class DecoderConfig:
       and 1e6 for its global ones; () = every layer `rope_theta`. Tied to the layer, not to
       its window: a model whose windows are changed keeps its layers' bases.
     qk_norm: a per-head norm (kind `norm`, weights [Dh]) on q and k after their projections,
-      before RoPE (Gemma 3).
+      before RoPE (Gemma 3, Qwen3).
+    qkv_bias: biases on the q, k and v projections ([H, Dh], [KV, Dh], [KV, Dh]), added to
+      the dot in compute dtype before the 'qkv' rounding (Qwen2); the output projection has
+      none.
     post_norms: a norm on the attention block's and the MLP block's outputs before each
       residual add (Gemma 2/3: z = v + norm(Attn(norm1(v))), v' = z + norm(MLP(norm2(z)))).
     vocab_size: > 0 for token-id input; 0 for raw-vector input ([B, N, D] floats).
@@ -93,6 +96,7 @@ class DecoderConfig:
   layer_windows: tuple = ()
   layer_rope_thetas: tuple = ()
   qk_norm: bool = False
+  qkv_bias: bool = False
   post_norms: bool = False
 
   def __post_init__(self):

@@ -3,7 +3,8 @@
 Pre-LN, exactly the paper's section 2:
     z = Attn(norm1(v)) + v;   v' = MLP(norm2(z)) + z;   y = norm3(v^(L)).
 Options (config.DecoderConfig) give the real architectures without a second model: Gemma 3's
-post-norms (z = v + norm(Attn(norm1(v))), likewise for the MLP), per-head q/k norms, and a
+post-norms (z = v + norm(Attn(norm1(v))), likewise for the MLP), per-head q/k norms, Qwen2's
+q/k/v biases, and a
 per-layer sliding window and RoPE base (``cfg.window(l)``, ``cfg.rope_base(l)``).
 
 Every arithmetic op asks the precision policy (``precision.Policy``): operands are upcast,
@@ -15,6 +16,7 @@ computed in the compute/accumulation dtype and rounded at named points. Paramete
     layer_{l}/norm1/scale [D] (+ bias [D] for layernorm)
     layer_{l}/attn/{q [D,H,Dh], k [D,KV,Dh], v [D,KV,Dh], o [H,Dh,D]}
     layer_{l}/attn/{q_norm, k_norm}/scale [Dh]          (qk_norm only)
+    layer_{l}/attn/{q_bias [H,Dh], k_bias [KV,Dh], v_bias [KV,Dh]}   (qkv_bias only)
     layer_{l}/post_attn_norm/scale [D]                   (post_norms only)
     layer_{l}/norm2/...
     layer_{l}/mlp/{up [D,F], gate [D,F] (GLU only), down [F,D]}
@@ -128,9 +130,13 @@ class Attention(nn.Module):
     wv = self.param("v", init, (D, KV, Dh), jnp.float32)
     wo = self.param("o", init, (H, Dh, D), jnp.float32)
     first = 0 if cache_kv is None else cache_kv[0].shape[1]  # stream index of row 0
-    q = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "q", wq, first), "qkv")
-    k = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "k", wk, first), "qkv")
-    v = pol.round(_wdot(self, "bnd,dhk->bnhk", h_BND, "v", wv, first), "qkv")
+    def project(name, w, heads):  # the dot, its bias (qkv_bias) in compute dtype, one rounding
+      out = _wdot(self, "bnd,dhk->bnhk", h_BND, name, w, first)
+      if cfg.qkv_bias:
+        out = out + pol.to_compute(self.param(f"{name}_bias", nn.initializers.zeros,
+                                              (heads, Dh), jnp.float32))
+      return pol.round(out, "qkv")
+    q, k, v = project("q", wq, H), project("k", wk, KV), project("v", wv, KV)
     if cfg.qk_norm:  # per head, over Dh
       q = Norm(cfg, pol, name="q_norm")(q, point="qk_norm")
       k = Norm(cfg, pol, name="k_norm")(k, point="qk_norm")

@@ -35,7 +35,7 @@ ROUNDING_POINTS = {
                    "rounded to storage as HF rounds it to the weight dtype",
     "embed": "input embedding after scaling and absolute PE (v^(0))",
     "norm": "output of norm1/norm2 (input of attention/MLP)",
-    "qkv": "q, k, v projections",
+    "qkv": "q, k, v projections (after their biases: qkv_bias models, Qwen2)",
     "qk_norm": "q and k after their per-head norm (qk_norm models: Gemma 3)",
     "rope": "q and k after the rotary rotation",
     "scores": "attention logits q.k*scale (before bias/mask/softmax)",

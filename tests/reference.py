@@ -484,9 +484,10 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach, layer):
   H, KV, Dh = cfg.num_heads, cfg.kv_heads, cfg.dh
   G = H // KV
   window, theta = cfg.window(layer), cfg.rope_base(layer)
-  q = P.rnd(P.dot("bnd,dhk->bnhk", h, p["q"]), "qkv")
-  k = P.rnd(P.dot("bnd,dhk->bnhk", h, p["k"]), "qkv")
-  v = P.rnd(P.dot("bnd,dhk->bnhk", h, p["v"]), "qkv")
+  def project(name):  # the dot, then its bias added in compute dtype (qkv_bias), one rounding
+    out = P.dot("bnd,dhk->bnhk", h, p[name])
+    return P.rnd(out + P.c(p[f"{name}_bias"]) if cfg.qkv_bias else out, "qkv")
+  q, k, v = project("q"), project("k"), project("v")
   if cfg.qk_norm:
     q = _norm(P, cfg, p["q_norm"], q, "qk_norm")
     k = _norm(P, cfg, p["k_norm"], k, "qk_norm")
@@ -710,6 +711,9 @@ def random_params(cfg, seed: int = 0) -> dict:
                                        "o": w(H, Dh, D)}}
     if cfg.qk_norm:
       layer["attn"]["q_norm"], layer["attn"]["k_norm"] = norm(Dh), norm(Dh)
+    if cfg.qkv_bias:  # N(0, 0.09): large enough that a dropped or misplaced bias shows
+      for name, heads in (("q", H), ("k", KV), ("v", KV)):
+        layer["attn"][f"{name}_bias"] = np.asarray(0.3 * rng.standard_normal((heads, Dh)), F32)
     if cfg.post_norms:
       layer["post_attn_norm"] = norm()
     if cfg.use_mlp:

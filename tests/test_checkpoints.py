@@ -258,7 +258,7 @@ def test_missing_smollm2_is_a_clear_error(monkeypatch):
 # -- (c): tiny HF Llama / Gemma built by transformers ------------------------------------------
 
 @needs_torch_hf
-@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen3", "gemma", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3"])
 def test_hf_checkpoint_matches_transformers(kind, tmp_path):
   """Logits, every layer's residual and y against transformers 5.23 in float32, on 17
   tokens (longer than the windows of 5), with random norm weights."""
@@ -266,10 +266,15 @@ def test_hf_checkpoint_matches_transformers(kind, tmp_path):
   from collapse_jax.checkpoints.hf import load_hf_checkpoint
   m = tiny_hf(kind, tmp_path)
   cfg, params = load_hf_checkpoint(tmp_path)
-  assert cfg.rope_layout == "half" and cfg.dh == (12 if kind in ("llama", "mistral") else 16)
+  assert cfg.rope_layout == "half" and cfg.dh == (12 if kind in ("llama", "mistral", "qwen2")
+                                                  else 16)
   if kind == "mistral":
     assert (cfg.sliding_window, cfg.layer_windows, cfg.qk_norm, cfg.rope_theta) == \
         (5, (), False, 500.0)
+  elif kind == "qwen2":
+    assert (cfg.qkv_bias, cfg.qk_norm, cfg.layer_windows, cfg.tie_embeddings) == \
+        (True, False, (None, 5), False)
+    assert np.abs(params["layer_0"]["attn"]["k_bias"]).max() > 0.1
   elif kind == "qwen3":
     assert (cfg.qk_norm, cfg.norm, cfg.layer_windows, cfg.tie_embeddings) == \
         (True, "rmsnorm", (None, 5), True)
@@ -329,8 +334,6 @@ def test_hf_config_mapping():
   with pytest.raises(CheckpointError, match="'gemma2' is not supported .the decoder has no "
                      "attention and final-logit softcapping yet"):
     config_from_hf({**gemma7b, "model_type": "gemma2"})
-  with pytest.raises(CheckpointError, match="'qwen2' is not supported .the decoder has no q/k/v"):
-    config_from_hf({**gemma7b, "model_type": "qwen2"})
   with pytest.raises(CheckpointError, match=r"gemma config keys \['sliding_window'\] are neither"):
     config_from_hf({**gemma7b, "sliding_window": 4096})  # an allow-list, not a block-list
   with pytest.raises(CheckpointError, match="RoPE scaling"):
@@ -606,7 +609,8 @@ def test_gemma3_tokenizer_matches_transformers(gemma3):
   assert [tok.id_to_token(i) for i in encode(tok, " 1,1\n")] == ["\u2581", "1", ",", "1", "\n"]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen3", "gemma", "gemma3_text"])
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "gemma",
+                                        "gemma3_text"])
 def test_every_family_converter_is_an_allow_list(model_type):
   """A key no family handles or ignores is refused by name; the keys transformers 5.23 itself
   writes for each family convert (test_hf_checkpoint_matches_transformers)."""

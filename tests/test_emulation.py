@@ -60,9 +60,9 @@ SEEDS = (0, 1)
 B, N = 2, 16
 
 CONFIGS = {
-    "rope-layernorm-gelu-gqa": DecoderConfig(
+    "rope-layernorm-gelu-gqa": DecoderConfig(  # with Qwen2's q/k/v biases
         num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, pe="rope",
-        norm="layernorm", mlp="gelu", mlp_dim=64),
+        norm="layernorm", mlp="gelu", mlp_dim=64, qkv_bias=True),
     "alibi-rmsnorm-swiglu-tokens": DecoderConfig(
         num_layers=2, d_model=32, num_heads=4, pe="alibi", norm="rmsnorm", mlp="swiglu",
         mlp_dim=64, vocab_size=48),

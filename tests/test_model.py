@@ -107,6 +107,9 @@ def _grid():
                            layer_rope_thetas=(10.0, 10.0, 1000.0), query_scale=0.25),
       "qk-norm-post-norms-layernorm": dict(qk_norm=True, post_norms=True, norm="layernorm"),
       "post-norms-attention-only": dict(post_norms=True, use_mlp=False),
+      # Qwen2's options: q/k/v biases, GQA, a windowed layer
+      "qwen2-style": dict(num_heads=4, num_kv_heads=2, norm="rmsnorm", mlp="swiglu",
+                          qkv_bias=True, layer_windows=(None, 3)),
   }
   for name, kw in extra.items():
     base = dict(num_layers=2, d_model=16, num_heads=2)
@@ -192,7 +195,8 @@ def test_float32_decoder_close_to_float64_reference(name):
     DecoderConfig(num_layers=1, d_model=16, num_heads=4, num_kv_heads=2, norm="rmsnorm",
                   use_mlp=False),
     GRID["gemma3-style"],
-], ids=["tokens-untied-learned-swiglu", "gqa-rmsnorm-no-mlp", "gemma3-style"])
+    GRID["qwen2-style"],
+], ids=["tokens-untied-learned-swiglu", "gqa-rmsnorm-no-mlp", "gemma3-style", "qwen2-style"])
 def test_random_params_have_the_model_layout(cfg):
   """The numpy parameter tree the tests use is exactly model.init_params' tree."""
   shapes = lambda t: jax.tree_util.tree_map(lambda a: (tuple(a.shape), np.dtype(a.dtype)), t)

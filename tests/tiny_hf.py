@@ -1,5 +1,5 @@
 """Tiny random Hugging Face checkpoints built by transformers (test helper, needs torch):
-Llama, Mistral (window 5), Qwen3 (q/k norms, a window-5 layer), Gemma (head_dim !=
+Llama, Mistral (window 5), Qwen2 (random q/k/v biases, a window-5 layer), Qwen3 (q/k norms, a window-5 layer), Gemma (head_dim !=
 hidden/heads) and Gemma 3 (windows 5/5/global, own RoPE bases),
 with random norm weights, saved as safetensors to a directory."""
 from __future__ import annotations
@@ -20,6 +20,10 @@ def tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
   elif kind == "mistral":  # one window of 5 on every layer
     cfg = transformers.MistralConfig(sliding_window=5, rope_theta=500.0, **common)
     m = transformers.MistralForCausalLM(cfg)
+  elif kind == "qwen2":  # q/k/v biases (randomised below); layer 1 a window of 5
+    cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=5,
+                                   max_window_layers=1, tie_word_embeddings=False, **common)
+    m = transformers.Qwen2ForCausalLM(cfg)
   elif kind == "qwen3":  # q/k RMSNorms, head_dim 16 != 48/4; layer 1 a window of 5
     cfg = transformers.Qwen3Config(head_dim=16, use_sliding_window=True, sliding_window=5,
                                    max_window_layers=1, tie_word_embeddings=True, **common)
@@ -39,6 +43,8 @@ def tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
     for name, p in m.named_parameters():
       if name.endswith("norm.weight"):
         p.copy_(0.5 * torch.randn_like(p) + (0.0 if kind.startswith("gemma") else 1.0))
+      elif name.endswith(".bias"):  # HF inits biases to 0: random, so a lost bias shows
+        p.copy_(0.5 * torch.randn_like(p))
   m = m.eval().to(getattr(torch, dtype))
   m.save_pretrained(tmp_path, safe_serialization=True)
   return m.float()

@@ -1,6 +1,6 @@
 """Local Hugging Face checkpoints (config.json + *.safetensors) -> our decoder's params.
 
-Llama, Mistral, Qwen3, Gemma (v1) and Gemma 3 (text: ``gemma3_text``) families. Everything is read from disk with the ``safetensors`` numpy
+Llama, Mistral, Qwen2, Qwen3, Gemma (v1) and Gemma 3 (text: ``gemma3_text``) families. Everything is read from disk with the ``safetensors`` numpy
 API; nothing here touches the network. Weights are returned as float32 numpy arrays in the
 layout documented in ``collapse_jax.model`` (cast them with ``policy.cast_params``).
 
@@ -28,8 +28,9 @@ converter, like every family's, handles or explicitly ignores every config.json 
 
 Mistral: Llama with one sliding window on every layer (``sliding_window``; keys j with
 i - j < W, as transformers' mask). Qwen3: Llama with per-head q/k RMSNorms (``qk_norm``; plain
-w, not Gemma's 1 + w) and windows where ``layer_types`` says sliding_attention. Qwen2 (q/k/v
-biases) and Gemma 2 (softcapping) are refused, naming what the decoder lacks.
+w, not Gemma's 1 + w) and windows where ``layer_types`` says sliding_attention. Qwen2: Qwen3's
+windows, no q/k norms, and biases on the q/k/v projections (``qkv_bias``; o has none). Gemma 2
+(softcapping) is refused, naming what the decoder lacks.
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ _BASE = frozenset({
 HANDLED = {
     "llama": _BASE,
     "mistral": _BASE | {"sliding_window"},
+    "qwen2": _BASE | {"sliding_window", "use_sliding_window", "max_window_layers",
+                      "layer_types"},
     "qwen3": _BASE | {"sliding_window", "use_sliding_window", "max_window_layers",
                       "layer_types"},
     "gemma": _BASE | {"hidden_activation", "use_bidirectional_attention"},
@@ -71,7 +74,7 @@ HANDLED = {
 }
 SUPPORTED_MODEL_TYPES = tuple(HANDLED)
 # Families transformers has that the decoder does not (yet): what each lacks.
-NOT_YET = {"qwen2": "q/k/v projection biases", "gemma2": "attention and final-logit softcapping"}
+NOT_YET = {"gemma2": "attention and final-logit softcapping"}
 
 
 class CheckpointError(ValueError):
@@ -105,7 +108,7 @@ def _layer_windows(cfg: Mapping, num_layers: int, window) -> tuple:
 
 
 def config_from_hf(cfg: Mapping) -> DecoderConfig:
-  """DecoderConfig from a parsed HF config.json: Llama, Mistral, Qwen3, Gemma (v1) or Gemma 3
+  """DecoderConfig from a parsed HF config.json: Llama, Mistral, Qwen2/3, Gemma (v1) or Gemma 3
   text. Refuses (one line) another model_type and any key its family neither handles nor
   ignores (:data:`HANDLED`, :data:`IGNORED`)."""
   mt = cfg.get("model_type")
@@ -134,18 +137,18 @@ def config_from_hf(cfg: Mapping) -> DecoderConfig:
   if cfg.get("use_bidirectional_attention"):
     raise CheckpointError("use_bidirectional_attention=True is not supported (the decoders "
                           "here are causal)")
-  if mt in ("llama", "mistral", "qwen3"):
+  if mt in ("llama", "mistral", "qwen2", "qwen3"):
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
       raise CheckpointError(f"{mt} hidden_act {act!r} is not supported (only silu -> SwiGLU)")
     windows = {}
     if mt == "mistral" and cfg.get("sliding_window") is not None:
       windows = {"sliding_window": int(cfg["sliding_window"])}
-    elif mt == "qwen3":  # transformers derives layer_types from use_sliding_window
+    elif mt in ("qwen2", "qwen3"):  # transformers derives layer_types from use_sliding_window
       windows = {"layer_windows": _layer_windows(cfg, common["num_layers"],
                                                  cfg.get("sliding_window"))}
     return DecoderConfig(mlp="swiglu", norm="rmsnorm", embed_scale=False, qk_norm=mt == "qwen3",
-                         **windows, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **common)
+                         qkv_bias=mt == "qwen2", **windows, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **common)
   act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
   if act not in ("gelu_pytorch_tanh", "gelu"):
     # HF Gemma maps legacy hidden_act='gelu' to the tanh approximation too (see GemmaMLP).
@@ -228,6 +231,10 @@ def params_from_hf_state_dict(config: DecoderConfig, sd: Mapping[str, np.ndarray
             "down": get(p + "mlp.down_proj.weight", (D, F)).T,
         },
     }
+    if config.qkv_bias:  # Qwen2: q/k/v biases [heads * Dh] -> [heads, Dh]; o has none
+      params[f"layer_{l}"]["attn"].update(
+          {f"{x}_bias": get(p + f"self_attn.{x}_proj.bias", (n * Dh,)).reshape(n, Dh)
+           for x, n in (("q", H), ("k", KV), ("v", KV))})
     if config.qk_norm:
       params[f"layer_{l}"]["attn"].update(
           q_norm={"scale": get(p + "self_attn.q_norm.weight", (Dh,))},

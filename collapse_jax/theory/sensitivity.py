@@ -61,12 +61,13 @@ def init_vector_decoder(cfg: DecoderConfig, policy: Policy | str, n: int, *, see
 
 def check_bound(cfg: DecoderConfig, constants: str = "analytic") -> None:
   """The models ``oversquashing_bound`` covers (ValueError, one line, otherwise): global
-  attention without post-norms or q/k norms, and for the 'analytic' constants a Lipschitz
+  attention without post-norms, q/k norms or q/k/v biases, and for the 'analytic' constants a Lipschitz
   MLP ('gelu'). Needs no weights: the app checks its flags with it before running."""
   if constants not in ("analytic", "measured"):
     raise ValueError(f"constants must be 'analytic' or 'measured', got {constants!r}")
-  if cfg.windowed or cfg.post_norms or cfg.qk_norm:
-    raise ValueError("bound implemented for global attention without post-norms or q/k norms")
+  if cfg.windowed or cfg.post_norms or cfg.qk_norm or cfg.qkv_bias:
+    raise ValueError("bound implemented for global attention without post-norms, q/k norms "
+                     "or q/k/v biases")
   if constants == "analytic" and cfg.use_mlp and cfg.mlp != "gelu":
     raise ValueError(f"the analytic bound needs a Lipschitz MLP ('gelu'), not {cfg.mlp!r}")
 
