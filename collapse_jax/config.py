@@ -48,6 +48,9 @@ class DecoderConfig:
     norm_eps: epsilon inside the norm's rsqrt.
     pe: 'rope' | 'sinusoidal' | 'alibi' | 'learned' | 'none'.
     rope_theta: RoPE base; rope_layout 'half' (HF rotate_half) or 'interleaved' (GGUF).
+    rope_scaling: () = plain RoPE; ('linear', factor) or ('llama3', factor, low_freq_factor,
+      high_freq_factor, original_max_len) change the frequencies
+      (``positional.rope_inv_freq``; Llama 3.1+ use 'llama3'). Every layer.
     max_len: longest sequence the learned PE table (or a user's sweep) supports.
     causal: causal mask (False = bidirectional).
     sliding_window: attend only to keys with |i - j| < window in positions (causal: the
@@ -85,6 +88,7 @@ class DecoderConfig:
   pe: str = "rope"
   rope_theta: float = 10000.0
   rope_layout: str = "half"
+  rope_scaling: tuple = ()
   max_len: int = 4096
   causal: bool = True
   sliding_window: int | None = None
@@ -137,6 +141,20 @@ class DecoderConfig:
       bad(f"layer_rope_thetas must be numbers > 0, got {self.layer_rope_thetas}")
     if self.layer_windows and self.sliding_window is not None:
       bad("set sliding_window or layer_windows, not both (layer_windows would win)")
+    if isinstance(self.rope_scaling, list):
+      object.__setattr__(self, "rope_scaling", tuple(self.rope_scaling))
+    rs = self.rope_scaling
+    if rs:
+      size = {"linear": 2, "llama3": 5}.get(rs[0])
+      if size is None or len(rs) != size:
+        bad(f"rope_scaling must be (), ('linear', factor) or ('llama3', factor, "
+            f"low_freq_factor, high_freq_factor, original_max_len), got {rs}")
+      if not all(isinstance(v, (int, float)) and v > 0 for v in rs[1:]):
+        bad(f"rope_scaling's numbers must be > 0, got {rs}")
+      if rs[0] == "llama3" and not rs[3] > rs[2]:
+        bad(f"llama3 rope_scaling needs high_freq_factor > low_freq_factor, got {rs}")
+      if self.pe != "rope":
+        bad(f"rope_scaling needs pe='rope', not {self.pe!r}")
     if self.layer_rope_thetas and self.pe != "rope":
       bad(f"layer_rope_thetas needs pe='rope', not {self.pe!r}")
 

@@ -143,9 +143,9 @@ class Attention(nn.Module):
     if cfg.pe == "rope":
       theta = cfg.rope_base(self.layer)
       q = pol.round(positional.apply_rope(pol.to_compute(q), q_pos_BN, theta,
-                                          cfg.rope_layout), "rope")
+                                          cfg.rope_layout, cfg.rope_scaling), "rope")
       k = pol.round(positional.apply_rope(pol.to_compute(k), q_pos_BN, theta,
-                                          cfg.rope_layout), "rope")
+                                          cfg.rope_layout, cfg.rope_scaling), "rope")
     new_kv = (k, v)
     if cache_kv is not None:  # prefix keys/values [B, M0, KV, Dh] (stored dtype)
       k = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)

@@ -13,19 +13,36 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
-  """[Dh/2] float64: theta^(-2i/Dh)."""
-  return 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+def rope_inv_freq(head_dim: int, theta: float, scaling: tuple = ()) -> np.ndarray:
+  """[Dh/2] float64: theta^(-2i/Dh), changed by ``scaling`` (``DecoderConfig.rope_scaling``):
+    ('linear', factor): every frequency / factor (positions interpolated);
+    ('llama3', factor, low_freq_factor, high_freq_factor, original_max_len): Llama 3.1's
+      frequency-dependent scaling. With wavelength w = 2 pi / f, lo = original_max_len /
+      low_freq_factor and hi = original_max_len / high_freq_factor: w < hi keeps f, w > lo
+      gives f / factor, and in between f is blended, s = (original_max_len / w -
+      low_freq_factor) / (high_freq_factor - low_freq_factor), (1 - s) f / factor + s f."""
+  inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+  if not scaling:
+    return inv
+  kind, factor = scaling[0], float(scaling[1])
+  if kind == "linear":
+    return inv / factor
+  low, high, orig = (float(v) for v in scaling[2:])
+  wavelen = 2 * math.pi / inv
+  scaled = np.where(wavelen > orig / low, inv / factor, inv)
+  s = (orig / wavelen - low) / (high - low)
+  medium = ~(wavelen < orig / high) & ~(wavelen > orig / low)
+  return np.where(medium, (1 - s) * scaled / factor + s * scaled, scaled)
 
 
-def apply_rope(x_BNHK, positions_BN, theta: float, layout: str = "half"):
+def apply_rope(x_BNHK, positions_BN, theta: float, layout: str = "half", scaling: tuple = ()):
   """Rotate q or k. x: [B, N, H, Dh] in compute dtype; returns the same shape/dtype.
 
   layout 'half' pairs dim i with i + Dh/2 (HF rotate_half); 'interleaved' pairs 2i with
-  2i+1 (GGUF / original RoPE paper)."""
+  2i+1 (GGUF / original RoPE paper). ``scaling``: :func:`rope_inv_freq`'s."""
   dt = x_BNHK.dtype
   dh = x_BNHK.shape[-1]
-  inv = jnp.asarray(rope_inv_freq(dh, theta), dt)
+  inv = jnp.asarray(rope_inv_freq(dh, theta, scaling), dt)
   ang_BNF = positions_BN.astype(dt)[..., None] * inv  # [B, N, Dh/2]
   cos = jnp.cos(ang_BNF)[:, :, None, :]
   sin = jnp.sin(ang_BNF)[:, :, None, :]

@@ -418,12 +418,35 @@ def _silu(P, x):
   return out, np.abs(out.astype(F64)) * P.krel("logistic") + P.slack(out)
 
 
+def _rope_freqs(inv, scaling):
+  """RoPE scaling, frequency by frequency (float64): 'linear' divides every frequency by the
+  factor; 'llama3' keeps the short wavelengths (< original_max_len / high_freq_factor),
+  divides the long ones (> original_max_len / low_freq_factor) and blends the rest."""
+  if not scaling:
+    return inv
+  if scaling[0] == "linear":
+    return inv / scaling[1]
+  factor, low, high, orig = (float(v) for v in scaling[1:])
+  out = np.empty_like(inv)
+  for i, f in enumerate(inv):
+    wl = 2 * math.pi / f
+    if wl < orig / high:
+      out[i] = f
+    elif wl > orig / low:
+      out[i] = f / factor
+    else:
+      s = (orig / wl - low) / (high - low)
+      out[i] = (1 - s) * f / factor + s * f
+  return out
+
+
 def _rope(P: NumpyPolicy, cfg, x, pos, theta):
   """Rotate pairs (x_a, x_b) by angle pos * theta^(-2i/Dh): (a cos - b sin, b cos + a sin).
   Pairs: 'half' = (i, i + Dh/2), 'interleaved' = (2i, 2i+1). x: [B, N, H, Dh].
   Returns (value, band)."""
   dh = x.shape[-1]
-  inv = (theta ** (-(np.arange(dh // 2, dtype=F64) * 2) / dh)).astype(P.cd)
+  inv = _rope_freqs(theta ** (-(np.arange(dh // 2, dtype=F64) * 2) / dh), cfg.rope_scaling)
+  inv = inv.astype(P.cd)
   ang = pos.astype(P.cd)[:, :, None, None] * inv  # [B, N, 1, Dh/2]
   cos, sin = P.kernel(np.cos, ang), P.kernel(np.sin, ang)
   if cfg.rope_layout == "half":

@@ -258,7 +258,8 @@ def test_missing_smollm2_is_a_clear_error(monkeypatch):
 # -- (c): tiny HF Llama / Gemma built by transformers ------------------------------------------
 
 @needs_torch_hf
-@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "llama3", "llama_linear", "mistral", "qwen2", "qwen3",
+                                  "gemma", "gemma3"])
 def test_hf_checkpoint_matches_transformers(kind, tmp_path):
   """Logits, every layer's residual and y against transformers 5.23 in float32, on 17
   tokens (longer than the windows of 5), with random norm weights."""
@@ -266,9 +267,13 @@ def test_hf_checkpoint_matches_transformers(kind, tmp_path):
   from collapse_jax.checkpoints.hf import load_hf_checkpoint
   m = tiny_hf(kind, tmp_path)
   cfg, params = load_hf_checkpoint(tmp_path)
-  assert cfg.rope_layout == "half" and cfg.dh == (12 if kind in ("llama", "mistral", "qwen2")
-                                                  else 16)
-  if kind == "mistral":
+  assert cfg.rope_layout == "half" and cfg.dh == (
+      12 if kind in ("llama", "llama3", "llama_linear", "mistral", "qwen2") else 16)
+  if kind == "llama3":
+    assert (cfg.rope_theta, cfg.rope_scaling) == (5e5, ("llama3", 8.0, 1.0, 4.0, 64.0))
+  elif kind == "llama_linear":
+    assert (cfg.rope_theta, cfg.rope_scaling) == (100.0, ("linear", 4.0))
+  elif kind == "mistral":
     assert (cfg.sliding_window, cfg.layer_windows, cfg.qk_norm, cfg.rope_theta) == \
         (5, (), False, 500.0)
   elif kind == "qwen2":
@@ -336,10 +341,21 @@ def test_hf_config_mapping():
     config_from_hf({**gemma7b, "model_type": "gemma2"})
   with pytest.raises(CheckpointError, match=r"gemma config keys \['sliding_window'\] are neither"):
     config_from_hf({**gemma7b, "sliding_window": 4096})  # an allow-list, not a block-list
-  with pytest.raises(CheckpointError, match="RoPE scaling"):
-    config_from_hf({**{k: v for k, v in gemma7b.items() if k != "hidden_activation"},
-                    "model_type": "llama", "hidden_act": "silu",
-                    "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+  llama = {**{k: v for k, v in gemma7b.items() if k != "hidden_activation"},
+           "model_type": "llama", "hidden_act": "silu"}
+  for rope, msg in (({"rope_type": "llama3", "factor": 8.0}, r"needs \['high_freq_factor'"),
+                    ({"rope_type": "yarn", "factor": 4.0}, "rope_type 'yarn' is not supported"),
+                    ({"type": "dynamic", "factor": 2.0}, "rope_type 'dynamic'"),
+                    ({"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5},
+                     r"keys \['partial_rotary_factor'\]")):
+    with pytest.raises(CheckpointError, match=msg):
+      config_from_hf({**llama, "rope_scaling": rope})
+  old = config_from_hf({**llama, "rope_scaling": {"type": "linear", "factor": 4.0}})
+  assert (old.rope_theta, old.rope_scaling) == (10000.0, ("linear", 4.0))
+  new = config_from_hf({**llama, "rope_theta": None, "rope_parameters": {
+      "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})
+  assert (new.rope_theta, new.rope_scaling) == (5e5, ("llama3", 8.0, 1.0, 4.0, 8192.0))
 
 
 # -- (d): the GGUF loader on a tiny synthetic GGUF ---------------------------------------------
@@ -639,3 +655,19 @@ def test_mistral_and_qwen3_windows_from_config():
     config_from_hf({**base, "model_type": "qwen3", "layer_types": ["sliding_attention"] * 3})
   with pytest.raises(CheckpointError, match="hidden_act 'gelu'"):
     config_from_hf({**base, "model_type": "qwen3", "hidden_act": "gelu"})
+
+
+def test_gguf_tensors_the_decoder_does_not_read_are_refused():
+  """Llama 3.1 GGUFs carry their RoPE scaling as a rope_freqs tensor: dropping it would load
+  plain RoPE silently, so any tensor left unread is refused by name."""
+  from collapse_jax.checkpoints.gguf import _GGUF_TO_HF, hf_state_dict_from_gguf
+  from collapse_jax.checkpoints.hf import CheckpointError
+  cfg = DecoderConfig(num_layers=1, d_model=8, num_heads=2, vocab_size=5, mlp="swiglu",
+                      norm="rmsnorm")
+  tensors = {"token_embd.weight": np.zeros((5, 8), np.float32),
+             "output_norm.weight": np.ones(8, np.float32)}
+  tensors.update({f"blk.0.{g}.weight": np.zeros((8, 8), np.float32) for g in _GGUF_TO_HF})
+  assert set(hf_state_dict_from_gguf(cfg, tensors, permute=False)) >= {"norm.weight"}
+  for extra in ("rope_freqs.weight", "blk.0.attn_q.bias"):
+    with pytest.raises(CheckpointError, match=rf"\['{re.escape(extra)}'\] are not read"):
+      hf_state_dict_from_gguf(cfg, {**tensors, extra: np.ones(4, np.float32)}, permute=False)

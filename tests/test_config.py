@@ -26,6 +26,11 @@ from collapse_jax.config import DecoderConfig, check_token_ids, window_mode
     (dict(num_layers=1, layer_rope_thetas=(0.0,)), "numbers > 0"),
     (dict(num_layers=1, layer_windows=(4,), sliding_window=4), "not both"),
     (dict(num_layers=1, layer_rope_thetas=(10.0,), pe="alibi"), "needs pe='rope'"),
+    (dict(rope_scaling=("yarn", 4.0)), "rope_scaling must be (), ('linear', factor)"),
+    (dict(rope_scaling=("linear",)), "rope_scaling must be"),
+    (dict(rope_scaling=("linear", 0.0)), "numbers must be > 0"),
+    (dict(rope_scaling=("llama3", 8.0, 4.0, 1.0, 8192)), "high_freq_factor > low_freq_factor"),
+    (dict(rope_scaling=("linear", 2.0), pe="alibi"), "rope_scaling needs pe='rope'"),
 ])
 def test_bad_options_fail_on_construction(kw, msg):
   with pytest.raises(ValueError, match=re.escape(msg)) as e:

@@ -60,9 +60,10 @@ SEEDS = (0, 1)
 B, N = 2, 16
 
 CONFIGS = {
-    "rope-layernorm-gelu-gqa": DecoderConfig(  # with Qwen2's q/k/v biases
+    "rope-layernorm-gelu-gqa": DecoderConfig(  # with Qwen2's q/k/v biases, Llama 3's RoPE
         num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, pe="rope",
-        norm="layernorm", mlp="gelu", mlp_dim=64, qkv_bias=True),
+        norm="layernorm", mlp="gelu", mlp_dim=64, qkv_bias=True,
+        rope_scaling=("llama3", 8.0, 1.0, 4.0, 64)),  # Dh 8: frequencies in all 3 bands
     "alibi-rmsnorm-swiglu-tokens": DecoderConfig(
         num_layers=2, d_model=32, num_heads=4, pe="alibi", norm="rmsnorm", mlp="swiglu",
         mlp_dim=64, vocab_size=48),

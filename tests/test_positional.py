@@ -63,3 +63,20 @@ def test_alibi_slopes_are_the_papers_and_the_bias_their_distances():
     d = d if causal else np.abs(d)
     want = -positional.alibi_slopes(4)[:, None, None] * d[None]
     np.testing.assert_array_equal(got[0], want.astype(np.float32))
+
+
+def test_rope_scaling_frequencies_by_band():
+  """'linear' divides every frequency by the factor. 'llama3' (theta 5e5, Dh 12, original
+  length 64, low/high factors 1/4: wavelengths 6.3, 56, 498, ...) keeps the short
+  wavelength (< 64/4), divides the long ones (> 64/1) by the factor, and blends the middle
+  one: s = (64/56 - 1)/(4 - 1), (1 - s) f/8 + s f, strictly between f/8 and f."""
+  plain = positional.rope_inv_freq(12, 5e5)
+  np.testing.assert_array_equal(positional.rope_inv_freq(12, 5e5, ("linear", 4.0)), plain / 4)
+  got = positional.rope_inv_freq(12, 5e5, ("llama3", 8.0, 1.0, 4.0, 64))
+  wavelen = 2 * np.pi / plain
+  assert wavelen[0] < 16 < wavelen[1] < 64 < wavelen[2]
+  assert got[0] == plain[0] and np.all(got[2:] == plain[2:] / 8)
+  s = (64 / wavelen[1] - 1) / 3
+  np.testing.assert_allclose(got[1], (1 - s) * plain[1] / 8 + s * plain[1], rtol=1e-15)
+  assert plain[1] / 8 < got[1] < plain[1]
+

@@ -1,5 +1,5 @@
 """Tiny random Hugging Face checkpoints built by transformers (test helper, needs torch):
-Llama, Mistral (window 5), Qwen2 (random q/k/v biases, a window-5 layer), Qwen3 (q/k norms, a window-5 layer), Gemma (head_dim !=
+Llama (plain, 'llama3' and 'linear' RoPE scaling), Mistral (window 5), Qwen2 (random q/k/v biases, a window-5 layer), Qwen3 (q/k norms, a window-5 layer), Gemma (head_dim !=
 hidden/heads) and Gemma 3 (windows 5/5/global, own RoPE bases),
 with random norm weights, saved as safetensors to a directory."""
 from __future__ import annotations
@@ -16,6 +16,13 @@ def tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
                 rms_norm_eps=1e-6)
   if kind == "llama":
     cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=5000.0, **common)
+    m = transformers.LlamaForCausalLM(cfg)
+  elif kind in ("llama3", "llama_linear"):  # RoPE scaling; llama3: all three bands of
+    # frequencies (head_dim 12, theta 5e5: wavelengths 6.3 (kept), 56 (blended), >= 498 (/8))
+    rope = ({"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+            if kind == "llama3" else {"rope_type": "linear", "rope_theta": 100.0, "factor": 4.0})
+    cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_parameters=rope, **common)
     m = transformers.LlamaForCausalLM(cfg)
   elif kind == "mistral":  # one window of 5 on every layer
     cfg = transformers.MistralConfig(sliding_window=5, rope_theta=500.0, **common)

@@ -287,7 +287,9 @@ def dequantize_tensors(reader) -> dict[str, np.ndarray]:
 def hf_state_dict_from_gguf(config: DecoderConfig, tensors: dict[str, np.ndarray], *,
                             permute: bool = True, arch: str = "llama") -> dict[str, np.ndarray]:
   """Rename GGUF tensors to HF names. llama: un-permute Q/K rows (HF layout) if ``permute``.
-  gemma3: no permutation (its rows are HF's); norm weights 1 + w -> w (float32)."""
+  gemma3: no permutation (its rows are HF's); norm weights 1 + w -> w (float32). A tensor
+  this leaves unread is refused by name: e.g. Llama 3.1's ``rope_freqs.weight`` (its RoPE
+  scaling) or a bias would otherwise be dropped silently."""
   gemma = arch == "gemma3"
   shift = (lambda w: np.asarray(w, np.float32) - np.float32(1.0)) if gemma else (lambda w: w)
   sd = {"embed_tokens.weight": tensors["token_embd.weight"],
@@ -307,6 +309,13 @@ def hf_state_dict_from_gguf(config: DecoderConfig, tensors: dict[str, np.ndarray
       elif permute and g == "attn_k":
         w = unpermute_qk(w, config.kv_heads)
       sd[f"layers.{l}.{h}.weight"] = w
+  used = {"token_embd.weight", "output_norm.weight", "output.weight"} | {
+      f"blk.{l}.{g}.weight" for l in range(config.num_layers)
+      for g in (_GEMMA3_TO_HF if gemma else _GGUF_TO_HF)}
+  if unread := sorted(set(tensors) - used):
+    raise CheckpointError(f"GGUF tensors {unread[:4]}{' ...' if len(unread) > 4 else ''} are "
+                          "not read by the decoder (e.g. rope_freqs: RoPE scaling; biases); "
+                          "refusing rather than dropping them")
   return sd
 
 

@@ -30,7 +30,9 @@ Mistral: Llama with one sliding window on every layer (``sliding_window``; keys 
 i - j < W, as transformers' mask). Qwen3: Llama with per-head q/k RMSNorms (``qk_norm``; plain
 w, not Gemma's 1 + w) and windows where ``layer_types`` says sliding_attention. Qwen2: Qwen3's
 windows, no q/k norms, and biases on the q/k/v projections (``qkv_bias``; o has none). Gemma 2
-(softcapping) is refused, naming what the decoder lacks.
+(softcapping) is refused, naming what the decoder lacks. RoPE: plain, 'linear' and Llama 3's
+'llama3' frequency scaling (``rope_scaling``, every family but Gemma 3); other rope_types are
+refused.
 """
 from __future__ import annotations
 
@@ -81,16 +83,35 @@ class CheckpointError(ValueError):
   """A checkpoint is missing, incomplete or uses a feature the decoder does not have."""
 
 
-def _rope_theta(cfg: Mapping) -> float:
-  """rope_theta from config.json: transformers < 5 writes ``rope_theta``, >= 5 writes
-  ``rope_parameters: {rope_type, rope_theta}``. Rope scaling variants are rejected."""
-  rp = cfg.get("rope_parameters") or {}
-  scaling = cfg.get("rope_scaling") or (rp if rp.get("rope_type", "default") != "default" else None)
-  if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
-    raise CheckpointError(f"RoPE scaling {scaling!r} is not supported by the decoder "
-                          "(positional.apply_rope implements plain RoPE only)")
-  theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
-  return float(theta)
+# The keys of a rope_parameters / rope_scaling dict, by rope_type: what each reads.
+ROPE_KEYS = {"default": {"rope_type", "type", "rope_theta"},
+             "linear": {"rope_type", "type", "rope_theta", "factor"},
+             "llama3": {"rope_type", "type", "rope_theta", "factor", "low_freq_factor",
+                        "high_freq_factor", "original_max_position_embeddings"}}
+
+
+def _rope(cfg: Mapping) -> tuple[float, tuple]:
+  """(rope_theta, ``DecoderConfig.rope_scaling``) from config.json: transformers < 5 writes
+  ``rope_theta`` and ``rope_scaling``, >= 5 one ``rope_parameters`` dict. 'default',
+  'linear' and 'llama3' are read; another rope_type (dynamic, yarn, longrope, ...) or a key
+  its type does not read (e.g. partial_rotary_factor) is refused by name."""
+  rp = dict(cfg.get("rope_parameters") or {})
+  rp.update(cfg.get("rope_scaling") or {})
+  kind = rp.get("rope_type", rp.get("type", "default"))
+  if kind not in ROPE_KEYS:
+    raise CheckpointError(f"RoPE scaling rope_type {kind!r} is not supported by the decoder "
+                          f"(supported: {', '.join(ROPE_KEYS)})")
+  if extra := sorted(set(rp) - ROPE_KEYS[kind]):
+    raise CheckpointError(f"RoPE ({kind}) keys {extra} are not supported by the decoder")
+  if missing := sorted(ROPE_KEYS[kind] - {"rope_type", "type", "rope_theta"} - set(rp)):
+    raise CheckpointError(f"RoPE ({kind}) needs {missing} in its rope parameters")
+  theta = float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+  if kind == "default":
+    return theta, ()
+  if kind == "linear":
+    return theta, ("linear", float(rp["factor"]))
+  return theta, ("llama3", float(rp["factor"]), float(rp["low_freq_factor"]),
+                 float(rp["high_freq_factor"]), float(rp["original_max_position_embeddings"]))
 
 
 def _layer_windows(cfg: Mapping, num_layers: int, window) -> tuple:
@@ -129,11 +150,12 @@ def config_from_hf(cfg: Mapping) -> DecoderConfig:
       num_layers=int(cfg["num_hidden_layers"]), d_model=d, num_heads=h,
       num_kv_heads=int(cfg.get("num_key_value_heads") or h), head_dim=int(head_dim),
       mlp_dim=int(cfg["intermediate_size"]), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-      pe="rope", rope_theta=_rope_theta(cfg), rope_layout="half",
+      pe="rope", rope_layout="half",
       max_len=int(cfg.get("max_position_embeddings") or 4096), causal=True,
       vocab_size=int(cfg["vocab_size"]), init_var=0.02 ** 2)
   if mt == "gemma3_text":
-    return _gemma3(cfg, common)
+    return _gemma3(cfg, dict(common, rope_theta=10000.0))  # its RoPE: per layer type, below
+  common["rope_theta"], common["rope_scaling"] = _rope(cfg)
   if cfg.get("use_bidirectional_attention"):
     raise CheckpointError("use_bidirectional_attention=True is not supported (the decoders "
                           "here are causal)")
