@@ -80,12 +80,15 @@ class Schedule:
 
 def attend(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
            causal: bool, window: int | None, alibi_heads: int | None, qk_scale: float,
-           schedule: Schedule = Schedule()):
+           schedule: Schedule = Schedule(), softcap: float | None = None):
   """Attention of N new rows (the last N of the M keys' indices): heads [B, N, KV, G, Dh]
   (stored; NaN in rows that may see a non-finite value) and the weights [B, H, N, M] or None
   (``schedule.want_probs``). Arguments as :func:`tiled_attention`'s; ``schedule`` says how it
-  runs. ``pol.row_tile`` set: :func:`tiled_attention`; else :func:`_untiled_attention`."""
-  kw = dict(causal=causal, window=window, alibi_heads=alibi_heads, qk_scale=qk_scale)
+  runs. ``pol.row_tile`` set: :func:`tiled_attention`; else :func:`_untiled_attention`.
+  ``softcap``: the scores become cap tanh(s / cap) (``Policy.softcap``, rounded at
+  'attn_softcap') before bias, mask and softmax (Gemma 2)."""
+  kw = dict(causal=causal, window=window, alibi_heads=alibi_heads, qk_scale=qk_scale,
+            softcap=softcap)
   if pol.row_tile is not None:
     return tiled_attention(pol, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, **kw,
                            want_probs=schedule.want_probs, mesh=schedule.query_mesh)
@@ -123,7 +126,8 @@ def _pad_axis(x, axis: int, before: int, after: int, value=0):
 
 def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
                     causal: bool, window: int | None, alibi_heads: int | None,
-                    qk_scale: float, want_probs: bool = False, mesh=None):
+                    qk_scale: float, want_probs: bool = False, mesh=None,
+                    softcap: float | None = None):
   """Attention of N new rows (the last N of the M keys' indices) on the schedule above.
 
   Args:
@@ -183,7 +187,7 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
 
       def live():
         s = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BRKGD, k_j, scale=qk_scale), "scores")
-        s = step(lambda x: x, s)
+        s = step(lambda x: x, pol.softcap(s, softcap, "attn_softcap"))
         if alibi_heads is not None:
           bias = positional.alibi_bias(qpos_BR, kpos_j, alibi_heads, causal, cd)
           s = step(jnp.add, s, bias.reshape(shape))
@@ -255,7 +259,7 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
 
 def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
                        causal: bool, window: int | None, alibi_heads: int | None,
-                       qk_scale: float, schedule: Schedule):
+                       qk_scale: float, schedule: Schedule, softcap: float | None = None):
   """The schedule without row tiles (``Policy.row_tile`` None): the whole pass, or query
   chunks, each row's softmax over all its keys in one reduction (the backend's order)."""
   B, N, KV, G, Dh = q_BNKGD.shape
@@ -273,6 +277,7 @@ def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_B
     """Rows C of the attention: heads [B, C, KV, G, Dh], probs [B, KV, G, C, M]."""
     C = q_idx_C.shape[0]
     scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BCKGD, k, scale=qk_scale), "scores")
+    scores = pol.softcap(scores, softcap, "attn_softcap")
     mask_BCM = k_valid_BM[:, None, :]
     if causal:
       mask_BCM = mask_BCM & (jnp.arange(k.shape[1])[None, None, :] <= q_idx_C[None, :, None])

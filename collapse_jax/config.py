@@ -65,6 +65,9 @@ class DecoderConfig:
     qkv_bias: biases on the q, k and v projections ([H, Dh], [KV, Dh], [KV, Dh]), added to
       the dot in compute dtype before the 'qkv' rounding (Qwen2); the output projection has
       none.
+    attn_softcap, final_softcap: tanh softcapping cap tanh(x / cap) of the attention scores
+      (before mask and softmax) and of the output logits, each rounded at its own point
+      ('attn_softcap', 'logit_softcap'); None = none (Gemma 2: 50 and 30).
     post_norms: a norm on the attention block's and the MLP block's outputs before each
       residual add (Gemma 2/3: z = v + norm(Attn(norm1(v))), v' = z + norm(MLP(norm2(z)))).
     vocab_size: > 0 for token-id input; 0 for raw-vector input ([B, N, D] floats).
@@ -101,6 +104,8 @@ class DecoderConfig:
   layer_rope_thetas: tuple = ()
   qk_norm: bool = False
   qkv_bias: bool = False
+  attn_softcap: float | None = None
+  final_softcap: float | None = None
   post_norms: bool = False
 
   def __post_init__(self):
@@ -141,6 +146,10 @@ class DecoderConfig:
       bad(f"layer_rope_thetas must be numbers > 0, got {self.layer_rope_thetas}")
     if self.layer_windows and self.sliding_window is not None:
       bad("set sliding_window or layer_windows, not both (layer_windows would win)")
+    for name in ("attn_softcap", "final_softcap"):
+      cap = getattr(self, name)
+      if cap is not None and not (isinstance(cap, (int, float)) and cap > 0):
+        bad(f"{name} must be a number > 0 or None, got {cap}")
     if isinstance(self.rope_scaling, list):
       object.__setattr__(self, "rope_scaling", tuple(self.rope_scaling))
     rs = self.rope_scaling

@@ -4,7 +4,7 @@ Pre-LN, exactly the paper's section 2:
     z = Attn(norm1(v)) + v;   v' = MLP(norm2(z)) + z;   y = norm3(v^(L)).
 Options (config.DecoderConfig) give the real architectures without a second model: Gemma 3's
 post-norms (z = v + norm(Attn(norm1(v))), likewise for the MLP), per-head q/k norms, Qwen2's
-q/k/v biases, and a
+q/k/v biases, Gemma 2's tanh softcapping of attention and output logits, and a
 per-layer sliding window and RoPE base (``cfg.window(l)``, ``cfg.rope_base(l)``).
 
 Every arithmetic op asks the precision policy (``precision.Policy``): operands are upcast,
@@ -155,7 +155,7 @@ class Attention(nn.Module):
         pol, q.reshape(B, N, KV, H // KV, Dh), k, v, k_pos_BM, k_valid_BM, q_pos_BN,
         causal=cfg.causal, window=cfg.window(self.layer),
         alibi_heads=H if cfg.pe == "alibi" else None, qk_scale=cfg.qk_scale,
-        schedule=self.schedule)
+        schedule=self.schedule, softcap=cfg.attn_softcap)
     heads = heads.reshape(B, N, H, Dh)
     out = pol.round(_wdot(self, "bnhk,hkd->bnd", heads, "o", wo, first), "attn_out")
     return out, heads, probs, new_kv
@@ -304,6 +304,7 @@ class Decoder(nn.Module):
       else:
         lg = pol.round(_wdot(self, "bnd,dv->bnv", y_rows, "lm_head", w["kernel"], at),
                        "logits")
+      lg = pol.softcap(lg, cfg.final_softcap, "logit_softcap")
       out[key] = lg if key == "logits" else lg[:, 0]
     return out
 

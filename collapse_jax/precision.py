@@ -39,6 +39,8 @@ ROUNDING_POINTS = {
     "qk_norm": "q and k after their per-head norm (qk_norm models: Gemma 3)",
     "rope": "q and k after the rotary rotation",
     "scores": "attention logits q.k*scale (before bias/mask/softmax)",
+    "attn_softcap": "attention logits after tanh softcapping, cap tanh(s / cap) "
+                    "(attn_softcap models: Gemma 2)",
     "probs": "softmax output (attention weights)",
     "heads": "per-head attention output sum_j p_ij v_j",
     "attn_out": "attention output projection",
@@ -49,6 +51,7 @@ ROUNDING_POINTS = {
     "mlp_out": "MLP down projection",
     "final_norm": "final normalised output y = norm3(v^(L))",
     "logits": "output logits",
+    "logit_softcap": "output logits after tanh softcapping (final_softcap models: Gemma 2)",
 }
 ALL_POINTS = frozenset(ROUNDING_POINTS)
 
@@ -180,6 +183,15 @@ class Policy:
     if self.fp8_scaling and self.is_fp8:
       return quantize_scaled(x.astype(self.compute_dtype), self.storage_dtype)
     return x.astype(self.storage_dtype)
+
+  def softcap(self, x, cap: float | None, point: str):
+    """cap * tanh(x / cap) in compute dtype (x / cap as x * (1 / cap), 1 / cap a float64
+    constant cast to compute dtype), rounded at ``point``; ``cap`` None: x unchanged."""
+    if cap is None:
+      return x
+    cd = self.compute_dtype
+    t = jnp.tanh(jnp.asarray(x).astype(cd) * jnp.asarray(1.0 / cap, cd))
+    return self.round(t * jnp.asarray(cap, cd), point)
 
   def dot(self, spec: str, a, b, scale: float | None = None):
     """einsum(spec, a, b) with operands in ``dot_operand_dtype`` and accumulation in

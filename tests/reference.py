@@ -472,6 +472,19 @@ def _sinusoidal(P: NumpyPolicy, pos, d):
       *pos.shape, d)
 
 
+def _softcap(P: NumpyPolicy, x, cap, point, attn=False):
+  """cap tanh(x / cap), x / cap as x times the f32 constant 1 / cap, rounded at ``point``;
+  the tanh kernel's error, times cap, is the band. ``cap`` None: x unchanged."""
+  if cap is None:
+    return x
+  x = P.c(x)
+  if not P.xla:
+    return P.rnd(cap * np.tanh(x / cap), point, attn=attn)
+  th = P.kernel(np.tanh, x * np.asarray(1.0 / cap, P.cd))
+  out = th * np.asarray(cap, P.cd)
+  return P.rnd(out, point, band=cap * P.kband(th, "tanh") + P.slack(out), attn=attn)
+
+
 def _softmax(P: NumpyPolicy, scores, mask, bias):
   """Masked softmax over the last axis, every primitive a softmax-dtype value; masked
   entries get weight exactly 0 (a fully masked row gives zeros). Layout [B,KV,G,N,M]."""
@@ -527,6 +540,7 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach, layer):
   # query head h = kv * G + g reads kv head kv = h // G
   qg = q.reshape(B, N, KV, G, Dh)
   scores = P.rnd(P.dot("bnkgd,bmkd->bkgnm", qg, k, scale=cfg.qk_scale), "scores")
+  scores = _softcap(P, scores, cfg.attn_softcap, "attn_softcap", attn=True)
   qp, kp = q_pos[:, :, None].astype(np.int64), k_pos[:, None, :].astype(np.int64)
   mask = np.broadcast_to(k_valid[:, None, :], (B, N, M))
   if cfg.causal:  # by sequence order (cache slots first, then the N new tokens), so a
@@ -667,6 +681,8 @@ def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, 
     if track and P.tracking and "logits" in P.round_at:  # per element: nothing follows
       out["ambiguous_logits_elements"] = (
           midpoint_distance(logits, P.st) < P.dot_band(spec, yt, w))
+    if cfg.final_softcap is not None:
+      out["logits"] = _softcap(P, out["logits"], cfg.final_softcap, "logit_softcap")
     end_segment("logits")
   if track:
     for key, rows in amb.items():

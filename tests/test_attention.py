@@ -25,10 +25,11 @@ def _inputs(seed=0):
   return q, k, v, pos, valid
 
 
-def _reference(q, k, v, pos, valid, *, causal, window, scale):
-  """float64: rows are the last N of the M keys' indices; heads [B, N, KV, G, Dh]."""
+def _reference(q, k, v, pos, valid, *, causal, window, scale, cap=lambda s: s):
+  """float64: rows are the last N of the M keys' indices; heads [B, N, KV, G, Dh]; ``cap``
+  maps the scores before the mask (softcapping)."""
   q, k, v = (x.astype(np.float64) for x in (q, k, v))
-  s = np.einsum("bnhgd,bmhd->bhgnm", q, k) * scale
+  s = cap(np.einsum("bnhgd,bmhd->bhgnm", q, k) * scale)
   i = np.arange(M - N, M)[:, None]
   j = np.arange(M)[None, :]
   mask = valid[:, None, None, None, :] & np.ones((1, 1, 1, N, M), bool)
@@ -92,3 +93,20 @@ def test_schedule_refuses_what_it_cannot_run(sched, n, msg):
   with pytest.raises(ValueError, match=msg):
     sched.check(n)
   attention.Schedule(query_chunk=4, want_probs=True).check(4)  # the whole matrix: allowed
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_softcapped_scores_match_a_float64_reference(tiled):
+  """Gemma 2's softcapping: scores cap tanh(s / cap) before the mask and softmax; a cap of
+  0.7 bends every score, so attention without it is far off."""
+  pol = precision.get_policy("float32")
+  pol = dataclasses.replace(pol, row_tile=8, accum_block=8) if tiled else pol.untiled()
+  q, k, v, pos, valid = _inputs(2)
+  heads, _ = attention.attend(pol, *map(jnp.asarray, (q, k, v, pos, valid)),
+                              jnp.asarray(pos[:, M - N:]), causal=True, window=5,
+                              alibi_heads=None, qk_scale=1.0, softcap=0.7)
+  capped = lambda s: 0.7 * np.tanh(s / 0.7)
+  want = _reference(q, k, v, pos, valid, causal=True, window=5, scale=1.0, cap=capped)
+  np.testing.assert_allclose(np.asarray(heads, np.float64), want, rtol=1e-5, atol=1e-6)
+  plain = _reference(q, k, v, pos, valid, causal=True, window=5, scale=1.0)
+  assert np.max(np.abs(plain - want)) > 0.05

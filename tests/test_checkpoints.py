@@ -259,7 +259,7 @@ def test_missing_smollm2_is_a_clear_error(monkeypatch):
 
 @needs_torch_hf
 @pytest.mark.parametrize("kind", ["llama", "llama3", "llama_linear", "mistral", "qwen2", "qwen3",
-                                  "gemma", "gemma3"])
+                                  "gemma", "gemma2", "gemma3"])
 def test_hf_checkpoint_matches_transformers(kind, tmp_path):
   """Logits, every layer's residual and y against transformers 5.23 in float32, on 17
   tokens (longer than the windows of 5), with random norm weights."""
@@ -269,7 +269,10 @@ def test_hf_checkpoint_matches_transformers(kind, tmp_path):
   cfg, params = load_hf_checkpoint(tmp_path)
   assert cfg.rope_layout == "half" and cfg.dh == (
       12 if kind in ("llama", "llama3", "llama_linear", "mistral", "qwen2") else 16)
-  if kind == "llama3":
+  if kind == "gemma2":
+    assert (cfg.attn_softcap, cfg.final_softcap, cfg.layer_windows, cfg.post_norms,
+            cfg.qk_norm, cfg.qk_scale) == (0.5, 1.0, (5, None, 5), True, False, 24 ** -0.5)
+  elif kind == "llama3":
     assert (cfg.rope_theta, cfg.rope_scaling) == (5e5, ("llama3", 8.0, 1.0, 4.0, 64.0))
   elif kind == "llama_linear":
     assert (cfg.rope_theta, cfg.rope_scaling) == (100.0, ("linear", 4.0))
@@ -336,9 +339,8 @@ def test_hf_config_mapping():
   c5 = config_from_hf({**gemma7b, "rope_theta": None,
                        "rope_parameters": {"rope_type": "default", "rope_theta": 500.0}})
   assert c5.rope_theta == 500.0
-  with pytest.raises(CheckpointError, match="'gemma2' is not supported .the decoder has no "
-                     "attention and final-logit softcapping yet"):
-    config_from_hf({**gemma7b, "model_type": "gemma2"})
+  with pytest.raises(CheckpointError, match="'gemma4' is not supported; supported: llama"):
+    config_from_hf({**gemma7b, "model_type": "gemma4"})
   with pytest.raises(CheckpointError, match=r"gemma config keys \['sliding_window'\] are neither"):
     config_from_hf({**gemma7b, "sliding_window": 4096})  # an allow-list, not a block-list
   llama = {**{k: v for k, v in gemma7b.items() if k != "hidden_activation"},
@@ -625,7 +627,7 @@ def test_gemma3_tokenizer_matches_transformers(gemma3):
   assert [tok.id_to_token(i) for i in encode(tok, " 1,1\n")] == ["\u2581", "1", ",", "1", "\n"]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "gemma",
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                                         "gemma3_text"])
 def test_every_family_converter_is_an_allow_list(model_type):
   """A key no family handles or ignores is refused by name; the keys transformers 5.23 itself
@@ -634,7 +636,8 @@ def test_every_family_converter_is_an_allow_list(model_type):
   base = {"model_type": model_type, "hidden_size": 64, "num_attention_heads": 2,
           "num_key_value_heads": 1, "head_dim": 32, "intermediate_size": 96,
           "num_hidden_layers": 2, "vocab_size": 50,
-          **({"sliding_window": 16} if model_type == "gemma3_text" else {})}
+          **({"sliding_window": 16} if model_type.startswith("gemma") and model_type != "gemma"
+             else {})}
   assert config_from_hf(base).num_layers == 2
   assert not HANDLED[model_type] & IGNORED
   with pytest.raises(CheckpointError, match=rf"{model_type} config keys \['rope_wobble'\]"):

@@ -31,6 +31,8 @@ from collapse_jax.config import DecoderConfig, check_token_ids, window_mode
     (dict(rope_scaling=("linear", 0.0)), "numbers must be > 0"),
     (dict(rope_scaling=("llama3", 8.0, 4.0, 1.0, 8192)), "high_freq_factor > low_freq_factor"),
     (dict(rope_scaling=("linear", 2.0), pe="alibi"), "rope_scaling needs pe='rope'"),
+    (dict(attn_softcap=0.0), "attn_softcap must be a number > 0 or None"),
+    (dict(final_softcap=-30.0), "final_softcap must be a number > 0 or None"),
 ])
 def test_bad_options_fail_on_construction(kw, msg):
   with pytest.raises(ValueError, match=re.escape(msg)) as e:

@@ -78,7 +78,8 @@ CONFIGS = {
         num_layers=2, d_model=48, num_heads=4, num_kv_heads=1, head_dim=8, pe="rope",
         norm="gemma_rmsnorm", mlp="geglu", mlp_dim=64, vocab_size=40, embed_scale=True,
         qk_norm=True, post_norms=True, layer_windows=(5, None), layer_rope_thetas=(10.0, 1e4),
-        query_scale=0.25),
+        query_scale=0.25, attn_softcap=2.0, final_softcap=3.0),  # + Gemma 2's softcapping,
+    # caps small enough that tanh bends the values
 }
 # the fp8 presets compile slowly on XLA:CPU: they get the first three configs
 CASES = [(p, c) for p in PRESETS for c in CONFIGS
@@ -233,7 +234,8 @@ def test_perturbed_emulator_is_detected():
   for point in sorted(precision.ROUNDING_POINTS.keys() - {"logits"}):
     P = _TruncatingPolicy.from_policy(pol)
     P.bad_point = point
-    if point in ("embed_scale", "qk_norm", "post_norm"):  # Gemma 3's options only
+    if point in ("embed_scale", "qk_norm", "post_norm", "attn_softcap", "logit_softcap"):
+      # Gemma 2/3's options only
       assert differs(R.run(P, g_cfg, g_pc, g_x), g_out), f"truncating at {point!r} went unnoticed"
       continue
     assert differs(R.run(P, cfg, pc, x)), f"truncating at {point!r} went unnoticed"

@@ -109,6 +109,11 @@ def _grid():
                            layer_rope_thetas=(10.0, 10.0, 1000.0), query_scale=0.25),
       "qk-norm-post-norms-layernorm": dict(qk_norm=True, post_norms=True, norm="layernorm"),
       "post-norms-attention-only": dict(post_norms=True, use_mlp=False),
+      # Gemma 2's options: softcapping (small caps: tanh bends), alternating windows
+      "gemma2-style": dict(num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8,
+                           norm="gemma_rmsnorm", mlp="geglu", vocab_size=23, embed_scale=True,
+                           post_norms=True, layer_windows=(3, None, 3), query_scale=0.25,
+                           attn_softcap=2.0, final_softcap=3.0),
       # Qwen2's options: q/k/v biases, GQA, a windowed layer
       "qwen2-style": dict(num_heads=4, num_kv_heads=2, norm="rmsnorm", mlp="swiglu",
                           qkv_bias=True, layer_windows=(None, 3)),

@@ -1,6 +1,6 @@
 """Tiny random Hugging Face checkpoints built by transformers (test helper, needs torch):
 Llama (plain, 'llama3' and 'linear' RoPE scaling), Mistral (window 5), Qwen2 (random q/k/v biases, a window-5 layer), Qwen3 (q/k norms, a window-5 layer), Gemma (head_dim !=
-hidden/heads) and Gemma 3 (windows 5/5/global, own RoPE bases),
+hidden/heads), Gemma 2 (softcapping, alternating windows) and Gemma 3 (windows 5/5/global, own RoPE bases),
 with random norm weights, saved as safetensors to a directory."""
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
     cfg = transformers.Qwen3Config(head_dim=16, use_sliding_window=True, sliding_window=5,
                                    max_window_layers=1, tie_word_embeddings=True, **common)
     m = transformers.Qwen3ForCausalLM(cfg)
+  elif kind == "gemma2":  # 3 layers: window 5, global, window 5; small caps so tanh bends
+    cfg = transformers.Gemma2Config(
+        head_dim=16, query_pre_attn_scalar=24, sliding_window=5, attn_logit_softcapping=0.5,
+        final_logit_softcapping=1.0, **{**common, "num_hidden_layers": 3})
+    m = transformers.Gemma2ForCausalLM(cfg)
   elif kind == "gemma3":  # 3 layers: local (window 5), local, global; own RoPE bases
     cfg = transformers.Gemma3TextConfig(
         head_dim=16, query_pre_attn_scalar=24, sliding_window=5, sliding_window_pattern=3,

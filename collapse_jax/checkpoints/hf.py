@@ -1,6 +1,7 @@
 """Local Hugging Face checkpoints (config.json + *.safetensors) -> our decoder's params.
 
-Llama, Mistral, Qwen2, Qwen3, Gemma (v1) and Gemma 3 (text: ``gemma3_text``) families. Everything is read from disk with the ``safetensors`` numpy
+Llama, Mistral, Qwen2, Qwen3, Gemma (v1), Gemma 2 and Gemma 3 (text: ``gemma3_text``)
+families. Everything is read from disk with the ``safetensors`` numpy
 API; nothing here touches the network. Weights are returned as float32 numpy arrays in the
 layout documented in ``collapse_jax.model`` (cast them with ``policy.cast_params``).
 
@@ -29,8 +30,10 @@ converter, like every family's, handles or explicitly ignores every config.json 
 Mistral: Llama with one sliding window on every layer (``sliding_window``; keys j with
 i - j < W, as transformers' mask). Qwen3: Llama with per-head q/k RMSNorms (``qk_norm``; plain
 w, not Gemma's 1 + w) and windows where ``layer_types`` says sliding_attention. Qwen2: Qwen3's
-windows, no q/k norms, and biases on the q/k/v projections (``qkv_bias``; o has none). Gemma 2
-(softcapping) is refused, naming what the decoder lacks. RoPE: plain, 'linear' and Llama 3's
+windows, no q/k norms, and biases on the q/k/v projections (``qkv_bias``; o has none). Gemma 2:
+Gemma 3's four norms, query scale and alternating windows (sliding on even layers), no q/k
+norms, one RoPE base, and tanh softcapping of attention scores and final logits
+(``attn_softcap``, ``final_softcap``: rounding points 'attn_softcap', 'logit_softcap'). RoPE: plain, 'linear' and Llama 3's
 'llama3' frequency scaling (``rope_scaling``, every family but Gemma 3); other rope_types are
 refused.
 """
@@ -69,6 +72,9 @@ HANDLED = {
     "qwen3": _BASE | {"sliding_window", "use_sliding_window", "max_window_layers",
                       "layer_types"},
     "gemma": _BASE | {"hidden_activation", "use_bidirectional_attention"},
+    "gemma2": _BASE | {
+        "hidden_activation", "query_pre_attn_scalar", "sliding_window", "layer_types",
+        "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention"},
     "gemma3_text": _BASE | {
         "hidden_activation", "query_pre_attn_scalar", "sliding_window", "layer_types",
         "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention",
@@ -76,7 +82,7 @@ HANDLED = {
 }
 SUPPORTED_MODEL_TYPES = tuple(HANDLED)
 # Families transformers has that the decoder does not (yet): what each lacks.
-NOT_YET = {"gemma2": "attention and final-logit softcapping"}
+NOT_YET: dict[str, str] = {}
 
 
 class CheckpointError(ValueError):
@@ -129,7 +135,7 @@ def _layer_windows(cfg: Mapping, num_layers: int, window) -> tuple:
 
 
 def config_from_hf(cfg: Mapping) -> DecoderConfig:
-  """DecoderConfig from a parsed HF config.json: Llama, Mistral, Qwen2/3, Gemma (v1) or Gemma 3
+  """DecoderConfig from a parsed HF config.json: Llama, Mistral, Qwen2/3, Gemma 1/2/3
   text. Refuses (one line) another model_type and any key its family neither handles nor
   ignores (:data:`HANDLED`, :data:`IGNORED`)."""
   mt = cfg.get("model_type")
@@ -175,6 +181,18 @@ def config_from_hf(cfg: Mapping) -> DecoderConfig:
   if act not in ("gelu_pytorch_tanh", "gelu"):
     # HF Gemma maps legacy hidden_act='gelu' to the tanh approximation too (see GemmaMLP).
     raise CheckpointError(f"Gemma activation {act!r} is not supported (only tanh-GELU)")
+  if mt == "gemma2":  # Gemma 3's norms and windows without q/k norms, plus softcapping
+    L = common["num_layers"]
+    types = cfg.get("layer_types") or [
+        "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(L)]
+    cap = lambda key: None if cfg.get(key) is None else float(cfg[key])
+    return DecoderConfig(
+        mlp="geglu", norm="gemma_rmsnorm", embed_scale=True, post_norms=True,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        query_scale=float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5,
+        layer_windows=_layer_windows({"layer_types": types}, L, cfg.get("sliding_window"))
+        or (None,) * L, attn_softcap=cap("attn_logit_softcapping"),
+        final_softcap=cap("final_logit_softcapping"), **common)
   return DecoderConfig(mlp="geglu", norm="gemma_rmsnorm", embed_scale=True,
                        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), **common)
 

@@ -65,9 +65,9 @@ def check_bound(cfg: DecoderConfig, constants: str = "analytic") -> None:
   MLP ('gelu'). Needs no weights: the app checks its flags with it before running."""
   if constants not in ("analytic", "measured"):
     raise ValueError(f"constants must be 'analytic' or 'measured', got {constants!r}")
-  if cfg.windowed or cfg.post_norms or cfg.qk_norm or cfg.qkv_bias:
-    raise ValueError("bound implemented for global attention without post-norms, q/k norms "
-                     "or q/k/v biases")
+  if cfg.windowed or cfg.post_norms or cfg.qk_norm or cfg.qkv_bias or cfg.attn_softcap:
+    raise ValueError("bound implemented for global attention without post-norms, q/k norms, "
+                     "q/k/v biases or softcapping")
   if constants == "analytic" and cfg.use_mlp and cfg.mlp != "gelu":
     raise ValueError(f"the analytic bound needs a Lipschitz MLP ('gelu'), not {cfg.mlp!r}")
 
