@@ -82,7 +82,8 @@ VOCABULARY = {
                       "cannot fit is refused before it starts. Forced CPU devices share the "
                       "host's memory: there the cells running at once add up"),
     "fp8_scaling": ("bool", "per-tensor amax scaling for the fp8 presets"),
-    "model": (("enum", tuple(checkpoints.MODELS)), "real model (collapse_jax.checkpoints.MODELS)"),
+    "model": ("string", "real model: a name of collapse_jax.checkpoints.MODELS "
+              f"({', '.join(checkpoints.MODELS)}), a local HF directory or a .gguf file"),
     "windows": ("list", "attention windows, each run on the same pairs: 'native' (the model's "
                 "own local/global pattern), 'global' (no window) or a size (every layer that "
                 "window), e.g. native,global,512"),
@@ -257,6 +258,9 @@ def lengths(spec: str | None, max_len: int, hint: str = "") -> np.ndarray:
   if grid[-1] > max_len:
     raise ValueError(f"--lengths reaches n={grid[-1]}, beyond --max_len={max_len}{hint}")
   return grid
+
+
+check_model = checkpoints.check_model  # --model's value, checked without loading (ValueError)
 
 
 def load_model(name: str, log: Callable[[str], None] = print):

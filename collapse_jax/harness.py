@@ -44,7 +44,7 @@ DIRECT_TOKENS, COT_TOKENS = 24, 192  # default max_new_tokens per mode
 def stop_ids(ckpt) -> list[int]:
   """The model's EOS and end-of-turn ids (those its vocabulary has)."""
   tok = ckpt.tokenizer
-  ids = {int(ckpt.metadata["tokenizer.ggml.eos_token_id"])}
+  ids = {int(i) for i in ckpt.eos_token_ids}
   for name in ("<|im_end|>", "<end_of_turn>", "<eos>", "<|endoftext|>"):
     i = tok.token_to_id(name)
     if i is not None:

@@ -47,6 +47,7 @@ class Spec:
 def parse(fl: dict) -> Spec:
   """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`; ValueError (one
   line) on a bad value. Reads no absl global and loads no model."""
+  cli.check_model(fl["model"])
   policies = cli.policies(fl["dtype"])
   lens = cli.int_list(fl["prompt_lens"], "prompt_lens", minimum=2)
   if fl["new_tokens"] < 2:
@@ -69,14 +70,15 @@ def prompt_of_length(ckpt, n_tokens: int) -> list:
 
 @functools.lru_cache(maxsize=None)
 def _hf_model(path):
-  """HF's model of the GGUF file, loaded once, with its end-of-sequence id switched off (model
+  """HF's model of the GGUF file (or of the HF directory), loaded once, with its end-of-sequence id switched off (model
   and generation config) so that it decodes every step, as our side (no stop ids) does. HF's
   ``min_new_tokens`` would instead set the EOS logit to -inf and so change its greedy tokens
   wherever EOS is the argmax (it is at N = 2000: BUILD_NOTES)."""
   import torch
   from transformers import AutoModelForCausalLM
-  m = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                           dtype=torch.float32).eval()
+  where = (dict(pretrained_model_name_or_path=str(path)) if path.is_dir() else  # HF directory
+           dict(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name))
+  m = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32).eval()
   m.config.eos_token_id = None
   m.generation_config.eos_token_id = None
   return m
@@ -106,8 +108,7 @@ def main(argv):
   fl = spec.flags
   new, repeats = fl["new_tokens"], fl["repeats"]
   ckpt = checkpoints.load_model(fl["model"])
-  path = (checkpoints.find_smollm2_gguf() if fl["model"] == "smollm2"
-          else checkpoints.find_gemma3_gguf())
+  path = ckpt.path  # the GGUF file or the HF directory, which HF's side loads too
   print(f"{ckpt.label}; {new} new tokens, batch 1, greedy; "
         f"numerics {xla_env.numerics_path()['name']}", flush=True)
   print(f"{'N':>5} {'side':>14} {'prefill s':>9} {'decode tok/s':>12} {'e2e tok/s':>9} "

@@ -73,6 +73,7 @@ class Spec:
 def parse(fl: dict) -> Spec:
   """Flags (``cli.app_flags()`` or ``cli.parse_argv``) -> :class:`Spec`; ValueError (one
   line) on a bad value or an --out that holds files. Loads no model, reads no absl global."""
+  cli.check_model(fl["model"])
   policies = cli.policies(fl["dtype"], fp8_scaling=fl["fp8_scaling"])
   seeds = cli.int_list(fl["seeds"], "seeds")
   keys, valid = [k.strip() for k in fl["settings"]], prompts.SETTINGS + prompts.VARIANTS

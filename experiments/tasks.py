@@ -75,6 +75,7 @@ def parse(fl: dict) -> Spec:
   2,5,10,20; --full log:2:1000:12), --task, --mode and --samples from :data:`SIZES`;
   ValueError (one line) on a bad value or an --out that holds files. Loads no model."""
   fl = {**fl, **cli.sized(fl, SIZES)}
+  cli.check_model(fl["model"])
   policies = cli.policies(fl["dtype"])
   names, modes = [t.strip() for t in fl["task"]], [m.strip() for m in fl["mode"]]
   for what, got, valid in (("task", names, tasks.TASKS), ("mode", modes, tasks.MODES)):

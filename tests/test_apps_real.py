@@ -133,3 +133,17 @@ def test_importing_the_apps_defines_no_flags():
   for name in ("settings", "position", "cross_check", "task", "mode", "samples"):
     module = flags.FLAGS.find_module_defining_flag(name) if name in flags.FLAGS else None
     assert module is None or not module.endswith(("real_model_collapse.py", "tasks.py")), module
+
+
+@pytest.mark.parametrize("parse", [_real, _tasks])
+def test_model_takes_a_name_or_a_local_model_path(parse, tmp_path):
+  """--model: a name of checkpoints.MODELS, a directory with config.json or a .gguf file,
+  checked without loading anything; anything else is one line naming all three."""
+  d = tmp_path / "mymodel"
+  d.mkdir()
+  with pytest.raises(ValueError, match="neither a name .smollm2, gemma3. nor a local HF"):
+    parse(tmp_path, f"--model={d}")  # no config.json
+  (d / "config.json").write_text("{}")
+  assert parse(tmp_path, f"--model={d}").flags["model"] == str(d)
+  (tmp_path / "m.gguf").write_bytes(b"GGUF")
+  assert parse(tmp_path, f"--model={tmp_path / 'm.gguf'}").flags["model"].endswith("m.gguf")

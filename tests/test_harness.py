@@ -135,7 +135,7 @@ def test_task_job_interrupted_then_resumed_equals_evaluate(tmp_path):
                             "norm": "rmsnorm", "vocab": tok.get_vocab_size()}, max_len=128)
   ckpt = types.SimpleNamespace(config=cfg, params=model.init_params(cfg, jax.random.key(3)),
                                tokenizer=tok, prompt_format="chat",
-                               metadata={"tokenizer.ggml.eos_token_id": 2})
+                               eos_token_ids=[2])
   pols, names, ns = [precision.get_policy("float32")], ["copy_last"], [2, 3]
   kw = dict(samples=1, max_new_tokens=2, batch=2)
   whole = harness.evaluate(ckpt, pols, names, ["direct"], ns, log=lambda s: 0, **kw)

@@ -203,7 +203,7 @@ def test_bridge_end_to_end_sees_a_forced_error():
   emb = params["embed"]["embedding"]
   params = {**params, "embed": {"embedding": emb.at[zero].set(emb[one])}}
   ckpt = types.SimpleNamespace(config=cfg, params=params, tokenizer=tok, prompt_format="chat",
-                               metadata={"tokenizer.ggml.eos_token_id": 2})
+                               eos_token_ids=[2])
   res = harness.evaluate(ckpt, [get_policy("float32")], ["copy_last", "count_ones"], ["direct"],
                          [2, 3], max_new_tokens=2, batch=4, log=lambda *_: None)
   rows = {(b["task"], b["n"]): b for b in res["bridge"]}

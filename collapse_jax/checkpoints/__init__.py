@@ -6,8 +6,8 @@
 * :mod:`.tokenizer`: the byte-level BPE (SmolLM2) and SentencePiece (Gemma 3) tokenizers and
   SmolLM2's chat template from GGUF metadata (pure: it reads no file; ``gguf.load_tokenizer``
   reads the metadata).
-* :mod:`.hf`: local Hugging Face Llama / Gemma / Gemma 3 directories (config.json +
-  *.safetensors).
+* :mod:`.hf`: local Hugging Face directories (config.json + *.safetensors + tokenizer.json) of
+  Llama, Mistral, Qwen2/3 and Gemma 1/2/3.
 
 :func:`load_model` loads a model by name (:data:`MODELS`) and returns the same thing for every
 model: a ``GGUFModel`` (``.config``, float32 ``.params`` in model.py's layout, ``.metadata``,
@@ -17,9 +17,11 @@ model: a ``GGUFModel`` (``.config``, float32 ``.params`` in model.py's layout, `
 tokenizers, safetensors) are imported lazily, so importing this package never fails.
 """
 import dataclasses as _dc
+from pathlib import Path as _Path
 from typing import Callable as _Callable
 
-from collapse_jax.checkpoints.hf import CheckpointError, config_from_hf, load_hf_checkpoint
+from collapse_jax.checkpoints.hf import (CheckpointError, HFModel, config_from_hf,
+                                         load_hf_checkpoint, load_hf_model)
 from collapse_jax.checkpoints.gguf import (GGUFModel, find_gemma3_gguf, find_smollm2_gguf,
                                            load_gemma3, load_gguf, load_smollm2, load_tokenizer)
 from collapse_jax.checkpoints.tokenizer import (apply_chat_template, chat_prompt, encode,
@@ -44,16 +46,35 @@ MODELS = {
 }
 
 
-def load_model(name: str, **kw) -> GGUFModel:
-  """The real model ``name`` (a key of :data:`MODELS`) as a GGUFModel with ``name``, ``label``
-  and ``prompt_format`` set. Keywords go to its loader (e.g. ``cache=True``)."""
-  if name not in MODELS:
-    raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-  e = MODELS[name]
-  return _dc.replace(e.load(**kw), name=name, label=e.label, prompt_format=e.prompt_format)
+def check_model(name: str) -> str:
+  """``--model``'s value, checked without loading anything: a key of :data:`MODELS`, a local
+  HF directory (with config.json) or a ``.gguf`` file. ValueError (one line) otherwise."""
+  if name in MODELS:
+    return name
+  p = _Path(name).expanduser()
+  if (p.is_dir() and (p / "config.json").is_file()) or (p.is_file() and p.suffix == ".gguf"):
+    return name
+  raise ValueError(f"model {name!r} is neither a name ({', '.join(MODELS)}) nor a local HF "
+                   "directory with config.json nor a .gguf file")
 
 
-__all__ = ["CheckpointError", "GGUFModel", "MODELS", "ModelEntry", "apply_chat_template",
-           "chat_prompt", "config_from_hf", "encode", "find_gemma3_gguf", "find_smollm2_gguf",
-           "load_gemma3", "load_gguf", "load_hf_checkpoint", "load_model", "load_smollm2",
+def load_model(name: str, **kw):
+  """The real model ``name`` with ``name``, ``label`` and ``prompt_format`` set: a key of
+  :data:`MODELS` (a GGUFModel; keywords go to its loader, e.g. ``cache=True``), or a path
+  (:func:`check_model`): a local HF directory (an ``hf.HFModel``) or a GGUF file. A model
+  given by path gets the 'plain' prompt format (plain text after BOS; the chat format here is
+  SmolLM2's ChatML, not the model's own template) and its path as label."""
+  check_model(name)
+  if name in MODELS:
+    e = MODELS[name]
+    return _dc.replace(e.load(**kw), name=name, label=e.label, prompt_format=e.prompt_format)
+  p = _Path(name).expanduser()
+  m = load_hf_model(p) if p.is_dir() else load_gguf(p, **kw)
+  kind = "HF directory" if p.is_dir() else "GGUF"
+  return _dc.replace(m, name=str(p), label=f"{p.name} ({kind} {p})", prompt_format="plain")
+
+
+__all__ = ["CheckpointError", "GGUFModel", "HFModel", "MODELS", "ModelEntry",
+           "apply_chat_template", "chat_prompt", "check_model", "config_from_hf", "encode", "find_gemma3_gguf", "find_smollm2_gguf",
+           "load_gemma3", "load_gguf", "load_hf_checkpoint", "load_hf_model", "load_model", "load_smollm2",
            "load_tokenizer", "tokenizer_from_metadata"]

@@ -112,6 +112,11 @@ class GGUFModel:
   label: str = ""
   prompt_format: str = ""
 
+  @property
+  def eos_token_ids(self) -> list[int]:
+    """The end-of-sequence id(s) the file names."""
+    return [int(self.metadata["tokenizer.ggml.eos_token_id"])]
+
   @functools.cached_property
   def tokenizer(self):
     """The tokenizer and chat template from this file's ``tokenizer.ggml.*`` metadata."""

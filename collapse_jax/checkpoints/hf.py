@@ -39,6 +39,8 @@ refused.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -361,3 +363,41 @@ def load_hf_checkpoint(directory: str | os.PathLike) -> tuple[DecoderConfig, dic
     if emb is not None and not np.array_equal(sd["lm_head.weight"], emb):
       config = config.replace(tie_embeddings=False)
   return config, params_from_hf_state_dict(config, sd)
+
+
+@dataclasses.dataclass
+class HFModel:
+  """A local HF checkpoint directory loaded as a GGUFModel is: ``config``, float32 ``params``,
+  ``path`` (the directory), ``name`` / ``label`` / ``prompt_format`` (set by
+  ``checkpoints.load_model``), ``eos_token_ids`` (config.json's) and ``tokenizer`` (the
+  directory's tokenizer.json, read with ``tokenizers``)."""
+  config: DecoderConfig
+  params: dict
+  path: Path
+  eos_token_ids: list
+  name: str = ""
+  label: str = ""
+  prompt_format: str = ""
+
+  @functools.cached_property
+  def tokenizer(self):
+    file = self.path / "tokenizer.json"
+    if not file.is_file():
+      raise CheckpointError(f"{file} not found: the prompts need the model's tokenizer.json")
+    try:
+      from tokenizers import Tokenizer
+    except ImportError as e:  # pragma: no cover - depends on the environment
+      raise ImportError("reading tokenizer.json needs `tokenizers`: "
+                        "pip install 'collapse_jax[llm]'") from e
+    return Tokenizer.from_file(str(file))
+
+
+def load_hf_model(directory: str | os.PathLike) -> HFModel:
+  """:func:`load_hf_checkpoint` plus what the apps need of a model: its end-of-sequence ids
+  (config.json's ``eos_token_id``, an int or a list) and, on first use, its tokenizer."""
+  directory = Path(directory).expanduser()
+  config, params = load_hf_checkpoint(directory)
+  eos = json.loads((directory / "config.json").read_text()).get("eos_token_id")
+  eos = [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+  return HFModel(config, params, directory, eos)
+
