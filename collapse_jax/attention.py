@@ -80,15 +80,21 @@ class Schedule:
 
 def attend(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
            causal: bool, window: int | None, alibi_heads: int | None, qk_scale: float,
-           schedule: Schedule = Schedule(), softcap: float | None = None):
+           schedule: Schedule = Schedule(), softcap: float | None = None, q_start=None):
   """Attention of N new rows (the last N of the M keys' indices): heads [B, N, KV, G, Dh]
   (stored; NaN in rows that may see a non-finite value) and the weights [B, H, N, M] or None
   (``schedule.want_probs``). Arguments as :func:`tiled_attention`'s; ``schedule`` says how it
   runs. ``pol.row_tile`` set: :func:`tiled_attention`; else :func:`_untiled_attention`.
   ``softcap``: the scores become cap tanh(s / cap) (``Policy.softcap``, rounded at
-  'attn_softcap') before bias, mask and softmax (Gemma 2)."""
+  'attn_softcap') before bias, mask and softmax (Gemma 2). ``q_start``: the index of row 0
+  (a traced integer: a KV cache written at a data-dependent slot, whose later slots the
+  rows cannot see); None: M - N, the rows are the last N keys."""
   kw = dict(causal=causal, window=window, alibi_heads=alibi_heads, qk_scale=qk_scale,
-            softcap=softcap)
+            softcap=softcap, q_start=q_start)
+  if q_start is not None and (schedule.query_chunk is not None or
+                              schedule.query_mesh is not None):
+    raise ValueError("a data-dependent q_start runs the whole rows at once: no query_chunk "
+                     "or query_mesh")
   if pol.row_tile is not None:
     return tiled_attention(pol, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, **kw,
                            want_probs=schedule.want_probs, mesh=schedule.query_mesh)
@@ -127,7 +133,7 @@ def _pad_axis(x, axis: int, before: int, after: int, value=0):
 def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
                     causal: bool, window: int | None, alibi_heads: int | None,
                     qk_scale: float, want_probs: bool = False, mesh=None,
-                    softcap: float | None = None):
+                    softcap: float | None = None, q_start=None, _tiles: int | None = None):
   """Attention of N new rows (the last N of the M keys' indices) on the schedule above.
 
   Args:
@@ -149,13 +155,28 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
   step = pol.sm_step
 
   # queries: tiles aligned at index 0; padding rows get index -1 (they see nothing)
-  first = (M - N) % R
   nd = 1 if mesh is None else mesh.size
-  T = -(-(first + N) // (R * nd)) * nd
-  after = T * R - first - N
-  q = _pad_axis(q_BNKGD, 1, first, after)
-  idx = _pad_axis(jnp.arange(M - N, M), 0, first, after, -1)
-  qpos = _pad_axis(q_pos_BN, 1, first, after)
+  if q_start is None:
+    first = (M - N) % R
+    T = -(-(first + N) // (R * nd)) * nd
+    after = T * R - first - N
+    q = _pad_axis(q_BNKGD, 1, first, after)
+    idx = _pad_axis(jnp.arange(M - N, M), 0, first, after, -1)
+    qpos = _pad_axis(q_pos_BN, 1, first, after)
+  else:  # row 0 at a traced index: the same tiles, placed at offset q_start % R
+    q_start = jnp.asarray(q_start, jnp.int32)
+    first, T = q_start % R, _tiles or -(-(R - 1 + N) // R)
+    if _tiles is None and T == 2:  # the rows fit one tile unless they straddle two
+      again = lambda t: lambda: tiled_attention(
+          pol, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, causal=causal,
+          window=window, alibi_heads=alibi_heads, qk_scale=qk_scale, want_probs=want_probs,
+          softcap=softcap, q_start=q_start, _tiles=t)
+      return jax.lax.cond(first + N <= R, again(1), again(2))
+    place = lambda x: jax.lax.dynamic_update_slice_in_dim(
+        jnp.zeros((B, T * R) + x.shape[2:], x.dtype), x, first, axis=1)
+    q, qpos = place(q_BNKGD), place(q_pos_BN)
+    idx = q_start - first + jnp.arange(T * R)
+    idx = jnp.where((idx >= q_start) & (idx < q_start + N), idx, -1)
   q_tiles = (jnp.moveaxis(q.reshape((B, T, R) + q.shape[2:]), 1, 0), idx.reshape(T, R),
              jnp.moveaxis(qpos.reshape(B, T, R), 1, 0))
 
@@ -250,16 +271,21 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
                         out_specs=P(QUERY_AXIS), check_vma=False)
     q_tiles, k_blocks = jax.tree_util.tree_map(whole, (q_tiles, k_blocks))
     heads, probs = jax.tree_util.tree_map(whole, run(q_tiles, k_blocks))
-  heads = jnp.moveaxis(heads, 0, 1).reshape((B, T * R, KV, G, Dh))[:, first:first + N]
+  # static: a plain slice (the program as before); traced: a dynamic slice
+  rows = ((lambda x, axis: jax.lax.slice_in_dim(x, first, first + N, axis=axis))
+          if isinstance(first, int) else
+          (lambda x, axis: jax.lax.dynamic_slice_in_dim(x, first, N, axis=axis)))
+  heads = rows(jnp.moveaxis(heads, 0, 1).reshape((B, T * R, KV, G, Dh)), 1)
   if want_probs:  # [T, nk, B, KV, G, R, Bk] -> [B, KV * G, N, M]
     probs = jnp.transpose(probs, (2, 3, 4, 0, 5, 1, 6)).reshape(B, KV * G, T * R, nk * Bk)
-    probs = probs[:, :, first:first + N, :M]
+    probs = rows(probs, 2)[..., :M]
   return heads, probs
 
 
 def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
                        causal: bool, window: int | None, alibi_heads: int | None,
-                       qk_scale: float, schedule: Schedule, softcap: float | None = None):
+                       qk_scale: float, schedule: Schedule, softcap: float | None = None,
+                       q_start=None):
   """The schedule without row tiles (``Policy.row_tile`` None): the whole pass, or query
   chunks, each row's softmax over all its keys in one reduction (the backend's order)."""
   B, N, KV, G, Dh = q_BNKGD.shape
@@ -271,7 +297,7 @@ def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_B
   v_safe = jnp.where(jnp.isfinite(v_BMKD), v_BMKD, jnp.zeros((), v_BMKD.dtype))
   # causal masking follows sequence order (cache slots first), not positions: a copied
   # token may repeat a position, yet must not see the tokens after it
-  q_idx_N = jnp.arange(M - N, M)
+  q_idx_N = jnp.arange(M - N, M) if q_start is None else q_start + jnp.arange(N)
 
   def rows(q_BCKGD, q_idx_C, q_pos_BC, k, v_safe, bad_BMK, k_valid_BM, k_pos_BM):
     """Rows C of the attention: heads [B, C, KV, G, Dh], probs [B, KV, G, C, M]."""

@@ -4,16 +4,18 @@ engine registry. Words (n, A_n, B_n, stream, one pass, appended, copy): collapse
   * ``causal``   (one-pass sets, copy='token'): one causal pass over the stream; A_n's and
     B_n's compared tokens are the rows ``pair_set.rows(ns)``.
   * ``kv_cache`` (appended sets): one pass over the stream collects every layer's K/V; then,
-    batched over n, the two tokens [a, a] at positions [len(A_n)-1, len(A_n)] (copy='vector':
-    both at len(A_n)-1) attend to the first len(A_n)-1 cached keys. Token 0 is A_n's last
-    token, token 1 is B_n's.
+    per n, the two tokens [a, a] at positions [len(A_n)-1, len(A_n)] (copy='vector': both at
+    len(A_n)-1) are written into the cache at stream indices len(A_n)-1 and len(A_n) and
+    attend to the first len(A_n)-1 cached keys. Token 0 is A_n's last token, token 1 is B_n's.
   * ``masked``   (appended sets; the reference): per n one forward over B_n padded to
-    len(B_max) with a key-padding mask, vmapped over n (chunked with lax.map).
+    len(B_max) with a key-padding mask, one after another (lax.map).
   * ``exact``    (any set): separate exact-shape forwards of A_n and B_n (one compile per
     sequence length: for small grids and for pairs no one-pass form holds).
 Every engine but ``exact`` is jit-compiled ONCE per (policy, config, engine): lengths and seeds
-are data. All compute the same mathematical function; their bits can differ because XLA's
-reduction order depends on shapes (BUILD_NOTES.md records where they agree bitwise).
+are data. On the length-invariant schedule (``Policy.row_tile`` set) every engine computes a
+row as an exact-length forward does: the same tiles and key blocks at the same stream indices,
+so the same bits (BUILD_NOTES.md, issue 24); off it (``Policy.untiled()``) the bits depend on
+shapes.
 
 Per n, :func:`pair_metrics` compares A and B for the final output y, the residual stream at
 every layer (v^(0..L)) and every head's attention output at the last layer.
@@ -88,22 +90,26 @@ def _pairs_kv(cfg, pol, params, stream_T, token, len_a_S, chunk, copy_vector=Fal
   M = stream_T.shape[0]
   pre = model_lib.forward(cfg, pol, params, stream_T[None], collect=("kv",),
                           query_chunk=query_chunk)
+  # two spare slots, so that the two new keys always fit at slots n - 1 and n
+  room = lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, 2)] + [(0, 0)] * (x.ndim - 3))
+  kc, vc = room(pre["k"]), room(pre["v"])
+
+  def one(n):
+    """A_n's and B_n's last tokens, [a, a] at stream indices n - 1 and n, written into the
+    cache there: the rows of an exact-length forward (the length-invariant schedule: their
+    tiles sit where a pass's would, the later slots are causally unseen). B = 1 per n."""
+    pos = jnp.stack([n - 1, n - 1 if copy_vector else n]).astype(jnp.int32)[None]
+    cache = {"k": kc, "v": vc, "length": n - 1,
+             "pos": jnp.arange(M + 2, dtype=jnp.int32)[None],
+             "valid": (jnp.arange(M + 2) < n - 1)[None]}
+    out = model_lib.forward(cfg, pol, params, jnp.full((1, 2), token, jnp.int32),
+                            positions=pos, cache=cache, collect=COLLECT)
+    return {"y": out["y"][0], "residual": out["residual"][:, 0], "heads": out["heads"][-1, 0]}
 
   def one_chunk(n_C):
-    C = n_C.shape[0]
-    new = jnp.full((C, 2), token, jnp.int32)
-    pos = jnp.stack([n_C - 1, n_C - 1 if copy_vector else n_C], axis=1).astype(jnp.int32)
-    cache = {"k": jnp.broadcast_to(pre["k"], (cfg.num_layers, C) + pre["k"].shape[2:]),
-             "v": jnp.broadcast_to(pre["v"], (cfg.num_layers, C) + pre["v"].shape[2:]),
-             "pos": jnp.broadcast_to(jnp.arange(M, dtype=jnp.int32), (C, M)),
-             "valid": jnp.arange(M)[None, :] < (n_C[:, None] - 1)}
-    # two rows per length: off the length-invariant schedule (Policy.untiled), where they
-    # would cost two 128-row tiles; this engine's appended keys sit after the whole stream
-    # anyway (slots M, M + 1, not n - 1, n), so its bits are not an exact forward's
-    out = model_lib.forward(cfg, pol.untiled(), params, new, positions=pos, cache=cache,
-                            collect=COLLECT)
-    pick = lambda j: {"y": out["y"][:, j], "residual": jnp.moveaxis(out["residual"][:, :, j], 0, 1),
-                      "heads": out["heads"][-1, :, j]}
+    r = jax.lax.map(one, n_C)  # y [C,2,D], residual [C,L+1,2,D], heads [C,2,H,Dh]
+    pick = lambda j: {"y": r["y"][:, j], "residual": r["residual"][:, :, j],
+                      "heads": r["heads"][:, j]}
     return pick(0), pick(1)
 
   return _map_chunks(one_chunk, len_a_S, chunk)
@@ -126,7 +132,9 @@ def _pairs_masked(cfg, pol, params, tokens_T, token, len_a_S, chunk, one_pass, t
     return _rows(out, jnp.stack([n - 1, n]))
 
   def one_chunk(n_C):
-    r = jax.vmap(one)(n_C)  # y [C,2,D], residual [C,L+1,2,D], heads [C,2,H,Dh]
+    # one B = 1 forward after another (lax.map), not vmap: a vmapped axis joins the dots'
+    # rows, so each forward here has the shape of an exact-length forward's tiles
+    r = jax.lax.map(one, n_C)  # y [C,2,D], residual [C,L+1,2,D], heads [C,2,H,Dh]
     pick = lambda j: {"y": r["y"][:, j], "residual": r["residual"][:, :, j], "heads": r["heads"][:, j]}
     return pick(0), pick(1)
 

@@ -121,7 +121,10 @@ class Attention(nn.Module):
   layer: int = 0  # which layer: its window and RoPE base (cfg.window, cfg.rope_base)
 
   @nn.compact
-  def __call__(self, h_BND, q_pos_BN, k_pos_BM, k_valid_BM, cache_kv=None):
+  def __call__(self, h_BND, q_pos_BN, k_pos_BM, k_valid_BM, cache_kv=None, first=None):
+    """``first``: a traced stream index of row 0 whose new keys are written into the cache's
+    slots first .. first + N - 1 (``Decoder``'s cache 'length'); None: the rows follow the
+    whole cache (index M0 = the cache's length)."""
     cfg, pol = self.config, self.policy
     D, H, KV, Dh = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh
     init = _normal(cfg.variance)
@@ -129,7 +132,9 @@ class Attention(nn.Module):
     wk = self.param("k", init, (D, KV, Dh), jnp.float32)
     wv = self.param("v", init, (D, KV, Dh), jnp.float32)
     wo = self.param("o", init, (H, Dh, D), jnp.float32)
-    first = 0 if cache_kv is None else cache_kv[0].shape[1]  # stream index of row 0
+    insert = first is not None
+    if not insert:
+      first = 0 if cache_kv is None else cache_kv[0].shape[1]  # stream index of row 0
     def project(name, w, heads):  # the dot, its bias (qkv_bias) in compute dtype, one rounding
       out = _wdot(self, "bnd,dhk->bnhk", h_BND, name, w, first)
       if cfg.qkv_bias:
@@ -147,7 +152,10 @@ class Attention(nn.Module):
       k = pol.round(positional.apply_rope(pol.to_compute(k), q_pos_BN, theta,
                                           cfg.rope_layout, cfg.rope_scaling), "rope")
     new_kv = (k, v)
-    if cache_kv is not None:  # prefix keys/values [B, M0, KV, Dh] (stored dtype)
+    if insert:  # written into the cache's slots first.. (later slots: causally unseen)
+      k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(k.dtype), k, first, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1].astype(v.dtype), v, first, axis=1)
+    elif cache_kv is not None:  # prefix keys/values [B, M0, KV, Dh] (stored dtype)
       k = jnp.concatenate([cache_kv[0].astype(k.dtype), k], axis=1)
       v = jnp.concatenate([cache_kv[1].astype(v.dtype), v], axis=1)
     B, N = h_BND.shape[:2]
@@ -155,7 +163,7 @@ class Attention(nn.Module):
         pol, q.reshape(B, N, KV, H // KV, Dh), k, v, k_pos_BM, k_valid_BM, q_pos_BN,
         causal=cfg.causal, window=cfg.window(self.layer),
         alibi_heads=H if cfg.pe == "alibi" else None, qk_scale=cfg.qk_scale,
-        schedule=self.schedule, softcap=cfg.attn_softcap)
+        schedule=self.schedule, softcap=cfg.attn_softcap, q_start=first if insert else None)
     heads = heads.reshape(B, N, H, Dh)
     out = pol.round(_wdot(self, "bnhk,hkd->bnd", heads, "o", wo, first), "attn_out")
     return out, heads, probs, new_kv
@@ -164,26 +172,26 @@ class Attention(nn.Module):
 class MLP(nn.Module):
   config: DecoderConfig
   policy: Policy
-  first: int = 0  # stream index of row 0 (the row tiles' alignment)
 
   @nn.compact
-  def __call__(self, h_BND):
+  def __call__(self, h_BND, first=0):
+    """``first``: the stream index of row 0 (the row tiles' alignment; may be traced)."""
     cfg, pol = self.config, self.policy
     init = _normal(cfg.variance)
     up = pol.round(_wdot(self, "bnd,df->bnf", h_BND, "up",
-                         self.param("up", init, (cfg.d_model, cfg.ff)), self.first), "mlp_hidden")
+                         self.param("up", init, (cfg.d_model, cfg.ff)), first), "mlp_hidden")
     if cfg.mlp == "gelu":
       act = jax.nn.gelu(pol.to_compute(up), approximate=True)
     else:
       gate = pol.round(_wdot(self, "bnd,df->bnf", h_BND, "gate",
-                             self.param("gate", init, (cfg.d_model, cfg.ff)), self.first),
+                             self.param("gate", init, (cfg.d_model, cfg.ff)), first),
                        "mlp_hidden")
       g = pol.to_compute(gate)
       fn = jax.nn.silu(g) if cfg.mlp == "swiglu" else jax.nn.gelu(g, approximate=True)
       act = fn * pol.to_compute(up)
     act = pol.round(act, "mlp_act")
     return pol.round(_wdot(self, "bnf,fd->bnd", act, "down",
-                           self.param("down", init, (cfg.ff, cfg.d_model)), self.first),
+                           self.param("down", init, (cfg.ff, cfg.d_model)), first),
                      "mlp_out")
 
 
@@ -194,18 +202,20 @@ class Block(nn.Module):
   layer: int = 0
 
   @nn.compact
-  def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None):
-    """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...]."""
+  def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None, first=None):
+    """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...].
+    ``first``: :class:`Attention`'s."""
     cfg, pol = self.config, self.policy
     a, heads, probs, kv = Attention(cfg, pol, self.schedule, self.layer, name="attn")(
-        Norm(cfg, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv)
+        Norm(cfg, pol, name="norm1")(v_BND), q_pos, k_pos, k_valid, cache_kv, first)
     if cfg.post_norms:
       a = Norm(cfg, pol, name="post_attn_norm")(a, point="post_norm")
     z = pol.round(pol.to_compute(v_BND) + pol.to_compute(a), "residual")
     if not cfg.use_mlp:
       return z, heads, probs, kv, a, z
-    first = 0 if cache_kv is None else cache_kv[0].shape[1]
-    m = MLP(cfg, pol, first, name="mlp")(Norm(cfg, pol, name="norm2")(z))
+    if first is None:
+      first = 0 if cache_kv is None else cache_kv[0].shape[1]
+    m = MLP(cfg, pol, name="mlp")(Norm(cfg, pol, name="norm2")(z), first)
     if cfg.post_norms:
       m = Norm(cfg, pol, name="post_mlp_norm")(m, point="post_norm")
     return pol.round(pol.to_compute(z) + pol.to_compute(m), "residual"), heads, probs, kv, a, z
@@ -227,7 +237,10 @@ class Decoder(nn.Module):
       key_valid: bool [B, N] which of the N new tokens may be attended to (padding mask;
         default all True).
       cache: optional prefix {'k','v': [L, B, M0, KV, Dh], 'pos': int [B, M0],
-        'valid': bool [B, M0]}: new tokens attend to valid prefix keys too.
+        'valid': bool [B, M0]}: new tokens attend to valid prefix keys too. With 'length' (an
+        int, may be traced) the new tokens are stream indices length .. length + N - 1: their
+        keys are written into those slots (M0 >= length + N) and later slots are not seen;
+        without it they follow all M0 slots.
     Returns: dict with 'y' [B, N, D] (final normalised output) and requested intermediates.
     """
     cfg, pol = self.config, self.policy
@@ -263,7 +276,12 @@ class Decoder(nn.Module):
       x = x + pol.to_compute(jnp.take(pe["embedding"], positions, axis=0))
     v = pol.round(x, "embed")
 
-    if cache is not None:
+    first = None if cache is None else cache.get("length")  # traced: written into slots
+    if first is not None:
+      k_pos = jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions.astype(
+          cache["pos"].dtype), first, axis=1)
+      k_valid = jax.lax.dynamic_update_slice_in_dim(cache["valid"], key_valid, first, axis=1)
+    elif cache is not None:
       k_pos = jnp.concatenate([cache["pos"], positions], axis=1)
       k_valid = jnp.concatenate([cache["valid"], key_valid], axis=1)
     else:
@@ -272,7 +290,7 @@ class Decoder(nn.Module):
     for l in range(cfg.num_layers):
       cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
       v, h, p, kv, a, z = Block(cfg, pol, sched, l, name=f"layer_{l}")(
-          v, positions, k_pos, k_valid, cache_kv)
+          v, positions, k_pos, k_valid, cache_kv, first)
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
       attn_out.append(a); mid.append(z)
     y = Norm(cfg, pol, name="final_norm")(v, point="final_norm")
@@ -295,7 +313,8 @@ class Decoder(nn.Module):
       raise ValueError(f"{wants[0]!r} needs a token model (vocab_size > 0)")
     if wants and not cfg.tie_embeddings:
       w = self.param("lm_head", lambda k, s: {"kernel": init(k, s)}, (cfg.d_model, cfg.vocab_size))
-    first = 0 if cache is None else cache["k"].shape[2]  # stream index of row 0
+    if first is None:
+      first = 0 if cache is None else cache["k"].shape[2]  # stream index of row 0
     for key in wants:  # the same dot and rounding point for all rows or the last one
       y_rows, at = (y, first) if key == "logits" else (y[:, -1:], first + N - 1)
       if cfg.tie_embeddings:

@@ -221,11 +221,32 @@ class Policy:
     first .. first + N - 1, are cut into tiles of ``row_tile`` rows aligned at index 0
     (zero rows pad the first and last tile) and each tile is one dot of [B, row_tile, ...]
     (``lax.map``: one program, one shape). A row's bits then do not depend on N or on
-    ``first``'s tile-mates. ``row_tile`` None: one dot over all rows."""
+    ``first``'s tile-mates. ``row_tile`` None: one dot over all rows. ``first`` may be a traced
+    integer (a KV cache written at a data-dependent slot): the rows are then placed in
+    ceil((R - 1 + N) / R) tiles at offset first % R, the same tiles with the same zero rows
+    around them."""
     R = self.row_tile
     if R is None:
       return self.dot(spec, x_BN, w)
     B, N = x_BN.shape[:2]
+    if not isinstance(first, int):
+      f = jnp.asarray(first, jnp.int32) % R
+
+      def tiled(T):
+        def run():
+          zeros = jnp.zeros((B, T * R) + x_BN.shape[2:], x_BN.dtype)
+          xp = jax.lax.dynamic_update_slice_in_dim(zeros, x_BN, f, axis=1)
+          tiles = jnp.moveaxis(xp.reshape((B, T, R) + x_BN.shape[2:]), 1, 0)
+          out = (self.dot(spec, tiles[0], w)[None] if T == 1 else
+                 jax.lax.map(lambda t: self.dot(spec, t, w), tiles))
+          out = jnp.moveaxis(out, 0, 1)
+          out = out.reshape((B, T * R) + out.shape[3:])
+          return jax.lax.dynamic_slice_in_dim(out, f, N, axis=1)
+        return run
+      T = -(-(R - 1 + N) // R)
+      if T == 2:  # one tile unless the rows straddle two
+        return jax.lax.cond(f + N <= R, tiled(1), tiled(2))
+      return tiled(T)()
     f = first % R
     T = -(-(f + N) // R)
     xp = jnp.pad(x_BN, [(0, 0), (f, T * R - f - N)] + [(0, 0)] * (x_BN.ndim - 2))

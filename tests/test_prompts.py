@@ -178,11 +178,10 @@ def test_engine_rows_match_exact_forwards(smollm2, settings, key):
   """Engines (causal rows for a/d_left -- c has a's structure --; kv_cache for b) vs exact-shape
   forwards of A_n and B_n, n in {3, 4} (d_left: a comma between A_3's and B_3's last digit;
   (d) runs on the exact engine itself).
-  One-pass settings: every record (distances, ulps, equal flags) bit for bit, the
-  length-invariant schedule's claim on a real model. kv_cache (b) is off that path:
-  tolerance (float32; the paths differ only in XLA's blocking): atol 2e-4 on the y and
-  last-layer head distances; the one-pass rows' residual stream within 1e-5 x max|h| of the
-  exact forwards' at every layer, y within 2e-4."""
+  Every record (distances, ulps, equal flags) bit for bit, the length-invariant schedule's
+  claim on a real model: the causal rows and, since the kv_cache engine writes the appended
+  keys at their stream indices, (b)'s rows too. The one-pass rows' residual stream within
+  1e-5 x max|h| of the exact forwards' at every layer, y within 2e-4."""
   import jax
   import jax.numpy as jnp
   from collapse_jax import engines, model, precision
@@ -194,10 +193,10 @@ def test_engine_rows_match_exact_forwards(smollm2, settings, key):
   ns = np.asarray([3, 4])
   got = engines.run(cfg, pol, params_B, [s], ns, chunk=2)
   want = engines.run(cfg, pol, params_B, [s], ns, engine="exact")
-  if s.one_pass:  # the length-invariant schedule (issue 24): the causal rows ARE exact forwards
-    differ = [k for k in got if not np.array_equal(np.asarray(got[k]).view(np.uint8),
-                                                   np.asarray(want[k]).view(np.uint8))]
-    assert differ == [], differ
+  # the length-invariant schedule (issue 24): causal and kv_cache rows ARE exact forwards
+  differ = [k for k in got if not np.array_equal(np.asarray(got[k]).view(np.uint8),
+                                                 np.asarray(want[k]).view(np.uint8))]
+  assert differ == [], differ
   np.testing.assert_allclose(got["y_linf"], want["y_linf"], atol=ATOL_Y)
   np.testing.assert_allclose(got["head_linf"], want["head_linf"], atol=ATOL_HEADS)
   assert not got["y_bitwise_equal"].any() and not want["y_bitwise_equal"].any()
