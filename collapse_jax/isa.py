@@ -17,7 +17,7 @@ compares the bits. Nothing here changes process state.
 
 What the reference path controls (:func:`controlled`): the probes without a dot, code that
 XLA:CPU's LLVM backend generates under the cap; their fingerprints are goldens that must
-hold on every x86-64 CPU (tests/test_portability.py). What it does not: XLA:CPU's dot
+hold on every x86-64 CPU (tests/test_isa.py). What it does not: XLA:CPU's dot
 kernels choose their blocking from the CPU (ISA, cache sizes, core count; :func:`cpu_info`
 records them), so dot probes and whole forwards are compared with recorded CPUs as a report
 (:func:`compare_fingerprints`, ``python -m experiments.isa_probe``), never as a test.
@@ -386,5 +386,5 @@ def compare_with_records(got: dict, records: list, here: dict) -> list:
       print("    (another jaxlib: any fingerprint may differ)")
   print("A reported difference is XLA:CPU's dot kernels on another CPU (or other code since "
         "the recorded commit), not an error; a controlled one breaks the reference path's "
-        "claim and fails tests/test_portability.py.")
+        "claim and fails tests/test_isa.py.")
   return rows

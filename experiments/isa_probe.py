@@ -16,7 +16,7 @@ Then it compares this machine's reference-path fingerprints (the probes, and wit
 on). This is a report, not a test: a dot or a forward that differs is XLA:CPU's dot kernels
 choosing another blocking on another CPU (BUILD_NOTES "What bitwise equal means"). Only a
 *controlled* probe (no dot: ``isa.controlled``) that differs breaks a claim of the project;
-``tests/test_portability.py`` fails then.
+``tests/test_isa.py`` fails then.
 """
 import dataclasses
 import datetime

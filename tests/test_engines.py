@@ -327,3 +327,22 @@ def test_sweep_engines_never_compute_logits():
   with_logits = jax.make_jaxpr(lambda p: model.forward(cfg, pol, p, toks[None],
                                                        collect=("logits",)))(params)
   assert f"[1,12,{V}]" in str(with_logits)
+
+
+VOCAB40 = cj.DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, pe="rope",
+                           norm="layernorm", mlp="gelu", mlp_dim=64, vocab_size=40)
+
+
+def test_out_of_vocabulary_ids_are_rejected_on_the_host():
+  pol = cj.get_policy("float32")
+  params = jax.tree_util.tree_map(lambda x: x[None], pol.cast_params(
+      model.init_params(VOCAB40, jax.random.key(0))))
+  for bad in (40, -1):
+    toks = np.full((1, 12), 3, np.int32)
+    toks[0, 5] = bad
+    with pytest.raises(ValueError, match=r"outside the model vocabulary \[0, 40\)"):
+      engines.run(VOCAB40, pol, params, [pairs.Family("repeat", 1, toks[0], 1)], [4, 8],
+                  engine="causal")
+  with pytest.raises(ValueError, match="the repeated token"):
+    engines.run(VOCAB40, pol, params, [pairs.Family("repeat", 99, np.full(12, 3, np.int32), 1)],
+                [4, 8], engine="kv_cache")

@@ -114,3 +114,10 @@ def test_jit_vmap_grad_safe():
   onset = jax.jit(jax.vmap(metrics.collapse_onset, in_axes=(0, None)))(
       jnp.asarray([[0, 1], [0, 0]], bool), jnp.asarray([3, 4]))
   np.testing.assert_array_equal(onset, [4, -1])
+
+
+def test_onsets_reject_flags_and_lengths_of_different_shapes():
+  with pytest.raises(ValueError, match="one flag per swept length"):
+    metrics.collapse_onset(np.ones(6, bool), np.arange(3))
+  with pytest.raises(ValueError, match="one flag per swept length"):
+    metrics.sustained_onset(np.ones((2, 6), bool), np.arange(3))

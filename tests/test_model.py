@@ -575,3 +575,10 @@ def test_preblocked_weights_give_the_same_forward(preset, kw):
                                     np.asarray(b[key]).view(np.uint8), err_msg=key)
   with pytest.raises(ValueError, match="not both"):
     model.forward(cfg, pol, params, x, collect=("blocked",), blocked=blocked)
+
+
+def test_forward_names_an_empty_sequence():
+  pol = precision.get_policy("float32")
+  params = model.init_params(DecoderConfig(num_layers=2, d_model=32, num_heads=4, vocab_size=40), jax.random.key(0))
+  with pytest.raises(ValueError, match="N >= 1 tokens"):
+    model.forward(DecoderConfig(num_layers=2, d_model=32, num_heads=4, vocab_size=40), pol, params, np.zeros((1, 0), np.int32))

@@ -1,4 +1,4 @@
-"""Portable bits: the reference path, what the ISA and the core count may change, and the
+"""collapse_jax.isa and the portable bits: the reference path, what the ISA and the core count may change, and the
 goldens that prove what the project controls on whatever CPU runs the suite (BUILD_NOTES
 "What bitwise equal means").
 
@@ -31,15 +31,12 @@ import jaxlib
 import numpy as np
 import pytest
 
-from collapse_jax import engines, isa, metrics, model, pairs, precision, xla_env
-from collapse_jax.config import DecoderConfig
+from collapse_jax import isa, xla_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "goldens", "reference_bits.json")  # tested: controlled probes
 RECORDED = os.path.join(HERE, "goldens", "reference_bits_recorded.json")  # reported only
 ROOT = os.path.dirname(HERE)
-CFG = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, pe="rope",
-                    norm="layernorm", mlp="gelu", mlp_dim=64, vocab_size=40)
 
 
 def golden_key() -> dict:
@@ -72,7 +69,7 @@ def test_controlled_probes_match_goldens():
   if golden is None:
     pytest.skip(f"no goldens for {key} (they are for "
                 f"{[g['key'] for g in _load(GOLDEN)['goldens']]}; record with "
-                "python tests/test_portability.py --write)")
+                "python tests/test_isa.py --write)")
   got = {k: v for k, v in isa.probe_fingerprints().items() if isa.controlled(k)}
   assert sorted(got) == sorted(golden["sha256"]), "probes added or removed: rewrite the goldens"
   wrong = sorted(k for k in got if got[k] != golden["sha256"][k])
@@ -170,36 +167,6 @@ def test_effective_isa_is_the_lower_of_cap_and_cpu():
   assert isa.max_isa_flag("--a=1 --xla_cpu_max_isa=SSE4_2 --xla_cpu_max_isa=AVX2") == "AVX2"
   assert isa.native_isa({"sse4_2", "avx", "avx2", "fma"}) == "AVX2"
   assert isa.native_isa({"sse4_2", "avx", "avx2"}) == "AVX"  # AVX2 without FMA
-
-
-# -- helpers that used to do the wrong thing on bad input now raise ---------------------------
-def test_onsets_reject_flags_and_lengths_of_different_shapes():
-  with pytest.raises(ValueError, match="one flag per swept length"):
-    metrics.collapse_onset(np.ones(6, bool), np.arange(3))
-  with pytest.raises(ValueError, match="one flag per swept length"):
-    metrics.sustained_onset(np.ones((2, 6), bool), np.arange(3))
-
-
-def test_forward_names_an_empty_sequence():
-  pol = precision.get_policy("float32")
-  params = model.init_params(CFG, jax.random.key(0))
-  with pytest.raises(ValueError, match="N >= 1 tokens"):
-    model.forward(CFG, pol, params, np.zeros((1, 0), np.int32))
-
-
-def test_out_of_vocabulary_ids_are_rejected_on_the_host():
-  pol = precision.get_policy("float32")
-  params = jax.tree_util.tree_map(lambda x: x[None], pol.cast_params(
-      model.init_params(CFG, jax.random.key(0))))
-  for bad in (40, -1):
-    toks = np.full((1, 12), 3, np.int32)
-    toks[0, 5] = bad
-    with pytest.raises(ValueError, match=r"outside the model vocabulary \[0, 40\)"):
-      engines.run(CFG, pol, params, [pairs.Family("repeat", 1, toks[0], 1)], [4, 8],
-                  engine="causal")
-  with pytest.raises(ValueError, match="the repeated token"):
-    engines.run(CFG, pol, params, [pairs.Family("repeat", 99, np.full(12, 3, np.int32), 1)],
-                [4, 8], engine="kv_cache")
 
 
 if __name__ == "__main__":
