@@ -1,6 +1,6 @@
 """Golden reference outputs of Gemma 3 270M (base) from Hugging Face transformers (CPU torch).
 
-tests/test_checkpoints.py compares our float32 forward of the same GGUF (collapse_jax's own
+tests/test_checkpoints_gguf.py compares our float32 forward of the same GGUF (collapse_jax's own
 loader, conversion and decoder) and our SentencePiece tokenizer against these files, so CI
 needs neither torch nor transformers. transformers loads the GGUF itself (``gguf_file=``: its
 dequantization, its norm conversion, its Gemma3ForCausalLM with its own defaults for what the

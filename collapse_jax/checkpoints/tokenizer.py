@@ -6,7 +6,7 @@ spaces spelled '▁', byte fallback '<0x..>', no merges stored): the merges are 
 the vocabulary -- every way of cutting a piece into two pieces of the vocabulary, the pieces
 taken in file order (a piece's rank is its position; Gemma's scores do not follow the merge
 order) and, within a piece, the longest left part first -- which is transformers' reading of
-the same file (tests/test_checkpoints.py compares the two). Pieces of two or more spaces are
+the same file (tests/test_checkpoints_tokenizer.py compares the two). Pieces of two or more spaces are
 stored as real spaces and are respelled '▁'. No prefix space is added
 (``add_space_prefix = False``); spaces become '▁' before the BPE; control pieces (<bos>,
 <start_of_turn>, ...) are matched whole. Every digit is its own piece, so n digits are n
