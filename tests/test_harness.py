@@ -23,6 +23,31 @@ def tiny():
   return cfg, model.init_params(cfg, jax.random.key(0)), [({"p": [fam]}, [0])]
 
 
+def _killed_then_resumed(run_cells, assemble, fail_after: int, **job) -> list[str]:
+  """``jobs.run_job`` over ``run_cells(ids, save)`` failing once ``fail_after`` cells are
+  saved (checked: the one-line JobFailed, nothing assembled), then resumed to the end.
+  Returns the ids run, in order, across both runs."""
+  ran, assembled = [], []
+
+  def counting(fail: bool):
+    def run(ids, save):
+      def counted(i, rec):
+        if fail and len(ran) == fail_after:
+          raise RuntimeError("killed")
+        ran.append(i)
+        save(i, rec)
+      run_cells(ids, counted)
+    return run
+
+  args = dict(spec={"k": 1}, procs=hosts.Processes(), heartbeat_s=0, log=lambda s: 0, **job)
+  total = len(job["cell_ids"])
+  with pytest.raises(jobs.JobFailed, match=f"killed .{fail_after} of {total} cells saved"):
+    jobs.run_job(counting(True), lambda o, sh: assembled.append(1), **args)
+  assert ran == list(job["cell_ids"])[:fail_after] and not assembled
+  jobs.run_job(counting(False), assemble, **args)
+  return ran
+
+
 def _stable(rec: dict) -> dict:
   """A record without what depends on the run (its seconds and device)."""
   return {k: v for k, v in rec.items() if k not in ("seconds", "device")}
@@ -72,26 +97,15 @@ def test_figure5_job_interrupted_then_resumed_equals_one_run(tiny, tmp_path):
   whole = harness.figure5_runs(params, groups, {"native": cfg}, pols, GRID, cross_check=True,
                                **kw)
   job = harness.figure5_job(params, groups, {"native": cfg}, pols, cross_check=True)
-  ran, got = [], {}
-
-  def run_cells(ids, save, fail_after=None):
-    def counted(i, rec):
-      if len(ran) == fail_after:
-        raise RuntimeError("killed")
-      ran.append(i)
-      save(i, rec)
-    harness.figure5_run_cells(job, ids, counted, GRID, **kw)
+  got = {}
 
   def assemble(out, shards):
     got["result"] = harness.figure5_assemble(job, {i: s["record"] for i, s in shards.items()})
 
-  args = dict(out=str(tmp_path / "run"), prefix="real", experiment="real_model_collapse",
-              spec={"k": 1}, cell_ids=job.ids, procs=hosts.Processes(), heartbeat_s=0,
-              log=lambda s: 0)
-  with pytest.raises(jobs.JobFailed, match="killed .2 of 4 cells saved"):
-    jobs.run_job(lambda ids, save: run_cells(ids, save, fail_after=2), assemble, **args)
-  assert ran == job.ids[:2] and not got
-  jobs.run_job(run_cells, assemble, **args)
+  ran = _killed_then_resumed(
+      lambda ids, save: harness.figure5_run_cells(job, ids, save, GRID, **kw), assemble, 2,
+      out=str(tmp_path / "run"), prefix="real", experiment="real_model_collapse",
+      cell_ids=job.ids)
   assert ran == job.ids  # the saved cells were not run again
   runs, checks = got["result"]
   assert [_stable(r) for r in runs] == [_stable(jobs_json(r)) for r in whole[0]]
@@ -140,23 +154,12 @@ def test_task_job_interrupted_then_resumed_equals_evaluate(tmp_path):
   kw = dict(samples=1, max_new_tokens=2, batch=2)
   whole = harness.evaluate(ckpt, pols, names, ["direct"], ns, log=lambda s: 0, **kw)
   cells = harness.task_cells(pols, names, ["direct"])
-  ran, got = [], {}
-
-  def run_cells(ids, save, fail_after=None):
-    def counted(i, rec):
-      if len(ran) == fail_after:
-        raise RuntimeError("killed")
-      ran.append(i)
-      save(i, rec)
-    harness.run_task_cells(ckpt, cells, ids, counted, ns, **kw)
-
-  args = dict(out=str(tmp_path / "run"), prefix="tasks", experiment="tasks", spec={"k": 1},
-              cell_ids=list(cells), procs=hosts.Processes(), heartbeat_s=0, log=lambda s: 0)
+  got = {}
   assemble = lambda out, shards: got.update(harness.assemble_tasks(
       cells, {i: s["record"] for i, s in shards.items()}))
-  with pytest.raises(jobs.JobFailed, match="killed .1 of 2 cells saved"):
-    jobs.run_job(lambda ids, save: run_cells(ids, save, fail_after=1), assemble, **args)
-  jobs.run_job(run_cells, assemble, **args)
+  ran = _killed_then_resumed(
+      lambda ids, save: harness.run_task_cells(ckpt, cells, ids, save, ns, **kw), assemble, 1,
+      out=str(tmp_path / "run"), prefix="tasks", experiment="tasks", cell_ids=list(cells))
   assert ran == list(cells) == ["float32/copy_last/direct", "float32/bridge/copy_last"]
   for key in ("samples", "summary", "bridge"):
     assert got[key] == jobs_json(whole)[key], key
