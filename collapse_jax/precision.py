@@ -229,6 +229,16 @@ class Policy:
     if R is None:
       return self.dot(spec, x_BN, w)
     B, N = x_BN.shape[:2]
+
+    def tile_dots(xp, T):  # xp [B, T * R, ...] -> [B, T * R, ...]: one dot per tile
+      tiles = jnp.moveaxis(xp.reshape((B, T, R) + x_BN.shape[2:]), 1, 0)
+      if T == 1:  # the same one dot of [B, R, ...], without a loop around it
+        out = self.dot(spec, tiles[0], w)[None]
+      else:
+        out = jax.lax.map(lambda t: self.dot(spec, t, w), tiles)  # [T, B, R, ...]
+      out = jnp.moveaxis(out, 0, 1)
+      return out.reshape((B, T * R) + out.shape[3:])
+
     if not isinstance(first, int):
       f = jnp.asarray(first, jnp.int32) % R
 
@@ -236,12 +246,7 @@ class Policy:
         def run():
           zeros = jnp.zeros((B, T * R) + x_BN.shape[2:], x_BN.dtype)
           xp = jax.lax.dynamic_update_slice_in_dim(zeros, x_BN, f, axis=1)
-          tiles = jnp.moveaxis(xp.reshape((B, T, R) + x_BN.shape[2:]), 1, 0)
-          out = (self.dot(spec, tiles[0], w)[None] if T == 1 else
-                 jax.lax.map(lambda t: self.dot(spec, t, w), tiles))
-          out = jnp.moveaxis(out, 0, 1)
-          out = out.reshape((B, T * R) + out.shape[3:])
-          return jax.lax.dynamic_slice_in_dim(out, f, N, axis=1)
+          return jax.lax.dynamic_slice_in_dim(tile_dots(xp, T), f, N, axis=1)
         return run
       T = -(-(R - 1 + N) // R)
       if T == 2:  # one tile unless the rows straddle two
@@ -250,13 +255,7 @@ class Policy:
     f = first % R
     T = -(-(f + N) // R)
     xp = jnp.pad(x_BN, [(0, 0), (f, T * R - f - N)] + [(0, 0)] * (x_BN.ndim - 2))
-    tiles = jnp.moveaxis(xp.reshape((B, T, R) + x_BN.shape[2:]), 1, 0)
-    if T == 1:  # the same one dot of [B, R, ...], without a loop around it
-      out = self.dot(spec, tiles[0], w)[None]
-    else:
-      out = jax.lax.map(lambda t: self.dot(spec, t, w), tiles)  # [T, B, R, ...]
-    out = jnp.moveaxis(out, 0, 1)
-    return out.reshape((B, T * R) + out.shape[3:])[:, f:f + N]
+    return tile_dots(xp, T)[:, f:f + N]
 
   def untiled(self) -> "Policy":
     """This policy off the length-invariant schedule (``row_tile`` None): same dtypes and
