@@ -1,6 +1,7 @@
-"""Greedy decoding and answer log-probabilities in the one decoder, under any precision policy.
+"""Greedy decoding in the one decoder, under any precision policy (answer log-probabilities:
+:mod:`collapse_jax.scoring`).
 
-Words (used here and in :mod:`collapse_jax.tasks`):
+Words (used here, in :mod:`collapse_jax.scoring` and in :mod:`collapse_jax.tasks`):
 
   prompt        a list of token ids (BOS included where the model wants one).
   B, P, S       batch (prompts decoded together), the bucketed prompt length, cache slots.
@@ -28,15 +29,21 @@ rows. A row stops after it emits a stop id or its decoded text contains a stop s
 (the stopping token is kept, as HF transformers' ``generate`` keeps its EOS), or after
 ``max_new_tokens``; the batch stops when every row has.
 
-Bits. The prefill runs on the policy's length-invariant schedule (``Policy.row_tile``): a
-prompt alone in its batch (no left padding; P = its length) gets the bits of an exact-length
-forward of it, in every layer and in its last logits. Left padding moves a row's tokens to
-other stream indices, so a padded row's low bits may differ. The decode steps and
-:func:`score`'s continuations run off the schedule (``Policy.untiled``: one row in a
-128-row tile would cost 128 times the work): the same function as an uncached forward over
-the whole sequence, but their dots have other shapes, so low bits can differ
-(tests/test_generate.py states the tolerance, and checks every greedy token against fresh
-forwards).
+Bits. Two decoders, one stopping rule:
+  * fast (default): the prefill runs on the policy's length-invariant schedule
+    (``Policy.row_tile``), so a prompt alone in its batch with no left padding (its length
+    a bucket) gets the bits of an exact-length forward of it. Left padding moves a row's
+    tokens to other stream indices, and the decode steps and ``scoring.score``'s continuations
+    run off the schedule (``Policy.untiled``: a row alone in a 128-row tile costs more), so
+    low bits can differ from fresh forwards (tests/test_generate.py
+    states the tolerance, and checks every greedy token against fresh forwards).
+  * ``on_path=True``: each prompt alone (B = 1), its tokens at stream indices 0.. (right
+    padding, never left), and every decode step on the schedule: the new row placed in its
+    row tile at its own stream index, its key written into the cache at that slot (the
+    kv_cache engine's step, ``model.forward(cache={'length': ...})``). Every step's logits
+    then have the bits of an exact-length forward of the prompt and the tokens so far, in
+    every policy (tested bit for bit), at about ``row_tile`` times the projections' work
+    per step (BUILD_NOTES, "Generation on the path").
 """
 from __future__ import annotations
 
@@ -195,42 +202,82 @@ def prefill(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequen
   return cache, nxt, logits, lengths, P, blocked
 
 
-def greedy_decode(cfg: DecoderConfig, policy: Policy, params,
-                  prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
-                  stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
-                  decode: Callable[[list], str] | None = None,
-                  query_chunk: int | None = PREFILL_CHUNK, block_steps: int = 8) -> Generation:
-  """Batched greedy decoding (see the module docstring). ``params``: cast by
-  ``policy.cast_params``. ``decode`` (ids -> text) is needed for ``stop_strings``.
-  ``query_chunk``: the prefill's attention in chunks of this many query rows
-  (:data:`PREFILL_CHUNK`; None: the whole [P, P] pass).
-  ``block_steps``: decode steps per device program (a row's tokens after its stop are
-  computed and dropped; at most block_steps - 1 extra steps per call)."""
-  if block_steps < 1:
-    raise ValueError(f"block_steps must be >= 1, got {block_steps}")
-  if max_new_tokens < 0:
-    raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-  if stop_strings and decode is None:
-    raise ValueError("stop_strings need decode= (token ids -> text)")
-  prompts = _check_prompts(cfg, prompts)
-  B = len(prompts)
-  if max_new_tokens == 0:
-    return Generation([[] for _ in prompts], ["length"] * B, 0, 0, 0.0, 0.0, 0)
-  t0 = time.perf_counter()
-  K = int(block_steps)
-  P = bucket(max(len(p) for p in prompts))
-  S = P + bucket(-(-(max_new_tokens - 1) // K) * K)  # room for whole blocks of steps
-  cache, nxt, _, lengths, P, blocked = prefill(cfg, policy, params, prompts, S,
-                                               query_chunk=query_chunk)
-  pending = [np.asarray(nxt)]  # tokens not yet read, one [B] array per step
-  t1 = time.perf_counter()
-  _, steps = _programs(cfg, policy, query_chunk)
+@functools.lru_cache(maxsize=32)
+def _on_path_programs(cfg: DecoderConfig, pol: Policy):
+  """The jitted fill and decode steps of ``greedy_decode(on_path=True)`` (B = 1)."""
+
+  def fill(params, blocked, tokens_1P, n, S):
+    """The first ``n`` tokens of tokens_1P (right-padded; the padding rows invalid and after
+    them: causally unseen) at stream indices 0..n-1 in a cache of S slots."""
+    P = tokens_1P.shape[1]
+    out = model_lib.forward(cfg, pol, params, tokens_1P, key_valid=(jnp.arange(P) < n)[None],
+                            collect=("kv",), blocked=blocked)
+    slots = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, S - P), (0, 0), (0, 0)))
+    return {"k": slots(out["k"]), "v": slots(out["v"]),
+            "pos": jnp.arange(S, dtype=jnp.int32)[None], "valid": (jnp.arange(S) < n)[None]}
+
+  def steps(params, blocked, cache, tok, p, K):
+    """K greedy steps from token ``tok`` at stream index ``p`` (traced): each writes its key
+    at slot p + i and places its row in the row tile of index p + i. Returns the cache, the
+    K next tokens [K] and their logits [K, V] (as stored)."""
+    def body(i, carry):
+      cache, tok, toks, lgs = carry
+      at = p + i
+      out = model_lib.forward(cfg, pol, params, tok.reshape(1, 1), positions=at.reshape(1, 1),
+                              cache={**cache, "length": at}, collect=("kv", "last_logits"),
+                              blocked=blocked)
+      put = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), at, 2)
+      cache = {"k": put(cache["k"], out["k"]), "v": put(cache["v"], out["v"]),
+               "pos": cache["pos"], "valid": cache["valid"].at[:, at].set(True)}
+      lg = out["last_logits"][0]
+      nxt = jnp.argmax(lg).astype(jnp.int32)
+      return cache, nxt, toks.at[i].set(nxt), lgs.at[i].set(lg.astype(lgs.dtype))
+    init = (cache, tok, jnp.zeros((K,), jnp.int32),
+            jnp.zeros((K, cfg.vocab_size), pol.compute_dtype))  # stored values, exact in it
+    cache, _, toks, lgs = jax.lax.fori_loop(0, K, body, init)
+    return cache, toks, lgs
+
+  return (jax.jit(fill, static_argnums=4), jax.jit(steps, static_argnums=5, donate_argnums=2))
+
+
+def on_path_steps(cfg: DecoderConfig, policy: Policy, params, prompt: Sequence[int],
+                  slots: int, block_steps: int):
+  """``greedy_decode(on_path=True)`` for one prompt: fills the cache with all but the
+  prompt's last token (done when this returns) and returns an iterator whose every item
+  runs ``block_steps`` more steps: (tokens [K] int, logits [K, V] as stored), np arrays. The
+  first item's first token is the prompt's greedy next token. ``slots``: cache slots, at
+  least len(prompt) + the steps that will be asked for."""
+  prompt = _check_prompts(cfg, [prompt])[0]
+  fill, steps = _on_path_programs(cfg, policy)
+  blocked = blocked_weights(cfg, policy, params)
+  n, K = len(prompt) - 1, int(block_steps)
+  tokens = np.zeros((1, bucket(n)), np.int32)
+  tokens[0, :n] = prompt[:-1]
+  cache = jax.block_until_ready(fill(params, blocked, tokens, jnp.int32(n), int(slots)))
+
+  def blocks():
+    nonlocal cache
+    tok, p = jnp.int32(prompt[-1]), n
+    while True:
+      if p + K > slots:
+        raise ValueError(f"on-path decoding ran past its {slots} cache slots")
+      cache, toks, lgs = steps(params, blocked, cache, tok, jnp.int32(p), K)
+      toks = np.asarray(toks)
+      yield toks, np.asarray(lgs)
+      tok, p = jnp.int32(toks[-1]), p + K
+
+  return blocks()
+
+
+def _until_stopped(B: int, blocks, max_new_tokens: int, stop_ids, stop_strings, decode):
+  """The stopping rule: read [B] token arrays from the iterator ``blocks`` (each item a list
+  of them) until every row has stopped. Returns (ids, stop, blocks read)."""
   ids, stop = [[] for _ in range(B)], [None] * B
   stops = set(int(i) for i in stop_ids)
-  t = n_steps = 0
-  while True:
+  read = 0
+  for pending in blocks:
+    read += 1
     for tok in pending:
-      t += 1
       for i in range(B):
         if stop[i] is None:
           ids[i].append(int(tok[i]))
@@ -241,98 +288,77 @@ def greedy_decode(cfg: DecoderConfig, policy: Policy, params,
           elif len(ids[i]) == max_new_tokens:
             stop[i] = "length"
       if all(s is not None for s in stop):
-        break
-    if all(s is not None for s in stop):
-      break
-    last = pending[-1]
-    cache, toks = steps(params, blocked, cache, jnp.asarray(last, jnp.int32),
-                        jnp.asarray(lengths + t - 1, jnp.int32), P + t - 1, K)
-    pending = list(np.asarray(toks))
-    n_steps += K
+        return ids, stop, read
+  raise AssertionError("the token blocks ended before every row stopped")
+
+
+def greedy_decode(cfg: DecoderConfig, policy: Policy, params,
+                  prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                  stop_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
+                  decode: Callable[[list], str] | None = None,
+                  query_chunk: int | None = PREFILL_CHUNK, block_steps: int = 8,
+                  on_path: bool = False) -> Generation:
+  """Batched greedy decoding (see the module docstring). ``params``: cast by
+  ``policy.cast_params``. ``decode`` (ids -> text) is needed for ``stop_strings``.
+  ``query_chunk``: the prefill's attention in chunks of this many query rows
+  (:data:`PREFILL_CHUNK`; None: the whole [P, P] pass).
+  ``block_steps``: decode steps per device program (a row's tokens after its stop are
+  computed and dropped; at most block_steps - 1 extra steps per call).
+  ``on_path``: every token on the length-invariant schedule, one prompt at a time (the
+  module docstring, "Bits"); P is then the cache's prompt bucket and ``prefill_s`` the
+  prompts' fills."""
+  if block_steps < 1:
+    raise ValueError(f"block_steps must be >= 1, got {block_steps}")
+  if max_new_tokens < 0:
+    raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+  if stop_strings and decode is None:
+    raise ValueError("stop_strings need decode= (token ids -> text)")
+  prompts = _check_prompts(cfg, prompts)
+  B = len(prompts)
+  if max_new_tokens == 0:
+    return Generation([[] for _ in prompts], ["length"] * B, 0, 0, 0.0, 0.0, 0)
+  K = int(block_steps)
+  rule = dict(max_new_tokens=max_new_tokens, stop_ids=stop_ids, stop_strings=stop_strings,
+              decode=decode)
+  if on_path:
+    ids, stop, fill_s, t0, steps_run = [], [], 0.0, time.perf_counter(), 0
+    longest = max(len(p) for p in prompts)
+    S = bucket(longest + -(-max_new_tokens // K) * K)
+    for p in prompts:
+      t = time.perf_counter()
+      blocks = on_path_steps(cfg, policy, params, p, S, K)
+      fill_s += time.perf_counter() - t
+      i, s, read = _until_stopped(1, ([[int(t)] for t in toks] for toks, _ in blocks), **rule)
+      ids.append(i[0]), stop.append(s[0])
+      steps_run += read * K
+    return Generation(ids, stop, bucket(longest - 1), S, fill_s,
+                      time.perf_counter() - t0 - fill_s, steps_run)
+  t0 = time.perf_counter()
+  P = bucket(max(len(p) for p in prompts))
+  S = P + bucket(-(-(max_new_tokens - 1) // K) * K)  # room for whole blocks of steps
+  cache, nxt, _, lengths, P, blocked = prefill(cfg, policy, params, prompts, S,
+                                               query_chunk=query_chunk)
+  last = np.asarray(nxt)  # waits for the prefill
+  t1 = time.perf_counter()
+  _, steps = _programs(cfg, policy, query_chunk)
+
+  def blocks():
+    nonlocal cache, last
+    yield [last]  # the first token comes from the prefill
+    t = 1
+    while True:
+      cache, toks = steps(params, blocked, cache, jnp.asarray(last, jnp.int32),
+                          jnp.asarray(lengths + t - 1, jnp.int32), P + t - 1, K)
+      toks = list(np.asarray(toks))
+      yield toks
+      last, t = toks[-1], t + K
+
+  ids, stop, read = _until_stopped(B, blocks(), **rule)
   t2 = time.perf_counter()
-  return Generation(ids, stop, P, S, t1 - t0, t2 - t1, n_steps)
+  return Generation(ids, stop, P, S, t1 - t0, t2 - t1, (read - 1) * K)
 
 
 def greedy(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequence[int]],
            max_new_tokens: int, stop_ids: Sequence[int] = (), **kw) -> list:
   """The new token ids per prompt (list of lists), greedy; keywords as :func:`greedy_decode`."""
   return greedy_decode(cfg, policy, params, prompts, max_new_tokens, stop_ids=stop_ids, **kw).ids
-
-
-# -- answer log-probabilities ---------------------------------------------------------------
-
-SCORE_ROWS = 16  # continuations scored per batched pass (one compile per (P, T))
-
-
-@dataclasses.dataclass
-class Context:
-  """A prefilled prompt (batch 1) that many continuations are scored against:
-  ``cache`` (P slots), ``logits`` [V] of its last row as stored, ``length`` its tokens."""
-  cache: dict
-  logits: jax.Array
-  length: int
-
-
-def context(cfg: DecoderConfig, policy: Policy, params, prompt: Sequence[int], *,
-            query_chunk: int | None = PREFILL_CHUNK) -> Context:
-  """Run ``prompt`` once (:func:`prefill`) for :func:`score`."""
-  cache, _, logits, lengths, _, _ = prefill(cfg, policy, params, [prompt], 0,
-                                         query_chunk=query_chunk)
-  return Context(cache, logits[0], int(lengths[0]))
-
-
-@functools.lru_cache(maxsize=32)
-def _score_fn(cfg: DecoderConfig, pol: Policy):
-
-  @jax.jit
-  def score(params, blocked, cache, first_logits_V, conts_CT, len_C, pos0, next_ids_M):
-    C, T = conts_CT.shape
-    c = {"k": jnp.broadcast_to(cache["k"], cache["k"].shape[:1] + (C,) + cache["k"].shape[2:]),
-         "v": jnp.broadcast_to(cache["v"], cache["v"].shape[:1] + (C,) + cache["v"].shape[2:]),
-         "pos": jnp.broadcast_to(cache["pos"], (C,) + cache["pos"].shape[1:]),
-         "valid": jnp.broadcast_to(cache["valid"], (C,) + cache["valid"].shape[1:])}
-    pos = jnp.broadcast_to(pos0 + jnp.arange(T, dtype=jnp.int32), (C, T))
-    valid = jnp.arange(T)[None, :] < len_C[:, None]
-    out = model_lib.forward(cfg, pol.untiled(), params, conts_CT, positions=pos,
-                            key_valid=valid, cache=c, collect=("logits",), blocked=blocked)
-    # the distribution before each continuation token: the prompt's, then each row's own
-    first = jnp.broadcast_to(first_logits_V, (C, 1, first_logits_V.shape[-1]))
-    lp = jax.nn.log_softmax(jnp.concatenate([first, out["logits"]], 1).astype(jnp.float32), -1)
-    tok = jnp.take_along_axis(lp[:, :T], conts_CT[..., None], -1)[..., 0]
-    tok = jnp.where(valid, tok, 0.0).sum(-1)                              # [C]
-    after = jnp.take_along_axis(lp, len_C[:, None, None], 1)[:, 0]        # [C, V]
-    nxt = after[:, next_ids_M]                                             # [C, M]
-    rest = jax.nn.logsumexp(after.at[:, next_ids_M].set(-jnp.inf), -1)     # [C]
-    return tok, nxt, rest
-
-  return score
-
-
-def score(cfg: DecoderConfig, policy: Policy, params, ctx: Context,
-          continuations: Sequence[Sequence[int]], next_ids: Sequence[int], *,
-          pad_to: int | None = None):
-  """Teacher-forced log-probabilities of ``continuations`` (token lists; empty allowed)
-  after a prefilled prompt, in batched passes over its cache (:data:`SCORE_ROWS` at a time).
-
-  Returns float64 arrays: ``tokens`` [C] = sum_t log p(c_t | prompt, c_<t); ``next`` [C, M] =
-  log p(next_ids[m] | prompt, c); ``rest`` [C] = log p(next token not in next_ids | prompt,
-  c), summed in float32 over the other ids (no 1 - p cancellation). Log-softmax is taken in
-  float32 on the logits as the policy stores them. ``pad_to``: pad to this many tokens (one
-  compile for every call with the same bucket)."""
-  if len(continuations) == 0:
-    raise ValueError("score needs at least one continuation")
-  T = max(pad_to or 1, max(len(c) for c in continuations), 1)
-  conts = np.zeros((len(continuations), T), np.int32)
-  for i, c in enumerate(continuations):
-    cfg.check_token_ids(c, "continuation tokens")
-    conts[i, :len(c)] = c
-  lens = np.asarray([len(c) for c in continuations], np.int32)
-  fn, ids = _score_fn(cfg, policy), jnp.asarray(list(next_ids), jnp.int32)
-  blocked = blocked_weights(cfg, policy, params)
-  parts = []
-  for a in range(0, len(conts), SCORE_ROWS):
-    rows = np.arange(a, a + SCORE_ROWS) % len(conts)  # a short last chunk repeats rows
-    parts.append(fn(params, blocked, ctx.cache, ctx.logits, conts[rows], lens[rows],
-                    jnp.int32(ctx.length), ids))
-  cat = lambda j: np.concatenate([np.asarray(p[j], np.float64) for p in parts])[:len(conts)]
-  return cat(0), cat(1), cat(2)

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import generate, pairs, prompts
+from collapse_jax import pairs, prompts, scoring
 from collapse_jax.checkpoints.tokenizer import encode
 
 COPY_TASKS = ("copy_last", "copy_first", "copy_last_hint", "copy_first_hint",
@@ -271,7 +271,7 @@ def preference(cfg, policy, params, context_ids: Sequence[int], answer: int, dig
   token at the slot: the answer's first digit as the slot's own logits choose it)}."""
   want = str(int(answer))
   max_digits = max(max_digits, len(want))
-  ctx = generate.context(cfg, policy, params, context_ids)
+  ctx = scoring.context(cfg, policy, params, context_ids)
   first = np.asarray(jax.nn.log_softmax(ctx.logits.astype(jnp.float32)), np.float64)
   frontier = {str(d): float(first[digits[d]]) for d in range(10)}  # the slot's own logits
   complete: dict = {}
@@ -282,7 +282,7 @@ def preference(cfg, policy, params, context_ids: Sequence[int], answer: int, dig
     keep = {s: lp for s, lp in frontier.items() if lp > thr or want.startswith(s)}
     if not keep:
       break
-    _, nxt, rest = generate.score(cfg, policy, params, ctx,
+    _, nxt, rest = scoring.score(cfg, policy, params, ctx,
                                   [[digits[int(c)] for c in s] for s in keep], digits,
                                   pad_to=max_digits)
     passes += 1

@@ -2,6 +2,7 @@ r"""Greedy decoding speed: collapse_jax.generate vs HF transformers' ``generate`
 
   python -m experiments.bench_generate                          # SmolLM2, prompts 100 and 2000
   python -m experiments.bench_generate --prompt_lens=100 --new_tokens=16 --dtype=float32,bfloat16
+  python -m experiments.bench_generate --nohf --on_path --prompt_lens=300  # on-path cost
 
 For each prompt length N the prompt is SmolLM2's chat-templated count-ones question with as
 many ones as make exactly N tokens. Both sides decode ``--new_tokens`` greedy tokens from it
@@ -31,6 +32,9 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("new_tokens", 32, "greedy tokens decoded per prompt", flag_values=fv)
   flags.DEFINE_integer("repeats", 2, "timed runs per side (the best is reported)",
                        flag_values=fv)
+  flags.DEFINE_bool("on_path", False, "also time greedy_decode(on_path=True): every step on "
+                    "the length-invariant schedule (generate's docstring, 'Bits')",
+                    flag_values=fv)
   flags.DEFINE_bool("hf", True, "also time HF transformers' generate (needs torch/"
                     "transformers)", flag_values=fv)
 
@@ -122,12 +126,21 @@ def main(argv):
             f"{ref['e2e_tok_s']:9.1f} {1e3 / ref['decode_tok_s']:7.1f} {'-':>9}  "
             f"({ref['threads']} threads, torch {ref['torch']})", flush=True)
     for pol in spec.policies:
-      o = bench.generate_timings(ckpt.config, pol, pol.cast_params(ckpt.params), ids, new,
-                                  repeats)
-      same = "-" if ref is None else str(o["ids"] == ref["ids"])
-      print(f"{n:>5} {'ours ' + pol.name:>14} {o['prefill_s']:9.3f} {o['decode_tok_s']:12.1f} "
-            f"{o['e2e_tok_s']:9.1f} {o['step_ms']:7.1f} {o['compile_s']:9.1f}  {same} "
-            f"(P={o['P']}, S={o['S']})", flush=True)
+      params = pol.cast_params(ckpt.params)
+      o = bench.generate_timings(ckpt.config, pol, params, ids, new, repeats)
+      rows = [("ours " + pol.name, o)]
+      if fl["on_path"]:
+        rows.append(("on path", bench.generate_timings(ckpt.config, pol, params, ids, new,
+                                                       repeats, on_path=True)))
+      for side, r in rows:
+        same = "-" if ref is None else str(r["ids"] == ref["ids"])
+        print(f"{n:>5} {side:>14} {r['prefill_s']:9.3f} {r['decode_tok_s']:12.1f} "
+              f"{r['e2e_tok_s']:9.1f} {r['step_ms']:7.1f} {r['compile_s']:9.1f}  {same} "
+              f"(P={r['P']}, S={r['S']})", flush=True)
+      if fl["on_path"]:
+        print(f"RATIO N={n} {pol.name}: on-path/fast end-to-end tokens/s = "
+              f"{rows[1][1]['e2e_tok_s'] / o['e2e_tok_s']:.3f}, same tokens: "
+              f"{rows[1][1]['ids'] == o['ids']}", flush=True)
       if ref:
         print(f"RATIO N={n} {pol.name}: ours/HF end-to-end tokens/s = "
               f"{o['e2e_tok_s'] / ref['e2e_tok_s']:.2f}, decode = "

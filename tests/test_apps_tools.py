@@ -128,11 +128,11 @@ def test_bench_generate_defaults_parse_to_the_documented_spec():
   spec = _parse(bench_generate)
   assert [p.name for p in spec.policies] == ["float32"] and spec.lens == [100, 2000]
   assert spec.flags["model"] == "smollm2" and spec.flags["new_tokens"] == 32
-  assert spec.flags["repeats"] == 2 and spec.flags["hf"]
+  assert spec.flags["repeats"] == 2 and spec.flags["hf"] and not spec.flags["on_path"]
   spec = _parse(bench_generate, "--dtype=float32,bfloat16", "--prompt_lens=40", "--nohf",
-                "--model=gemma3")
+                "--model=gemma3", "--on_path")
   assert [p.name for p in spec.policies] == ["float32", "bfloat16"] and spec.lens == [40]
-  assert not spec.flags["hf"] and spec.flags["model"] == "gemma3"
+  assert not spec.flags["hf"] and spec.flags["model"] == "gemma3" and spec.flags["on_path"]
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -4,8 +4,9 @@
     tokens so far, wherever that forward's top-2 gap exceeds the stated tolerance (a near tie
     may break either way: the cached step's dots have other shapes, so low bits can differ);
     per dtype, on tiny models with GQA, RoPE and Gemma 3's windows (prompts past the window);
-(b) continuation log-probs from the cache equal log-softmax of uncached forwards (tolerance
-    per dtype below);
+(a') on the path (``on_path=True``): every step's logits equal, bit for bit, the last logits of
+    an exact-length forward of the prompt and the tokens so far, in every preset, across a
+    row tile boundary and on a model whose dots are blocked; the greedy tokens are their argmax;
 (c) batching: a prompt decoded in a left-padded batch gives its tokens alone;
 (d) stop ids, stop strings, max_new_tokens, errors;
 (e) tiny random HF Llama / Gemma 3 built by transformers: our float32 greedy tokens equal
@@ -107,26 +108,6 @@ def test_greedy_equals_fresh_forwards(name, dtype):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,dtype", [("llama-gqa", "bfloat16"), ("gemma3-style", "float32")])
-def test_scores_equal_uncached_log_softmax(name, dtype):
-  cfg, pol, params = _setup(name, dtype)
-  prompt = list(np.random.default_rng(2).integers(0, 50, size=13))
-  conts = [[], [3], [4, 5], [7, 7, 7], [1, 2, 3, 4]]
-  nxt_ids = [0, 1, 2, 3]
-  ctx = generate.context(cfg, pol, params, prompt)
-  tok, nxt, rest = generate.score(cfg, pol, params, ctx, conts, nxt_ids, pad_to=4)
-  tol = 1e-5 if dtype == "float32" else 5e-2  # in log-probability (nats)
-  for i, c in enumerate(conts):
-    want_tok = 0.0
-    for t in range(len(c)):
-      want_tok += jax.nn.log_softmax(_fresh_logits(cfg, pol, params, prompt + c[:t]))[c[t]]
-    lp = np.asarray(jax.nn.log_softmax(_fresh_logits(cfg, pol, params, prompt + c)))
-    np.testing.assert_allclose(tok[i], want_tok, atol=tol * max(1, len(c)))
-    np.testing.assert_allclose(nxt[i], lp[nxt_ids], atol=tol)
-    np.testing.assert_allclose(rest[i], np.log(np.exp(np.delete(lp, nxt_ids)).sum()), atol=tol)
-
-
-@pytest.mark.slow
 def test_batch_left_padding_gives_each_prompt_its_own_tokens():
   cfg, pol, params = _setup("gemma3-style", "float32")
   rng = np.random.default_rng(3)
@@ -152,6 +133,9 @@ def test_stops_and_lengths():
   for k in (1, 5, 12):
     g = generate.greedy_decode(cfg, pol, params, [prompt], k, block_steps=4)
     assert g.ids == [free[:k]] and g.stop == ["length"]
+  g = generate.greedy_decode(cfg, pol, params, [prompt, prompt[:3]], 12, on_path=True,
+                             stop_ids=[free[stop_at]], block_steps=5)
+  assert g.ids[0] == free[:stop_at + 1] and g.stop[0] == "stop_id"
   assert generate.greedy(cfg, pol, params, [prompt], 0) == [[]]
   with pytest.raises(ValueError, match="at least one token"):
     generate.greedy(cfg, pol, params, [[]], 4)
@@ -159,6 +143,57 @@ def test_stops_and_lengths():
     generate.greedy_decode(cfg, pol, params, [prompt], 4, stop_strings=["x"])
   with pytest.raises(ValueError, match="prompt tokens"):
     generate.greedy(cfg, pol, params, [[99]], 4)
+
+
+# -- (a') on the path ------------------------------------------------------------------------
+
+BLOCKED_CFG = DecoderConfig(num_layers=2, d_model=320, num_heads=5, head_dim=64, num_kv_heads=1,
+                            mlp_dim=600, vocab_size=50, mlp="swiglu", norm="rmsnorm",
+                            max_len=256)
+
+
+def _exact_last_logits(cfg, pol):
+  """The last row's logits of an exact-length forward of each sequence given (one compile
+  per length: the references share nothing with the decoder's padded programs)."""
+  fn = jax.jit(lambda p, x: model.forward(cfg, pol, p, x, collect=("last_logits",))[
+      "last_logits"][0])
+  return lambda params, seq: np.asarray(fn(params, jnp.asarray([seq], jnp.int32)), np.float64)
+
+
+@pytest.mark.parametrize("name,dtype", [
+    ("llama-gqa", "float32"),
+    pytest.param("gemma3-style", "bfloat16", marks=pytest.mark.slow),
+    pytest.param("gemma3-style", "float16", marks=pytest.mark.slow),
+    pytest.param("llama-gqa", "float8_e4m3fn", marks=pytest.mark.slow),
+    pytest.param("blocked", "float32", marks=pytest.mark.slow),
+    pytest.param("blocked", "bfloat16", marks=pytest.mark.slow)])
+def test_on_path_steps_have_the_bits_of_exact_length_forwards(name, dtype):
+  """Prompts of 1, 9 and 126 tokens (past the window of 4; 126 + 4 steps cross the row tile
+  at 128), 8 steps in blocks of 4 (the default tier: 1 and 126, 4 steps): each step's
+  logits equal the exact forward's bitwise."""
+  if name == "blocked":
+    cfg, pol = BLOCKED_CFG, get_policy(dtype)
+    params = pol.cast_params(model.init_params(cfg, jax.random.key(4)))
+  else:
+    cfg, pol, params = _setup(name, dtype)
+  exact = _exact_last_logits(cfg, pol)
+  rng = np.random.default_rng(6)
+  quick = (name, dtype) == ("llama-gqa", "float32")
+  for n in (1, 126) if quick else (1, 9, 126):
+    prompt = [int(t) for t in rng.integers(0, 50, size=n)]
+    blocks = generate.on_path_steps(cfg, pol, params, prompt, 256, 4)
+    seq = list(prompt)
+    for _ in range(1 if quick else 2):
+      toks, lgs = next(blocks)
+      for tok, lg in zip(toks, lgs):
+        want = exact(params, seq)
+        np.testing.assert_array_equal(np.asarray(lg, np.float64), want, err_msg=f"{n}, {seq}")
+        assert tok == int(np.argmax(want))
+        seq.append(int(tok))
+  g = generate.greedy_decode(cfg, pol, params, [prompt[:5], prompt], 8, block_steps=3,
+                             on_path=True)
+  assert g.ids[1][:len(seq) - len(prompt)] == seq[len(prompt):] and g.stop == ["length"] * 2
+  assert g.steps == 2 * 9 and g.S == 256 and g.P == 128
 
 
 # -- (e) tiny random HF models -----------------------------------------------------------------
@@ -222,9 +257,7 @@ def test_long_prompt_with_blocked_weights_equals_fresh_forwards(dtype):
   PREFILL_CHUNK = 64 query rows) on a model whose dots are blocked (d_model 320, ff 600 >
   256 terms: the decode steps use ``blocked_weights``' padded copies): every decided greedy
   token is the argmax of an uncached whole-pass forward."""
-  cfg = DecoderConfig(num_layers=2, d_model=320, num_heads=5, head_dim=64, num_kv_heads=1,
-                      mlp_dim=600, vocab_size=50, mlp="swiglu", norm="rmsnorm", max_len=256)
-  pol = get_policy(dtype)
+  cfg, pol = BLOCKED_CFG, get_policy(dtype)
   params = pol.cast_params(model.init_params(cfg, jax.random.key(4)))
   assert generate.PREFILL_CHUNK < 100 <= generate.bucket(100) - generate.PREFILL_CHUNK + 64
   prompt = list(np.random.default_rng(5).integers(0, 50, size=100))
