@@ -39,6 +39,7 @@ from collapse_jax.blocked import pairwise_sum
 from collapse_jax.precision import Policy
 
 QUERY_AXIS = "query_chunks"  # the mesh axis over which query tiles are spread
+VALUE_AT = ("probs", "qkv")  # the rounding points of the value dot's operands (Policy.dot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,8 @@ class Schedule:
 
 def attend(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
            causal: bool, window: int | None, alibi_heads: int | None, qk_scale: float,
-           schedule: Schedule = Schedule(), softcap: float | None = None, q_start=None):
+           schedule: Schedule = Schedule(), softcap: float | None = None, q_start=None,
+           qk_at: str = "rope"):
   """Attention of N new rows (the last N of the M keys' indices): heads [B, N, KV, G, Dh]
   (stored; NaN in rows that may see a non-finite value) and the weights [B, H, N, M] or None
   (``schedule.want_probs``). Arguments as :func:`tiled_attention`'s; ``schedule`` says how it
@@ -88,9 +90,11 @@ def attend(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN,
   ``softcap``: the scores become cap tanh(s / cap) (``Policy.softcap``, rounded at
   'attn_softcap') before bias, mask and softmax (Gemma 2). ``q_start``: the index of row 0
   (a traced integer: a KV cache written at a data-dependent slot, whose later slots the
-  rows cannot see); None: M - N, the rows are the last N keys."""
+  rows cannot see); None: M - N, the rows are the last N keys. ``qk_at``: the rounding
+  point that last produced q and k (the score dot's operands, ``Policy.dot(at=)``); the
+  value dot's are 'probs' and 'qkv'."""
   kw = dict(causal=causal, window=window, alibi_heads=alibi_heads, qk_scale=qk_scale,
-            softcap=softcap, q_start=q_start)
+            softcap=softcap, q_start=q_start, qk_at=qk_at)
   if q_start is not None and (schedule.query_chunk is not None or
                               schedule.query_mesh is not None):
     raise ValueError("a data-dependent q_start runs the whole rows at once: no query_chunk "
@@ -133,7 +137,8 @@ def _pad_axis(x, axis: int, before: int, after: int, value=0):
 def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
                     causal: bool, window: int | None, alibi_heads: int | None,
                     qk_scale: float, want_probs: bool = False, mesh=None,
-                    softcap: float | None = None, q_start=None, _tiles: int | None = None):
+                    softcap: float | None = None, q_start=None, qk_at: str = "rope",
+                    _tiles: int | None = None):
   """Attention of N new rows (the last N of the M keys' indices) on the schedule above.
 
   Args:
@@ -170,7 +175,7 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
       again = lambda t: lambda: tiled_attention(
           pol, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, causal=causal,
           window=window, alibi_heads=alibi_heads, qk_scale=qk_scale, want_probs=want_probs,
-          softcap=softcap, q_start=q_start, _tiles=t)
+          softcap=softcap, q_start=q_start, qk_at=qk_at, _tiles=t)
       return jax.lax.cond(first + N <= R, again(1), again(2))
     place = lambda x: jax.lax.dynamic_update_slice_in_dim(
         jnp.zeros((B, T * R) + x.shape[2:], x.dtype), x, first, axis=1)
@@ -207,7 +212,8 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
       mask = mask_of(valid_j, kidx_j, kpos_j)
 
       def live():
-        s = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BRKGD, k_j, scale=qk_scale), "scores")
+        s = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BRKGD, k_j, scale=qk_scale,
+                              at=(qk_at,)), "scores")
         s = step(lambda x: x, pol.softcap(s, softcap, "attn_softcap"))
         if alibi_heads is not None:
           bias = positional.alibi_bias(qpos_BR, kpos_j, alibi_heads, causal, cd)
@@ -242,7 +248,7 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
         p = pol.round(step(jnp.divide, e, total).astype(cd), "probs")
         if pol.frozen_attention:
           p = jax.lax.stop_gradient(p)
-        part = pol.dot_accum("bhgnm,bmhk->bnhgk", p, v_j)
+        part = pol.dot_accum("bhgnm,bmhk->bnhgk", p, v_j, at=VALUE_AT)
         hit = jnp.any(mask[:, 0, 0, :, :, None] & bad_j[:, None, :, :], axis=2)  # [B, R, KV]
         return (acc + part, sees_bad | hit), p if want_probs else jnp.zeros((), p_dtype)
 
@@ -285,7 +291,7 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
 def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN, *,
                        causal: bool, window: int | None, alibi_heads: int | None,
                        qk_scale: float, schedule: Schedule, softcap: float | None = None,
-                       q_start=None):
+                       q_start=None, qk_at: str = "rope"):
   """The schedule without row tiles (``Policy.row_tile`` None): the whole pass, or query
   chunks, each row's softmax over all its keys in one reduction (the backend's order)."""
   B, N, KV, G, Dh = q_BNKGD.shape
@@ -302,7 +308,8 @@ def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_B
   def rows(q_BCKGD, q_idx_C, q_pos_BC, k, v_safe, bad_BMK, k_valid_BM, k_pos_BM):
     """Rows C of the attention: heads [B, C, KV, G, Dh], probs [B, KV, G, C, M]."""
     C = q_idx_C.shape[0]
-    scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BCKGD, k, scale=qk_scale), "scores")
+    scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BCKGD, k, scale=qk_scale, at=(qk_at,)),
+                       "scores")
     scores = pol.softcap(scores, softcap, "attn_softcap")
     mask_BCM = k_valid_BM[:, None, :]
     if causal:
@@ -315,7 +322,7 @@ def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_B
       bias = positional.alibi_bias(q_pos_BC, k_pos_BM, alibi_heads, causal, pol.compute_dtype)
       bias = bias.reshape(B, KV, G, C, -1)
     probs = pol.softmax(scores, mask_BCM[:, None, None], bias)
-    heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v_safe), "heads")
+    heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v_safe, at=VALUE_AT), "heads")
     sees_bad_BCK = jnp.any(mask_BCM[:, :, :, None] & bad_BMK[:, None, :, :], axis=2)
     nan = jnp.asarray(jnp.nan, heads.dtype)
     return jnp.where(sees_bad_BCK[:, :, :, None, None], nan, heads), probs

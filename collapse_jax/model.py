@@ -65,9 +65,10 @@ COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", 
 BLOCKED = "blocked"  # the variable collection of pre-blocked weights (``Policy.preblock``)
 
 
-def _wdot(mod: nn.Module, spec: str, x, name: str, w, first: int = 0):
-  """``mod.policy.row_dot(spec, x, w, first)`` (rows x [B, N, ...] with stream indices from
-  ``first``) for the weight ``w`` that ``mod`` names ``name``: with its pre-blocked copy
+def _wdot(mod: nn.Module, spec: str, x, name: str, w, first: int = 0, at: str = "norm"):
+  """``mod.policy.row_dot(spec, x, w, first, at=(at,))`` (rows x [B, N, ...] with stream
+  indices from ``first``, last rounded at the point ``at``) for the weight ``w`` that
+  ``mod`` names ``name``: with its pre-blocked copy
   (``Policy.preblock``) from the :data:`BLOCKED` collection where one is given, and storing
   that copy there where the collection is being made."""
   pol = mod.policy
@@ -76,7 +77,7 @@ def _wdot(mod: nn.Module, spec: str, x, name: str, w, first: int = 0):
   elif mod.is_mutable_collection(BLOCKED):
     w = pol.preblock(spec, w)
     mod.put_variable(BLOCKED, name, w)
-  return pol.row_dot(spec, x, w, first)
+  return pol.row_dot(spec, x, w, first, at=(at,))
 
 
 def _normal(var: float):
@@ -163,9 +164,10 @@ class Attention(nn.Module):
         pol, q.reshape(B, N, KV, H // KV, Dh), k, v, k_pos_BM, k_valid_BM, q_pos_BN,
         causal=cfg.causal, window=cfg.window(self.layer),
         alibi_heads=H if cfg.pe == "alibi" else None, qk_scale=cfg.qk_scale,
-        schedule=self.schedule, softcap=cfg.attn_softcap, q_start=first if insert else None)
+        schedule=self.schedule, softcap=cfg.attn_softcap, q_start=first if insert else None,
+        qk_at="rope" if cfg.pe == "rope" else "qk_norm" if cfg.qk_norm else "qkv")
     heads = heads.reshape(B, N, H, Dh)
-    out = pol.round(_wdot(self, "bnhk,hkd->bnd", heads, "o", wo, first), "attn_out")
+    out = pol.round(_wdot(self, "bnhk,hkd->bnd", heads, "o", wo, first, "heads"), "attn_out")
     return out, heads, probs, new_kv
 
 
@@ -191,7 +193,7 @@ class MLP(nn.Module):
       act = fn * pol.to_compute(up)
     act = pol.round(act, "mlp_act")
     return pol.round(_wdot(self, "bnf,fd->bnd", act, "down",
-                           self.param("down", init, (cfg.ff, cfg.d_model)), first),
+                           self.param("down", init, (cfg.ff, cfg.d_model)), first, "mlp_act"),
                      "mlp_out")
 
 
@@ -318,11 +320,11 @@ class Decoder(nn.Module):
     for key in wants:  # the same dot and rounding point for all rows or the last one
       y_rows, at = (y, first) if key == "logits" else (y[:, -1:], first + N - 1)
       if cfg.tie_embeddings:
-        lg = pol.round(_wdot(self, "bnd,vd->bnv", y_rows, "lm_head", table["embedding"], at),
-                       "logits")
+        lg = pol.round(_wdot(self, "bnd,vd->bnv", y_rows, "lm_head", table["embedding"], at,
+                             "final_norm"), "logits")
       else:
-        lg = pol.round(_wdot(self, "bnd,dv->bnv", y_rows, "lm_head", w["kernel"], at),
-                       "logits")
+        lg = pol.round(_wdot(self, "bnd,dv->bnv", y_rows, "lm_head", w["kernel"], at,
+                             "final_norm"), "logits")
       lg = pol.softcap(lg, cfg.final_softcap, "logit_softcap")
       out[key] = lg if key == "logits" else lg[:, 0]
     return out

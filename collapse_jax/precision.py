@@ -2,7 +2,8 @@
 
 Every op of the decoder asks a :class:`Policy` three questions:
   * what dtype do the operands of a matmul have, and in what dtype does it accumulate
-    (:meth:`Policy.dot`);
+    (:meth:`Policy.dot`; the operands' own rounding points decide: a dropped point feeds
+    its dot in the compute dtype, :meth:`Policy.operand_dtype`);
   * in what dtype are pointwise ops, softmax and normalisation statistics computed
     (``compute_dtype`` / ``softmax_dtype``);
   * where is a result rounded to the activation storage dtype (:meth:`Policy.round`,
@@ -193,29 +194,45 @@ class Policy:
     t = jnp.tanh(jnp.asarray(x).astype(cd) * jnp.asarray(1.0 / cap, cd))
     return self.round(t * jnp.asarray(cap, cd), point)
 
-  def dot(self, spec: str, a, b, scale: float | None = None):
-    """einsum(spec, a, b) with operands in ``dot_operand_dtype`` and accumulation in
+  def operand_dtype(self, at: tuple = ()):
+    """The dtype a dot's operands go in. ``at``: the rounding points that last produced its
+    activation operands (a weight names none). Every one of them in ``round_at``:
+    ``dot_operand_dtype``, the storage values as they are. One of them dropped: both
+    operands in ``compute_dtype``, so that a dropped point is not rounded by the dot's own
+    operand cast (storage and weight values go up exactly)."""
+    unknown = set(at) - ALL_POINTS
+    if unknown:
+      raise KeyError(f"unknown rounding points {sorted(unknown)}; valid: {sorted(ALL_POINTS)}")
+    if all(p in self.round_at for p in at):
+      return self.dot_operand_dtype
+    return self.compute_dtype
+
+  def dot(self, spec: str, a, b, scale: float | None = None, at: tuple = ()):
+    """einsum(spec, a, b) with operands in ``operand_dtype(at)`` and accumulation in
     ``accum_dtype``; optional scalar ``scale`` is applied to the accumulator (in
     compute_dtype) before the caller rounds. Returns compute_dtype."""
-    out = self.dot_accum(spec, a, b).astype(self.compute_dtype)
+    out = self.dot_accum(spec, a, b, at).astype(self.compute_dtype)
     if scale is not None:
       out = out * jnp.asarray(scale, self.compute_dtype)
     return out
 
-  def dot_accum(self, spec: str, a, b):
+  def dot_accum(self, spec: str, a, b, at: tuple = ()):
     """:meth:`dot` without the final conversion: the sum in ``accum_dtype``, for a caller
     that adds partial sums itself (attention's key blocks). ``b`` may be pre-blocked."""
-    od = self.dot_operand_dtype
+    od = self.operand_dtype(at)
     if isinstance(b, Blocked):  # made by self.preblock(spec, w): already cast and split
-      if b.spec != spec or b.x.dtype != od or b.block != self.accum_block:
+      if b.spec != spec or b.x.dtype != self.dot_operand_dtype or b.block != self.accum_block:
         raise ValueError(f"a weight pre-blocked for {b.spec!r} ({b.x.dtype}, block {b.block}) "
-                         f"used in {spec!r} ({od}, block {self.accum_block})")
+                         f"used in {spec!r} ({self.dot_operand_dtype}, block "
+                         f"{self.accum_block})")
+      if od != b.x.dtype:  # a dropped point: the weight goes up exactly
+        b = dataclasses.replace(b, x=b.x.astype(od))
     else:
       b = jnp.asarray(b).astype(od)
     return blocked_einsum(spec, jnp.asarray(a).astype(od), b, self.accum_dtype,
                           self.matmul_precision, self.accum_block)
 
-  def row_dot(self, spec: str, x_BN, w, first: int = 0):
+  def row_dot(self, spec: str, x_BN, w, first: int = 0, at: tuple = ()):
     """:meth:`dot` of rows x [B, N, ...] (``spec``'s first operand, rows on axis 1) with a
     weight, on the length-invariant schedule: the rows, whose stream indices are
     first .. first + N - 1, are cut into tiles of ``row_tile`` rows aligned at index 0
@@ -224,18 +241,18 @@ class Policy:
     ``first``'s tile-mates. ``row_tile`` None: one dot over all rows. ``first`` may be a traced
     integer (a KV cache written at a data-dependent slot): the rows are then placed in
     ceil((R - 1 + N) / R) tiles at offset first % R, the same tiles with the same zero rows
-    around them."""
+    around them. ``at``: as :meth:`dot`."""
     R = self.row_tile
     if R is None:
-      return self.dot(spec, x_BN, w)
+      return self.dot(spec, x_BN, w, at=at)
     B, N = x_BN.shape[:2]
 
     def tile_dots(xp, T):  # xp [B, T * R, ...] -> [B, T * R, ...]: one dot per tile
       tiles = jnp.moveaxis(xp.reshape((B, T, R) + x_BN.shape[2:]), 1, 0)
       if T == 1:  # the same one dot of [B, R, ...], without a loop around it
-        out = self.dot(spec, tiles[0], w)[None]
+        out = self.dot(spec, tiles[0], w, at=at)[None]
       else:
-        out = jax.lax.map(lambda t: self.dot(spec, t, w), tiles)  # [T, B, R, ...]
+        out = jax.lax.map(lambda t: self.dot(spec, t, w, at=at), tiles)  # [T, B, R, ...]
       out = jnp.moveaxis(out, 0, 1)
       return out.reshape((B, T * R) + out.shape[3:])
 

@@ -297,16 +297,19 @@ class NumpyPolicy:
       total = total + blk
     return total
 
-  def dot(self, spec, a, b, scale=None):
-    """einsum(spec, a, b): operands in the operand dtype, accumulated in the accumulation
-    dtype sequentially over the contracted indices (row-major in a's letter order), then
-    converted to the compute dtype and optionally multiplied by ``scale``."""
-    a = np.asarray(a).astype(self.od)
-    b = np.asarray(b).astype(self.od)
+  def dot(self, spec, a, b, scale=None, at=()):
+    """einsum(spec, a, b): operands in the operand dtype (the compute dtype where one of the
+    rounding points ``at`` that produced an activation operand is dropped, as
+    Policy.operand_dtype), accumulated in the accumulation dtype sequentially over the
+    contracted indices (row-major in a's letter order), then converted to the compute dtype
+    and optionally multiplied by ``scale``."""
+    od = self.od if all(p in self.round_at for p in at) else self.cd
+    a = np.asarray(a).astype(od)
+    b = np.asarray(b).astype(od)
     if self.ad == F64 or not self.xla:
       out = np.einsum(spec, a.astype(F64), b.astype(F64)).astype(self.ad)
     else:
-      out = _seq_einsum(spec, a, b, self.accum_block)
+      out = _seq_einsum(spec, a, b, self.accum_block, fused=self.fma_hw)
     out = out.astype(self.cd)
     if scale is not None:
       out = out * np.asarray(scale, self.cd)
@@ -319,8 +322,10 @@ def _contracted_terms(spec, a) -> int:
   return int(np.prod([a.shape[sa.index(ch)] for ch in sa if ch in sb and ch not in out]))
 
 
-def _seq_einsum(spec, a, b, block=None):
-  """einsum with float32 accumulation, one FMA per contracted index, in order; with
+def _seq_einsum(spec, a, b, block=None, fused=True):
+  """einsum with float32 accumulation, one FMA per contracted index, in order (``fused``
+  False: each product rounded to f32 before its add, as XLA computes without FMA; the same
+  for narrow operands, whose products are exact in f32); with
   ``block``, a contraction longer than ``block`` is summed in consecutive blocks (cut
   along the longest contracted axis, as Policy.accum_block does) whose f32 partial sums
   are added in order."""
@@ -341,7 +346,7 @@ def _seq_einsum(spec, a, b, block=None):
     acc = None
     for s0 in range(0, size, kb):
       part = _seq_einsum(spec, np.take(a0, range(s0, min(s0 + kb, size)), axis=ax_a),
-                         np.take(b0, range(s0, min(s0 + kb, size)), axis=ax_b))
+                         np.take(b0, range(s0, min(s0 + kb, size)), axis=ax_b), fused=fused)
       acc = part if acc is None else acc + part
     return acc
   a = a.reshape(a.shape[:len(ra)] + (ksize,)).astype(F64)
@@ -350,6 +355,8 @@ def _seq_einsum(spec, a, b, block=None):
   acc = None
   for k in range(ksize):
     prod = np.einsum(sub, a[..., k], b[..., k])  # exact: f32*f32 fits in f64
+    if not fused:
+      prod = prod.astype(F32).astype(F64)
     acc = prod.astype(F32) if acc is None else (acc.astype(F64) + prod).astype(F32)
   return acc
 
@@ -521,7 +528,7 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach, layer):
   G = H // KV
   window, theta = cfg.window(layer), cfg.rope_base(layer)
   def project(name):  # the dot, then its bias added in compute dtype (qkv_bias), one rounding
-    out = P.dot("bnd,dhk->bnhk", h, p[name])
+    out = P.dot("bnd,dhk->bnhk", h, p[name], at=("norm",))
     return P.rnd(out + P.c(p[f"{name}_bias"]) if cfg.qkv_bias else out, "qkv")
   q, k, v = project("q"), project("k"), project("v")
   if cfg.qk_norm:
@@ -539,7 +546,8 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach, layer):
   M = k.shape[1]
   # query head h = kv * G + g reads kv head kv = h // G
   qg = q.reshape(B, N, KV, G, Dh)
-  scores = P.rnd(P.dot("bnkgd,bmkd->bkgnm", qg, k, scale=cfg.qk_scale), "scores")
+  qk_at = "rope" if cfg.pe == "rope" else "qk_norm" if cfg.qk_norm else "qkv"
+  scores = P.rnd(P.dot("bnkgd,bmkd->bkgnm", qg, k, scale=cfg.qk_scale, at=(qk_at,)), "scores")
   scores = _softcap(P, scores, cfg.attn_softcap, "attn_softcap", attn=True)
   qp, kp = q_pos[:, :, None].astype(np.int64), k_pos[:, None, :].astype(np.int64)
   mask = np.broadcast_to(k_valid[:, None, :], (B, N, M))
@@ -557,24 +565,25 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach, layer):
     bias = -slopes[None, :, :, None, None] * dist[:, None, None]  # [B, KV, G, N, M]
   probs = _softmax(P, scores, mask[:, None, None], bias)
   probs = teach("attn_weights", probs.reshape(B, H, N, M)).reshape(B, KV, G, N, M)
-  heads = P.rnd(P.dot("bkgnm,bmkd->bnkgd", probs, v), "heads").reshape(B, N, H, Dh)
+  heads = P.rnd(P.dot("bkgnm,bmkd->bnkgd", probs, v, at=("probs", "qkv")),
+                "heads").reshape(B, N, H, Dh)
   heads = teach("heads", heads)
-  out = P.rnd(P.dot("bnhk,hkd->bnd", heads, p["o"]), "attn_out")
+  out = P.rnd(P.dot("bnhk,hkd->bnd", heads, p["o"], at=("heads",)), "attn_out")
   return out, heads, probs.reshape(B, H, N, M), new_kv
 
 
 def _mlp(P, cfg, p, h):
-  up = P.rnd(P.dot("bnd,df->bnf", h, p["up"]), "mlp_hidden")
+  up = P.rnd(P.dot("bnd,df->bnf", h, p["up"], at=("norm",)), "mlp_hidden")
   if cfg.mlp == "gelu":
     act, band = _gelu_tanh(P, up)
   else:
-    g = P.c(P.rnd(P.dot("bnd,df->bnf", h, p["gate"]), "mlp_hidden"))
+    g = P.c(P.rnd(P.dot("bnd,df->bnf", h, p["gate"], at=("norm",)), "mlp_hidden"))
     fn, band = (_silu if cfg.mlp == "swiglu" else _gelu_tanh)(P, g)
     act = fn * P.c(up)
     if band is not None:
       band = band * np.abs(P.c(up).astype(F64)) + P.slack(act)
   act = P.rnd(act, "mlp_act", band=band)
-  return P.rnd(P.dot("bnf,fd->bnd", act, p["down"]), "mlp_out")
+  return P.rnd(P.dot("bnf,fd->bnd", act, p["down"], at=("mlp_act",)), "mlp_out")
 
 
 def _as_numpy_tree(params):
@@ -676,7 +685,7 @@ def run(P: NumpyPolicy, cfg, params, inputs, *, positions=None, key_valid=None, 
       spec, w = "bnd,vd->bnv", params["embed"]["embedding"]
     else:
       spec, w = "bnd,dv->bnv", params["lm_head"]["kernel"]
-    logits = P.dot(spec, yt, w)
+    logits = P.dot(spec, yt, w, at=("final_norm",))
     out["logits"] = P.rnd(logits, "logits")
     if track and P.tracking and "logits" in P.round_at:  # per element: nothing follows
       out["ambiguous_logits_elements"] = (

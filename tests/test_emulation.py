@@ -206,6 +206,44 @@ def test_emulator_follows_a_custom_round_at():
     _assert_faithful("bfloat16", compare(pol, "rope-layernorm-gelu-gqa", seed))
 
 
+# Gemma 2/3's options and the logits: rounding points only "gemma3-style" exercises
+GEMMA_POINTS = ("embed_scale", "qk_norm", "post_norm", "attn_softcap", "logit_softcap",
+                "logits")
+
+
+def _minus(point):
+  base = precision.get_policy("bfloat16")
+  return dataclasses.replace(base, name=f"bf16_minus_{point}",
+                             round_at=base.round_at - {point})
+
+
+@pytest.mark.bitwise
+@pytest.mark.parametrize("point", sorted(precision.ROUNDING_POINTS))
+def test_dropping_any_rounding_point_changes_the_bits(point):
+  """Every rounding point can be dropped: bf16 minus one point changes the model's outputs
+  (the last residual, y or the logits) wherever the model uses the point, including the points whose value only feeds a matmul (norm,
+  rope, probs, heads, mlp_act, final_norm), whose dropped value now goes into the dot in the
+  compute dtype instead of being rounded by the dot's operand cast (issue 26)."""
+  cfg = CONFIGS["gemma3-style" if point in GEMMA_POINTS else "rope-layernorm-gelu-gqa"]
+  _, _, full = _setup(precision.get_policy("bfloat16"), cfg, 0)
+  _, _, drop = _setup(_minus(point), cfg, 0)
+  # the model's outputs, not the point's own collected value: the last residual, y, logits
+  outs = lambda o: [o["residual"][-1], o["y"]] + ([o["logits"]] if "logits" in o else [])
+  changed = [i for i, (a, b) in enumerate(zip(outs(full), outs(drop))) if not np.array_equal(
+      a.astype(np.float64), b.astype(np.float64))]
+  assert changed, f"dropping {point!r} changed no output"
+
+
+@pytest.mark.slow
+@pytest.mark.bitwise
+@pytest.mark.parametrize("point", sorted(precision.ROUNDING_POINTS))
+def test_emulator_follows_every_dropped_point(point):
+  """bf16 minus any one point is emulated to the narrow presets' criterion (its unrounded
+  values within F32_TOL)."""
+  name = "gemma3-style" if point in GEMMA_POINTS else "rope-layernorm-gelu-gqa"
+  _assert_faithful("bfloat16", compare(_minus(point), name, 0))
+
+
 class _TruncatingPolicy(R.NumpyPolicy):
   """The emulator with one rounding point broken: bf16 by truncation instead of RNE."""
   bad_point = None
