@@ -135,16 +135,18 @@ def parse_argv(define_flags: Callable[[flags.FlagValues], None],
   return fv.flag_values_dict()
 
 
-def app_flags(main_file: str | None = None) -> dict:
+def app_flags(main_file: str | None = None, also: Sequence[str] = ()) -> dict:
   """Every flag of this vocabulary and of the experiment's own module (``main_file``,
   default ``sys.argv[0]``) with its value: what results.json records (``results.header``),
-  without absl's own flags (logging, help)."""
+  without absl's own flags (logging, help). ``also``: the names of modules whose flags the
+  experiment defines too (an experiment built on another's flags)."""
   import os
   main_file = os.path.abspath(main_file or sys.argv[0])
   out = {}
   for name, value in FLAGS.flag_values_dict().items():
     module = FLAGS.find_module_defining_flag(name)
-    if module is not None and (module == __name__ or os.path.abspath(module) == main_file):
+    if module is not None and (module == __name__ or module in also
+                               or os.path.abspath(module) == main_file):
       out[name] = value
   return out
 

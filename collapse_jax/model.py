@@ -148,10 +148,12 @@ class Attention(nn.Module):
       k = Norm(cfg, pol, name="k_norm")(k, point="qk_norm")
     if cfg.pe == "rope":
       theta = cfg.rope_base(self.layer)
-      q = pol.round(positional.apply_rope(pol.to_compute(q), q_pos_BN, theta,
-                                          cfg.rope_layout, cfg.rope_scaling), "rope")
-      k = pol.round(positional.apply_rope(pol.to_compute(k), q_pos_BN, theta,
-                                          cfg.rope_layout, cfg.rope_scaling), "rope")
+      rope = lambda x: pol.round(positional.apply_rope(
+          pol.to_compute(x), q_pos_BN, theta, cfg.rope_layout, cfg.rope_scaling,
+          pol.rope_angle_dtype), "rope")
+      q, k = rope(q), rope(k)
+    if pol.kv_cache_dtype is not None:  # the keys and values as a KV cache holds them
+      k, v = k.astype(pol.kv_cache_dtype), v.astype(pol.kv_cache_dtype)
     new_kv = (k, v)
     if insert:  # written into the cache's slots first.. (later slots: causally unseen)
       k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(k.dtype), k, first, axis=1)

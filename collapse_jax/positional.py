@@ -35,17 +35,21 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: tuple = ()) -> np.ndarra
   return np.where(medium, (1 - s) * scaled / factor + s * scaled, scaled)
 
 
-def apply_rope(x_BNHK, positions_BN, theta: float, layout: str = "half", scaling: tuple = ()):
+def apply_rope(x_BNHK, positions_BN, theta: float, layout: str = "half", scaling: tuple = (),
+               angle_dtype=None):
   """Rotate q or k. x: [B, N, H, Dh] in compute dtype; returns the same shape/dtype.
 
   layout 'half' pairs dim i with i + Dh/2 (HF rotate_half); 'interleaved' pairs 2i with
-  2i+1 (GGUF / original RoPE paper). ``scaling``: :func:`rope_inv_freq`'s."""
+  2i+1 (GGUF / original RoPE paper). ``scaling``: :func:`rope_inv_freq`'s. ``angle_dtype``:
+  the angles and their cos/sin in this dtype, cast to x's after (``Policy.rope_angle_dtype``;
+  None: x's dtype)."""
   dt = x_BNHK.dtype
+  ad = dt if angle_dtype is None else angle_dtype
   dh = x_BNHK.shape[-1]
-  inv = jnp.asarray(rope_inv_freq(dh, theta, scaling), dt)
-  ang_BNF = positions_BN.astype(dt)[..., None] * inv  # [B, N, Dh/2]
-  cos = jnp.cos(ang_BNF)[:, :, None, :]
-  sin = jnp.sin(ang_BNF)[:, :, None, :]
+  inv = jnp.asarray(rope_inv_freq(dh, theta, scaling), ad)
+  ang_BNF = positions_BN.astype(ad)[..., None] * inv  # [B, N, Dh/2]
+  cos = jnp.cos(ang_BNF).astype(dt)[:, :, None, :]
+  sin = jnp.sin(ang_BNF).astype(dt)[:, :, None, :]
   if layout == "half":
     x1, x2 = x_BNHK[..., : dh // 2], x_BNHK[..., dh // 2:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

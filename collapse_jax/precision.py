@@ -103,6 +103,13 @@ class Policy:
       has the bits of the last row of a forward of exactly i + 1 tokens. None: one dot over
       all rows and one softmax reduction per row (shape-dependent low bits; generation's
       decode steps use it, see ``untiled``).
+    rope_angle_dtype: the dtype RoPE's angles p * theta_i and their cos/sin are computed in,
+      the cos/sin then cast to the compute dtype (None: the compute dtype; float64 needs
+      x64). In f32 the angle of a late position carries an absolute error that grows with
+      p (issue 26, AnchorAttention); float64 makes the rotation that of the exact angle.
+    kv_cache_dtype: the dtype keys (after 'rope') and values (after 'qkv') are held in
+      between their rounding point and attention, in every engine, cached or not (a plain
+      cast, e.g. an fp8 KV cache under bf16 compute). None: as rounded.
   """
   name: str
   param_dtype: Any
@@ -116,6 +123,8 @@ class Policy:
   accum_block: int | None = 256
   frozen_attention: bool = False
   row_tile: int | None = ROW_TILE
+  rope_angle_dtype: Any = None
+  kv_cache_dtype: Any = None
 
   def __post_init__(self):
     unknown = set(self.round_at) - ALL_POINTS
@@ -123,6 +132,9 @@ class Policy:
       raise ValueError(f"unknown rounding points {sorted(unknown)}; valid: {sorted(ALL_POINTS)}")
     for f in ("param_dtype", "storage_dtype", "accum_dtype", "compute_dtype", "softmax_dtype"):
       object.__setattr__(self, f, jnp.dtype(getattr(self, f)))
+    for f in ("rope_angle_dtype", "kv_cache_dtype"):
+      if getattr(self, f) is not None:
+        object.__setattr__(self, f, jnp.dtype(getattr(self, f)))
     if self.accum_block is not None and int(self.accum_block) < 1:
       raise ValueError(f"accum_block must be a positive number of terms or None, got "
                        f"{self.accum_block!r}")
@@ -143,7 +155,8 @@ class Policy:
 
   @property
   def needs_x64(self) -> bool:
-    return jnp.dtype(jnp.float64) in (self.storage_dtype, self.accum_dtype, self.compute_dtype)
+    return jnp.dtype(jnp.float64) in (self.storage_dtype, self.accum_dtype, self.compute_dtype,
+                                      self.rope_angle_dtype, self.kv_cache_dtype)
 
   @property
   def dot_operand_dtype(self):
@@ -351,6 +364,8 @@ class Policy:
         "matmul_precision": str(self.matmul_precision),
         "accum_block": self.accum_block,
         "row_tile": self.row_tile,
+        "rope_angle_dtype": str(self.rope_angle_dtype or self.compute_dtype),
+        "kv_cache_dtype": None if self.kv_cache_dtype is None else str(self.kv_cache_dtype),
     }
     if self.frozen_attention:  # omitted when False: results files of plain runs unchanged
       d["frozen_attention"] = True

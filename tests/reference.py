@@ -156,7 +156,7 @@ class NumpyPolicy:
 
   def __init__(self, *, storage, param, operand, accum, compute, softmax, round_at,
                stepwise=False, xla=True, kernel_ulps=1.0, name="numpy", fma=None,
-               accum_block=None, row_tile=None):
+               accum_block=None, row_tile=None, rope_angle=None, kv_cache=None):
     self.name = name
     self.st, self.pd, self.od = to_dtype(storage), to_dtype(param), to_dtype(operand)
     self.ad, self.cd, self.sd = to_dtype(accum), to_dtype(compute), to_dtype(softmax)
@@ -166,6 +166,8 @@ class NumpyPolicy:
     self.fma_hw = xla_has_fma() if fma is None else bool(fma)
     self.accum_block = accum_block
     self.row_tile = row_tile
+    self.rope_angle = None if rope_angle is None else to_dtype(rope_angle)  # None: compute
+    self.kv = None if kv_cache is None else to_dtype(kv_cache)
     if not isinstance(kernel_ulps, dict):
       kernel_ulps = {k: float(kernel_ulps) * v for k, v in KERNEL_ULPS.items()}
     self.kernel_ulps = dict(kernel_ulps)
@@ -188,7 +190,8 @@ class NumpyPolicy:
                compute=d["compute_dtype"], softmax=d["softmax_dtype"],
                round_at=d["round_at"], stepwise=d["softmax_stepwise_rounding"],
                kernel_ulps=kernel_ulps, name=d["name"], accum_block=d.get("accum_block"),
-               row_tile=d.get("row_tile"))
+               row_tile=d.get("row_tile"), rope_angle=d.get("rope_angle_dtype"),
+               kv_cache=d.get("kv_cache_dtype"))
 
   # -- dtype handling --------------------------------------------------------------------
   @property
@@ -453,8 +456,9 @@ def _rope(P: NumpyPolicy, cfg, x, pos, theta):
   Returns (value, band)."""
   dh = x.shape[-1]
   inv = _rope_freqs(theta ** (-(np.arange(dh // 2, dtype=F64) * 2) / dh), cfg.rope_scaling)
-  inv = inv.astype(P.cd)
-  ang = pos.astype(P.cd)[:, :, None, None] * inv  # [B, N, 1, Dh/2]
+  exact = P.rope_angle == F64 and P.cd != F64  # the angle and cos/sin in float64, then cast
+  ad = F64 if exact else P.cd
+  ang = pos.astype(ad)[:, :, None, None] * inv.astype(ad)  # [B, N, 1, Dh/2]
   cos, sin = P.kernel(np.cos, ang), P.kernel(np.sin, ang)
   if cfg.rope_layout == "half":
     a, b = x[..., : dh // 2], x[..., dh // 2:]
@@ -462,8 +466,9 @@ def _rope(P: NumpyPolicy, cfg, x, pos, theta):
     a, b = x[..., 0::2], x[..., 1::2]
   ra = P.fma(a, cos, -(b * sin))
   rb = P.fma(b, cos, a * sin)
-  err = (np.abs(a.astype(F64)) * P.kband(cos, "sincos")
-         + np.abs(b.astype(F64)) * P.kband(sin, "sincos"))
+  kb = (lambda y: 2.0 ** -50 * np.abs(y.astype(F64))) if exact else (
+      lambda y: P.kband(y, "sincos"))  # float64 kernels: within an ulp of f64 before the cast
+  err = np.abs(a.astype(F64)) * kb(cos) + np.abs(b.astype(F64)) * kb(sin)
   ea, eb = err + P.slack(ra), err + P.slack(rb)
   if cfg.rope_layout == "half":
     return np.concatenate([ra, rb], axis=-1), np.concatenate([ea, eb], axis=-1)
@@ -538,6 +543,8 @@ def _attention(P, cfg, p, h, q_pos, k_pos, k_valid, cache_kv, teach, layer):
     rq, bq = _rope(P, cfg, P.c(q), q_pos, theta)
     rk, bk = _rope(P, cfg, P.c(k), q_pos, theta)
     q, k = P.rnd(rq, "rope", band=bq), P.rnd(rk, "rope", band=bk)
+  if P.kv is not None:  # the keys and values as the KV cache holds them (Policy.kv_cache_dtype)
+    k, v = k.astype(P.kv), v.astype(P.kv)
   k, v = teach("k", k, reset=False), teach("v", v, reset=False)
   new_kv = (k, v)
   if cache_kv is not None:

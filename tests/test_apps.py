@@ -70,3 +70,39 @@ def test_precision_sweep_resume_compares_the_stored_flags(tmp_path):
   fl3 = cli.parse_argv(precision_sweep.define_flags, ["--max_len=80", f"--out={out}", "--resume"])
   with pytest.raises(ValueError, match="--max_len was 64, now 80"):
     precision_sweep.parse(fl3)
+
+
+# -- attribution (built on the precision sweep's flags) ------------------------------------------
+
+def _attribution(tmp_path, *args):
+  from experiments import attribution
+  fl = cli.parse_argv(attribution.define_flags, ["--max_len=64", *args,
+                                                 f"--out={tmp_path / 'x'}"])
+  return attribution.parse(fl)
+
+
+def test_attribution_defaults_parse_to_the_documented_spec(tmp_path):
+  spec = _attribution(tmp_path)
+  names = [p.name for p in spec.policies]
+  assert names[:2] == ["bfloat16:all", "bfloat16:none"] and "bfloat16:drop:rope" in names
+  assert "bfloat16:only:@attention" in names and len(names) == len(set(names)) == 2 + 2 * 13 + 8
+  assert spec.heads == [1] and not spec.reference and spec.cfg.num_heads == 1
+  spec = _attribution(tmp_path, "--kinds=drop", "--dtype=float16", "--pe=alibi")
+  assert [p.name for p in spec.policies][2:] == [
+      f"float16:drop:{p}" for p in ("embed", "norm", "qkv", "scores", "probs", "heads",
+                                    "attn_out", "residual", "mlp_hidden", "mlp_act", "mlp_out",
+                                    "final_norm")]
+  assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dtype=bfloat16,float16"], "--dtype takes one value"),
+    (["--heads=1,4"], "--heads takes one value"),
+    (["--reference"], "pass --noreference"),
+    (["--kinds=swap"], "unknown attribution kinds"),
+    (["--dtype=float64"], "rounds nothing"),
+])
+def test_attribution_refuses_bad_values(args, msg, tmp_path):
+  with pytest.raises((ValueError, flags.Error), match=re.escape(msg)):
+    _attribution(tmp_path, *args)
+  assert not (tmp_path / "x").exists()

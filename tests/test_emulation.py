@@ -244,6 +244,44 @@ def test_emulator_follows_every_dropped_point(point):
   _assert_faithful("bfloat16", compare(_minus(point), name, 0))
 
 
+def _knob_runs(pol, cfg, positions):
+  """(jax outputs, free-running emulator outputs) of ``pol`` on seed 0's inputs at these
+  positions [B, N]."""
+  pc = pol.cast_params(R.random_params(cfg, 0))
+  x = _inputs(cfg, 100)
+  fn = jax.jit(lambda p, x, pos: model.forward(cfg, pol, p, x, positions=pos,
+                                               collect=_collect(cfg)))
+  out = {k: np.asarray(v) for k, v in fn(pc, x, positions).items()}
+  emu = R.emulate_forward(cfg, pol, R._as_numpy_tree(pc), x, positions=np.asarray(positions))
+  return out, emu
+
+
+@pytest.mark.bitwise
+@pytest.mark.parametrize("knob,value,cfg_name", [
+    ("rope_angle_dtype", "float64", "rope-layernorm-gelu-gqa"),
+    ("rope_angle_dtype", "float64", "gemma3-style"),
+    ("kv_cache_dtype", "float8_e4m3fn", "rope-layernorm-gelu-gqa"),
+    ("kv_cache_dtype", "float8_e5m2", "alibi-rmsnorm-swiglu-tokens")])
+def test_policy_knobs_change_the_bits_and_the_emulator_follows(knob, value, cfg_name):
+  """RoPE's angle dtype and the KV cache's dtype are named policy knobs: at positions
+  3000.. (where an f32 angle is off by up to ~2^-12 rad) each changes y against plain
+  bf16, and the free-running emulator with the knob equals JAX bit for bit in every stored
+  value (the strict presets' criterion, MAX_FREE_MISMATCH)."""
+  cfg = CONFIGS[cfg_name]
+  base = precision.get_policy("bfloat16")
+  pol = dataclasses.replace(base, name=f"bf16_{knob}", **{knob: value})
+  assert pol.describe()[knob] == value
+  pos = np.broadcast_to(3000 + np.arange(N), (B, N)).astype(np.int32)
+  plain, _ = _knob_runs(base, cfg, pos)
+  out, emu = _knob_runs(pol, cfg, pos)
+  assert not np.array_equal(plain["y"].astype(np.float64), out["y"].astype(np.float64))
+  if knob == "kv_cache_dtype":
+    assert out["k"].dtype == np.dtype(value) and out["v"].dtype == np.dtype(value)
+  bad = sum(int(_mismatch(out[k], emu[k].astype(out[k].dtype)).sum()) for k in out)
+  total = sum(out[k].size for k in out)
+  assert bad <= MAX_FREE_MISMATCH[True] * total, (bad, total)
+
+
 class _TruncatingPolicy(R.NumpyPolicy):
   """The emulator with one rounding point broken: bf16 by truncation instead of RNE."""
   bad_point = None

@@ -35,6 +35,8 @@ E2E = {
                               "--confirm=1"], ["results.json", "counting.png"]),
     "experiments.scorecard": (["--only=b4,b6_b7,b9"], ["scorecard.md", "scorecard.json"]),
     "experiments.gallery": ([], ["index.html", "collapse.png", "tasks_accuracy.png"]),
+    "experiments.attribution": (["--max_len=48", "--kinds=drop", "--d_model=16", "--layers=1"],
+                                ["results.json", "attribution.png"]),
 }
 
 
@@ -92,6 +94,7 @@ def test_experiment_end_to_end(e2e_runs, module):
     ("experiments.oversquashing", ["--seeds=0,1"], "--seeds takes one value"),
     ("experiments.counting", ["--b10_dtype=float32,nope"], "unknown precision 'nope'"),
     ("experiments.scorecard", ["--only=b4,nope"], "unknown checks ['nope']"),
+    ("experiments.attribution", ["--kinds=swap"], "unknown attribution kinds"),
 ])
 def test_bad_flags_are_one_line_usage_errors(tmp_path, module, args, message):
   proc = _start(module, tmp_path / "out", args)

@@ -18,9 +18,11 @@ from typing import Callable
 
 import numpy as np
 
-from collapse_jax import diagnosis, harness, pairs, plotting, precision, prompts, records, sweep
+from collapse_jax import (attribution, diagnosis, harness, pairs, plotting, precision, prompts,
+                          records, sweep)
 from collapse_jax import tasks as tasks_lib
 from collapse_jax.figures import real, tasks, theory, train
+from collapse_jax.figures import attribution as attribution_figures
 from collapse_jax.figures import sweep as sweep_figures
 from collapse_jax.theory import counting as counting_lib
 from collapse_jax.theory import softmax, spectral
@@ -41,7 +43,8 @@ SAMPLES: dict[str, Sample] = {}
 
 
 def names(module: str) -> list[str]:
-  """The samples of figures module ``module`` ('sweep', 'theory', 'real', 'tasks', 'train')."""
+  """The samples of figures module ``module`` ('sweep', 'theory', 'real', 'tasks', 'train',
+  'attribution')."""
   return [n for n, s in SAMPLES.items() if s.module == module]
 
 
@@ -351,6 +354,22 @@ def _bridge(path):  # distances as SmolLM2's (|y| ~ 40): 3 at n = 5 down to 0.6 
                      "y_equal": bool(y == 0), "output_equal": bool(n >= 10),
                      "margin_equal": bool(d == "bfloat16" and n == 40)})
   return tasks.bridge_figure(rows, path, CAPTION_TASKS)
+
+
+# -- figures/attribution.py ------------------------------------------------------------------
+@_sample("attribution", attribution_figures.onsets_figure)
+def _attribution(path):
+  n = pairs.parse_lengths("17:4096:8")
+  points = ["embed", "norm", "qkv", "rope", "scores", "probs", "heads", "residual", "mlp_act"]
+  kinds = (["all", "none"] + [f"drop:{p}" for p in points] + [f"only:{p}" for p in points]
+           + ["drop:@attention", "only:@attention"])
+  rows = []
+  for i, kind in enumerate(kinds):  # 'none' and the only: variants floor in float32
+    dtype = "float32" if kind == "none" or kind.startswith("only:") and i % 3 else "bfloat16"
+    rec = {**run_record(dtype, 1, i, n), "dtype": f"bfloat16:{kind}"}
+    rows.append(attribution.summarize(rec, precision.get_policy("bfloat16").storage_dtype))
+  return attribution_figures.onsets_figure(rows, path, int(n[-1]), "bfloat16: prefix_repeat, "
+                                           "2L d=64 H=1 rope (synthetic sample)")
 
 
 # -- figures/train.py ------------------------------------------------------------------------
