@@ -13,7 +13,9 @@ Words (used here, in ``experiments.attribution`` and ``figures.attribution``):
               drop:p         every point but p (p's value flows on in the compute dtype,
                              into its dots too: ``Policy.operand_dtype``);
               only:p         p alone;
-              drop:@g, only:@g  the same for a group.
+              drop:@g, only:@g  the same for a group;
+              angles:float64 every point, RoPE's angles and cos/sin in float64
+                             (``Policy.rope_angle_dtype``; rope models, with the groups).
             Weights stay in the base's param dtype in every variant: the model is the
             same model, only its activations' roundings change.
   onset     the first swept n whose y_n and y*_{n+1} are bitwise equal (-1: none).
@@ -64,7 +66,8 @@ def _variant(base: Policy, kind: str, round_at) -> Policy:
 
 def variants(base: Policy, kinds, points) -> list[Policy]:
   """The base ('all'), 'none', then for each kind in ``kinds`` (:data:`KINDS`) its variants
-  over ``points`` (``groups``: drop and only for every group with a point in ``points``)."""
+  over ``points`` (``groups``: drop and only for every group with a point in ``points``,
+  and float64 RoPE angles where 'rope' is one)."""
   unknown = set(kinds) - set(KINDS)
   if unknown:
     raise ValueError(f"unknown attribution kinds {sorted(unknown)}; valid: {', '.join(KINDS)}")
@@ -81,6 +84,9 @@ def variants(base: Policy, kinds, points) -> list[Policy]:
       used = set(members) & set(points)
       if used:
         out += [_variant(base, f"drop:@{g}", ALL_POINTS - used), _variant(base, f"only:@{g}", used)]
+    if "rope" in points:
+      out.append(dataclasses.replace(_variant(base, "angles:float64", ALL_POINTS),
+                                     rope_angle_dtype="float64"))
   return out
 
 

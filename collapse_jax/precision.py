@@ -155,8 +155,9 @@ class Policy:
 
   @property
   def needs_x64(self) -> bool:
-    return jnp.dtype(jnp.float64) in (self.storage_dtype, self.accum_dtype, self.compute_dtype,
-                                      self.rope_angle_dtype, self.kv_cache_dtype)
+    used = (self.storage_dtype, self.accum_dtype, self.compute_dtype, self.rope_angle_dtype,
+            self.kv_cache_dtype)  # (a None must not be compared: np.dtype(None) is float64)
+    return any(d is not None and d == jnp.float64 for d in used)
 
   @property
   def dot_operand_dtype(self):
@@ -364,7 +365,8 @@ class Policy:
         "matmul_precision": str(self.matmul_precision),
         "accum_block": self.accum_block,
         "row_tile": self.row_tile,
-        "rope_angle_dtype": str(self.rope_angle_dtype or self.compute_dtype),
+        "rope_angle_dtype": str(self.compute_dtype if self.rope_angle_dtype is None
+                                else self.rope_angle_dtype),
         "kv_cache_dtype": None if self.kv_cache_dtype is None else str(self.kv_cache_dtype),
     }
     if self.frozen_attention:  # omitted when False: results files of plain runs unchanged

@@ -1,12 +1,12 @@
 r"""Attribution: which rounding point makes n and n+1 indistinguishable (issue 26).
 
-  python -m experiments.attribution                       # bf16, synthetic model, n <= 2048
-  python -m experiments.attribution --max_len=16384 --lengths=log:17:16384:400 --kinds=drop,groups
+  python -m experiments.attribution                   # bf16, synthetic model, every n <= 16384
+  python -m experiments.attribution --max_len=2048 --kinds=drop --dtype=float16
 
 For one precision (--dtype, one preset) the precision sweep's grid (its flags, one head
 count) runs once per variant of the policy (collapse_jax/attribution.py): every point
 rounded ('all'), none, every point but p ('drop:p'), p alone ('only:p') and the same for
-groups of points. Prints and writes per variant: the first equal n, the equal count and
+groups of points, and RoPE's angles in float64. Prints and writes per variant: the first equal n, the equal count and
 fraction per octave, the floor distance in ulps of |y| and the first layer whose residual
 differs there. Writes results.json (the rows and every variant's run record) and
 attribution.png (onset per variant, drop and only side by side) to --out. A job of cells
@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags, logging
 
-from collapse_jax import attribution, cli, figures, hosts, jobs, memory, results, sweep
+from collapse_jax import attribution, cli, figures, hosts, jobs, memory, results, sweep, xla_env
 from experiments import precision_sweep
 
 F = flags.FLAGS
@@ -26,7 +26,7 @@ F = flags.FLAGS
 
 def define_flags(fv: flags.FlagValues) -> None:
   precision_sweep.define_flags(fv)
-  for name, value in (("heads", ["1"]), ("reference", False)):
+  for name, value in (("heads", ["1"]), ("reference", False), ("max_len", 16384)):
     fv.set_default(name, value)
   flags.DEFINE_list("kinds", list(attribution.KINDS), "variant kinds: drop (every point but "
                     "one), only (one point alone), groups (both, per group of points)",
@@ -55,6 +55,8 @@ def main(argv):
   with cli.usage_errors():
     spec = parse(cli.app_flags(__file__, also=(precision_sweep.__name__,)))
   fl = spec.flags
+  if any(p.needs_x64 for p in spec.policies):
+    xla_env.enable_x64()
   with cli.usage_errors():
     procs = hosts.start_processes(fl["coordinator"], fl["num_processes"], fl["process_id"],
                                   fl["distributed"])

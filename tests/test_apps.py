@@ -76,8 +76,7 @@ def test_precision_sweep_resume_compares_the_stored_flags(tmp_path):
 
 def _attribution(tmp_path, *args):
   from experiments import attribution
-  fl = cli.parse_argv(attribution.define_flags, ["--max_len=64", *args,
-                                                 f"--out={tmp_path / 'x'}"])
+  fl = cli.parse_argv(attribution.define_flags, [*args, f"--out={tmp_path / 'x'}"])
   return attribution.parse(fl)
 
 
@@ -85,9 +84,11 @@ def test_attribution_defaults_parse_to_the_documented_spec(tmp_path):
   spec = _attribution(tmp_path)
   names = [p.name for p in spec.policies]
   assert names[:2] == ["bfloat16:all", "bfloat16:none"] and "bfloat16:drop:rope" in names
-  assert "bfloat16:only:@attention" in names and len(names) == len(set(names)) == 2 + 2 * 13 + 8
+  assert "bfloat16:only:@attention" in names and "bfloat16:angles:float64" in names
+  assert len(names) == len(set(names)) == 2 + 2 * 13 + 8 + 1
   assert spec.heads == [1] and not spec.reference and spec.cfg.num_heads == 1
-  spec = _attribution(tmp_path, "--kinds=drop", "--dtype=float16", "--pe=alibi")
+  assert spec.grid[0] == 17 and spec.grid[-1] == 16384 and len(spec.grid) == 16368
+  spec = _attribution(tmp_path, "--kinds=drop", "--dtype=float16", "--pe=alibi", "--max_len=64")
   assert [p.name for p in spec.policies][2:] == [
       f"float16:drop:{p}" for p in ("embed", "norm", "qkv", "scores", "probs", "heads",
                                     "attn_out", "residual", "mlp_hidden", "mlp_act", "mlp_out",

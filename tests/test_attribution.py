@@ -32,6 +32,10 @@ def test_variants_name_and_round_what_they_say():
   assert vs["bfloat16:only:norm"].round_at == {"norm"}
   assert vs["bfloat16:only:@attention"].round_at == {"probs"}  # the group's points used here
   assert vs["bfloat16:drop:@norms"].round_at == precision.ALL_POINTS - {"norm"}
+  assert "bfloat16:angles:float64" not in vs  # 'rope' is not in ``pts``
+  angles = attribution.variants(BF16, ["groups"], ["rope"])[-1]
+  assert angles.name == "bfloat16:angles:float64" and angles.round_at == precision.ALL_POINTS
+  assert angles.rope_angle_dtype == np.float64 and angles.needs_x64
   assert "bfloat16:only:@mlp" not in vs  # no MLP point in ``pts``
   assert all(v.param_dtype == BF16.param_dtype and v.storage_dtype == BF16.storage_dtype
              for v in vs.values())

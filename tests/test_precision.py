@@ -1,4 +1,5 @@
 """Precision policy: presets, errors, softmax/mask safety, fp8 scaling, dot accumulation."""
+import dataclasses
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -138,3 +139,15 @@ def test_preblocked_weight_refuses_another_dot():
     pol.dot("nd,df->nf", jnp.ones((2, 600)), wb)
   with pytest.raises(ValueError, match="pre-blocked"):
     get_policy("bfloat16").dot("bnd,df->bnf", jnp.ones((1, 2, 600)), wb)
+
+
+def test_the_rope_angle_and_kv_cache_knobs():
+  """Both knobs default to None (described as the compute dtype / null); only a float64 one
+  needs x64 (an unset knob must not count: np.dtype(None) == float64)."""
+  bf16 = get_policy("bfloat16")
+  assert bf16.rope_angle_dtype is None and bf16.kv_cache_dtype is None and not bf16.needs_x64
+  d = bf16.describe()
+  assert d["rope_angle_dtype"] == "float32" and d["kv_cache_dtype"] is None
+  f64 = dataclasses.replace(bf16, rope_angle_dtype="float64", kv_cache_dtype="float8_e4m3fn")
+  assert f64.needs_x64 and f64.describe()["rope_angle_dtype"] == "float64"
+  assert f64.describe()["kv_cache_dtype"] == "float8_e4m3fn"

@@ -13,9 +13,10 @@ def onsets_figure(rows, path: str | None, max_n: int, title: str):
   group (groups '@g' last): (a) the collapse onset of 'drop:p' (every point but p; red
   circle) and 'only:p' (p alone; blue square) on a log n axis, with the 'all' (base) and
   'none' onsets as vertical lines; a variant with no equal n up to ``max_n`` is a hollow
-  marker at the right edge. (b) the floor distance in ulps of |y| of the same variants (a
-  floor of 0 ulps is an equal n). Where the red circle sits right of 'all', rounding at p
-  is needed for the base's onset; where the blue square sits near 'all', p alone makes it."""
+  marker at the right edge. (b) how many swept n are bitwise equal, the same markers, with
+  'all' as a vertical line (an onset alone can be one isolated n). Where the red circle sits
+  right of 'all' in (a) or left of it in (b), rounding at p is needed for the base's
+  collapse; where the blue square sits near 'all', p alone makes it."""
   by = {r["variant"]: r for r in rows}
   names = list(dict.fromkeys(v.split(":", 1)[1] for v in by if ":" in v))
   names = [n for n in names if not n.startswith("@")] + [n for n in names if n.startswith("@")]
@@ -31,7 +32,7 @@ def onsets_figure(rows, path: str | None, max_n: int, title: str):
       never = r["onset"] <= 0
       ax.plot([edge if never else r["onset"]], [yi + dy], marker, color=color, ms=6,
               mfc="none" if never else color, clip_on=False)
-      bx.plot([max(r["floor_ulps"], 1e-3)], [yi + dy], marker, color=color, ms=6)
+      bx.plot([r["equal"]], [yi + dy], marker, color=color, ms=6)
     ax.plot([], [], marker, color=color, label=f"{kind}:p" + (" (every point but p)"
                                                               if kind == "drop" else " (p alone)"))
   ax.plot([], [], "o", mfc="none", color="0.3", label=f"no equal n <= {max_n}")
@@ -46,10 +47,12 @@ def onsets_figure(rows, path: str | None, max_n: int, title: str):
          xlabel="first n with y_n == y*_(n+1) bitwise", title="(a) collapse onset")
   log_x(ax)
   ax.legend(fontsize=7, loc="lower left")
-  bx.axvline(1.0, color="0.5", lw=0.8, ls="--", label="one storage step")
-  bx.set(yticks=y, yticklabels=names, ylim=(-0.7, len(names) - 0.3), xscale="log",
-         xlabel="min over n of ||y_n - y*_(n+1)||_inf / ulp(max|y_n|)",
-         title="(b) floor distance (0 ulps drawn at 1e-3)")
+  if "all" in by:
+    bx.axvline(by["all"]["equal"], color="0.3", lw=1.0, label=f"all: {by['all']['equal']}")
+  total = max(r["n"] for r in rows)
+  bx.set(yticks=y, yticklabels=names, ylim=(-0.7, len(names) - 0.3),
+         xlim=(-0.02 * max(r["equal"] for r in rows) - 1, None),
+         xlabel=f"bitwise-equal n (of {total} swept)", title="(b) how many n are equal")
   bx.legend(fontsize=7)
   suptitle(fig, title)
   return save(fig, path)
