@@ -35,6 +35,7 @@ Intermediates (``collect``) come from the same forward, never a second copy:
     'heads'         [L, B, N, H, Dh]   per-head attention outputs sum_j p_ij v_j
     'attn_weights'  [L, B, H, N, M]    attention matrices (M = cache + N keys)
     'kv'            [L, B, N, KV, Dh]  keys (post-RoPE) and values, for a KV cache
+    'q'             [L, B, N, H, Dh]   queries as the score dot takes them (post-RoPE)
     'logits'        [B, N, V]          (token models)
     'last_logits'   [B, V]             the logits of the last row only (token models): what
                                        generation needs, without a [B, N, V] array
@@ -60,8 +61,8 @@ from collapse_jax.attention import QUERY_AXIS  # the mesh axis over which query 
 from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
-COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", "kv", "logits",
-               "last_logits", "blocked")
+COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", "kv", "q",
+               "logits", "last_logits", "blocked")
 BLOCKED = "blocked"  # the variable collection of pre-blocked weights (``Policy.preblock``)
 
 
@@ -154,7 +155,7 @@ class Attention(nn.Module):
       q, k = rope(q), rope(k)
     if pol.kv_cache_dtype is not None:  # the keys and values as a KV cache holds them
       k, v = k.astype(pol.kv_cache_dtype), v.astype(pol.kv_cache_dtype)
-    new_kv = (k, v)
+    new_kv = (k, v, q)  # (and the queries, for collect 'q')
     if insert:  # written into the cache's slots first.. (later slots: causally unseen)
       k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(k.dtype), k, first, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1].astype(v.dtype), v, first, axis=1)
@@ -290,12 +291,13 @@ class Decoder(nn.Module):
       k_valid = jnp.concatenate([cache["valid"], key_valid], axis=1)
     else:
       k_pos, k_valid = positions, key_valid
-    residual, heads, weights, ks, vs, attn_out, mid = [v], [], [], [], [], [], []
+    residual, heads, weights, ks, vs, qs, attn_out, mid = [v], [], [], [], [], [], [], []
     for l in range(cfg.num_layers):
       cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
       v, h, p, kv, a, z = Block(cfg, pol, sched, l, name=f"layer_{l}")(
           v, positions, k_pos, k_valid, cache_kv, first)
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
+      qs.append(kv[2])
       attn_out.append(a); mid.append(z)
     y = Norm(cfg, pol, name="final_norm")(v, point="final_norm")
 
@@ -312,6 +314,8 @@ class Decoder(nn.Module):
       out["attn_weights"] = jnp.stack(weights)
     if "kv" in self.collect:
       out["k"], out["v"] = jnp.stack(ks), jnp.stack(vs)
+    if "q" in self.collect:
+      out["q"] = jnp.stack(qs)
     wants = [k for k in ("logits", "last_logits") if k in self.collect]
     if wants and not cfg.vocab_size:
       raise ValueError(f"{wants[0]!r} needs a token model (vocab_size > 0)")

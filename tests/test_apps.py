@@ -107,3 +107,38 @@ def test_attribution_refuses_bad_values(args, msg, tmp_path):
   with pytest.raises((ValueError, flags.Error), match=re.escape(msg)):
     _attribution(tmp_path, *args)
   assert not (tmp_path / "x").exists()
+
+
+# -- rope_shift ----------------------------------------------------------------------------------
+
+def _rope_shift(tmp_path, *args):
+  from experiments import rope_shift
+  return rope_shift.parse(cli.parse_argv(rope_shift.define_flags,
+                                         [*args, f"--out={tmp_path / 'x'}"]))
+
+
+def test_rope_shift_defaults_parse_to_the_documented_spec(tmp_path):
+  spec = _rope_shift(tmp_path)
+  assert [p.name for p in spec.policies] == ["float32", "float32+f64_angles", "bfloat16",
+                                             "bfloat16+f64_angles"]
+  assert spec.policies[1].rope_angle_dtype == np.float64 and spec.policies[0].rope_angle_dtype is None
+  assert spec.lens == [128, 256, 512, 1024] and spec.shifts == [16, 500, 2000]
+  assert spec.cfg.pe == "rope" and spec.cfg.num_heads == 4 and spec.cfg.max_len >= 1024 + 2000
+  spec = _rope_shift(tmp_path, "--model=smollm2", "--nof64_angles", "--dtype=bfloat16")
+  assert spec.cfg is None and [p.name for p in spec.policies] == ["bfloat16"]
+  assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dtype=float64"], "float64 computes its angles in float64"),
+    (["--shifts=0"], "--shifts must be >= 1"),
+    (["--lengths=1"], "--lengths must be >= 2"),
+    (["--samples=0"], "--samples must be >= 1"),
+    (["--heads=1,2"], "--heads takes one value"),
+    (["--seeds=0,1"], "--seeds takes one value"),
+    (["--model=nope"], "nope"),
+])
+def test_rope_shift_refuses_bad_values(args, msg, tmp_path):
+  with pytest.raises((ValueError, flags.Error), match=re.escape(msg)):
+    _rope_shift(tmp_path, *args)
+  assert not (tmp_path / "x").exists()

@@ -37,6 +37,8 @@ E2E = {
     "experiments.gallery": ([], ["index.html", "collapse.png", "tasks_accuracy.png"]),
     "experiments.attribution": (["--max_len=48", "--kinds=drop", "--d_model=16", "--layers=1"],
                                 ["results.json", "attribution.png"]),
+    "experiments.rope_shift": (["--lengths=16,32", "--shifts=100", "--samples=1",
+                                "--d_model=16", "--layers=1"], ["results.json", "rope_shift.png"]),
 }
 
 
@@ -95,6 +97,7 @@ def test_experiment_end_to_end(e2e_runs, module):
     ("experiments.counting", ["--b10_dtype=float32,nope"], "unknown precision 'nope'"),
     ("experiments.scorecard", ["--only=b4,nope"], "unknown checks ['nope']"),
     ("experiments.attribution", ["--kinds=swap"], "unknown attribution kinds"),
+    ("experiments.rope_shift", ["--shifts=0"], "--shifts must be >= 1"),
 ])
 def test_bad_flags_are_one_line_usage_errors(tmp_path, module, args, message):
   proc = _start(module, tmp_path / "out", args)

@@ -372,6 +372,21 @@ def _attribution(path):
                                            "2L d=64 H=1 rope (synthetic sample)")
 
 
+@_sample("rope_shift", attribution_figures.rope_shift_figure)
+def _rope_shift(path):
+  rng = np.random.default_rng(5)
+  cells = []
+  for name, level, growth in (("float32", 5e-6, 1.0), ("float32+f64_angles", 2.3e-6, 0.0),
+                              ("bfloat16", 0.045, 0.0), ("bfloat16+f64_angles", 0.045, 0.0)):
+    for N in (128, 256, 512, 1024):
+      rows = [{"shift": d, "D": list(level * (1 + growth * d / 200) * rng.uniform(0.9, 1.1, 3)),
+               "first_share": list(2.0 / (N + 1) * rng.uniform(0.8, 1.2, 3))}
+              for d in (16, 2000)]
+      cells.append({"policy": name, "N": N, "rows": rows})
+  return attribution_figures.rope_shift_figure(cells, path, "synthetic 2L d=64 H=4 rope: RoPE "
+                                               "logits at positions p + Δ vs p (sample)")
+
+
 # -- figures/train.py ------------------------------------------------------------------------
 @_sample("train", train.train_figure)
 def _train(path):
