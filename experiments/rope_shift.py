@@ -7,8 +7,8 @@ of the same tokens at positions p + Δ1 and p + Δ2 the same, as RoPE promises?
 For each precision (--dtype), with RoPE's angles in that precision's compute dtype and (with
 --f64_angles) in float64, each sequence length N (--lengths) and shift Δ (--shifts, each
 against Δ = 0): D(X, 0, Δ), the sum over layers and heads of the mean |logit difference|
-over the pairs a layer sees, averaged over --samples random token sequences (real models: BOS
-first), and the share of the difference that sits in the first token's column
+over the pairs a layer sees, averaged over --samples random token sequences (real models: the
+first token of the model's prompts, BOS or the chat turn's opening token, then random ids), and the share of the difference that sits in the first token's column
 (collapse_jax/rope_shift.py). Writes results.json and rope_shift.png (D and the first-token
 share against N) to --out. A job of cells (precision x angles x N): --resume finishes a run.
 """
@@ -22,8 +22,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from collapse_jax import (checkpoints, cli, figures, hosts, jobs, model, results, rope_shift,
-                          xla_env)
+from collapse_jax import (checkpoints, cli, figures, hosts, jobs, model, prompts, results,
+                          rope_shift, xla_env)
 
 F = flags.FLAGS
 
@@ -111,7 +111,9 @@ def main(argv):
   if spec.cfg is None:
     ckpt = cli.load_model(fl["model"])
     cfg, params32, label = ckpt.config, ckpt.params, ckpt.label
-    bos = checkpoints.encode(ckpt.tokenizer, "", bos=True)[0]
+    # the first token the model's prompts start with (BOS, or the chat turn's opening token)
+    bos = checkpoints.encode(ckpt.tokenizer, prompts.prompt_text("1", ckpt.prompt_format),
+                             bos=True)[0]
   else:
     cfg, bos = spec.cfg, None
     params32 = model.init_params(cfg, jax.random.key(seed))
