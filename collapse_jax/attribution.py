@@ -103,22 +103,34 @@ def octave_fractions(lengths, equal) -> dict[str, float]:
   return {f"2^{o}": float(e[k == o].mean()) for o in np.unique(k)}
 
 
+def _y_view(rec: dict):
+  """(lengths [S], y linf [S], y absmax [S], y equal [S], onset, sustained onset, [(layer,
+  equal [S])]) of a run record (``records.summarize``) or of its compact form
+  (``records.compact``: real_model_collapse's, equal n as lists)."""
+  n = np.asarray(rec["lengths"])
+  if isinstance(rec.get("y"), dict):  # compact
+    y, mask = rec["y"], lambda eq: np.isin(n, np.asarray(eq, int))
+    return (n, y["linf"], y["absmax"], mask(y["equal_n"]), y["collapse_onset"],
+            y["sustained_onset"], [(l["layer"], mask(l["equal_n"])) for l in rec["layers"]])
+  return (n, rec["linf"], rec["absmax"], rec["bitwise_equal"], rec["collapse_onset"],
+          rec["sustained_onset"], [(l["layer"], l["bitwise_equal"]) for l in rec["layers"]])
+
+
 def summarize(rec: dict, storage_dtype) -> dict:
-  """One variant's run record (``records.summarize``) -> its attribution row: onset,
-  sustained onset, equal count, the equal fraction per octave, the floor in ulps of |y|
-  (storage dtype ``storage_dtype``) with its n, and the first layer (0 = the embedding's
-  output v^(0)) whose residual differs at that n (-1: none differs)."""
-  lengths = np.asarray(rec["lengths"])
-  linf = np.asarray(rec["linf"], np.float64)
-  ulp = 2 * np.asarray(metrics.half_ulp(np.asarray(rec["absmax"], np.float64), storage_dtype),
+  """One variant's run record (``records.summarize``, or ``records.compact``) -> its
+  attribution row: onset, sustained onset, equal count, the equal fraction per octave, the
+  floor in ulps of |y| (storage dtype ``storage_dtype``) with its n, and the first layer (0 =
+  the embedding's output v^(0)) whose residual differs at that n (-1: none differs)."""
+  lengths, linf, absmax, equal, onset, sustained, layers = _y_view(rec)
+  linf = np.asarray(linf, np.float64)
+  ulp = 2 * np.asarray(metrics.half_ulp(np.asarray(absmax, np.float64), storage_dtype),
                        np.float64)
   ulps = np.where(np.isfinite(linf), linf / ulp, np.inf)
   i = int(np.argmin(ulps))
-  differs = [int(l["layer"]) for l in rec["layers"] if not bool(np.asarray(l["bitwise_equal"])[i])]
-  return {"variant": kind_of(rec["dtype"]), "onset": int(rec["collapse_onset"]),
-          "sustained": int(rec["sustained_onset"]),
-          "equal": int(np.asarray(rec["bitwise_equal"]).sum()), "n": int(len(lengths)),
-          "octaves": octave_fractions(lengths, rec["bitwise_equal"]),
+  differs = [int(l) for l, eq in layers if not bool(np.asarray(eq)[i])]
+  return {"variant": kind_of(rec["dtype"]), "onset": int(onset), "sustained": int(sustained),
+          "equal": int(np.asarray(equal).sum()), "n": int(len(lengths)),
+          "octaves": octave_fractions(lengths, equal),
           "floor_ulps": float(ulps[i]), "floor_n": int(lengths[i]),
           "first_differing_layer": differs[0] if differs else -1}
 
@@ -134,3 +146,29 @@ def table(rows) -> list[str]:
     lines.append(f"{r['variant']:<22} {r['onset']:>6} {r['equal']:>4}/{r['n']:<4} "
                  f"{r['floor_ulps']:10.3g} {r['floor_n']:>6} {r['first_differing_layer']:>5} {fr}")
   return lines
+
+
+def by_run(runs, storage_dtype) -> dict[str, list[dict]]:
+  """Rows of real_model_collapse's runs under attribution variants, grouped by setting (and
+  window mode where several): '<pairs>[ window=<w>]' -> [summarize(run) in the runs' order]."""
+  out: dict[str, list[dict]] = {}
+  windows = {r.get("window") for r in runs}
+  for r in runs:
+    key = r["pairs"] + (f" window={r['window']}" if len(windows) > 1 else "")
+    out.setdefault(key, []).append(summarize(r, storage_dtype))
+  return out
+
+
+def write_groups(groups: dict, out: str, max_n: int, title: str, plot: bool) -> list[str]:
+  """Print each group's table (:func:`by_run`) and, with ``plot``, draw its onsets figure as
+  attribution_<group>.png in ``out``. Returns the file names written."""
+  from collapse_jax.figures import attribution as figures
+  files = []
+  for key, rows in groups.items():
+    print(f"-- {key}")
+    print("\n".join(table(rows)))
+    if plot:
+      name = "attribution_" + "".join(c if c.isalnum() else "_" for c in key) + ".png"
+      figures.onsets_figure(rows, f"{out}/{name}", max_n, f"{title}: {key}")
+      files.append(name)
+  return files

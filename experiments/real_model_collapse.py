@@ -36,8 +36,8 @@ import time
 from absl import app, flags, logging
 
 # importing collapse_jax applies the XLA guards before jax starts
-from collapse_jax import (cli, engines, figures, harness, hosts, jobs, prompts, records, results,
-                          sweep, xla_env)
+from collapse_jax import (attribution, cli, engines, figures, harness, hosts, jobs, prompts,
+                          records, results, sweep, xla_env)
 
 F = flags.FLAGS
 
@@ -52,6 +52,8 @@ def define_flags(fv: flags.FlagValues) -> None:
                     flag_values=fv)
   flags.DEFINE_enum("position", "digit", prompts.POSITIONS, "compared token: the last digit "
                     "(default) or the end of the chat turn (exact engine only)", flag_values=fv)
+  flags.DEFINE_list("attribution", [], "kinds (drop,only,groups): run one --dtype's variants "
+                    "(collapse_jax/attribution.py); draws attribution_<setting>.png", flag_values=fv)
   flags.DEFINE_bool("cross_check", True, "with --engine=exact and --position=digit, also run "
                     "the default engine on the same n and record the comparison", flag_values=fv)
 
@@ -91,6 +93,8 @@ def parse(fl: dict) -> Spec:
     raise ValueError(f"--memory_budget must be > 0 GiB, got {budget}")
   grid, windows = cli.lengths(fl["lengths"], fl["max_len"]), cli.window_modes(fl["windows"])
   jobs.check_job_flags(fl, cli.job_spec(fl))
+  if fl["attribution"]:
+    attribution.variants(cli.one(policies, "dtype"), fl["attribution"], [])  # checks the kinds
   cross = fl["engine"] == "exact" and fl["cross_check"] and fl["position"] == "digit"
   return Spec(policies, seeds, keys, grid, windows, None if budget is None else budget * 2 ** 30,
               cross, dict(fl))
@@ -103,10 +107,13 @@ def main(argv):
     fl = spec.flags
     procs = hosts.start_processes(fl["coordinator"], fl["num_processes"], fl["process_id"],
                                   fl["distributed"])
-  if any(p.needs_x64 for p in spec.policies):
-    xla_env.enable_x64()
+  if any(p.needs_x64 for p in spec.policies) or "groups" in fl["attribution"]:
+    xla_env.enable_x64()  # (the groups' float64 RoPE-angle variant)
   t_start = time.perf_counter()
   ckpt = cli.load_model(fl["model"], logging.info)
+  if fl["attribution"]:  # the variants of the one preset, for the points this model uses
+    spec = dataclasses.replace(spec, policies=attribution.variants(
+        spec.policies[0], fl["attribution"], attribution.model_points(ckpt.config)))
   with cli.usage_errors():
     groups = sweep.setting_groups(spec.settings, ckpt, spec.grid, spec.seeds, fl["position"],
                                   fl["engine"])
@@ -139,8 +146,10 @@ def _assemble(spec: Spec, ckpt, cfgs, job, settings, t_start, procs, out, shards
       total_s=round(total, 1), layout=hosts.layout(procs), runs=runs, cross_check=checks),
       compact=True)
   sizes = sorted({w for c in cfgs.values() for w in c.layer_windows if w is not None})
-  files = ["results.json"] + (figures.real.write_all(runs, settings, windows, sizes, out, caption)
-                              if fl["plot"] else [])
+  files = ["results.json"] + (attribution.write_groups(
+      attribution.by_run(runs, spec.policies[0].storage_dtype), out, int(spec.grid[-1]),
+      ckpt.label, fl["plot"]) if fl["attribution"] else figures.real.write_all(
+          runs, settings, windows, sizes, out, caption) if fl["plot"] else [])
   print("\n".join([records.compact_line(r) for r in runs]
                   + [records.cross_check_line(c) for c in checks]))
   print(f"total {total:.1f}s; wrote {out}/" + ", ".join(files))

@@ -49,11 +49,20 @@ def _tasks(tmp_path, *args):
     (["--resume"], "holds no job"),             # the job flags (collapse_jax/jobs.py)
     (["--heartbeat=-1"], "--heartbeat must be >= 0"),
     (["--num_processes=2"], "--coordinator"),
+    (["--attribution=groups"], "--dtype takes one value"),
+    (["--attribution=swap", "--dtype=bfloat16"], "unknown attribution kinds"),
 ])
 def test_real_model_collapse_refuses_bad_values(args, msg, tmp_path):
   with pytest.raises((ValueError, flags.Error), match=re.escape(msg)):
     _real(tmp_path, *args)
   assert not (tmp_path / "x").exists()
+
+
+def test_real_model_collapse_takes_attribution_kinds_with_one_dtype(tmp_path):
+  """The variants themselves need the model's config: main builds them once it is loaded."""
+  spec = _real(tmp_path, "--attribution=drop,groups", "--dtype=bfloat16", "--settings=a,c")
+  assert [p.name for p in spec.policies] == ["bfloat16"]
+  assert spec.flags["attribution"] == ["drop", "groups"]
 
 
 def test_real_model_collapse_defaults_parse_to_the_documented_spec(tmp_path):

