@@ -11,7 +11,7 @@ below (with the experiment's own defaults) and gives each the same type and mean
   --heads        comma list of attention head counts
   --out          output directory (default ``runs/<experiment>-<UTC time>``; never overwritten)
   --plot         write the figures
-  --layers / --d_model / --pe / --norm / --mlp / --vocab   the synthetic model
+  --layers / --d_model / --pe / --norm / --mlp / --vocab / --attn_softcap   the synthetic model
   --engine       sweep engine (collapse_jax.engines.ENGINES; default: resolved per pair set)
   --chunk        lengths per vmapped chunk (kv_cache / masked engines)
   --memory_budget  GiB an engine may use per device (chunked causal attention above it)
@@ -74,6 +74,8 @@ VOCABULARY = {
     "norm": (("enum", config_lib.NORM_KINDS), "normalisation"),
     "mlp": (("enum", config_lib.MLP_KINDS), "MLP kind"),
     "vocab": ("integer", "vocabulary size of the synthetic token model"),
+    "attn_softcap": ("float", "Gemma 2's softcap of the synthetic model's attention logits, "
+                     "cap * tanh(s / cap), rounded at 'attn_softcap' (default: none)"),
     "engine": ("string", "sweep engine: causal, kv_cache, masked or exact (default: the "
                "pair set's own, see collapse_jax.engines.resolve)"),
     "chunk": ("integer", "lengths per vmapped chunk (kv_cache / masked engines)"),
@@ -159,7 +161,8 @@ def job_spec(flag_dict: dict) -> dict:
 
 # Flags of the vocabulary that set a synthetic model, and the DecoderConfig field each sets.
 MODEL_FLAGS = {"layers": "num_layers", "d_model": "d_model", "pe": "pe", "norm": "norm",
-               "mlp": "mlp", "vocab": "vocab_size", "heads": "num_heads"}
+               "mlp": "mlp", "vocab": "vocab_size", "heads": "num_heads",
+               "attn_softcap": "attn_softcap"}
 
 
 def decoder_config(fl: dict, **overrides) -> config_lib.DecoderConfig:

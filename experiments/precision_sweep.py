@@ -27,7 +27,7 @@ F = flags.FLAGS
 
 def define_flags(fv: flags.FlagValues) -> None:
   cli.define(fv, dtype="bfloat16", heads=["1", "4", "16"], layers=2, d_model=64, pe="rope",
-             norm="layernorm", mlp="gelu", vocab=32, max_len=2048, lengths=None, seeds=["0"],
+             norm="layernorm", mlp="gelu", vocab=32, attn_softcap=None, max_len=2048, lengths=None, seeds=["0"],
              engine=None, fp8_scaling=False, chunk=32, memory_budget=2.0, out=None, plot=True,
              **cli.JOB)
   flags.DEFINE_enum("family", "prefix_repeat", pairs.FAMILIES, "pair set (collapse_jax/pairs.py)",
