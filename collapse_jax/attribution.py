@@ -161,14 +161,17 @@ def by_run(runs, storage_dtype) -> dict[str, list[dict]]:
 
 def write_groups(groups: dict, out: str, max_n: int, title: str, plot: bool) -> list[str]:
   """Print each group's table (:func:`by_run`) and, with ``plot``, draw its onsets figure as
-  attribution_<group>.png in ``out``. Returns the file names written."""
+  attribution_<group>.png in ``out`` (the group '': attribution.png, no heading). Returns the
+  file names written."""
   from collapse_jax.figures import attribution as figures
   files = []
   for key, rows in groups.items():
-    print(f"-- {key}")
+    if key:
+      print(f"-- {key}")
     print("\n".join(table(rows)))
     if plot:
-      name = "attribution_" + "".join(c if c.isalnum() else "_" for c in key) + ".png"
-      figures.onsets_figure(rows, f"{out}/{name}", max_n, f"{title}: {key}")
+      safe = "".join(c if c.isalnum() else "_" for c in key)
+      name = f"attribution_{safe}.png" if key else "attribution.png"
+      figures.onsets_figure(rows, f"{out}/{name}", max_n, f"{title}: {key}" if key else title)
       files.append(name)
   return files

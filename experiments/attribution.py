@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags, logging
 
-from collapse_jax import attribution, cli, figures, hosts, jobs, memory, results, sweep, xla_env
+from collapse_jax import attribution, cli, hosts, jobs, memory, results, sweep, xla_env
 from experiments import precision_sweep
 
 F = flags.FLAGS
@@ -85,14 +85,11 @@ def _assemble(spec, cells, procs, out, shards):
   results.write_json(f"{out}/results.json", results.header(
       "attribution", fl, config=spec.cfg, policies=spec.policies, family=fl["family"],
       layout=hosts.layout(procs), rows=rows, runs=runs))
-  for line in attribution.table(rows):
-    print(line)
-  if fl["plot"]:
-    figures.attribution.onsets_figure(
-        rows, f"{out}/attribution.png", int(spec.grid[-1]),
-        f"{spec.policies[0].name.split(':')[0]}: {fl['family']}, {fl['layers']}L "
-        f"d={fl['d_model']} H={spec.heads[0]} {fl['pe']}")
-  print(f"wrote {out}/results.json" + (", attribution.png" if fl["plot"] else ""))
+  files = attribution.write_groups(
+      {"": rows}, out, int(spec.grid[-1]), f"{spec.policies[0].name.split(':')[0]}: "
+      f"{fl['family']}, {fl['layers']}L d={fl['d_model']} H={spec.heads[0]} {fl['pe']}",
+      fl["plot"])
+  print(f"wrote {out}/" + ", ".join(["results.json"] + files))
 
 
 if __name__ == "__main__":
