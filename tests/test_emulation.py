@@ -259,9 +259,10 @@ def _knob_runs(pol, cfg, positions):
 @pytest.mark.bitwise
 @pytest.mark.parametrize("knob,value,cfg_name", [
     ("rope_angle_dtype", "float64", "rope-layernorm-gelu-gqa"),
-    ("rope_angle_dtype", "float64", "gemma3-style"),
+    pytest.param("rope_angle_dtype", "float64", "gemma3-style", marks=pytest.mark.slow),
     ("kv_cache_dtype", "float8_e4m3fn", "rope-layernorm-gelu-gqa"),
-    ("kv_cache_dtype", "float8_e5m2", "alibi-rmsnorm-swiglu-tokens")])
+    pytest.param("kv_cache_dtype", "float8_e5m2", "alibi-rmsnorm-swiglu-tokens",
+                 marks=pytest.mark.slow)])
 def test_policy_knobs_change_the_bits_and_the_emulator_follows(knob, value, cfg_name):
   """RoPE's angle dtype and the KV cache's dtype are named policy knobs: at positions
   3000.. (where an f32 angle is off by up to ~2^-12 rad) each changes y against plain

@@ -43,6 +43,7 @@ def test_bfloat16_breaks_the_invariance_by_orders_of_magnitude():
   assert bf16["per_layer"].shape == (2, 2) and np.allclose(bf16["per_layer"].sum(0), bf16["D"])
 
 
+@pytest.mark.slow
 def test_a_windowed_layer_counts_only_the_pairs_it_sees_and_non_rope_is_refused():
   win = CFG.replace(layer_windows=(4, None))
   r = _d("bfloat16", 0, 500, cfg=win)
