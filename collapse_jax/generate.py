@@ -97,6 +97,24 @@ class Generation:
   steps: int
 
 
+def _filled(out, pos_BP, valid_BP, S: int) -> dict:
+  """The cache of S slots after a forward of P rows (``out``'s 'k', 'v' [L, B, P, KV, Dh]; the
+  rows' positions and validity [B, P]): slots P.. zero and invalid."""
+  pad = S - pos_BP.shape[1]
+  kv = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
+  row = lambda x: jnp.pad(x, ((0, 0), (0, pad)))
+  return {"k": kv(out["k"]), "v": kv(out["v"]), "pos": row(pos_BP), "valid": row(valid_BP)}
+
+
+def _written(cache: dict, out, slot, pos_B) -> dict:
+  """``cache`` with one decode step's new key and value (``out``'s 'k', 'v' [L, B, 1, KV,
+  Dh]) at ``slot`` (may be traced), its position ``pos_B`` [B], and that slot valid."""
+  put = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2)
+  return {"k": put(cache["k"], out["k"]), "v": put(cache["v"], out["v"]),
+          "pos": cache["pos"].at[:, slot].set(pos_B),
+          "valid": cache["valid"].at[:, slot].set(True)}
+
+
 @functools.lru_cache(maxsize=32)
 def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
   """The jitted prefill and decode step of one (config, policy)."""
@@ -105,24 +123,16 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
     out = model_lib.forward(cfg, pol, params, tokens_BP, positions=pos_BP, key_valid=valid_BP,
                             collect=("kv", "last_logits"), query_chunk=query_chunk,
                             blocked=blocked, key_block=PREFILL_KEY_BLOCK)
-    pad = S - tokens_BP.shape[1]
-    slots = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0)))
-    cache = {"k": slots(out["k"]), "v": slots(out["v"]),
-             "pos": jnp.pad(pos_BP, ((0, 0), (0, pad))),
-             "valid": jnp.pad(valid_BP, ((0, 0), (0, pad)))}
     logits = out["last_logits"]
-    return cache, jnp.argmax(logits, -1).astype(jnp.int32), logits
+    return _filled(out, pos_BP, valid_BP, S), jnp.argmax(logits, -1).astype(jnp.int32), logits
 
   def step(params, blocked, cache, tok_B, pos_B, slot):
     # one row per sequence: off the length-invariant schedule (Policy.untiled), where a row
     # alone would cost a whole tile; its low bits are those of a one-row dot
     out = model_lib.forward(cfg, pol.untiled(), params, tok_B[:, None], positions=pos_B[:, None],
                             cache=cache, collect=("kv", "last_logits"), blocked=blocked)
-    put = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2)
-    cache = {"k": put(cache["k"], out["k"]), "v": put(cache["v"], out["v"]),
-             "pos": cache["pos"].at[:, slot].set(pos_B),
-             "valid": cache["valid"].at[:, slot].set(True)}
-    return cache, jnp.argmax(out["last_logits"], -1).astype(jnp.int32)
+    return (_written(cache, out, slot, pos_B),
+            jnp.argmax(out["last_logits"], -1).astype(jnp.int32))
 
   def steps(params, blocked, cache, tok_B, pos_B, slot, K):
     """K decode steps in one program (a loop on the device), with the weights pre-blocked
@@ -210,11 +220,10 @@ def _on_path_programs(cfg: DecoderConfig, pol: Policy):
     """The first ``n`` tokens of tokens_1P (right-padded; the padding rows invalid and after
     them: causally unseen) at stream indices 0..n-1 in a cache of S slots."""
     P = tokens_1P.shape[1]
-    out = model_lib.forward(cfg, pol, params, tokens_1P, key_valid=(jnp.arange(P) < n)[None],
-                            collect=("kv",), blocked=blocked)
-    slots = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, S - P), (0, 0), (0, 0)))
-    return {"k": slots(out["k"]), "v": slots(out["v"]),
-            "pos": jnp.arange(S, dtype=jnp.int32)[None], "valid": (jnp.arange(S) < n)[None]}
+    valid = (jnp.arange(P) < n)[None]
+    out = model_lib.forward(cfg, pol, params, tokens_1P, key_valid=valid, collect=("kv",),
+                            blocked=blocked)
+    return _filled(out, jnp.arange(P, dtype=jnp.int32)[None], valid, S)
 
   def steps(params, blocked, cache, tok, p, K):
     """K greedy steps from token ``tok`` at stream index ``p`` (traced): each writes its key
@@ -226,9 +235,7 @@ def _on_path_programs(cfg: DecoderConfig, pol: Policy):
       out = model_lib.forward(cfg, pol, params, tok.reshape(1, 1), positions=at.reshape(1, 1),
                               cache={**cache, "length": at}, collect=("kv", "last_logits"),
                               blocked=blocked)
-      put = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), at, 2)
-      cache = {"k": put(cache["k"], out["k"]), "v": put(cache["v"], out["v"]),
-               "pos": cache["pos"], "valid": cache["valid"].at[:, at].set(True)}
+      cache = _written(cache, out, at, at[None])
       lg = out["last_logits"][0]
       nxt = jnp.argmax(lg).astype(jnp.int32)
       return cache, nxt, toks.at[i].set(nxt), lgs.at[i].set(lg.astype(lgs.dtype))
@@ -329,7 +336,8 @@ def greedy_decode(cfg: DecoderConfig, policy: Policy, params,
       blocks = on_path_steps(cfg, policy, params, p, S, K)
       fill_s += time.perf_counter() - t
       i, s, read = _until_stopped(1, ([[int(t)] for t in toks] for toks, _ in blocks), **rule)
-      ids.append(i[0]), stop.append(s[0])
+      ids.append(i[0])
+      stop.append(s[0])
       steps_run += read * K
     return Generation(ids, stop, bucket(longest - 1), S, fill_s,
                       time.perf_counter() - t0 - fill_s, steps_run)
