@@ -167,9 +167,8 @@ def pair_metrics(a: dict, b: dict) -> dict:
                     ("head", jnp.moveaxis(a["heads"], 1, 0), jnp.moveaxis(b["heads"], 1, 0))):
     m = metrics.summarize_pair(x, y)
     out.update({f"{key}_{k}": v for k, v in m.items()})
-  absmax = lambda x, axis: jnp.max(jnp.abs(x.astype(metrics._dist_dtype(x))), axis=axis)
-  out["y_absmax"] = absmax(a["y"], -1)
-  out["head_absmax"] = absmax(a["heads"], (-2, -1))
+  out["y_absmax"] = metrics.absmax(a["y"], -1)
+  out["head_absmax"] = metrics.absmax(a["heads"], (-2, -1))
   return out
 
 

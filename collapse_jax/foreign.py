@@ -54,6 +54,6 @@ def collapse_curve(apply_fn: Callable, params, pair_set: PairSet, lengths, *,
   m = jax.tree_util.tree_map(np.asarray, metrics.summarize_pair(a, b))
   equal = m["bitwise_equal"]
   return {"lengths": ns, "engine": engine, "dtype": str(a.dtype), **m,
-          "absmax": np.asarray(jnp.max(jnp.abs(a.astype(metrics._dist_dtype(a))), -1)),
+          "absmax": np.asarray(metrics.absmax(a)),
           "collapse_onset": int(metrics.collapse_onset(equal, ns)),
           "sustained_onset": int(metrics.sustained_onset(equal, ns))}

@@ -101,6 +101,12 @@ def linf_distance(x, y, axis=-1):
   return jnp.max(jnp.abs(jnp.asarray(x).astype(dt) - jnp.asarray(y).astype(dt)), axis=axis)
 
 
+def absmax(x, axis=-1):
+  """max |x| over ``axis`` (in f32, or f64 for f64 inputs): the magnitude that sets a
+  vector's ulp in its dtype. [...]"""
+  return jnp.max(jnp.abs(jnp.asarray(x).astype(_dist_dtype(x))), axis=axis)
+
+
 def l1_distance(x, y, axis=-1):
   """sum |x - y| over ``axis`` (in f32, or f64 for f64 inputs). [...]"""
   dt = _dist_dtype(x)

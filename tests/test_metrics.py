@@ -121,3 +121,11 @@ def test_onsets_reject_flags_and_lengths_of_different_shapes():
     metrics.collapse_onset(np.ones(6, bool), np.arange(3))
   with pytest.raises(ValueError, match="one flag per swept length"):
     metrics.sustained_onset(np.ones((2, 6), bool), np.arange(3))
+
+
+def test_absmax_is_the_largest_magnitude_in_the_distance_dtype():
+  x = jnp.asarray([[-3.5, 2.0], [0.25, -0.5]], jnp.bfloat16)
+  got = metrics.absmax(x)
+  assert got.dtype == jnp.float32 and np.array_equal(np.asarray(got), [3.5, 0.5])
+  assert metrics.absmax(jnp.asarray([1.0, -2.0], jnp.float64)).dtype == jnp.float64
+  assert float(metrics.absmax(x, (-2, -1))) == 3.5
