@@ -30,7 +30,7 @@ import numpy as np
 
 from collapse_jax import metrics
 from collapse_jax.config import DecoderConfig
-from collapse_jax.precision import ALL_POINTS, Policy
+from collapse_jax.precision import ALL_POINTS, ROUNDING_POINTS, Policy
 
 KINDS = ("drop", "only", "groups")
 GROUPS = {
@@ -47,7 +47,6 @@ OPTIONAL = {"embed_scale": "embed_scale", "qk_norm": "qk_norm", "post_norm": "po
 
 def model_points(cfg: DecoderConfig) -> list[str]:
   """The rounding points that y depends on in this model, in ROUNDING_POINTS' order."""
-  from collapse_jax.precision import ROUNDING_POINTS
   out = []
   for p in ROUNDING_POINTS:
     if p in NOT_IN_Y or (p in OPTIONAL and not getattr(cfg, OPTIONAL[p])):

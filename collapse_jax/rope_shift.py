@@ -18,6 +18,7 @@ Words (used here and in ``experiments.rope_shift``):
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -79,3 +80,24 @@ def shift_distance(cfg: DecoderConfig, pol: Policy, params, tokens_BN, shift1: i
   per_layer = np.stack(per_layer)
   share = np.divide(first, total, out=np.full(B, np.nan), where=total > 0)
   return {"D": per_layer.sum(0), "first_share": share, "per_layer": per_layer}
+
+
+def cell(cfg: DecoderConfig, params32, pol: Policy, n: int, shifts, samples: int, seed: int,
+         first_token: int | None = None) -> dict:
+  """One (policy, N) cell of ``experiments.rope_shift``: ``samples`` random token sequences
+  of ``n`` tokens (seeded by (seed, n); ``first_token`` first, if given) and
+  :func:`shift_distance` between shift 0 and each of ``shifts``, under ``pol`` (``params32``
+  float32, cast here). Returns {'policy', 'N', 'rows': [{'shift', 'D' [samples],
+  'first_share' [samples], 'per_layer' [L] (mean over samples)}], 'seconds'}."""
+  t = time.perf_counter()
+  toks = np.random.default_rng([seed, n]).integers(0, cfg.vocab_size, (samples, n))
+  toks = toks.astype(np.int32)
+  if first_token is not None:
+    toks[:, 0] = first_token
+  params = pol.cast_params(params32)
+  rows = []
+  for d in shifts:
+    r = shift_distance(cfg, pol, params, toks, 0, d)
+    rows.append({"shift": d, "D": r["D"].tolist(), "first_share": r["first_share"].tolist(),
+                 "per_layer": r["per_layer"].mean(1).tolist()})
+  return {"policy": pol.name, "N": n, "rows": rows, "seconds": time.perf_counter() - t}

@@ -16,7 +16,6 @@ share against N) to --out. A job of cells (precision x angles x N): --resume fin
 import dataclasses
 import functools
 import sys
-import time
 
 import jax
 import numpy as np
@@ -82,22 +81,6 @@ def _cells(spec: Spec) -> dict:
   return {f"{p.name}/N={n}": (p, n) for p in spec.policies for n in spec.lens}
 
 
-def run_cell(cfg, params32, bos, pol, n: int, shifts, samples: int, seed: int) -> dict:
-  """One (policy, N) cell: D and the first share per shift, over ``samples`` sequences."""
-  t = time.perf_counter()
-  rng = np.random.default_rng([seed, n])
-  toks = rng.integers(0, cfg.vocab_size, (samples, n)).astype(np.int32)
-  if bos is not None:
-    toks[:, 0] = bos
-  params = pol.cast_params(params32)
-  rows = []
-  for d in shifts:
-    r = rope_shift.shift_distance(cfg, pol, params, toks, 0, d)
-    rows.append({"shift": d, "D": r["D"].tolist(), "first_share": r["first_share"].tolist(),
-                 "per_layer": r["per_layer"].mean(1).tolist()})
-  return {"policy": pol.name, "N": n, "rows": rows, "seconds": time.perf_counter() - t}
-
-
 def main(argv):
   del argv
   with cli.usage_errors():
@@ -119,8 +102,8 @@ def main(argv):
     params32 = model.init_params(cfg, jax.random.key(seed))
     label = f"synthetic {cfg.num_layers}L d={cfg.d_model} H={cfg.num_heads} rope"
   cells = _cells(spec)
-  run_cells = lambda ids, save: [save(i, run_cell(cfg, params32, bos, *cells[i], spec.shifts,
-                                                  fl["samples"], seed)) for i in ids]
+  run_cells = lambda ids, save: [save(i, rope_shift.cell(cfg, params32, *cells[i], spec.shifts,
+                                                         fl["samples"], seed, bos)) for i in ids]
   with jobs.exit_on_failure():
     jobs.run_job(run_cells, functools.partial(_assemble, spec, cells, label, procs),
                  out=fl["out"], prefix="rope_shift", experiment="rope_shift",

@@ -12,10 +12,13 @@ from collapse_jax import cli, jobs
 from experiments import precision_sweep
 
 
+def _parsed(app, tmp_path, *args):
+  """``app.parse`` of these flags, with an --out that does not exist yet."""
+  return app.parse(cli.parse_argv(app.define_flags, [*args, f"--out={tmp_path / 'x'}"]))
+
+
 def _sweep(tmp_path, *args):
-  fl = cli.parse_argv(precision_sweep.define_flags,
-                      ["--max_len=64", *args, f"--out={tmp_path / 'x'}"])
-  return precision_sweep.parse(fl)
+  return _parsed(precision_sweep, tmp_path, "--max_len=64", *args)
 
 
 def test_precision_sweep_defaults_parse_to_the_documented_spec(tmp_path):
@@ -76,8 +79,7 @@ def test_precision_sweep_resume_compares_the_stored_flags(tmp_path):
 
 def _attribution(tmp_path, *args):
   from experiments import attribution
-  fl = cli.parse_argv(attribution.define_flags, [*args, f"--out={tmp_path / 'x'}"])
-  return attribution.parse(fl)
+  return _parsed(attribution, tmp_path, *args)
 
 
 def test_attribution_defaults_parse_to_the_documented_spec(tmp_path):
@@ -113,8 +115,7 @@ def test_attribution_refuses_bad_values(args, msg, tmp_path):
 
 def _rope_shift(tmp_path, *args):
   from experiments import rope_shift
-  return rope_shift.parse(cli.parse_argv(rope_shift.define_flags,
-                                         [*args, f"--out={tmp_path / 'x'}"]))
+  return _parsed(rope_shift, tmp_path, *args)
 
 
 def test_rope_shift_defaults_parse_to_the_documented_spec(tmp_path):

@@ -50,3 +50,14 @@ def test_a_windowed_layer_counts_only_the_pairs_it_sees_and_non_rope_is_refused(
   assert np.all(r["per_layer"] > 0)
   with pytest.raises(ValueError, match="needs a RoPE model"):
     _d("bfloat16", 0, 5, cfg=CFG.replace(pe="alibi"))
+
+
+def test_a_cell_is_shift_distance_over_its_seeded_sequences():
+  pol = precision.get_policy("bfloat16")
+  params32 = model.init_params(CFG, jax.random.key(0))
+  c = rope_shift.cell(CFG, params32, pol, 24, [7, 300], samples=2, seed=3, first_token=5)
+  assert c["policy"] == "bfloat16" and c["N"] == 24 and [r["shift"] for r in c["rows"]] == [7, 300]
+  toks = np.random.default_rng([3, 24]).integers(0, 16, (2, 24)).astype(np.int32)
+  toks[:, 0] = 5
+  want = rope_shift.shift_distance(CFG, pol, pol.cast_params(params32), toks, 0, 300)
+  assert c["rows"][1]["D"] == want["D"].tolist() and len(c["rows"][1]["per_layer"]) == 2
