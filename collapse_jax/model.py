@@ -208,7 +208,9 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None, first=None):
-    """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...].
+    """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...];
+    kv is (keys, values, queries): the new rows' keys and values and, for collect 'q', their
+    queries.
     ``first``: :class:`Attention`'s."""
     cfg, pol = self.config, self.policy
     a, heads, probs, kv = Attention(cfg, pol, self.schedule, self.layer, name="attn")(

@@ -16,6 +16,7 @@ CFG = DecoderConfig(num_layers=2, d_model=32, num_heads=2, vocab_size=8)
 NS = np.arange(5, 24)
 
 
+@pytest.mark.bitwise
 @pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow)])
 def test_the_suites_own_decoder_as_an_apply_fn_gives_the_engines_record(dtype):
   pol = precision.get_policy(dtype)

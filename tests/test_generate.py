@@ -160,6 +160,7 @@ def _exact_last_logits(cfg, pol):
   return lambda params, seq: np.asarray(fn(params, jnp.asarray([seq], jnp.int32)), np.float64)
 
 
+@pytest.mark.bitwise
 @pytest.mark.parametrize("name,dtype", [
     ("llama-gqa", "float32"),
     pytest.param("gemma3-style", "bfloat16", marks=pytest.mark.slow),
