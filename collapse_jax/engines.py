@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import time
 from typing import Sequence
 
 import jax
@@ -40,6 +41,11 @@ from collapse_jax.precision import Policy
 
 ENGINES = ("causal", "kv_cache", "masked", "exact")
 COLLECT = ("residual", "heads")
+# Rows per step of a long causal pass (:func:`segment_rows`): 8 tiles of 128 rows. A
+# Gemma 3 270M segment takes about 0.5 GiB of activations in bf16 (measured).
+SEGMENT_ROWS = 1024
+# The causal engine's metrics are computed this many n at a time (:func:`chunked_pair_metrics`)
+METRIC_CHUNK = 1024
 # Number of times each (policy name, num_heads, engine) sweep program was traced: a test
 # checks it stays 1 however many lengths are swept.
 TRACE_COUNT: collections.Counter = collections.Counter()
@@ -74,6 +80,102 @@ def _rows(out, idx_S):
           "heads": out["heads"][-1, 0, idx_S]}
 
 
+def segment_rows(pol: Policy, tokens: int, devices: int = 1) -> int | None:
+  """Rows per step of the segmented causal pass (:func:`segmented_pass`) for a pass of
+  ``tokens`` on ``devices``: ``SEGMENT_ROWS`` rounded down to whole row tiles, or None (one
+  whole forward) for a pass that fits in one segment, off the length-invariant schedule
+  (there a segment's rows would see other shapes) and for a pass spread over devices."""
+  if pol.row_tile is None or devices > 1:
+    return None
+  seg = max(pol.row_tile, SEGMENT_ROWS // pol.row_tile * pol.row_tile)
+  return seg if tokens > seg else None
+
+
+def segmented_pass(cfg: DecoderConfig, pol: Policy, params_B, tokens_BT, segment: int,
+                   collect=COLLECT, put=lambda x: x, progress=None) -> dict:
+  """One causal pass per seed over tokens_BT (int [B, T]) as a Python loop over segments of
+  ``segment`` rows: each step is one jitted forward of a segment (:func:`_segment_step`,
+  compiled once) whose earlier keys come from the KV cache (on the device, donated) that the
+  steps before it wrote; its rows are copied into host (numpy) arrays. On the
+  length-invariant schedule the rows have the bits of one whole forward: a row sees the same
+  tiles and key blocks at the same stream indices (tested). Memory: the cache, the host
+  arrays and one segment's activations, where one whole forward on XLA:CPU keeps buffers of
+  every layer alive together (0.5 MB per token on Gemma 3 270M in bfloat16), and a
+  ``lax.scan`` over the segments hoists loop-invariant converts of whole arrays (the
+  embedding table in float32; both measured). ``put``: places a new array on the run's
+  device. ``progress(message)``: called at most every 30 s with the rows done and an ETA.
+  Returns numpy y [B, T, D], residual [B, L+1, T, D], heads [B, T, H, Dh] (the last
+  layer's) for what ``collect`` asks, and with 'kv' jax k, v [B, L, T, KV, Dh]."""
+  B, T = tokens_BT.shape
+  steps = -(-T // segment)
+  M = steps * segment
+  toks = np.zeros((B, M), np.int32)
+  toks[:, :T] = np.asarray(tokens_BT)  # rows after T: causally unseen by the first T
+  want = _want(collect)
+  one = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), params_B)
+  got = jax.eval_shape(lambda p: model_lib.forward(cfg, pol, p, jnp.zeros((1, 1), jnp.int32),
+                                                   collect=want), one)
+  fn = _segment_step(cfg, pol, segment, M, want)
+  L, D, H, KV, Dh = cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh
+  cache = {k: put(jnp.zeros((B, L, M, KV, Dh), got[k].dtype)) for k in ("k", "v")}
+  shapes = {"y": (B, T, D), "residual": (B, L + 1, T, D), "heads": (B, T, H, Dh)}
+  host = {k: np.empty(shapes[k], got[k].dtype) for k in ("y", *want) if k in shapes}
+  axis = {"y": 1, "residual": 2, "heads": 1}  # each array's row axis
+  params_B = put(params_B)
+  t0 = last = time.perf_counter()
+  for i in range(steps):
+    first = i * segment
+    cache, rows = fn(params_B, put(jnp.asarray(toks[:, first:first + segment])),
+                     put(jnp.asarray(first, jnp.int32)), cache)
+    n = min(segment, T - first)
+    for k, arr in host.items():
+      part = np.asarray(rows[k])
+      idx = [slice(None)] * arr.ndim
+      idx[axis[k]] = slice(first, first + n)
+      arr[tuple(idx)] = np.take(part, np.arange(n), axis=axis[k]) if n < segment else part
+    now = time.perf_counter()
+    if progress is not None and now - last >= 30 and i + 1 < steps:
+      last, done = now, (i + 1) * segment
+      # attention grows with the row: the rows left cost at least as much each as the rows done
+      progress(f"rows {done} of {T} in {now - t0:.0f}s; at least {(now - t0) * (T - done) / done:.0f}s "
+               "to go")
+  out = dict(host)
+  if "kv" in collect:
+    out["k"], out["v"] = (jax.lax.slice_in_dim(cache[k], 0, T, axis=2) for k in ("k", "v"))
+  return out
+
+
+def _want(collect) -> tuple:
+  """What a segment's forward collects: residual and heads where asked, and always kv."""
+  return tuple(c for c in collect if c in ("residual", "heads")) + ("kv",)
+
+
+@functools.lru_cache(maxsize=16)
+def _segment_step(cfg: DecoderConfig, pol: Policy, segment: int, M: int, collect: tuple):
+  """The jitted step of :func:`segmented_pass` for M rows in all: step(params_B, toks_BC,
+  first, cache) -> (cache, rows): the K/V cache {k, v} [B, L, M, KV, Dh] (donated) with rows
+  first .. first + C - 1 written, and the segment's y [B, C, D] and what ``collect`` asks of
+  residual [B, L+1, C, D] and heads [B, C, H, Dh] (the last layer's)."""
+  slots = jnp.arange(M, dtype=jnp.int32)[None]
+
+  def one(params, toks_C, first, cache):
+    kv = {"k": cache["k"][:, None], "v": cache["v"][:, None], "length": first,
+          "pos": slots, "valid": slots < first}
+    pos = (first + jnp.arange(segment, dtype=jnp.int32))[None]
+    out = model_lib.forward(cfg, pol, params, toks_C[None], positions=pos, cache=kv,
+                            collect=collect)
+    cache = {k: jax.lax.dynamic_update_slice_in_dim(cache[k], out[k][:, 0], first, axis=1)
+             for k in ("k", "v")}
+    rows = {"y": out["y"][0]}
+    if "residual" in collect:
+      rows["residual"] = out["residual"][:, 0]
+    if "heads" in collect:
+      rows["heads"] = out["heads"][-1, 0]
+    return cache, rows
+
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, None, 0)), donate_argnums=3)
+
+
 def _pairs_causal(cfg, pol, params, tokens_T, rows_2S, query_chunk=None, query_mesh=None):
   """rows_2S: int [2, S] rows of the one causal pass holding A_n's and B_n's compared token.
   ``query_chunk``: attention in chunks of query rows (memory linear in the pass length),
@@ -87,12 +189,18 @@ def _pairs_kv(cfg, pol, params, stream_T, token, len_a_S, chunk, copy_vector=Fal
               query_chunk=None):
   """KV-cache engine. stream_T: A_n = stream[:len(A_n)-1] + [a]. ``query_chunk``: the
   prefix pass's attention in chunks of query rows."""
-  M = stream_T.shape[0]
   pre = model_lib.forward(cfg, pol, params, stream_T[None], collect=("kv",),
                           query_chunk=query_chunk)
+  return _kv_stage(cfg, pol, params, pre["k"], pre["v"], token, len_a_S, chunk, copy_vector)
+
+
+def _kv_stage(cfg, pol, params, k, v, token, len_a_S, chunk, copy_vector=False):
+  """The kv_cache engine after its prefix pass: k, v [L, 1, M, KV, Dh] the stream's keys
+  and values (M tokens); per n the two tokens [a, a] (below)."""
+  M = k.shape[2]
   # two spare slots, so that the two new keys always fit at slots n - 1 and n
   room = lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, 2)] + [(0, 0)] * (x.ndim - 3))
-  kc, vc = room(pre["k"]), room(pre["v"])
+  kc, vc = room(k), room(v)
 
   def one(n):
     """A_n's and B_n's last tokens, [a, a] at stream indices n - 1 and n, written into the
@@ -170,6 +278,44 @@ def pair_metrics(a: dict, b: dict) -> dict:
   out["y_absmax"] = metrics.absmax(a["y"], -1)
   out["head_absmax"] = metrics.absmax(a["heads"], (-2, -1))
   return out
+
+
+def chunked_pair_metrics(out: dict, rows_2S, chunk: int, put=lambda x: x) -> dict:
+  """:func:`pair_metrics` per seed of the rows rows_2S (int [2, S]: A_n's, B_n's) of
+  :func:`segmented_pass`'s ``out``, ``chunk`` n per jitted call (one compile; the last chunk
+  padded by repeating its last n), so the gathered rows and their differences take O(chunk)
+  memory. Every metric reduces over one n's vector, so chunks change no value (tested).
+  Returns metrics with leading axis B, n last."""
+  rows_2S = np.asarray(rows_2S, np.int32)
+  S = rows_2S.shape[1]
+  fn = _chunk_metrics_fn()
+  get = lambda i: put({"y": jnp.asarray(out["y"][:, i]),
+                       "residual": jnp.asarray(out["residual"][:, :, i]),
+                       "heads": jnp.asarray(out["heads"][:, i])})
+  parts = []
+  for i in range(0, S, chunk):
+    idx = rows_2S[:, i:i + chunk]
+    idx = np.concatenate([idx, np.repeat(idx[:, -1:], chunk - idx.shape[1], axis=1)], axis=1)
+    parts.append(fn(get(idx[0]), get(idx[1])))
+  return {k: jnp.concatenate([p[k] for p in parts], axis=-1)[..., :S] for k in parts[0]}
+
+
+@functools.lru_cache(maxsize=1)
+def _chunk_metrics_fn():
+  """jit(vmap over seeds) of pair_metrics of gathered rows: y [B, C, D], residual [B, L+1,
+  C, D], heads [B, C, H, Dh]."""
+  return jax.jit(jax.vmap(pair_metrics))
+
+
+@functools.lru_cache(maxsize=16)
+def _kv_stage_program(cfg: DecoderConfig, pol: Policy, chunk: int, copy_vector: bool):
+  """jit(vmap over seeds) of :func:`_kv_stage` and its metrics: f(params_B, k_B, v_B, token,
+  len_a_S), k_B/v_B [B, L, M, KV, Dh] as :func:`segmented_pass` returns them."""
+  def one(params, k, v, token, len_a_S):
+    a, b = _kv_stage(cfg, pol, params, k[:, None], v[:, None], token, len_a_S, chunk,
+                     copy_vector)
+    return pair_metrics(a, b)
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -317,7 +463,7 @@ def fetch(launched: dict) -> dict:
 
 def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_lib.PairSet],
            ns, *, engine: str | None = None, chunk: int = 32, min_tokens: int = 0,
-           memory_budget: float | None = None, devices=None) -> dict:
+           memory_budget: float | None = None, devices=None, progress=None) -> dict:
   """Start one engine over a batch of seeds, without waiting (JAX dispatches asynchronously,
   so launches on several devices run at once).
 
@@ -336,8 +482,10 @@ def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_
       is the same on every device, so the bits do not depend on which one ran it. Several:
       only a chunked causal pass (:func:`chunked`), whose query chunks are spread over them
       (``model.forward(query_mesh=...)``; bit-identical to one device, measured).
+    progress: a long causal or kv_cache pass (more than ``SEGMENT_ROWS`` rows, one device)
+      runs as :func:`segmented_pass`, which calls ``progress(message)`` every 30 s or so.
   Returns metrics (:func:`pair_metrics`, leading axis B) as jax arrays still being computed
-  (the exact engine, driven from Python, has finished).
+  (the exact engine, driven from Python, and a segmented pass have finished).
   """
   pol.check_available()
   if not cfg.causal:
@@ -384,8 +532,18 @@ def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_
   cfg.check_token_ids([first.token], "the repeated token")
   if engine == "causal":
     tokens_BT = tokens_BT[:, :total]
+  spread = devices if devices is not None and len(devices) > 1 else None
+  segment = (segment_rows(pol, tokens_BT.shape[1], len(spread or (0,)))
+             if engine in ("causal", "kv_cache") else None)
+  if segment is not None:  # a long pass: one segment at a time
+    if engine == "causal":
+      out = segmented_pass(cfg, pol, params_B, tokens_BT, segment, COLLECT, put, progress)
+      return chunked_pair_metrics(out, rows, METRIC_CHUNK, put)
+    out = segmented_pass(cfg, pol, params_B, tokens_BT, segment, ("kv",), put, progress)
+    prog = _kv_stage_program(cfg, pol, int(min(chunk, ns.size)), first.copy == "vector")
+    return prog(params_B, out["k"], out["v"], *[put(jnp.asarray(x, jnp.int32))
+                                                for x in (first.token, len_a)])
   prog = sweep_program(cfg, pol, engine, first.one_pass, total, int(min(chunk, ns.size)),
-                       first.copy == "vector", planned.query_chunk,
-                       devices if devices is not None and len(devices) > 1 else None)
+                       first.copy == "vector", planned.query_chunk, spread)
   args = [jnp.asarray(x, jnp.int32) for x in (tokens_BT, first.token, len_a, rows)]
   return prog(params_B, *[put(x) for x in args])

@@ -146,7 +146,8 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
     t1 = time.perf_counter()
     running.append((cell, devs, t1, engines.launch(
         m.cfg, pol, params_B, [sets[cell.seed_index]], lengths, engine=resolved[name],
-        chunk=chunk, min_tokens=causal_tokens, memory_budget=memory_budget, devices=devs)))
+        chunk=chunk, min_tokens=causal_tokens, memory_budget=memory_budget, devices=devs,
+        progress=lambda msg, cell=cell: log(f"{cell.id}: {msg}"))))
   while running:
     finish()
   return records

@@ -102,6 +102,18 @@ def test_every_engine_gives_the_exact_engines_bits(pol_name, family):
     got = engines.run(CFG, pol, params, [fam], lengths, engine=engine, chunk=3)
     assert _records_equal_bitwise(got, exact) == [], engine
   assert np.asarray(exact["y_linf"]).min() > 0 or np.asarray(exact["y_bitwise_equal"]).any()
+  # the long-pass form: the causal pass (and kv_cache's prefix pass) as a scan over segments
+  # of 16 rows with a KV cache, and the causal metrics 2 n at a time
+  engine = ENGINE_SETS[family][0]
+  steps = []
+  real = engines.segmented_pass
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(engines, "SEGMENT_ROWS", 16)
+    mp.setattr(engines, "METRIC_CHUNK", 2)
+    mp.setattr(engines, "segmented_pass", lambda *a, **k: steps.append(a[4]) or real(*a, **k))
+    got = engines.run(CFG, pol, params, [fam], lengths, engine=engine, chunk=3)
+  assert steps == [16], steps  # it ran segmented
+  assert _records_equal_bitwise(got, exact) == [], f"{engine}, segmented"
 
 
 @pytest.mark.slow

