@@ -33,14 +33,20 @@ class Model:
   labels: Mapping = dataclasses.field(default_factory=dict)
 
 
-def synthetic_models(base_cfg: DecoderConfig, heads_list, seeds) -> list[Model]:
+def synthetic_models(base_cfg: DecoderConfig, heads_list, seeds,
+                     weight_quant: str | None = None) -> list[Model]:
   """One initialised model per head count (params per seed, C.3 init). Head counts change
-  parameter shapes, so each is its own compile (they cannot be vmapped together)."""
+  parameter shapes, so each is its own compile (they cannot be vmapped together).
+  ``weight_quant``: a GGUF type (e.g. 'Q4_1'): the weight matrices as that quantization
+  holds them (``checkpoints.gguf.quantize_round_trip``)."""
   out = []
   for heads in heads_list:
     cfg = base_cfg.replace(num_heads=heads, num_kv_heads=None)
-    out.append(Model(cfg, [model_lib.init_params(cfg, jax.random.key(s)) for s in seeds],
-                     {"heads": heads}))
+    params = [model_lib.init_params(cfg, jax.random.key(s)) for s in seeds]
+    if weight_quant is not None:
+      from collapse_jax.checkpoints import gguf
+      params = [gguf.quantize_round_trip(p, weight_quant) for p in params]
+    out.append(Model(cfg, params, {"heads": heads}))
   return out
 
 
@@ -155,14 +161,15 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
 
 def family_setup(base_cfg: DecoderConfig, heads_list, family: str, lengths, seeds, *,
                  token: int = 1, prefix_len: int = 16, prefix_ids=None, copy: str = "token",
-                 alphabet=None) -> tuple[list[Model], dict]:
-  """A synthetic family's grid: models per head count (``synthetic_models``) and
-  {family: the family per seed} (``pairs.make_family``), as :func:`run_grid` takes them."""
+                 alphabet=None, weight_quant: str | None = None) -> tuple[list[Model], dict]:
+  """A synthetic family's grid: models per head count (``synthetic_models``, with
+  ``weight_quant``) and {family: the family per seed} (``pairs.make_family``), as
+  :func:`run_grid` takes them."""
   lengths = np.asarray(lengths)
   fams = [pairs_lib.make_family(family, int(lengths[-1]), seed=s, vocab_size=base_cfg.vocab_size,
                                 token=token, prefix_len=prefix_len, prefix_ids=prefix_ids,
                                 alphabet=alphabet, copy=copy) for s in seeds]
-  return synthetic_models(base_cfg, heads_list, seeds), {family: fams}
+  return synthetic_models(base_cfg, heads_list, seeds, weight_quant), {family: fams}
 
 
 def family_grid(base_cfg: DecoderConfig, policies, heads_list, family: str, lengths, seeds, *,

@@ -21,6 +21,7 @@ from absl import app, flags, logging
 import collapse_jax as cj
 from collapse_jax import (cli, figures, hosts, jobs, memory, pairs, precision, records,
                           results, sweep, xla_env)
+from collapse_jax.checkpoints import gguf
 
 F = flags.FLAGS
 
@@ -36,6 +37,10 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_list("prefix_ids", None, "explicit prefix token ids (prefix_repeat)",
                     flag_values=fv)
   flags.DEFINE_integer("token", 1, "the repeated token a", flag_values=fv)
+  flags.DEFINE_enum("weight_quant", None, list(gguf.ROUND_TRIP_TYPES), "round the weight "
+                    "matrices through this GGUF quantization (as SmolLM2's Q4_1 file holds "
+                    "them; needs the gguf package): what 4-bit weights change",
+                    flag_values=fv)
   flags.DEFINE_bool("reference", True, "also run float64 on the same grid (results.json "
                     "'reference' and the figure; skipped when --dtype includes float64)",
                     flag_values=fv)
@@ -72,6 +77,9 @@ def parse(fl: dict) -> Spec:
                               prefix_ids=prefix_ids, log=logging.warning)
   if fl["chunk"] < 1:
     raise ValueError(f"--chunk must be >= 1, got {fl['chunk']}")
+  if fl["weight_quant"] and fl["d_model"] % 32:
+    raise ValueError(f"--weight_quant quantizes blocks of 32 along d_model: --d_model must be "
+                     f"a multiple of 32, got {fl['d_model']}")
   cfg.check_token_ids([fl["token"]], "--token")
   cfg.check_token_ids(prefix_ids or [], "--prefix_ids")
   first = pairs.make_family(fl["family"], int(grid[-1]), seed=seeds[0], vocab_size=fl["vocab"],
@@ -99,7 +107,7 @@ def main(argv):
                                   fl["distributed"])
   print(f"numerics: {xla_env.numerics_path()['name']}")
   models, sets = sweep.family_setup(spec.cfg, spec.heads, fl["family"], spec.grid, spec.seeds,
-                                    **spec.family)
+                                    weight_quant=fl["weight_quant"], **spec.family)
   pols = spec.policies + [precision.get_policy("float64")] * spec.reference
   cells = {c.id: c for c in sweep.grid_cells(models, pols, sets, spec.seeds)}
   run_cells = lambda ids, save: sweep.run_grid(

@@ -53,6 +53,8 @@ def test_precision_sweep_defaults_parse_to_the_documented_spec(tmp_path):
     (["--lengths=1:10:0"], "step must be >= 1"),
     (["--fp8_scaling", "--dtype=bfloat16"], "fp8 presets only"),
     (["--heartbeat=-1"], "--heartbeat must be >= 0"),
+    (["--weight_quant=Q4_1", "--d_model=48", "--heads=1"], "--d_model must be a multiple of 32"),
+    (["--weight_quant=Q4_K"], "weight_quant"),
 ])
 def test_precision_sweep_refuses_bad_values(args, msg, tmp_path):
   """A ValueError of ours or absl's own ``flags.Error`` (enums, integers), naming the flag;

@@ -290,3 +290,43 @@ def test_gguf_tensors_the_decoder_does_not_read_are_refused():
   for extra in ("rope_freqs.weight", "blk.0.attn_q.bias"):
     with pytest.raises(CheckpointError, match=rf"\['{re.escape(extra)}'\] are not read"):
       hf_state_dict_from_gguf(cfg, {**tensors, extra: np.ones(4, np.float32)}, permute=False)
+
+
+@needs_gguf
+def test_quantize_round_trip_quantizes_matrices_along_their_input_axis():
+  """Q4_1 round trip of a synthetic model's params: matrices move to at most 16 levels per
+  block of 32 along the input axis (so the error is within half a step of each block's
+  range / 15), norms and biases stay; Q8_0 is ~16x closer than Q4_1; refusals are one line."""
+  from collapse_jax import model
+  from collapse_jax.checkpoints import gguf
+  cfg = DecoderConfig(num_layers=1, d_model=64, num_heads=2, vocab_size=32)
+  params = jax.tree_util.tree_map(np.asarray, model.init_params(cfg, jax.random.key(0)))
+  q4 = gguf.quantize_round_trip(params, "Q4_1")
+  q8 = gguf.quantize_round_trip(params, "Q8_0")
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  got4 = dict(jax.tree_util.tree_flatten_with_path(q4)[0])
+  got8 = dict(jax.tree_util.tree_flatten_with_path(q8)[0])
+  for path, x in flat:
+    name = jax.tree_util.keystr(path)
+    if x.ndim < 2:
+      np.testing.assert_array_equal(got4[path], x, err_msg=name)
+      continue
+    assert not np.array_equal(got4[path], x), name
+    rows = x.reshape(-1, x.shape[-1]) if "embed" in name else (
+        x.reshape(-1, x.shape[-1]).T if name.endswith("['attn']['o']") else
+        x.reshape(x.shape[0], -1).T)
+    back = (got4[path].reshape(-1, x.shape[-1]) if "embed" in name else
+            got4[path].reshape(-1, x.shape[-1]).T if name.endswith("['attn']['o']") else
+            got4[path].reshape(x.shape[0], -1).T)
+    blocks, bq = rows.reshape(-1, 32), back.reshape(-1, 32)
+    assert max(len(np.unique(b)) for b in bq) <= 16, name
+    span = blocks.max(1) - blocks.min(1)
+    assert (np.abs(bq - blocks).max(1) <= span / 15 * 0.51 + 1e-6).all(), name
+    e4, e8 = np.abs(got4[path] - x).max(), np.abs(got8[path] - x).max()
+    assert e8 < e4 / 8, (name, e4, e8)
+  with pytest.raises(ValueError, match="valid: Q4_0, Q4_1, Q8_0"):
+    gguf.quantize_round_trip(params, "Q4_K")
+  small = jax.tree_util.tree_map(np.asarray, model.init_params(
+      cfg.replace(d_model=48, num_heads=2), jax.random.key(0)))
+  with pytest.raises(ValueError, match="not a multiple of 32"):
+    gguf.quantize_round_trip(small, "Q4_1")

@@ -289,6 +289,45 @@ def dequantize_tensors(reader) -> dict[str, np.ndarray]:
   return out
 
 
+# GGUF quantization types whose round trip ``quantize_round_trip`` applies (gguf's numpy
+# quantizers; Q4_K has none). SmolLM2's file is Q4_1, Gemma 3's Q4_K_M.
+ROUND_TRIP_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+
+
+def quantize_round_trip(params, qtype: str):
+  """``params`` (a Flax tree of float32 arrays) with every weight matrix quantized to the
+  GGUF type ``qtype`` (:data:`ROUND_TRIP_TYPES`) and dequantized, as a GGUF file would hold
+  it: blocks of 32 along each matrix's input axis (a kernel [in, ...]'s axis 0; an
+  embedding [V, D]'s D; the attention output [H, Dh, D]'s H*Dh), 1-D weights (norms,
+  biases) kept, as llama.cpp keeps them in float32. Measures what 4-bit weights change
+  (BUILD_NOTES). ValueError when an input axis is not a multiple of 32."""
+  gguf = _gguf()
+  if qtype not in ROUND_TRIP_TYPES:
+    raise ValueError(f"unknown weight quantization {qtype!r}; valid: {', '.join(ROUND_TRIP_TYPES)}")
+  kind = getattr(gguf.GGMLQuantizationType, qtype)
+
+  def one(path, x):
+    x = np.asarray(x, np.float32)
+    if x.ndim < 2:
+      return x
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if "embed" in name:  # [V, D]: rows of D
+      rows = x.reshape(-1, x.shape[-1])
+    elif x.ndim == 3 and name.endswith("attn/o"):  # [H, Dh, D]: input H*Dh
+      rows = x.reshape(-1, x.shape[-1]).T
+    else:  # [in, ...]
+      rows = x.reshape(x.shape[0], -1).T
+    if rows.shape[1] % 32:
+      raise ValueError(f"{name}: input axis of {rows.shape[1]} is not a multiple of 32 "
+                       f"(GGUF's block); pick another --d_model")
+    back = gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(rows), kind), kind)
+    back = np.asarray(back, np.float32).reshape(rows.shape)
+    return back.reshape(x.shape) if "embed" in name else back.T.reshape(x.shape)
+
+  import jax
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
 def hf_state_dict_from_gguf(config: DecoderConfig, tensors: dict[str, np.ndarray], *,
                             permute: bool = True, arch: str = "llama") -> dict[str, np.ndarray]:
   """Rename GGUF tensors to HF names. llama: un-permute Q/K rows (HF layout) if ``permute``.
