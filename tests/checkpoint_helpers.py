@@ -126,3 +126,58 @@ def _write_tiny_gguf(path: Path, cfg: DecoderConfig, sd, *, q8_embedding: bool):
   w.write_tensors_to_file()
   w.close()
   return tokens
+
+
+def write_hf_as_gguf(path: Path, arch: str, model) -> None:
+  """A transformers model (``tiny_hf``'s, float32) written as a ``arch`` GGUF the way
+  llama.cpp's converter writes it: its metadata keys, Q/K rows permuted for llama only,
+  Gemma norms stored as 1 + w, float32 tensors (a test helper)."""
+  import gguf
+  from collapse_jax.checkpoints.gguf import _EXTRA_TENSORS, _GEMMA3_TO_HF, _GGUF_TO_HF, permute_qk
+  c = model.config
+  w = gguf.GGUFWriter(str(path), arch)
+  w.add_block_count(c.num_hidden_layers)
+  w.add_context_length(c.max_position_embeddings)
+  w.add_embedding_length(c.hidden_size)
+  w.add_feed_forward_length(c.intermediate_size)
+  w.add_head_count(c.num_attention_heads)
+  w.add_head_count_kv(c.num_key_value_heads)
+  dh = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+  w.add_key_length(dh)
+  w.add_value_length(dh)
+  w.add_rope_dimension_count(dh)
+  rope = getattr(c, "rope_parameters", None) or {}
+  w.add_rope_freq_base(float(rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))))
+  if rope.get("rope_type") == "linear":
+    w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    w.add_rope_scaling_factor(float(rope["factor"]))
+  w.add_layer_norm_rms_eps(c.rms_norm_eps)
+  w.add_vocab_size(c.vocab_size)
+  if arch == "gemma2":
+    w.add_uint32("gemma2.attention.sliding_window", c.sliding_window)
+    w.add_float32("gemma2.attn_logit_softcapping", c.attn_logit_softcapping)
+    w.add_float32("gemma2.final_logit_softcapping", c.final_logit_softcapping)
+  sd = {k.removeprefix("model."): v.detach().float().numpy() for k, v in model.state_dict().items()}
+  gemma = arch.startswith("gemma")
+  plus1 = (lambda a: a + np.float32(1.0)) if gemma else (lambda a: a)
+  w.add_tensor("token_embd.weight", sd["embed_tokens.weight"])
+  w.add_tensor("output_norm.weight", plus1(sd["norm.weight"]))
+  if "lm_head.weight" in sd and not c.tie_word_embeddings:
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+  names = {f"{g}.weight": f"{h}.weight" for g, h in (_GEMMA3_TO_HF if gemma else _GGUF_TO_HF).items()
+           if arch != "gemma2" or "attn_q_norm" not in g and "attn_k_norm" not in g}
+  names.update(_EXTRA_TENSORS.get(arch, {}))
+  for l in range(c.num_hidden_layers):
+    for g, h in names.items():
+      t = sd[f"layers.{l}.{h}"]
+      if gemma and g.endswith("norm.weight"):
+        t = plus1(t)
+      elif arch == "llama" and g == "attn_q.weight":
+        t = permute_qk(t, c.num_attention_heads)
+      elif arch == "llama" and g == "attn_k.weight":
+        t = permute_qk(t, c.num_key_value_heads)
+      w.add_tensor(f"blk.{l}.{g}", np.ascontiguousarray(t))
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 try:  # rootdir import (pytest's rootdir on sys.path) or package import
-  from checkpoint_helpers import (_forward, needs_torch_hf)
+  from checkpoint_helpers import (_forward, needs_gguf, needs_torch_hf, write_hf_as_gguf)
   from tiny_hf import tiny_hf
 except ImportError:
-  from tests.checkpoint_helpers import (_forward, needs_torch_hf)  # noqa: F401
+  from tests.checkpoint_helpers import (_forward, needs_gguf, needs_torch_hf,  # noqa: F401
+                                        write_hf_as_gguf)
   from tests.tiny_hf import tiny_hf
 
 
@@ -174,3 +175,77 @@ def test_mistral_and_qwen3_windows_from_config():
     config_from_hf({**base, "model_type": "qwen3", "layer_types": ["sliding_attention"] * 3})
   with pytest.raises(CheckpointError, match="hidden_act 'gelu'"):
     config_from_hf({**base, "model_type": "qwen3", "hidden_act": "gelu"})
+
+
+# GGUF files of the families llama.cpp's metadata describes: (tiny_hf kind, GGUF architecture,
+# config overrides). GGUF carries no Qwen2/3 window and no Gemma 2 query_pre_attn_scalar
+# (llama.cpp uses head_dim below 27B), so the HF models are built to match what it can say.
+GGUF_KINDS = [
+    ("llama_linear", "llama", {}),
+    ("qwen2", "qwen2", {"use_sliding_window": False, "sliding_window": None,
+                        "layer_types": ["full_attention"] * 2}),
+    ("qwen3", "qwen3", {"use_sliding_window": False, "sliding_window": None,
+                        "layer_types": ["full_attention"] * 2}),
+    ("gemma2", "gemma2", {"query_pre_attn_scalar": 16}),
+]
+
+
+@needs_gguf
+@needs_torch_hf
+@pytest.mark.parametrize("kind,arch,overrides", GGUF_KINDS, ids=[k[1] for k in GGUF_KINDS])
+def test_gguf_of_each_family_matches_transformers(kind, arch, overrides, tmp_path):
+  """A tiny transformers model written as a GGUF (llama.cpp's names, metadata and layouts:
+  Q/K permuted for llama only, Gemma norms as 1 + w), loaded by ``load_gguf``: float32
+  logits and every layer's residual match transformers' own forward on 17 tokens."""
+  import torch
+  from collapse_jax.checkpoints.gguf import load_gguf
+  m = tiny_hf(kind, tmp_path / "hf", **overrides)
+  write_hf_as_gguf(tmp_path / "m.gguf", arch, m)
+  g = load_gguf(tmp_path / "m.gguf")
+  cfg, params = g.config, g.params
+  if arch == "gemma2":
+    assert (cfg.attn_softcap, cfg.final_softcap, cfg.layer_windows, cfg.qk_scale) == \
+        (0.5, 1.0, (5, None, 5), 16 ** -0.5)
+  elif arch == "llama":
+    assert cfg.rope_scaling == ("linear", 4.0)
+  elif arch == "qwen2":
+    assert cfg.qkv_bias and np.abs(params["layer_0"]["attn"]["q_bias"]).max() > 0.1
+  else:
+    assert cfg.qk_norm
+  ids = np.random.default_rng(0).integers(0, 101, size=(2, 17))
+  with torch.no_grad():
+    ref = m(torch.tensor(ids), output_hidden_states=True)
+  out = _forward(cfg, params, ids)
+  hs = np.stack([h.numpy() for h in ref.hidden_states[:cfg.num_layers]])
+  np.testing.assert_allclose(np.asarray(out["residual"])[:cfg.num_layers], hs, atol=2e-5,
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(out["logits"]), ref.logits.numpy(), atol=2e-5, rtol=1e-5)
+
+
+@needs_gguf
+@needs_torch_hf
+def test_gguf_refuses_what_it_cannot_read(tmp_path):
+  """An unknown metadata key of a supported architecture, an unsupported architecture and
+  Llama 3's rope_freqs tensor are refused in one line, by name."""
+  import gguf
+  from collapse_jax.checkpoints.gguf import CheckpointError, load_gguf
+  m = tiny_hf("qwen3", tmp_path / "hf")
+  path = tmp_path / "m.gguf"
+  write_hf_as_gguf(path, "qwen3", m)
+  r = gguf.GGUFReader(str(path))
+  w = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), "qwen3")
+  for k, f in r.fields.items():  # copy, plus one key the converter does not know
+    if k.startswith("qwen3.") and f.types[0] == gguf.GGUFValueType.UINT32:
+      w.add_uint32(k, int(f.parts[f.data[0]][0]))
+    elif k.startswith("qwen3.") and f.types[0] == gguf.GGUFValueType.FLOAT32:
+      w.add_float32(k, float(f.parts[f.data[0]][0]))
+  w.add_float32("qwen3.rope.scaling.yarn_log_multiplier", 0.1)
+  for t in r.tensors:
+    w.add_tensor(t.name, np.asarray(t.data).reshape([int(x) for x in reversed(t.shape)]))
+  w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+  with pytest.raises(CheckpointError, match=r"yarn_log_multiplier'\] is neither handled"):
+    load_gguf(tmp_path / "bad.gguf")
+  w = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
+  w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+  with pytest.raises(CheckpointError, match="architecture 'phi3' is not supported"):
+    load_gguf(tmp_path / "phi.gguf")

