@@ -365,7 +365,8 @@ def _exact_fn(cfg: DecoderConfig, pol: Policy):
 
 def _exact(cfg, pol, params, pair_set, ns) -> dict:
   """Exact engine for one seed: metrics as pair_metrics returns them. A forward is reused
-  when B_n equals A_{n+1} (same tokens and positions)."""
+  when B_n equals A_{n+1} (same tokens and positions). A forward longer than one segment
+  (plain positions, :func:`segment_rows`) runs as :func:`segmented_pass`."""
   last = _exact_fn(cfg, pol)
   done: dict = {}
 
@@ -374,8 +375,16 @@ def _exact(cfg, pol, params, pair_set, ns) -> dict:
     if key not in done:
       cfg.check_token_ids(tokens, "pair tokens")
       plain = np.array_equal(positions, np.arange(len(tokens)))
-      done[key] = last(params, jnp.asarray(tokens, jnp.int32),
-                       None if plain else jnp.asarray(positions, jnp.int32))
+      segment = segment_rows(pol, len(tokens)) if plain else None
+      if segment is not None:  # a long forward: in segments (the same bits, less memory)
+        out = segmented_pass(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params),
+                             np.asarray(tokens, np.int32)[None], segment)
+        done[key] = {"y": jnp.asarray(out["y"][0, -1]),
+                     "residual": jnp.asarray(out["residual"][0, :, -1]),
+                     "heads": jnp.asarray(out["heads"][0, -1])}
+      else:
+        done[key] = last(params, jnp.asarray(tokens, jnp.int32),
+                         None if plain else jnp.asarray(positions, jnp.int32))
     return done[key]
 
   a_list, b_list = [], []

@@ -112,8 +112,12 @@ def test_every_engine_gives_the_exact_engines_bits(pol_name, family):
     mp.setattr(engines, "METRIC_CHUNK", 2)
     mp.setattr(engines, "segmented_pass", lambda *a, **k: steps.append(a[4]) or real(*a, **k))
     got = engines.run(CFG, pol, params, [fam], lengths, engine=engine, chunk=3)
-  assert steps == [16], steps  # it ran segmented
+    assert steps == [16], steps  # it ran segmented
+    segmented_exact = engines.run(CFG, pol, params, [fam], lengths[-2:], engine="exact")
   assert _records_equal_bitwise(got, exact) == [], f"{engine}, segmented"
+  assert len(steps) > 1, steps  # the exact forwards longer than 16 tokens ran segmented too
+  assert _records_equal_bitwise(segmented_exact, {k: np.asarray(v)[..., -2:]
+                                                  for k, v in exact.items()}) == []
 
 
 @pytest.mark.slow
