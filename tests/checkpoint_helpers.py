@@ -81,17 +81,30 @@ def _tiny_hf_state_dict(cfg: DecoderConfig, rng):
   return {k: v.astype(np.float32) for k, v in sd.items()}
 
 
+def _add_shapes(w, layers: int, context: int, d: int, ff: int, heads: int, kv_heads: int):
+  """A GGUFWriter's shape metadata, under its architecture's prefix."""
+  w.add_block_count(layers)
+  w.add_context_length(context)
+  w.add_embedding_length(d)
+  w.add_feed_forward_length(ff)
+  w.add_head_count(heads)
+  w.add_head_count_kv(kv_heads)
+
+
+def _finish(w) -> None:
+  """Write a GGUFWriter's header, metadata and tensors, and close it."""
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+
+
 def _write_tiny_gguf(path: Path, cfg: DecoderConfig, sd, *, q8_embedding: bool):
   import gguf
   from collapse_jax.checkpoints.gguf import _GGUF_TO_HF, permute_qk
   from collapse_jax.checkpoints.tokenizer import _bytes_to_unicode
   w = gguf.GGUFWriter(str(path), "llama")
-  w.add_block_count(cfg.num_layers)
-  w.add_context_length(256)
-  w.add_embedding_length(cfg.d_model)
-  w.add_feed_forward_length(cfg.ff)
-  w.add_head_count(cfg.num_heads)
-  w.add_head_count_kv(cfg.kv_heads)
+  _add_shapes(w, cfg.num_layers, 256, cfg.d_model, cfg.ff, cfg.num_heads, cfg.kv_heads)
   w.add_rope_freq_base(cfg.rope_theta)
   w.add_layer_norm_rms_eps(cfg.norm_eps)
   w.add_rope_dimension_count(cfg.dh)
@@ -121,10 +134,7 @@ def _write_tiny_gguf(path: Path, cfg: DecoderConfig, sd, *, q8_embedding: bool):
       elif g == "attn_k":
         t = permute_qk(t, cfg.kv_heads)
       w.add_tensor(f"blk.{l}.{g}.weight", np.ascontiguousarray(t))
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
+  _finish(w)
   return tokens
 
 
@@ -136,12 +146,8 @@ def write_hf_as_gguf(path: Path, arch: str, model) -> None:
   from collapse_jax.checkpoints.gguf import _EXTRA_TENSORS, _GEMMA3_TO_HF, _GGUF_TO_HF, permute_qk
   c = model.config
   w = gguf.GGUFWriter(str(path), arch)
-  w.add_block_count(c.num_hidden_layers)
-  w.add_context_length(c.max_position_embeddings)
-  w.add_embedding_length(c.hidden_size)
-  w.add_feed_forward_length(c.intermediate_size)
-  w.add_head_count(c.num_attention_heads)
-  w.add_head_count_kv(c.num_key_value_heads)
+  _add_shapes(w, c.num_hidden_layers, c.max_position_embeddings, c.hidden_size,
+              c.intermediate_size, c.num_attention_heads, c.num_key_value_heads)
   dh = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
   w.add_key_length(dh)
   w.add_value_length(dh)
@@ -177,7 +183,4 @@ def write_hf_as_gguf(path: Path, arch: str, model) -> None:
       elif arch == "llama" and g == "attn_k.weight":
         t = permute_qk(t, c.num_key_value_heads)
       w.add_tensor(f"blk.{l}.{g}", np.ascontiguousarray(t))
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
+  _finish(w)

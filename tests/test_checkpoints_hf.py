@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 try:  # rootdir import (pytest's rootdir on sys.path) or package import
-  from checkpoint_helpers import (_forward, needs_gguf, needs_torch_hf, write_hf_as_gguf)
+  from checkpoint_helpers import (_finish, _forward, needs_gguf, needs_torch_hf,
+                                  write_hf_as_gguf)
   from tiny_hf import tiny_hf
 except ImportError:
-  from tests.checkpoint_helpers import (_forward, needs_gguf, needs_torch_hf,  # noqa: F401
-                                        write_hf_as_gguf)
+  from tests.checkpoint_helpers import (_finish, _forward, needs_gguf,  # noqa: F401
+                                        needs_torch_hf, write_hf_as_gguf)
   from tests.tiny_hf import tiny_hf
 
 
@@ -242,10 +243,10 @@ def test_gguf_refuses_what_it_cannot_read(tmp_path):
   w.add_float32("qwen3.rope.scaling.yarn_log_multiplier", 0.1)
   for t in r.tensors:
     w.add_tensor(t.name, np.asarray(t.data).reshape([int(x) for x in reversed(t.shape)]))
-  w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+  _finish(w)
   with pytest.raises(CheckpointError, match=r"yarn_log_multiplier'\] is neither handled"):
     load_gguf(tmp_path / "bad.gguf")
   w = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
-  w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+  _finish(w)
   with pytest.raises(CheckpointError, match="architecture 'phi3' is not supported"):
     load_gguf(tmp_path / "phi.gguf")
