@@ -17,6 +17,10 @@ row as an exact-length forward does: the same tiles and key blocks at the same s
 so the same bits (BUILD_NOTES.md, issue 24); off it (``Policy.untiled()``) the bits depend on
 shapes.
 
+A pass longer than ``SEGMENT_ROWS`` (the causal engine's, kv_cache's prefix, a long exact
+forward) runs as :func:`segmented_pass`: segments with a KV cache, the same bits, memory
+linear in the length.
+
 Per n, :func:`pair_metrics` compares A and B for the final output y, the residual stream at
 every layer (v^(0..L)) and every head's attention output at the last layer.
 """

@@ -102,7 +102,7 @@ def main(argv):
   ckpt = cli.load_model(fl["model"], logging.info)
   cells = harness.task_cells(spec.policies, spec.tasks, spec.modes)
   logging.info("tasks %s on %s, modes %s, n %s, dtypes %s: %d cells", ",".join(spec.tasks),
-               ckpt.label, ",".join(spec.modes), list(spec.lengths),
+               ckpt.label, ",".join(spec.modes), [int(n) for n in spec.lengths],
                ",".join(p.name for p in spec.policies), len(cells))
   if skipped := harness.skipped_cells(spec.tasks, spec.modes):
     logging.warning("skipping %s: CoT modes are for the count tasks", ", ".join(skipped))
