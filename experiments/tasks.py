@@ -104,6 +104,9 @@ def main(argv):
   logging.info("tasks %s on %s, modes %s, n %s, dtypes %s: %d cells", ",".join(spec.tasks),
                ckpt.label, ",".join(spec.modes), [int(n) for n in spec.lengths],
                ",".join(p.name for p in spec.policies), len(cells))
+  if (spec.samples or 1) > 1 and (fixed := [t for t in spec.tasks if t not in tasks.SEEDED]):
+    logging.warning("--samples=%d applies to %s only; %s have one sequence per n",
+                    spec.samples, ", ".join(tasks.SEEDED), ", ".join(fixed))
   if skipped := harness.skipped_cells(spec.tasks, spec.modes):
     logging.warning("skipping %s: CoT modes are for the count tasks", ", ".join(skipped))
   run_cells = functools.partial(harness.run_task_cells, ckpt, cells, ns=spec.lengths,
