@@ -149,6 +149,13 @@ def segmented_pass(cfg: DecoderConfig, pol: Policy, params_B, tokens_BT, segment
   return out
 
 
+def _host_rows(out: dict, idx) -> dict:
+  """Rows ``idx`` (an int or int [S]) of :func:`segmented_pass`'s host arrays, as jax arrays
+  with the seed axis first: y [B, (S,) D], residual [B, L+1, (S,) D], heads [B, (S,) H, Dh]."""
+  return {"y": jnp.asarray(out["y"][:, idx]), "residual": jnp.asarray(out["residual"][:, :, idx]),
+          "heads": jnp.asarray(out["heads"][:, idx])}
+
+
 def _want(collect) -> tuple:
   """What a segment's forward collects: residual and heads where asked, and always kv."""
   return tuple(c for c in collect if c in ("residual", "heads")) + ("kv",)
@@ -293,9 +300,7 @@ def chunked_pair_metrics(out: dict, rows_2S, chunk: int, put=lambda x: x) -> dic
   rows_2S = np.asarray(rows_2S, np.int32)
   S = rows_2S.shape[1]
   fn = _chunk_metrics_fn()
-  get = lambda i: put({"y": jnp.asarray(out["y"][:, i]),
-                       "residual": jnp.asarray(out["residual"][:, :, i]),
-                       "heads": jnp.asarray(out["heads"][:, i])})
+  get = lambda i: put(_host_rows(out, i))
   parts = []
   for i in range(0, S, chunk):
     idx = rows_2S[:, i:i + chunk]
@@ -383,9 +388,7 @@ def _exact(cfg, pol, params, pair_set, ns) -> dict:
       if segment is not None:  # a long forward: in segments (the same bits, less memory)
         out = segmented_pass(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params),
                              np.asarray(tokens, np.int32)[None], segment)
-        done[key] = {"y": jnp.asarray(out["y"][0, -1]),
-                     "residual": jnp.asarray(out["residual"][0, :, -1]),
-                     "heads": jnp.asarray(out["heads"][0, -1])}
+        done[key] = {k: v[0] for k, v in _host_rows(out, -1).items()}
       else:
         done[key] = last(params, jnp.asarray(tokens, jnp.int32),
                          None if plain else jnp.asarray(positions, jnp.int32))

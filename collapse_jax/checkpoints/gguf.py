@@ -123,13 +123,10 @@ _META_TO_HF = {
 _META_CHECKED = ("attention.value_length", "rope.dimension_count")
 _HF_MODEL_TYPE = {"gemma3": "gemma3_text", "gemma2": "gemma2", "qwen2": "qwen2",
                   "qwen3": "qwen3"}
+_CAPS = {"attn_logit_softcapping", "final_logit_softcapping"}
 _META_KNOWN = {  # which of _META_TO_HF each architecture may carry
-    "gemma3": set(_META_TO_HF) - {"attn_logit_softcapping", "final_logit_softcapping"},
-    "gemma2": set(_META_TO_HF),
-    "qwen2": set(_META_TO_HF) - {"attention.sliding_window", "attn_logit_softcapping",
-                                 "final_logit_softcapping"},
-    "qwen3": set(_META_TO_HF) - {"attention.sliding_window", "attn_logit_softcapping",
-                                 "final_logit_softcapping"},
+    "gemma3": set(_META_TO_HF) - _CAPS, "gemma2": set(_META_TO_HF),
+    **dict.fromkeys(("qwen2", "qwen3"), set(_META_TO_HF) - _CAPS - {"attention.sliding_window"}),
 }
 
 
@@ -264,7 +261,8 @@ def config_from_metadata(md: dict[str, Any], *, tied: bool = True,
       num_kv_heads=int(md.get(f"{arch}.attention.head_count_kv", h)), head_dim=head_dim,
       mlp="swiglu", mlp_dim=int(get("feed_forward_length")), norm="rmsnorm", norm_eps=eps,
       pe="rope", rope_theta=float(md.get(f"{arch}.rope.freq_base", 10000.0)),
-      rope_scaling=rope_scaling, rope_layout=rope_layout, max_len=int(md.get(f"{arch}.context_length", 4096)),
+      rope_scaling=rope_scaling, rope_layout=rope_layout,
+      max_len=int(md.get(f"{arch}.context_length", 4096)),
       causal=True, vocab_size=int(vocab), tie_embeddings=tied, embed_scale=False,
       init_var=0.02 ** 2)
 
