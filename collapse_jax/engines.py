@@ -372,36 +372,106 @@ def _exact_fn(cfg: DecoderConfig, pol: Policy):
   return last
 
 
-def _exact(cfg, pol, params, pair_set, ns) -> dict:
-  """Exact engine for one seed: metrics as pair_metrics returns them. A forward is reused
-  when B_n equals A_{n+1} (same tokens and positions). A forward longer than one segment
-  (plain positions, :func:`segment_rows`) runs as :func:`segmented_pass`."""
-  last = _exact_fn(cfg, pol)
-  done: dict = {}
+def _shared_prefixes(seqs: list) -> list:
+  """Group token sequences by prefix: [(host index, [(sequence index, row), ...]), ...] such
+  that every sequence is rows 0..row of its host (row = its length - 1), each host once.
+  Lexicographic order puts a prefix right before the sequences that extend it (anything
+  between shares it), so one pass from the end finds each sequence's longest extension."""
+  order = sorted(range(len(seqs)), key=lambda i: seqs[i].tobytes())
+  host = {}
+  for j in range(len(order) - 1, -1, -1):
+    i = order[j]
+    nxt = order[j + 1] if j + 1 < len(order) else None
+    ext = (nxt is not None and len(seqs[nxt]) >= len(seqs[i])
+           and np.array_equal(seqs[nxt][:len(seqs[i])], seqs[i]))
+    host[i] = host[nxt] if ext else i
+  groups: dict = {}
+  for i in range(len(seqs)):
+    groups.setdefault(host[i], []).append((i, len(seqs[i]) - 1))
+  return sorted(groups.items())
 
-  def get(tokens, positions):
-    key = np.asarray(tokens, np.int32).tobytes() + np.asarray(positions, np.int32).tobytes()
-    if key not in done:
-      cfg.check_token_ids(tokens, "pair tokens")
-      plain = np.array_equal(positions, np.arange(len(tokens)))
-      segment = segment_rows(pol, len(tokens)) if plain else None
-      if segment is not None:  # a long forward: in segments (the same bits, less memory)
-        out = segmented_pass(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params),
-                             np.asarray(tokens, np.int32)[None], segment)
-        done[key] = {k: v[0] for k, v in _host_rows(out, -1).items()}
-      else:
-        done[key] = last(params, jnp.asarray(tokens, jnp.int32),
-                         None if plain else jnp.asarray(positions, jnp.int32))
-    return done[key]
 
-  a_list, b_list = [], []
-  for n in ns:
+@functools.lru_cache(maxsize=16)
+def _rows_fn(cfg: DecoderConfig, pol: Policy):
+  """One jitted forward returning every row (compiled once per length): y [T, D], residual
+  [L+1, T, D], heads [T, H, Dh] (the last layer's)."""
+  @jax.jit
+  def rows(params, tokens_T):
+    out = model_lib.forward(cfg, pol, params, tokens_T[None], collect=COLLECT)
+    return {"y": out["y"][0], "residual": out["residual"][:, 0], "heads": out["heads"][-1, 0]}
+  return rows
+
+
+# The exact engine reads a sequence that is a prefix of another needed one from the longer
+# one's forward, on the length-invariant schedule only (there row i of a forward has the bits
+# of the last row of an exact forward of i + 1 tokens: tested). Tests switch it off to compare
+# with one forward per sequence.
+EXACT_SHARES_PREFIXES = True
+
+
+def _exact(cfg, pol, params, pair_set, ns, progress=None) -> dict:
+  """Exact engine for one seed: metrics as pair_metrics returns them. Every distinct
+  sequence (tokens and positions) is computed once (B_n is often A_{n+1}). On the
+  length-invariant schedule a sequence with plain positions that is a prefix of another
+  needed one is read from that one's forward (:func:`_shared_prefixes`; Figure 5's setting
+  (d): A_n is a prefix of A_{n+3}, so three forwards hold every n). A forward longer than
+  one segment runs as :func:`segmented_pass`. ``progress(message)``: about every 30 s."""
+  keys: dict = {}
+  seqs, poss = [], []
+  idx = np.empty((2, len(ns)), np.int64)
+  for j, n in enumerate(ns):
     (ta, tb), (pa, pb) = pair_set.pair_tokens(int(n)), pair_set.positions(int(n))
-    a_list.append(get(ta, pa))
-    b_list.append(get(tb, pb))
-  stack = lambda xs: {k: jnp.stack([x[k] for x in xs], axis=1 if k == "residual" else 0)
-                      for k in xs[0]}
-  return jax.jit(pair_metrics)(stack(a_list), stack(b_list))
+    for side, (t, p) in enumerate(((ta, pa), (tb, pb))):
+      t, p = np.asarray(t, np.int32), np.asarray(p, np.int32)
+      key = t.tobytes() + p.tobytes()
+      if key not in keys:
+        cfg.check_token_ids(t, "pair tokens")
+        keys[key] = len(seqs)
+        seqs.append(t)
+        poss.append(p)
+      idx[side, j] = keys[key]
+  plain = [np.array_equal(p, np.arange(len(p))) for p in poss]
+  share = EXACT_SHARES_PREFIXES and pol.row_tile is not None
+  shared = [i for i in range(len(seqs)) if plain[i]] if share else []
+  alone = sorted(set(range(len(seqs))) - set(shared))
+  groups = ([(shared[h], [(shared[i], r) for i, r in g])
+             for h, g in _shared_prefixes([seqs[i] for i in shared])]
+            + [(i, [(i, len(seqs[i]) - 1)]) for i in alone])
+  last, every = _exact_fn(cfg, pol), _rows_fn(cfg, pol)
+  host: dict = {}
+  t0 = tick = time.perf_counter()
+  for g, (h, members) in enumerate(groups):
+    tokens = seqs[h]
+    segment = segment_rows(pol, len(tokens)) if plain[h] else None
+    if segment is not None:  # a long forward: in segments (the same bits, less memory)
+      out = segmented_pass(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params),
+                           tokens[None], segment)
+      got = {k: np.asarray(v)[0] for k, v in _host_rows(out, [r for _, r in members]).items()}
+      del out
+    elif len(members) == 1 and members[0][1] == len(tokens) - 1:  # its last row only
+      got = last(params, jnp.asarray(tokens), None if plain[h] else jnp.asarray(poss[h]))
+      got = {k: np.asarray(v)[None] if k != "residual" else np.asarray(v)[:, None]
+             for k, v in got.items()}
+    else:
+      rows = np.asarray([r for _, r in members])
+      got = {k: np.take(np.asarray(v), rows, axis=1 if k == "residual" else 0)
+             for k, v in every(params, jnp.asarray(tokens)).items()}
+    if not host:  # every sequence's rows: y [1, R, D], residual [1, L+1, R, D], heads [1, R, H, Dh]
+      R = len(seqs)
+      host = {k: np.empty((1, v.shape[0], R) + v.shape[2:] if k == "residual"
+                          else (1, R) + v.shape[1:], v.dtype) for k, v in got.items()}
+    at = [i for i, _ in members]
+    for k, v in got.items():
+      if k == "residual":
+        host[k][0][:, at] = v
+      else:
+        host[k][0][at] = v
+    now = time.perf_counter()
+    if progress is not None and now - tick >= 30 and g + 1 < len(groups):
+      tick = now
+      progress(f"exact forwards {g + 1} of {len(groups)} ({len(seqs)} sequences) in "
+               f"{now - t0:.0f}s")
+  return {k: v[0] for k, v in chunked_pair_metrics(host, idx, METRIC_CHUNK).items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -525,7 +595,7 @@ def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_
     put = lambda x: jax.device_put(x, where)
   params_B = put(params_B)
   if engine == "exact":
-    out = [_exact(cfg, pol, jax.tree_util.tree_map(lambda x: x[i], params_B), s, ns)
+    out = [_exact(cfg, pol, jax.tree_util.tree_map(lambda x: x[i], params_B), s, ns, progress)
            for i, s in enumerate(pair_sets)]
     return {k: np.stack([np.asarray(o[k]) for o in out]) for k in out[0]}
   planned = plan(cfg, pol, first, ns, engine, chunk=chunk, min_tokens=min_tokens,

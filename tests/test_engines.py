@@ -97,7 +97,11 @@ def test_every_engine_gives_the_exact_engines_bits(pol_name, family):
   params = jax.tree_util.tree_map(lambda x: x[None],
                                   pol.cast_params(model.init_params(CFG, jax.random.key(1))))
   lengths = np.asarray([5, 8, 9, 16, 17])
-  exact = engines.run(CFG, pol, params, [fam], lengths, engine="exact")
+  with pytest.MonkeyPatch.context() as mp:  # the reference: one forward per sequence
+    mp.setattr(engines, "EXACT_SHARES_PREFIXES", False)
+    exact = engines.run(CFG, pol, params, [fam], lengths, engine="exact")
+  shared = engines.run(CFG, pol, params, [fam], lengths, engine="exact")  # one-pass: one forward
+  assert _records_equal_bitwise(shared, exact) == [], "exact, prefixes shared"
   for engine in ENGINE_SETS[family]:
     got = engines.run(CFG, pol, params, [fam], lengths, engine=engine, chunk=3)
     assert _records_equal_bitwise(got, exact) == [], engine
@@ -118,6 +122,86 @@ def test_every_engine_gives_the_exact_engines_bits(pol_name, family):
   assert len(steps) > 1, steps  # the exact forwards longer than 16 tokens ran segmented too
   assert _records_equal_bitwise(segmented_exact, {k: np.asarray(v)[..., -2:]
                                                   for k, v in exact.items()}) == []
+
+
+class _GroupedFromTheRight(pairs.PairSet):
+  """Figure 5's setting (d) in the synthetic vocabulary: a 3-token prefix, then n digit
+  tokens (3) grouped in threes from the right by a separator (7): A_n = .. 3,333 for n = 4.
+  Not one-pass (a separator moves with n) and not appended; A_n is a prefix of A_{n+3}."""
+  name, token, copy, min_n = "grouped", 3, "token", 1
+  one_pass = property(lambda self: False)
+  appended = property(lambda self: False)
+
+  def _seq(self, n):
+    head = n % 3 or 3
+    return np.asarray([5, 6, 1] + [3] * head + [7, 3, 3, 3] * ((n - head) // 3), np.int32)
+
+  def lengths_ab(self, ns):
+    return np.asarray([[len(self._seq(int(n))) for n in ns],
+                       [len(self._seq(int(n) + 1)) for n in ns]])
+
+  def stream(self, max_n, min_tokens=0):
+    raise ValueError("no stream")
+
+  def pair_tokens(self, n):
+    return self._seq(n), self._seq(n + 1)
+
+
+def test_shared_prefixes_groups_every_sequence_under_a_sequence_it_prefixes():
+  """Each sequence is rows 0..len-1 of its host, hosts are exactly the sequences that prefix
+  no other, against a brute-force check on random short sequences (many shared prefixes)."""
+  rng = np.random.default_rng(0)
+  seqs = [rng.integers(0, 3, rng.integers(1, 6)).astype(np.int32) for _ in range(300)]
+  seqs = list({s.tobytes(): s for s in seqs}.values())
+  is_prefix = lambda a, b: len(a) <= len(b) and np.array_equal(b[:len(a)], a)
+  groups = engines._shared_prefixes(seqs)
+  hosts = [h for h, _ in groups]
+  assert sorted(hosts) == [i for i, s in enumerate(seqs)
+                           if not any(j != i and is_prefix(s, t) for j, t in enumerate(seqs))]
+  members = sorted(i for _, m in groups for i, _ in m)
+  assert members == list(range(len(seqs)))
+  for h, m in groups:
+    for i, row in m:
+      assert row == len(seqs[i]) - 1 and is_prefix(seqs[i], seqs[h])
+  d = _GroupedFromTheRight()
+  ab = [d.pair_tokens(n)[k] for n in range(1, 21) for k in range(2)]
+  ab = list({s.tobytes(): s for s in ab}.values())
+  assert len(engines._shared_prefixes(ab)) == 3  # one host per n mod 3
+
+
+@pytest.mark.bitwise
+@pytest.mark.parametrize("pol_name", [
+    "float32", pytest.param("bfloat16", marks=pytest.mark.slow),
+    pytest.param("float16", marks=pytest.mark.slow),
+    pytest.param("float8_e4m3fn", marks=pytest.mark.slow)])
+def test_exact_engine_reading_prefixes_from_longer_forwards_keeps_the_bits(pol_name):
+  """The exact engine runs the three longest sequences of a setting-(d)-like set and reads
+  every other A_n and B_n from their rows: its records equal one exact-length forward per
+  sequence bit for bit, n across the 8-row tiles and 16-key blocks, whole and in 16-row
+  segments. Broken on purpose, it fails: off the schedule (``row_tile=None``, where rows of
+  a pass are not exact forwards) with sharing forced, float32 differs in every distance
+  (measured; at n <= 21 it happened not to)."""
+  import dataclasses
+  pol = dataclasses.replace(cj.get_policy(pol_name), name=pol_name + "_t8", **SMALL_TILES)
+  d = _GroupedFromTheRight()
+  params = jax.tree_util.tree_map(lambda x: x[None],
+                                  pol.cast_params(model.init_params(CFG, jax.random.key(3))))
+  lengths = np.asarray([1, 5, 9, 15, 17, 33, 38, 39])  # every n mod 3, across tiles and blocks
+  calls = []
+  real = engines._rows_fn
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(engines, "EXACT_SHARES_PREFIXES", False)
+    alone = engines.run(CFG, pol, params, [d], lengths, engine="exact")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(engines, "_rows_fn", lambda *a: calls.append(a) or real(*a))
+    shared = engines.run(CFG, pol, params, [d], lengths, engine="exact")
+  assert calls, "the shared path ran"
+  assert _records_equal_bitwise(shared, alone) == []
+  assert np.asarray(alone["y_linf"]).min() > 0 or np.asarray(alone["y_bitwise_equal"]).any()
+  with pytest.MonkeyPatch.context() as mp:  # the hosts (up to 59 tokens) in 16-row segments
+    mp.setattr(engines, "SEGMENT_ROWS", 16)
+    segmented = engines.run(CFG, pol, params, [d], lengths, engine="exact")
+  assert _records_equal_bitwise(segmented, alone) == []
 
 
 @pytest.mark.slow
