@@ -48,9 +48,10 @@ class DecoderConfig:
     norm_eps: epsilon inside the norm's rsqrt.
     pe: 'rope' | 'sinusoidal' | 'alibi' | 'learned' | 'none'.
     rope_theta: RoPE base; rope_layout 'half' (HF rotate_half) or 'interleaved' (GGUF).
-    rope_scaling: () = plain RoPE; ('linear', factor) or ('llama3', factor, low_freq_factor,
-      high_freq_factor, original_max_len) change the frequencies
-      (``positional.rope_inv_freq``; Llama 3.1+ use 'llama3'). Every layer.
+    rope_scaling: () = plain RoPE; ('linear', factor), ('llama3', factor, low_freq_factor,
+      high_freq_factor, original_max_len) or ('factors', f_0, .., f_(Dh/2-1)) (each
+      frequency divided by its own factor: llama.cpp's ``rope_freqs`` tensor, how a Llama 3
+      GGUF stores 'llama3') change the frequencies (``positional.rope_inv_freq``). Every layer.
     max_len: longest sequence the learned PE table (or a user's sweep) supports.
     causal: causal mask (False = bidirectional).
     sliding_window: attend only to keys with |i - j| < window in positions (causal: the
@@ -154,10 +155,11 @@ class DecoderConfig:
       object.__setattr__(self, "rope_scaling", tuple(self.rope_scaling))
     rs = self.rope_scaling
     if rs:
-      size = {"linear": 2, "llama3": 5}.get(rs[0])
+      size = {"linear": 2, "llama3": 5, "factors": 1 + self.dh // 2}.get(rs[0])
       if size is None or len(rs) != size:
-        bad(f"rope_scaling must be (), ('linear', factor) or ('llama3', factor, "
-            f"low_freq_factor, high_freq_factor, original_max_len), got {rs}")
+        bad(f"rope_scaling must be (), ('linear', factor), ('llama3', factor, "
+            f"low_freq_factor, high_freq_factor, original_max_len) or ('factors', one per "
+            f"frequency: {self.dh // 2}), got {str(rs)[:120]}")
       if not all(isinstance(v, (int, float)) and v > 0 for v in rs[1:]):
         bad(f"rope_scaling's numbers must be > 0, got {rs}")
       if rs[0] == "llama3" and not rs[3] > rs[2]:

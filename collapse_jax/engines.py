@@ -50,6 +50,9 @@ COLLECT = ("residual", "heads")
 SEGMENT_ROWS = 1024
 # The causal engine's metrics are computed this many n at a time (:func:`chunked_pair_metrics`)
 METRIC_CHUNK = 1024
+# After a segmented prefix pass, the kv_cache engine's appended stage runs about this many n
+# per call (:func:`_kv_stage_in_steps`), so that a long run reports progress between calls
+KV_STEP = 256
 # Number of times each (policy name, num_heads, engine) sweep program was traced: a test
 # checks it stays 1 however many lengths are swept.
 TRACE_COUNT: collections.Counter = collections.Counter()
@@ -316,6 +319,32 @@ def _chunk_metrics_fn():
   return jax.jit(jax.vmap(pair_metrics))
 
 
+def _kv_stage_in_steps(cfg, pol, params_B, k, v, pair_set, len_a_S, chunk, put, progress):
+  """The kv_cache stage after a segmented prefix pass (k, v [B, L, M, KV, Dh]), in calls of
+  about :data:`KV_STEP` n (equal sizes; the last padded by repeating its last n), one
+  compiled program: each n's tokens run alone (``lax.map``, B = 1), so the split changes no
+  value (tested). ``progress(message)`` between calls, about every 30 s, with a lower bound
+  on the time left (a later n attends to more keys, so it costs at least as much)."""
+  S = len(len_a_S)
+  step = -(-S // -(-S // KV_STEP))
+  prog = _kv_stage_program(cfg, pol, int(min(chunk, step)), pair_set.copy == "vector")
+  token = put(jnp.asarray(pair_set.token, jnp.int32))
+  parts, t0 = [], time.perf_counter()
+  tick = t0
+  for i in range(0, S, step):
+    part = np.asarray(len_a_S[i:i + step], np.int32)
+    part = np.concatenate([part, np.repeat(part[-1:], step - len(part))])
+    parts.append(prog(params_B, k, v, token, put(jnp.asarray(part))))
+    if progress is not None and i + step < S:
+      jax.block_until_ready(parts[-1])
+      now, done = time.perf_counter(), i + step
+      if now - tick >= 30:
+        tick = now
+        progress(f"kv_cache lengths {done} of {S} in {now - t0:.0f}s; at least "
+                 f"{(now - t0) * (S - done) / done:.0f}s to go")
+  return {key: jnp.concatenate([p[key] for p in parts], axis=-1)[..., :S] for key in parts[0]}
+
+
 @functools.lru_cache(maxsize=16)
 def _kv_stage_program(cfg: DecoderConfig, pol: Policy, chunk: int, copy_vector: bool):
   """jit(vmap over seeds) of :func:`_kv_stage` and its metrics: f(params_B, k_B, v_B, token,
@@ -444,8 +473,10 @@ def _exact(cfg, pol, params, pair_set, ns, progress=None) -> dict:
     tokens = seqs[h]
     segment = segment_rows(pol, len(tokens)) if plain[h] else None
     if segment is not None:  # a long forward: in segments (the same bits, less memory)
+      note = None if progress is None else (
+          lambda msg, g=g: progress(f"exact forward {g + 1} of {len(groups)}: {msg}"))
       out = segmented_pass(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params),
-                           tokens[None], segment)
+                           tokens[None], segment, progress=note)
       got = {k: np.asarray(v)[0] for k, v in _host_rows(out, [r for _, r in members]).items()}
       del out
     elif len(members) == 1 and members[0][1] == len(tokens) - 1:  # its last row only
@@ -626,9 +657,8 @@ def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_
       out = segmented_pass(cfg, pol, params_B, tokens_BT, segment, COLLECT, put, progress)
       return chunked_pair_metrics(out, rows, METRIC_CHUNK, put)
     out = segmented_pass(cfg, pol, params_B, tokens_BT, segment, ("kv",), put, progress)
-    prog = _kv_stage_program(cfg, pol, int(min(chunk, ns.size)), first.copy == "vector")
-    return prog(params_B, out["k"], out["v"], *[put(jnp.asarray(x, jnp.int32))
-                                                for x in (first.token, len_a)])
+    return _kv_stage_in_steps(cfg, pol, params_B, out["k"], out["v"], first, len_a, chunk,
+                              put, progress)
   prog = sweep_program(cfg, pol, engine, first.one_pass, total, int(min(chunk, ns.size)),
                        first.copy == "vector", planned.query_chunk, spread)
   args = [jnp.asarray(x, jnp.int32) for x in (tokens_BT, first.token, len_a, rows)]

@@ -20,11 +20,15 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: tuple = ()) -> np.ndarra
       frequency-dependent scaling. With wavelength w = 2 pi / f, lo = original_max_len /
       low_freq_factor and hi = original_max_len / high_freq_factor: w < hi keeps f, w > lo
       gives f / factor, and in between f is blended, s = (original_max_len / w -
-      low_freq_factor) / (high_freq_factor - low_freq_factor), (1 - s) f / factor + s f."""
+      low_freq_factor) / (high_freq_factor - low_freq_factor), (1 - s) f / factor + s f;
+    ('factors', f_0, .., f_(Dh/2-1)): frequency i divided by f_i (llama.cpp's ``rope_freqs``
+      tensor: a Llama 3 GGUF stores 'llama3' as these, 1 / ((1 - s) / factor + s) blended)."""
   inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
   if not scaling:
     return inv
   kind, factor = scaling[0], float(scaling[1])
+  if kind == "factors":
+    return inv / np.asarray(scaling[1:], np.float64)
   if kind == "linear":
     return inv / factor
   low, high, orig = (float(v) for v in scaling[2:])

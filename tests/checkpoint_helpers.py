@@ -138,6 +138,27 @@ def _write_tiny_gguf(path: Path, cfg: DecoderConfig, sd, *, q8_embedding: bool):
   return tokens
 
 
+def _llama3_rope_freqs(rope: dict, dh: int) -> np.ndarray:
+  """[Dh/2] float32 divisors as llama.cpp's convert_hf_to_gguf computes them for Llama 3
+  (written here from its description: 1 for short wavelengths, the factor for long ones,
+  1 / ((1 - s) / factor + s) between)."""
+  import math
+  base, factor = float(rope["rope_theta"]), float(rope["factor"])
+  low, high = float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+  orig = float(rope["original_max_position_embeddings"])
+  out = []
+  for i in range(0, dh, 2):
+    wavelen = 2 * math.pi * base ** (i / dh)
+    if wavelen < orig / high:
+      out.append(1.0)
+    elif wavelen > orig / low:
+      out.append(factor)
+    else:
+      s = (orig / wavelen - low) / (high - low)
+      out.append(1 / ((1 - s) / factor + s))
+  return np.asarray(out, np.float32)
+
+
 def write_hf_as_gguf(path: Path, arch: str, model) -> None:
   """A transformers model (``tiny_hf``'s, float32) written as a ``arch`` GGUF the way
   llama.cpp's converter writes it: its metadata keys, Q/K rows permuted for llama only,
@@ -157,6 +178,9 @@ def write_hf_as_gguf(path: Path, arch: str, model) -> None:
   if rope.get("rope_type") == "linear":
     w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
     w.add_rope_scaling_factor(float(rope["factor"]))
+  if rope.get("rope_type") == "llama3":  # llama.cpp's converter: a rope_freqs tensor of divisors
+    w.add_tensor("rope_freqs.weight", _llama3_rope_freqs(
+        {"rope_theta": getattr(c, "rope_theta", 10000.0), **rope}, dh))
   w.add_layer_norm_rms_eps(c.rms_norm_eps)
   w.add_vocab_size(c.vocab_size)
   if arch == "gemma2":

@@ -436,6 +436,8 @@ def _rope_freqs(inv, scaling):
     return inv
   if scaling[0] == "linear":
     return inv / scaling[1]
+  if scaling[0] == "factors":  # llama.cpp's rope_freqs: one divisor per frequency
+    return np.asarray([f / float(d) for f, d in zip(inv, scaling[1:])])
   factor, low, high, orig = (float(v) for v in scaling[1:])
   out = np.empty_like(inv)
   for i, f in enumerate(inv):

@@ -290,6 +290,16 @@ def test_gguf_tensors_the_decoder_does_not_read_are_refused():
   for extra in ("rope_freqs.weight", "blk.0.attn_q.bias"):
     with pytest.raises(CheckpointError, match=rf"\['{re.escape(extra)}'\] are not read"):
       hf_state_dict_from_gguf(cfg, {**tensors, extra: np.ones(4, np.float32)}, permute=False)
+  # rope_freqs is read as RoPE scaling where the config took it (with_rope_freqs), else refused
+  from collapse_jax.checkpoints.gguf import with_rope_freqs
+  freqs = {"rope_freqs.weight": np.asarray([1.0, 8.0], np.float32)}
+  took = with_rope_freqs(cfg, freqs, "llama")
+  assert took.rope_scaling == ("factors", 1.0, 8.0)
+  assert "norm.weight" in hf_state_dict_from_gguf(took, {**tensors, **freqs}, permute=False)
+  with pytest.raises(CheckpointError, match="both RoPE scaling 'linear'"):
+    with_rope_freqs(cfg.replace(rope_scaling=("linear", 2.0)), freqs, "llama")
+  with pytest.raises(CheckpointError, match="rope_freqs has 3 values"):
+    with_rope_freqs(cfg, {"rope_freqs.weight": np.ones(3, np.float32)}, "llama")
 
 
 @needs_gguf

