@@ -78,6 +78,7 @@ POSITIONS = ("digit", "turn_end")
 PROMPT_FORMATS = {  # name -> how results and figures describe it
     "chat": "the chat template",
     "plain": "plain text '<bos>{question} {digits}\\nAnswer:'",
+    "template": "the checkpoint's own chat template",
 }
 PLAIN_CUE = "\nAnswer:"  # the end of a 'plain' prompt (its "turn end")
 COUNT_QUESTION = "How many ones are in the following sequences?"
@@ -253,9 +254,48 @@ def _single(tokenizer, text: str) -> int:
   return ids[0]
 
 
+class ChatTemplate(str):
+  """The prompt format 'template': a checkpoint's own Jinja chat template (an HF directory's
+  chat_template.jinja or tokenizer_config.json, a GGUF's ``tokenizer.chat_template``). It is
+  the string 'template' (so results, captions and ``PROMPT_FORMATS`` name it) carrying the
+  template ``source``; :meth:`render` renders one user turn as transformers'
+  ``apply_chat_template`` does (sandboxed Jinja, trim_blocks, lstrip_blocks, loopcontrols,
+  ``raise_exception``, ``tojson``), with ``add_generation_prompt=True``. ``bos_token``
+  renders empty: every prompt here is encoded with BOS added by the tokenizer, where it adds
+  one, so a template that writes it would give two."""
+
+  def __new__(cls, source: str, eos_token: str = ""):
+    self = super().__new__(cls, "template")
+    self.source, self.eos_token = source, eos_token
+    return self
+
+  def __reduce__(self):
+    return ChatTemplate, (self.source, self.eos_token)
+
+  def render(self, user: str, system: str | None = None) -> str:
+    import json
+    import jinja2.ext
+    import jinja2.sandbox
+
+    def fail(message):
+      raise ValueError(f"the chat template refused the prompt: {message}")
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False, separators=None, \
+        sort_keys=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii,
+                                    separators=separators, sort_keys=sort_keys)
+    env.globals["raise_exception"] = fail
+    msgs = ([{"role": "system", "content": system}] if system is not None else []) + \
+        [{"role": "user", "content": user}]
+    return env.from_string(self.source).render(
+        messages=msgs, add_generation_prompt=True, bos_token="", eos_token=self.eos_token)
+
+
 def prompt_text(user: str, prompt_format: str = "chat", *, system: str | None = None) -> str:
   """The whole prompt text for a user text (BOS is added by the tokenizer, not here)."""
   from collapse_jax.checkpoints.tokenizer import chat_prompt
+  if isinstance(prompt_format, ChatTemplate):
+    return prompt_format.render(user, system)
   if prompt_format == "chat":
     return chat_prompt(user, system=system)
   if prompt_format == "plain":

@@ -189,9 +189,9 @@ def slot(task: str) -> str:
 
 
 def prompt_text(user: str, prompt_format: str) -> str:
-  """'chat': the chat template (prompts.prompt_text); 'plain' (base models): BOS is added by
-  the tokenizer, then the user text and one newline, and the model continues."""
-  return prompts.prompt_text(user, "chat") if prompt_format == "chat" else user + "\n"
+  """'chat' or a checkpoint's own template (prompts.prompt_text); 'plain' (base models): BOS
+  is added by the tokenizer, then the user text and one newline, and the model continues."""
+  return user + "\n" if prompt_format == "plain" else prompts.prompt_text(user, prompt_format)
 
 
 @dataclasses.dataclass(frozen=True)

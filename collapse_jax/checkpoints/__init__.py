@@ -62,8 +62,10 @@ def load_model(name: str, **kw):
   """The real model ``name`` with ``name``, ``label`` and ``prompt_format`` set: a key of
   :data:`MODELS` (a GGUFModel; keywords go to its loader, e.g. ``cache=True``), or a path
   (:func:`check_model`): a local HF directory (an ``hf.HFModel``) or a GGUF file. A model
-  given by path gets the 'plain' prompt format (plain text after BOS; the chat format here is
-  SmolLM2's ChatML, not the model's own template) and its path as label."""
+  given by path gets its own chat template as its prompt format where it has one
+  (``prompts.ChatTemplate``: chat_template.jinja or tokenizer_config.json's chat_template;
+  a GGUF's tokenizer.chat_template), else 'plain' (plain text after BOS), and its path as
+  label."""
   check_model(name)
   if name in MODELS:
     e = MODELS[name]
@@ -71,7 +73,33 @@ def load_model(name: str, **kw):
   p = _Path(name).expanduser()
   m = load_hf_model(p) if p.is_dir() else load_gguf(p, **kw)
   kind = "HF directory" if p.is_dir() else "GGUF"
-  return _dc.replace(m, name=str(p), label=f"{p.name} ({kind} {p})", prompt_format="plain")
+  source = (_hf_chat_template(p) if p.is_dir()
+            else m.metadata.get("tokenizer.chat_template"))
+  from collapse_jax.prompts import ChatTemplate
+  fmt = ChatTemplate(source, _eos_text(m)) if source else "plain"
+  return _dc.replace(m, name=str(p), label=f"{p.name} ({kind} {p})", prompt_format=fmt)
+
+
+def _hf_chat_template(path) -> str | None:
+  """An HF directory's chat template: chat_template.jinja (transformers 5 saves it there),
+  else tokenizer_config.json's chat_template (a string, or named templates: 'default')."""
+  import json
+  if (path / "chat_template.jinja").is_file():
+    return (path / "chat_template.jinja").read_text()
+  cfg = path / "tokenizer_config.json"
+  t = json.loads(cfg.read_text()).get("chat_template") if cfg.is_file() else None
+  if isinstance(t, list):
+    t = {d.get("name"): d.get("template") for d in t}.get("default")
+  return t or None
+
+
+def _eos_text(m) -> str:
+  """The text of the model's first end-of-sequence token, for templates that write it."""
+  ids = list(getattr(m, "eos_token_ids", ()) or ())
+  try:
+    return m.tokenizer.id_to_token(int(ids[0])) or "" if ids else ""
+  except (AttributeError, TypeError):
+    return ""
 
 
 __all__ = ["CheckpointError", "GGUFModel", "HFModel", "MODELS", "ModelEntry",
