@@ -18,7 +18,8 @@ n in the grid, in THE decoder with the GGUF weights:
       # commas from the right (exact forwards) vs from the left (one causal pass)
 
 Engines (collapse_jax/engines.py; default: causal for (a), (c), d_left, kv_cache for (b),
-exact for (d): its commas are not prefix-consistent). --position=turn_end compares the chat
+exact for (d): its commas are not prefix-consistent, but A_n is a prefix of A_{n+3}, so the exact
+engine runs three forwards and reads every n from their rows). --position=turn_end compares the chat
 turn's last token (exact engine only). --seeds: setting (b)'s digit seeds. --model picks the
 model (checkpoints.MODELS) and its prompt format (collapse_jax/prompts.py). Writes
 results.json, real_model_collapse.png (Figure 5), real_model_collapse_layers.png and with
