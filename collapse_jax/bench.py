@@ -41,20 +41,23 @@ def best_of(fn, repeats: int) -> tuple[float, object]:
   return min(runs, key=lambda r: r[0])
 
 
-def generate_timings(cfg: DecoderConfig, pol: Policy, params, ids: list, new_tokens: int,
+def generate_timings(cfg: DecoderConfig, pol: Policy, params, prompts: list, new_tokens: int,
                      repeats: int, on_path: bool = False) -> dict:
-  """``generate.greedy_decode`` of one prompt (``ids``, N token ids) for ``new_tokens`` greedy tokens
-  (batch 1) under ``pol`` (``params`` already cast): one call that compiles, then the best
-  of ``repeats``. Returns prefill_s, decode_tok_s, e2e_tok_s (new tokens / whole call),
-  compile_s (first call minus best), step_ms (per decode step), ids (the new tokens) and the
+  """``generate.greedy_decode`` of a batch of B prompts (lists of token ids) for
+  ``new_tokens`` greedy tokens each under ``pol`` (``params`` already cast): one call that
+  compiles, then the best of ``repeats``. Returns prefill_s, decode_tok_s and e2e_tok_s
+  (tokens of all rows per second: B new tokens per step; e2e over the whole call), compile_s
+  (first call minus best), step_ms (per decode step), ids (each row's new tokens) and the
   run's P and S (``generate.Generation``). ``on_path``: ``greedy_decode(on_path=True)``."""
-  run = lambda: generate.greedy_decode(cfg, pol, params, [ids], new_tokens, on_path=on_path)
+  run = lambda: generate.greedy_decode(cfg, pol, params, prompts, new_tokens, on_path=on_path)
   t = time.perf_counter()
   run()  # compiles
   first = time.perf_counter() - t
   total, g = best_of(run, repeats)
-  return {"prefill_s": g.prefill_s, "decode_tok_s": g.steps / g.decode_s if g.steps else 0.0,
-          "e2e_tok_s": new_tokens / total, "compile_s": first - total, "ids": g.ids[0],
+  B = len(prompts)
+  return {"prefill_s": g.prefill_s,
+          "decode_tok_s": B * g.steps / g.decode_s if g.steps else 0.0,
+          "e2e_tok_s": B * new_tokens / total, "compile_s": first - total, "ids": g.ids,
           "step_ms": 1e3 * g.decode_s / max(g.steps, 1), "P": g.P, "S": g.S}
 
 

@@ -129,9 +129,11 @@ def test_bench_generate_defaults_parse_to_the_documented_spec():
   assert [p.name for p in spec.policies] == ["float32"] and spec.lens == [100, 2000]
   assert spec.flags["model"] == "smollm2" and spec.flags["new_tokens"] == 32
   assert spec.flags["repeats"] == 2 and spec.flags["hf"] and not spec.flags["on_path"]
+  assert spec.batches == [1]
   spec = _parse(bench_generate, "--dtype=float32,bfloat16", "--prompt_lens=40", "--nohf",
-                "--model=gemma3", "--on_path")
+                "--model=gemma3", "--on_path", "--batch=1,8")
   assert [p.name for p in spec.policies] == ["float32", "bfloat16"] and spec.lens == [40]
+  assert spec.batches == [1, 8]
   assert not spec.flags["hf"] and spec.flags["model"] == "gemma3" and spec.flags["on_path"]
 
 
@@ -142,6 +144,7 @@ def test_bench_generate_defaults_parse_to_the_documented_spec():
     (["--prompt_lens=100,100"], "--prompt_lens repeats a value"),
     (["--new_tokens=1"], "--new_tokens must be >= 2"),
     (["--repeats=0"], "--repeats must be >= 1"),
+    (["--batch=0"], "--batch must be >= 1"),
     (["--model=llama"], "smollm2"),  # absl: enum
     (["--new_tokens=x"], "invalid literal for int()"),
 ])
