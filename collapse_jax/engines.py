@@ -9,8 +9,10 @@ engine registry. Words (n, A_n, B_n, stream, one pass, appended, copy): collapse
     attend to the first len(A_n)-1 cached keys. Token 0 is A_n's last token, token 1 is B_n's.
   * ``masked``   (appended sets; the reference): per n one forward over B_n padded to
     len(B_max) with a key-padding mask, one after another (lax.map).
-  * ``exact``    (any set): separate exact-shape forwards of A_n and B_n (one compile per
-    sequence length: for small grids and for pairs no one-pass form holds).
+  * ``exact``    (any set): exact-shape forwards of A_n and B_n (one compile per sequence
+    length: for small grids and for pairs no one-pass form holds). On the length-invariant
+    schedule a sequence that prefixes another needed one is read from that one's rows
+    (:func:`_shared_prefixes`; setting (d): three forwards for every n).
 Every engine but ``exact`` is jit-compiled ONCE per (policy, config, engine): lengths and seeds
 are data. On the length-invariant schedule (``Policy.row_tile`` set) every engine computes a
 row as an exact-length forward does: the same tiles and key blocks at the same stream indices,
