@@ -32,7 +32,7 @@ import time
 from absl import app, flags, logging
 
 # importing collapse_jax applies the XLA guards before jax starts
-from collapse_jax import cli, figures, harness, hosts, jobs, results, tasks
+from collapse_jax import cli, figures, harness, hosts, jobs, prompts, results, tasks
 
 F = flags.FLAGS
 # The size presets (cli.sized): 'small' by default, 'full' with --full (the paper's grid); a
