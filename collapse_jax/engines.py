@@ -428,8 +428,8 @@ def _rows_fn(cfg: DecoderConfig, pol: Policy):
   [L+1, T, D], heads [T, H, Dh] (the last layer's)."""
   @jax.jit
   def rows(params, tokens_T):
-    out = model_lib.forward(cfg, pol, params, tokens_T[None], collect=COLLECT)
-    return {"y": out["y"][0], "residual": out["residual"][:, 0], "heads": out["heads"][-1, 0]}
+    return _rows(model_lib.forward(cfg, pol, params, tokens_T[None], collect=COLLECT),
+                 slice(None))
   return rows
 
 

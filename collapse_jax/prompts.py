@@ -64,6 +64,7 @@ Exactness of the one-pass formulations:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -273,6 +274,14 @@ class ChatTemplate(str):
     return ChatTemplate, (self.source, self.eos_token)
 
   def render(self, user: str, system: str | None = None) -> str:
+    msgs = ([{"role": "system", "content": system}] if system is not None else []) + \
+        [{"role": "user", "content": user}]
+    return self._compiled.render(messages=msgs, add_generation_prompt=True, bos_token="",
+                                 eos_token=self.eos_token)
+
+  @functools.cached_property
+  def _compiled(self):
+    """The template compiled once (a task grid renders it for every prompt)."""
     import json
     import jinja2.ext
     import jinja2.sandbox
@@ -285,10 +294,7 @@ class ChatTemplate(str):
         sort_keys=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii,
                                     separators=separators, sort_keys=sort_keys)
     env.globals["raise_exception"] = fail
-    msgs = ([{"role": "system", "content": system}] if system is not None else []) + \
-        [{"role": "user", "content": user}]
-    return env.from_string(self.source).render(
-        messages=msgs, add_generation_prompt=True, bos_token="", eos_token=self.eos_token)
+    return env.from_string(self.source)
 
 
 def prompt_text(user: str, prompt_format: str = "chat", *, system: str | None = None) -> str:

@@ -97,7 +97,7 @@ def _eos_text(m) -> str:
   """The text of the model's first end-of-sequence token, for templates that write it."""
   ids = list(getattr(m, "eos_token_ids", ()) or ())
   try:
-    return m.tokenizer.id_to_token(int(ids[0])) or "" if ids else ""
+    return (m.tokenizer.id_to_token(int(ids[0])) or "") if ids else ""
   except (AttributeError, TypeError):
     return ""
 
