@@ -110,3 +110,41 @@ def test_softcapped_scores_match_a_float64_reference(tiled):
   np.testing.assert_allclose(np.asarray(heads, np.float64), want, rtol=1e-5, atol=1e-6)
   plain = _reference(q, k, v, pos, valid, causal=True, window=5, scale=1.0)
   assert np.max(np.abs(plain - want)) > 0.05
+
+
+@pytest.mark.bitwise
+@pytest.mark.parametrize("preset", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", ["causal", "window", "bidirectional", "cache", "gap"])
+def test_visible_blocks_only_keeps_the_bits_and_the_derivatives(monkeypatch, preset, case):
+  """Past UNROLL_BLOCKS key blocks, each tile loops over only the blocks from its first seen
+  to its last (``attention.VISIBLE_BLOCKS_ONLY``); the scans over every block give the same
+  heads bit for bit, on a causal pass, a window of 5, a bidirectional pass, rows written into
+  a cache at a traced slot, and a whole key block padded out in the middle (a gap the loop
+  must skip). Tiles and blocks of 8 rows/keys, 4 key blocks. The gradient (reverse mode, the
+  loops' custom_jvp) equals the scans'."""
+  pol = dataclasses.replace(precision.get_policy(preset), row_tile=8, accum_block=8)
+  q, k, v, pos, valid = _inputs(3)
+  if case == "gap":
+    valid[:, 8:16] = False
+  args = list(map(jnp.asarray, (q, k, v, pos, valid, pos[:, M - N:])))
+  kw = dict(causal=case != "bidirectional", window=5 if case == "window" else None,
+            alibi_heads=None, qk_scale=DH ** -0.5)
+  cast = lambda x: x.astype(pol.storage_dtype)
+
+  def heads(q, start):
+    qs = None if case != "cache" else start
+    return attention.attend(pol, cast(q), cast(args[1]), cast(args[2]), *args[3:5], args[5],
+                            q_start=qs, **kw)[0].astype(jnp.float32)
+
+  def both():
+    f = jax.jit(heads)
+    g = jax.jit(jax.grad(lambda q, s: jnp.sum(heads(q, s) ** 2)))
+    return np.asarray(f(args[0], M - N)), np.asarray(g(args[0], M - N))
+
+  fast, fast_grad = both()
+  monkeypatch.setattr(attention, "VISIBLE_BLOCKS_ONLY", False)
+  jax.clear_caches()
+  scanned, scanned_grad = both()
+  assert np.isfinite(scanned).all()
+  np.testing.assert_array_equal(fast.view(np.uint32), scanned.view(np.uint32))
+  np.testing.assert_array_equal(fast_grad, scanned_grad)
