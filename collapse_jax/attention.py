@@ -14,9 +14,7 @@ first); a key is at index j in [0, M). R = ``Policy.row_tile`` and Bk = ``Policy
          block, accumulated in ``accum_dtype`` in block order), rounded at ``heads``.
     A block that no row of the tile may see is skipped (``lax.cond``): it would only add
     exact zeros. That is the causal pass's saving (about half the blocks) and a sliding
-    window's. Past ``UNROLL_BLOCKS`` blocks the passes loop over only the blocks from the
-    first a row of the tile sees to the last (:data:`VISIBLE_BLOCKS_ONLY`), so the empty
-    slots of a long kv cache cost nothing either.
+    window's.
 
 Why it holds the bits. Every dot has the same shape for every tile and block, and a row sits
 at the same place in it (index i: tile i // R, row i % R), so the backend computes its
@@ -111,10 +109,6 @@ def attend(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, q_pos_BN,
 # code, without the loops and conditionals that only pay off for long ones. Same ops, same
 # shapes, same order: the same bits either way (tests/test_model.py crosses the threshold).
 UNROLL_BLOCKS = 2
-# Past that, each query tile's passes run over only the blocks from the first that one of its
-# rows sees to the last (:func:`_visible_blocks_only`); False: scans over every block, each
-# skipped by a conditional (the same bits: tests/test_attention.py switches this).
-VISIBLE_BLOCKS_ONLY = True
 
 
 def _over_blocks(body, carry, xs, n: int):
@@ -132,64 +126,6 @@ def _over_blocks(body, carry, xs, n: int):
 def _maybe(skip: bool, mask, live, dead):
   """``live()`` where some row sees the block, else ``dead()``; without ``skip``, live()."""
   return jax.lax.cond(jnp.any(mask), live, dead) if skip else live()
-
-
-def _visible_blocks_only(kb, nk: int, mask_of, score_block, exp_block, value_block, inits,
-                         sum_total, finish):
-  """One query tile's three passes over only the key blocks from the first that a row of the
-  tile may see to the last (``lax.fori_loop`` with a traced trip count), not over all ``nk``:
-  the blocks outside add exact zeros (or are skipped) on the scanned path too, so the bits are
-  the same; a block between them that no row sees is skipped as there. Between the passes a
-  block's scores, then its exponentials, are kept in one buffer [nk, B, KV, G, R, Bk],
-  written and read only where blocks run. What a kv cache's empty slots or a causal tile's
-  later keys cost is then one fill of that buffer, not three passes. The loops are not
-  reverse-differentiable: ``tiled_attention`` gives them the scanned passes' derivatives."""
-  row_max0, total0, init = inits
-  shape = row_max0.shape[:-1] + (kb[0].shape[2],)
-  at = lambda b: jax.tree_util.tree_map(
-      lambda a: jax.lax.dynamic_index_in_dim(a, b, 0, keepdims=False), kb)
-  mask_at = lambda blk: mask_of(blk[3], blk[5], blk[4])
-  seen = jax.vmap(lambda *blk: jnp.any(mask_at(blk)))(*kb)  # [nk]
-  some = jnp.any(seen)
-  lo = jnp.where(some, jnp.argmax(seen), 0)
-  hi = jnp.where(some, nk - jnp.argmax(seen[::-1]), 0)
-  lowest = row_max0.dtype.type(jnp.finfo(row_max0.dtype).min)
-  put = lambda buf, x, b: jax.lax.dynamic_update_index_in_dim(buf, x, b, 0)
-
-  def scores(b, carry):
-    row_max, buf = carry
-    _, live = score_block(at(b))
-    s = jax.lax.cond(seen[b], live, lambda: jnp.full(shape, lowest))
-    return jnp.maximum(row_max, jnp.max(s, axis=-1, keepdims=True)), put(buf, s, b)
-
-  buf = jnp.zeros((nk,) + shape, row_max0.dtype)
-  row_max, buf = jax.lax.fori_loop(lo, hi, scores, (row_max0, buf))
-
-  def exps(b, carry):
-    total, buf = carry
-    s, mask = buf[b], mask_at(at(b))
-
-    def live():
-      e, part = exp_block(s, mask, row_max)
-      return total + part, e
-
-    total, e = jax.lax.cond(seen[b], live, lambda: (total, jnp.zeros_like(s)))
-    return total, put(buf, e, b)
-
-  total, buf = jax.lax.fori_loop(lo, hi, exps, (total0, buf))
-  total = sum_total(total)
-
-  def values(b, carry):
-    acc, sees_bad = carry
-    blk = at(b)
-
-    def live():
-      part, hit, _ = value_block(buf[b], mask_at(blk), total, blk)
-      return acc + part, sees_bad | hit
-
-    return jax.lax.cond(seen[b], live, lambda: (acc, sees_bad))
-
-  return finish(*jax.lax.fori_loop(lo, hi, values, init))
 
 
 def _pad_axis(x, axis: int, before: int, after: int, value=0):
@@ -260,7 +196,7 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
   k_blocks = (blocks(k_BMKD), blocks(v_safe), blocks(bad, False), blocks(k_valid_BM, False),
               blocks(k_pos_BM), jnp.arange(nk * Bk).reshape(nk, Bk))
 
-  def tile(q_BRKGD, idx_R, qpos_BR, kb, visible_only=False):
+  def tile(q_BRKGD, idx_R, qpos_BR, kb):
     def mask_of(valid_BK, kidx_K, kpos_BK):  # [B, R, Bk]
       m = valid_BK[:, None, :] & (idx_R >= 0)[None, :, None]
       if causal:
@@ -270,11 +206,8 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
       return m[:, None, None]  # [B, 1, 1, R, Bk]
 
     shape = (B, KV, G, R, Bk)
-    p_dtype = jax.eval_shape(lambda x: pol.round(x, "probs"),
-                             jax.ShapeDtypeStruct(shape, cd)).dtype
 
-    # One block's work in each pass; the passes below only decide which blocks run.
-    def score_block(blk):  # s [B, KV, G, R, Bk], with masked entries at `lowest`
+    def scores(carry, blk, skip):
       k_j, _, _, valid_j, kpos_j, kidx_j = blk
       mask = mask_of(valid_j, kidx_j, kpos_j)
 
@@ -286,79 +219,50 @@ def tiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_BM, 
           bias = positional.alibi_bias(qpos_BR, kpos_j, alibi_heads, causal, cd)
           s = step(jnp.add, s, bias.reshape(shape))
         return jnp.where(mask, s, lowest)
-      return mask, live
 
-    def exp_block(s, mask, row_max):  # e [B, KV, G, R, Bk] and its sum in this module's order
-      e = step(jnp.exp, step(jnp.subtract, s, row_max))
-      e = jnp.where(mask, e, jnp.zeros((), sd))
-      return e, pairwise_sum(e.astype(cd))
-
-    def value_block(e, mask, total, blk):  # heads' part [B, R, KV, G, Dh], bad hits, p
-      _, v_j, bad_j, *_ = blk
-      p = pol.round(step(jnp.divide, e, total).astype(cd), "probs")
-      if pol.frozen_attention:
-        p = jax.lax.stop_gradient(p)
-      part = pol.dot_accum("bhgnm,bmhk->bnhgk", p, v_j, at=VALUE_AT)
-      hit = jnp.any(mask[:, 0, 0, :, :, None] & bad_j[:, None, :, :], axis=2)  # [B, R, KV]
-      return part, hit, p
-
-    # -0.0 + x == x for every x (+0.0 too): starting there, skipped blocks change nothing
-    row_max0 = jnp.full(shape[:-1] + (1,), lowest)
-    total0 = jnp.full(shape[:-1] + (1,), -0.0, cd)
-    init = (jnp.full((B, R, KV, G, Dh), -0.0, pol.accum_dtype), jnp.zeros((B, R, KV), bool))
-
-    def finish(acc, sees_bad):
-      heads = pol.round(acc.astype(cd), "heads")
-      return jnp.where(sees_bad[..., None, None], jnp.asarray(jnp.nan, heads.dtype), heads)
-
-    def sum_total(total):
-      total = total.astype(sd)  # the sum's one rounding to the softmax dtype
-      return jnp.where(total > 0, total, jnp.ones((), sd))
-
-    if visible_only:
-      return _visible_blocks_only(kb, nk, mask_of, score_block, exp_block, value_block,
-                                  (row_max0, total0, init), sum_total, finish), None
-
-    def scores(carry, blk, skip):
-      mask, live = score_block(blk)
       s = _maybe(skip, mask, live, lambda: jnp.full(shape, lowest))
       return jnp.maximum(carry, jnp.max(s, axis=-1, keepdims=True)), (s, mask)
 
-    row_max, (s_all, masks) = _over_blocks(scores, row_max0, kb, nk)
+    row_max, (s_all, masks) = _over_blocks(scores, jnp.full(shape[:-1] + (1,), lowest), kb, nk)
 
     def exps(total, blk, skip):
       s, mask = blk
 
       def live():
-        e, part = exp_block(s, mask, row_max)
-        return total + part, e
+        e = step(jnp.exp, step(jnp.subtract, s, row_max))
+        e = jnp.where(mask, e, jnp.zeros((), sd))
+        return total + pairwise_sum(e.astype(cd)), e
 
       return _maybe(skip, mask, live, lambda: (total, jnp.zeros(shape, sd)))
 
-    total, e_all = _over_blocks(exps, total0, (s_all, masks), nk)
-    total = sum_total(total)
+    # -0.0 + x == x for every x (+0.0 too): starting there, skipped blocks change nothing
+    total, e_all = _over_blocks(exps, jnp.full(shape[:-1] + (1,), -0.0, cd), (s_all, masks), nk)
+    total = total.astype(sd)  # the sum's one rounding to the softmax dtype
+    total = jnp.where(total > 0, total, jnp.ones((), sd))
 
     def values(carry, blk, skip):
       acc, sees_bad = carry
-      e, mask, kb_j = blk
+      e, mask, (_, v_j, bad_j, *_) = blk
 
       def live():
-        part, hit, p = value_block(e, mask, total, kb_j)
+        p = pol.round(step(jnp.divide, e, total).astype(cd), "probs")
+        if pol.frozen_attention:
+          p = jax.lax.stop_gradient(p)
+        part = pol.dot_accum("bhgnm,bmhk->bnhgk", p, v_j, at=VALUE_AT)
+        hit = jnp.any(mask[:, 0, 0, :, :, None] & bad_j[:, None, :, :], axis=2)  # [B, R, KV]
         return (acc + part, sees_bad | hit), p if want_probs else jnp.zeros((), p_dtype)
 
       return _maybe(skip, mask, live, lambda: (
           (acc, sees_bad), jnp.zeros(shape if want_probs else (), p_dtype)))
 
+    p_dtype = jax.eval_shape(lambda x: pol.round(x, "probs"),
+                             jax.ShapeDtypeStruct(shape, cd)).dtype
+    init = (jnp.full((B, R, KV, G, Dh), -0.0, pol.accum_dtype), jnp.zeros((B, R, KV), bool))
     (acc, sees_bad), p_all = _over_blocks(values, init, (e_all, masks, kb), nk)
-    heads = finish(acc, sees_bad)
+    heads = pol.round(acc.astype(cd), "heads")
+    heads = jnp.where(sees_bad[..., None, None], jnp.asarray(jnp.nan, heads.dtype), heads)
     return (heads, p_all) if want_probs else (heads, None)
 
-  if VISIBLE_BLOCKS_ONLY and nk > UNROLL_BLOCKS and not want_probs:
-    # the visible blocks only, whose loops reverse mode cannot differentiate; derivatives
-    # (forward and reverse) are the scanned passes', which compute the same values
-    scanned = tile
-    tile = jax.custom_jvp(lambda *a: scanned(*a, visible_only=True))
-    tile.defjvp(lambda primals, tangents: jax.jvp(scanned, primals, tangents))
   run = lambda qt, kb: jax.lax.map(lambda a: tile(*a, kb), qt)
   if mesh is None and T == 1:  # one tile: the same program without a loop around it
     heads, probs = jax.tree_util.tree_map(
