@@ -8,6 +8,7 @@ from collapse_jax import pairs, records, sweep
 CFG = cj.DecoderConfig(num_layers=1, d_model=16, num_heads=2, vocab_size=8)
 
 
+@pytest.mark.slow  # about 15 s unloaded; moved to keep the default tier under 5 minutes
 def test_run_grid_labels_records_and_orders_them():
   pols = [cj.get_policy("float32"), cj.get_policy("bfloat16")]
   recs = sweep.family_grid(CFG, pols, [1, 2], "prefix_repeat", np.arange(5, 30), [0, 3],
