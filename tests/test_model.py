@@ -501,7 +501,8 @@ def test_rows_of_a_pass_are_exact_length_forwards(preset, pe):
   cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=4, num_kv_heads=2, vocab_size=16,
                       pe=pe, mlp="swiglu", layer_windows=(None, 11))
   pol = dataclasses.replace(precision.get_policy(preset), row_tile=8, accum_block=16)
-  assert _length_invariance(cfg, pol, 40, (1, 7, 8, 9, 16, 17, 33), prefix=13) == []
+  ns = (1, 8, 9, 17, 33) if preset == "float32" else (1, 7, 8, 9, 16, 17, 33)  # quick tier
+  assert _length_invariance(cfg, pol, 40, ns, prefix=13) == []
 
 
 @pytest.mark.slow
