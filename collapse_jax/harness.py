@@ -104,7 +104,9 @@ def _sample_row(it: tasks.Item, dtype: str, rec: dict) -> dict:
 
 
 def summarize(samples: Sequence[dict]) -> list[dict]:
-  """Accuracy (strict, flexible; Wilson 95%) and margins per (task, mode, dtype, n)."""
+  """Accuracy (strict, flexible; Wilson 95%), margins and 'preferred' (the fraction of samples
+  whose margin is > 0: the answer slot ranks the right number first, whatever the model's own
+  text; Wilson 95%) per (task, mode, dtype, n)."""
   groups: dict = {}
   for s in samples:
     groups.setdefault((s["task"], s["mode"], s["dtype"], s["n"]), []).append(s)
@@ -117,6 +119,9 @@ def summarize(samples: Sequence[dict]) -> list[dict]:
       row[kind] = {"accuracy": k / len(ss), "lo": lo, "hi": hi}
     m = np.asarray([s["margin"] for s in ss])
     row["margin"] = {"mean": float(m.mean()), "min": float(m.min()), "max": float(m.max())}
+    k = int((m > 0).sum())  # the answer slot prefers the right number (needs no template)
+    lo, hi = tasks.wilson(k, len(ss))
+    row["preferred"] = {"accuracy": k / len(ss), "lo": lo, "hi": hi}
     rows.append(row)
   return rows
 
@@ -249,7 +254,8 @@ def summary_line(r: dict) -> str:
   return (f"{r['task']:>22s} {r['mode']:>12s} {r['dtype']:>9s} n={r['n']:<5d} acc strict "
           f"{r['strict']['accuracy']:.2f} flexible {r['flexible']['accuracy']:.2f} "
           f"[{r['flexible']['lo']:.2f}, {r['flexible']['hi']:.2f}] margin "
-          f"{r['margin']['mean']:+.3f}")
+          f"{r['margin']['mean']:+.3f} preferred {r['preferred']['accuracy']:.2f} "
+          f"[{r['preferred']['lo']:.2f}, {r['preferred']['hi']:.2f}]")
 
 
 def bridge_line(b: dict) -> str:

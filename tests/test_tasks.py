@@ -82,6 +82,9 @@ def test_summarize():
   assert len(rows) == 1 and rows[0]["samples"] == 2
   assert rows[0]["strict"]["accuracy"] == 0.5 and rows[0]["flexible"]["accuracy"] == 1.0
   assert rows[0]["margin"] == {"mean": -0.5, "min": -2.0, "max": 1.0}
+  assert rows[0]["preferred"] == dict(zip(("lo", "hi"), tasks.wilson(1, 2)), accuracy=0.5)
+  line = harness.summary_line(rows[0])
+  assert "preferred 0.50 [0.09, 0.91]" in line, line
 
 
 TINY = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, vocab_size=30,

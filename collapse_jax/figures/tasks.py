@@ -17,11 +17,12 @@ DODGE = 1.04  # tasks_figure: the curves of a panel sit this factor apart in n, 
 
 def tasks_figure(summary, path: str | None, caption: str):
   """Figures 2/3 style, one column per task (``harness.summarize`` rows): flexible accuracy
-  with its Wilson 95% interval as error bars (strict accuracy dotted), and the mean answer
+  with its Wilson 95% interval as error bars (strict accuracy dotted), the fraction of
+  samples whose answer slot prefers the right number (Wilson 95%), and the mean answer
   margin, against n; one line per dtype and mode, each nudged by a factor DODGE in n so that
   the bars of one n stay apart."""
   names = list(dict.fromkeys(r["task"] for r in summary))
-  fig, axes = subplots(2, len(names), figsize=(4.2 * len(names), 7.0))
+  fig, axes = subplots(3, len(names), figsize=(4.2 * len(names), 10.0))
   for j, task in enumerate(names):
     curves = list(dict.fromkeys((r["dtype"], r["mode"]) for r in summary if r["task"] == task))
     for k, (dtype, mode) in enumerate(curves):
@@ -30,16 +31,18 @@ def tasks_figure(summary, path: str | None, caption: str):
       n = np.asarray([r["n"] for r in rs], np.float64) * DODGE ** (k - (len(curves) - 1) / 2)
       st = dtype_style(dtype)
       kw = dict(color=st["color"], marker=MODE_MARKERS.get(mode, "o"), ms=4)
-      acc = np.asarray([r["flexible"]["accuracy"] for r in rs])
-      bars = [acc - [r["flexible"]["lo"] for r in rs], [r["flexible"]["hi"] for r in rs] - acc]
-      axes[0, j].errorbar(n, acc, yerr=bars, ls=st["ls"], lw=st["lw"], capsize=2.5,
-                          elinewidth=0.8, label=f"{dtype} {mode}", **kw)
+      for row, key in ((0, "flexible"), (1, "preferred")):
+        acc = np.asarray([r[key]["accuracy"] for r in rs])
+        bars = [acc - [r[key]["lo"] for r in rs], [r[key]["hi"] for r in rs] - acc]
+        axes[row, j].errorbar(n, acc, yerr=bars, ls=st["ls"], lw=st["lw"], capsize=2.5,
+                              elinewidth=0.8, label=f"{dtype} {mode}", **kw)
       axes[0, j].plot(n, [r["strict"]["accuracy"] for r in rs], ls=":", lw=0.9,
                       color=st["color"])
-      axes[1, j].plot(n, [r["margin"]["mean"] for r in rs], ls=st["ls"], lw=st["lw"], **kw)
+      axes[2, j].plot(n, [r["margin"]["mean"] for r in rs], ls=st["ls"], lw=st["lw"], **kw)
     axes[0, j].set(title=task, ylim=(-0.05, 1.05), ylabel="accuracy (flexible; dotted: strict)")
-    axes[1, j].axhline(0, color="0.5", lw=0.8)
-    axes[1, j].set(xlabel="n", ylabel="margin: log p(correct) - log p(best wrong)")
+    axes[1, j].set(ylim=(-0.05, 1.05), ylabel="preferred: margin > 0 at the answer slot")
+    axes[2, j].axhline(0, color="0.5", lw=0.8)
+    axes[2, j].set(xlabel="n", ylabel="margin: log p(correct) - log p(best wrong)")
     for ax in axes[:, j]:
       log_x(ax)
   axes[0, 0].legend(fontsize=7, title="bars: Wilson 95% interval", title_fontsize=7)
