@@ -30,6 +30,7 @@ lists its cells, :func:`figure5_run_cells` runs them through ``sweep.run_grid``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable, Sequence
 
@@ -307,12 +308,16 @@ def figure5_job(params, groups, cfgs, policies, cross_check: bool = False) -> Fi
 
 def figure5_run_cells(job: Figure5Job, ids: Sequence[str], save: Callable[[str, dict], None],
                       grid, *, position: str = "digit", engine: str | None = None,
-                      chunk: int = 32, memory_budget: float | None = None,
+                      chunk: int = 32, memory_budget: float | None = None, thin: bool = False,
                       log: Callable[[str], None] = print) -> None:
   """Run the cells ``ids`` of ``job`` on the n of ``grid`` (shape [N]) and call
   ``save(id, record)`` as each finishes (``jobs.run_job``'s ``run_cells``). Records are
   ``records.compact``, labelled with the window mode ('window'); a run's with ``position``
-  and ``engine`` (default: each setting's), a cross-check's with the default engine."""
+  and ``engine`` (default: each setting's), a cross-check's with the default engine.
+  ``thin``: a cell whose engine pays per n (``sweep.PER_N_ENGINES``) runs on
+  ``sweep.thinned(grid)`` and, where y is bitwise equal there, again with every n of the
+  first equal n's octave (``sweep.first_equal_octave``); its record says so ('grid':
+  'thinned', 'refined': 'lo:hi' or '')."""
   for g, (models, sets, seeds) in enumerate(job.grids):
     mine = [i for i in ids if job.cells[i][0] == g]
     for prefix in ("", CHECK):
@@ -320,11 +325,26 @@ def figure5_run_cells(job: Figure5Job, ids: Sequence[str], save: Callable[[str, 
       if not todo:
         continue
       extra = {} if prefix else {"position": position}
-      sweep.run_grid(models, job.policies, sets, grid, seeds, engine=None if prefix else engine,
-                     chunk=chunk, memory_budget=memory_budget, log=log, cells=todo,
-                     on_cell=lambda cell, rec, prefix=prefix, extra=extra: save(
-                         prefix + cell.id, records.compact({"window": job.windows[0], **rec,
-                                                            **extra})))
+      label = lambda rec, **more: records.compact({"window": job.windows[0], **rec, **extra,
+                                                   **more})
+      eng = None if prefix else engine
+      run = functools.partial(sweep.run_grid, models, job.policies, sets, seeds=seeds,
+                              engine=eng, chunk=chunk, memory_budget=memory_budget, log=log)
+      per_n = [c for c in todo if thin and engines.resolve(eng, sets[c.pairs][0])
+               in sweep.PER_N_ENGINES and len(sweep.thinned(grid)) < len(grid)]
+      if dense := [c for c in todo if c not in per_n]:
+        run(lengths=grid, cells=dense, on_cell=lambda cell, rec: save(prefix + cell.id,
+                                                                        label(rec)))
+      for cell in per_n:  # one at a time: each may run again on its refined grid
+        ran = sweep.thinned(grid)
+        rec = run(lengths=ran, cells=[cell])[0]
+        if refine := sweep.first_equal_octave(grid, ran, rec["collapse_onset"]):
+          lo, hi, ran = refine
+          log(f"{cell.id}: y equal first at n={rec['collapse_onset']} on the thinned grid; "
+              f"again with every n in [{lo}, {hi})")
+          rec = run(lengths=ran, cells=[cell])[0]
+        save(prefix + cell.id, label(rec, grid="thinned",
+                                     refined=f"{lo}:{hi}" if refine else ""))
 
 
 def figure5_assemble(job: Figure5Job, recs: dict[str, dict]) -> tuple[list[dict], list[dict]]:

@@ -168,6 +168,9 @@ def compact_line(r: dict) -> str:
            if nf["total_values"] else "")
   return (f"({r['pairs']}) {r['dtype']:>14s} seed={r['seed']}"
           + (f" window={r['window']}" if "window" in r else "")
+          + (f" (thinned grid, {len(r['lengths'])} n" + (
+              f", every n in [{r['refined'].replace(':', ', ')})" if r["refined"] else "") + ")"
+             if r.get("grid") == "thinned" else "")
           + f" [{r['engine']}] heads: first equal n={h['collapse_onset']} sustained="
           f"{h['sustained_onset']} min mean linf={float(h['min']):.4g} at n={h['n_at_min']} | y: first "
           f"equal n={y['collapse_onset']} sustained={y['sustained_onset']} min linf={float(y['min']):.4g}"

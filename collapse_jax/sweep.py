@@ -200,6 +200,49 @@ def check_cells_fit(cfg: DecoderConfig, policies, heads_list, pair_set, lengths,
         raise ValueError(f"cell {p.name}, heads={h}: {e}{note}") from None
 
 
+# Thinned grids (real_model_collapse's default grid past THIN_ABOVE n). An engine in
+# PER_N_ENGINES pays for every swept n (kv_cache: one 128-row tile per n through every layer
+# and every key block of the cache, about 1-2 s per n at an 8k SmolLM2 context on 2 cores;
+# BUILD_NOTES), where causal and the prefix-sharing exact engine pay for one pass whatever
+# the n. Such a cell runs every n up to THIN_DENSE, then THIN_PER_OCTAVE log-spaced n per
+# octave; where y is bitwise equal at some n of that grid, the cell runs again with every n of
+# the dense grid in the octave [2^k, 2^(k+1)) of the first equal n (the issue's "a log grid
+# dense enough to find isolated equal n, then every n in the octave where equality first
+# appears"), so an onset it reports is one that every n around it was measured for.
+PER_N_ENGINES = ("kv_cache",)
+THIN_ABOVE, THIN_DENSE, THIN_PER_OCTAVE = 1024, 128, 32
+
+
+def thinned(grid) -> np.ndarray:
+  """The n of ``grid`` (sorted, shape [N]) that a per-n engine runs: ``grid`` itself up to
+  THIN_ABOVE n, else every n <= THIN_DENSE and the n of ``grid`` nearest to THIN_PER_OCTAVE
+  log-spaced points per octave after it, and the last n."""
+  grid = np.asarray(grid)
+  if len(grid) <= THIN_ABOVE:
+    return grid
+  dense = grid[grid <= THIN_DENSE]
+  rest = grid[grid > THIN_DENSE]
+  lo, hi = np.log2(max(THIN_DENSE, 1)), np.log2(rest[-1])
+  points = 2.0 ** np.linspace(lo, hi, max(2, int(np.ceil((hi - lo) * THIN_PER_OCTAVE)) + 1))
+  near = rest[np.clip(np.searchsorted(rest, points), 0, len(rest) - 1)]
+  return np.unique(np.concatenate([dense, near, rest[-1:]]))
+
+
+def first_equal_octave(grid, ran, first_equal: int) -> tuple[int, int, np.ndarray] | None:
+  """Where a thinned cell (run on ``ran``, a subset of ``grid``) found y bitwise equal first
+  at n = ``first_equal`` (-1: never): (lo, hi, the n of the octave [lo, hi) = [2^k, 2^(k+1))
+  holding it, with those of ``ran``, sorted) when ``grid`` has n there that ``ran`` lacked;
+  else None."""
+  if first_equal < 1:
+    return None
+  lo = 1 << (int(first_equal).bit_length() - 1)
+  grid, ran = np.asarray(grid), np.asarray(ran)
+  octave = grid[(grid >= lo) & (grid < 2 * lo)]
+  if np.isin(octave, ran).all():
+    return None
+  return lo, 2 * lo, np.union1d(ran, octave)
+
+
 def setting_groups(keys: Sequence[str], ckpt, grid, seeds: Sequence[int], position: str,
                    engine: str | None) -> list[tuple[dict[str, list], list[int]]]:
   """Figure 5's pair sets on a real model (``prompts.make_setting`` with ``ckpt``'s tokenizer

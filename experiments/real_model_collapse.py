@@ -19,7 +19,10 @@ n in the grid, in THE decoder with the GGUF weights:
 
 Engines (collapse_jax/engines.py; default: causal for (a), (c), d_left, kv_cache for (b),
 exact for (d): its commas are not prefix-consistent, but A_n is a prefix of A_{n+3}, so the exact
-engine runs three forwards and reads every n from their rows). --position=turn_end compares the chat
+engine runs three forwards and reads every n from their rows). The default grid is every n in
+1..--max_len; past 1024 n, kv_cache (which pays per n) runs (b) on a thinned grid, every n to
+128 then 32 per octave, and again with every n of the octave where y is first bitwise equal
+(collapse_jax/sweep.py, ``thinned``); --lengths runs exactly its n. --position=turn_end compares the chat
 turn's last token (exact engine only). --seeds: setting (b)'s digit seeds. --model picks the
 model (checkpoints.MODELS) and its prompt format (collapse_jax/prompts.py). Writes
 results.json, real_model_collapse.png (Figure 5), real_model_collapse_layers.png and with
@@ -122,7 +125,8 @@ def main(argv):
   job = harness.figure5_job(ckpt.params, groups, cfgs, spec.policies, spec.cross_check)
   run_cells = functools.partial(
       harness.figure5_run_cells, job, grid=spec.grid, position=fl["position"],
-      engine=fl["engine"], chunk=fl["chunk"], memory_budget=spec.budget, log=logging.info)
+      engine=fl["engine"], chunk=fl["chunk"], memory_budget=spec.budget,
+      thin=fl["lengths"] is None, log=logging.info)
   settings = {k: v[0] for sets, _ in groups for k, v in sets.items()}
   with jobs.exit_on_failure():
     out = jobs.run_job(run_cells, functools.partial(_assemble, spec, ckpt, cfgs, job, settings,

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from collapse_jax import cli, harness, hosts, jobs, model, pairs, precision, results
+from collapse_jax import cli, harness, hosts, jobs, model, pairs, precision, results, sweep
 
 GRID = np.array([3, 5, 8])
 
@@ -75,6 +75,35 @@ def test_figure5_runs_labels_every_cell_and_cross_checks_the_exact_engine(tiny):
   assert list(extras) == ["model", "model_name", "prompt_format", "window_configs", "caption",
                           "lengths", "settings", "token_counts", "engines", "timings_s"]
   assert extras["engines"] == {"p": "exact"} and extras["token_counts"]["p"] == [3, 5, 8]
+
+
+def test_a_per_n_engine_runs_a_thinned_grid_and_refines_the_first_equal_octave(monkeypatch):
+  """``thin``: a kv_cache cell runs ``sweep.thinned(grid)`` (here thresholds made tiny: n =
+  5..16 thins to 5, 8, 16); with its embeddings zeroed, y is bitwise equal at every n, so
+  the cell runs again with every n of the first equal n's octave [4, 8). Random weights: no
+  equal n, the thinned grid alone. A causal cell in the same run keeps the whole grid (as
+  every cell does without ``thin``: the other tests here)."""
+  monkeypatch.setattr(sweep, "THIN_ABOVE", 4)
+  monkeypatch.setattr(sweep, "THIN_DENSE", 2)
+  monkeypatch.setattr(sweep, "THIN_PER_OCTAVE", 1)
+  cfg = cli.decoder_config({"layers": 1, "d_model": 8, "heads": ["2"], "vocab": 16}, max_len=18)
+  sets = {"p": [pairs.make_family("prefix_repeat", 16, seed=0, vocab_size=16, prefix_len=2)],
+          "s": [pairs.make_family("stream_repeat_last", 16, seed=0, vocab_size=16)]}
+  grid = np.arange(5, 17)
+  assert list(sweep.thinned(grid)) == [5, 8, 16]
+  params = model.init_params(cfg, jax.random.key(0))
+  zeroed = dict(params, embed={"embedding": params["embed"]["embedding"] * 0})
+  pol = [precision.get_policy("float32")]
+  for p, want in ((params, [5, 8, 16]), (zeroed, [5, 6, 7, 8, 16])):
+    job = harness.figure5_job(p, [(sets, [0])], {"native": cfg}, pol)
+    recs = {}
+    harness.figure5_run_cells(job, job.ids, recs.__setitem__, grid, thin=True, log=lambda m: 0)
+    causal, kv = recs["float32/p/seed=0"], recs["float32/s/seed=0"]
+    assert causal["engine"] == "causal" and causal["lengths"] == list(grid)
+    assert "grid" not in causal
+    assert kv["engine"] == "kv_cache" and kv["lengths"] == want and kv["grid"] == "thinned"
+    assert kv["refined"] == ("4:8" if p is zeroed else "")
+    assert kv["y"]["equal_n"] == (want if p is zeroed else [])
 
 
 def test_figure5_job_cell_ids_name_window_dtype_setting_and_checks(tiny):

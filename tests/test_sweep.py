@@ -38,3 +38,25 @@ def test_fig8_distance_decays_and_prediction_is_recorded():
   assert ref["attn_onset"] == -1  # float64 never bitwise equal here
   bf = next(r for r in recs if r["dtype"] == "bfloat16")
   assert isinstance(bf["predicted_onset"], int) and isinstance(bf["attn_onset"], int)
+
+
+def test_thinned_grid_keeps_short_grids_and_thins_long_ones():
+  short = np.arange(1, sweep.THIN_ABOVE + 1)
+  assert np.array_equal(sweep.thinned(short), short)  # up to THIN_ABOVE n: every n
+  grid = np.arange(1, 8193)
+  t = sweep.thinned(grid)
+  assert np.array_equal(t[:sweep.THIN_DENSE], np.arange(1, sweep.THIN_DENSE + 1))
+  assert t[-1] == 8192 and np.isin(t, grid).all() and np.all(np.diff(t) > 0)
+  for lo in (128, 256, 512, 1024, 2048, 4096):  # about THIN_PER_OCTAVE n in every octave
+    count = int(((t > lo) & (t <= 2 * lo)).sum())
+    assert abs(count - sweep.THIN_PER_OCTAVE) <= 1, (lo, count)
+  assert len(t) == 321
+
+
+def test_first_equal_octave_adds_the_octave_the_thinned_grid_skipped():
+  grid, ran = np.arange(1, 8193), np.array([1, 2, 3, 2900, 3100, 8192])
+  lo, hi, union = sweep.first_equal_octave(grid, ran, 2900)
+  assert (lo, hi) == (2048, 4096)
+  assert np.array_equal(union, np.union1d(ran, np.arange(2048, 4096)))
+  assert sweep.first_equal_octave(grid, ran, -1) is None  # never equal
+  assert sweep.first_equal_octave(grid, ran, 2) is None  # its octave [2, 4) was run whole

@@ -127,12 +127,13 @@ def windows_figure(runs, settings: dict, windows, window_sizes, path: str | None
         ax.text(0.5, 0.5, f"y non-finite at every n in every mode\n(overflow: first non-finite "
                 f"residual at layer {first}; never counted as equal)", transform=ax.transAxes,
                 ha="center", va="center", fontsize=8, color="C3")
-        ax.set_xlim(runs[0]["lengths"][0], runs[0]["lengths"][-1])
-      a_len = settings[k].lengths_ab(np.asarray(runs[0]["lengths"]))[0]
+        ax.set_xlim(shown[0]["lengths"][0], shown[0]["lengths"][-1])
+      ns = np.asarray((shown or runs)[0]["lengths"])  # this setting's n (a thinned grid: fewer)
+      a_len = settings[k].lengths_ab(ns)[0]
       for size in window_sizes:
         past = np.nonzero(a_len > size)[0]
         if past.size:
-          ax.axvline(runs[0]["lengths"][past[0]], color="0.4", lw=0.7, ls="-.")
+          ax.axvline(ns[past[0]], color="0.4", lw=0.7, ls="-.")
       ax.axhline(floor, color="0.6", lw=0.6, ls="--")
       log_y(ax)
       ax.grid(True, which="both", alpha=0.25)
