@@ -114,15 +114,13 @@ def summarize(samples: Sequence[dict]) -> list[dict]:
   rows = []
   for (task, mode, dtype, n), ss in groups.items():
     row = {"task": task, "mode": mode, "dtype": dtype, "n": n, "samples": len(ss)}
-    for kind in ("strict", "flexible"):
-      k = sum(s[f"correct_{kind}"] for s in ss)
+    m = np.asarray([s["margin"] for s in ss])
+    hits = {kind: sum(s[f"correct_{kind}"] for s in ss) for kind in ("strict", "flexible")}
+    hits["preferred"] = int((m > 0).sum())  # the answer slot prefers the right number
+    for kind, k in hits.items():
       lo, hi = tasks.wilson(k, len(ss))
       row[kind] = {"accuracy": k / len(ss), "lo": lo, "hi": hi}
-    m = np.asarray([s["margin"] for s in ss])
     row["margin"] = {"mean": float(m.mean()), "min": float(m.min()), "max": float(m.max())}
-    k = int((m > 0).sum())  # the answer slot prefers the right number (needs no template)
-    lo, hi = tasks.wilson(k, len(ss))
-    row["preferred"] = {"accuracy": k / len(ss), "lo": lo, "hi": hi}
     rows.append(row)
   return rows
 
@@ -330,13 +328,14 @@ def figure5_run_cells(job: Figure5Job, ids: Sequence[str], save: Callable[[str, 
       eng = None if prefix else engine
       run = functools.partial(sweep.run_grid, models, job.policies, sets, seeds=seeds,
                               engine=eng, chunk=chunk, memory_budget=memory_budget, log=log)
-      per_n = [c for c in todo if thin and engines.resolve(eng, sets[c.pairs][0])
-               in sweep.PER_N_ENGINES and len(sweep.thinned(grid)) < len(grid)]
+      few = sweep.thinned(grid) if thin else grid
+      per_n = [c for c in todo if len(few) < len(grid) and engines.resolve(
+          eng, sets[c.pairs][0]) in sweep.PER_N_ENGINES]
       if dense := [c for c in todo if c not in per_n]:
         run(lengths=grid, cells=dense, on_cell=lambda cell, rec: save(prefix + cell.id,
                                                                         label(rec)))
       for cell in per_n:  # one at a time: each may run again on its refined grid
-        ran = sweep.thinned(grid)
+        ran = few
         rec = run(lengths=ran, cells=[cell])[0]
         if refine := sweep.first_equal_octave(grid, ran, rec["collapse_onset"]):
           lo, hi, ran = refine
