@@ -7,7 +7,6 @@ compilation (the first call is made and timed separately). Medians of ``repeats`
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 
 import jax
@@ -86,7 +85,7 @@ def scaling_cell(cfg: DecoderConfig, pol: Policy, N: int, *, repeats: int,
     t_fwd.append(timed(forward))
     t_sweep.append(timed(sweep))
   return {"N": N, "query_chunk": plan.query_chunk, "estimate_gib": plan.peak_bytes / memory.GiB,
-          "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+          "peak_rss_gib": memory.process_rss_gib()[1],
           "sweep_first_s": first, "forward_first_s": first_fwd,
           "sweep_s": float(np.median(t_sweep)), "forward_s": float(np.median(t_fwd)),
           "ratios": [s / f for s, f in zip(t_sweep, t_fwd)]}

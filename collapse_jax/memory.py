@@ -9,6 +9,9 @@ L layers, H heads (KV key/value heads) of Dh, D the model width, F the MLP width
 """
 from __future__ import annotations
 
+import os
+import resource
+
 import jax.numpy as jnp
 
 from collapse_jax.config import DecoderConfig
@@ -19,6 +22,18 @@ from collapse_jax.precision import Policy
 # product whose low bits differ from the unchunked pass (measured); >= 8 gave the same bits.
 MIN_QUERY_CHUNK = 16
 GiB = 2 ** 30
+
+
+def process_rss_gib() -> tuple[float, float]:
+  """(resident, peak resident) GiB of this process now: /proc/self/statm (Linux; the peak
+  where that is missing) and getrusage's ru_maxrss (KiB on Linux)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+  try:
+    with open("/proc/self/statm") as f:
+      now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GiB
+  except (OSError, ValueError, IndexError):
+    now = peak
+  return round(now, 3), round(peak, 3)
 
 
 def _itemsizes(pol: Policy) -> tuple[int, int, int, int]:

@@ -57,6 +57,10 @@ def summarize(raw: dict, lengths, seed_index: int) -> dict:
   }
 
 
+# A record's keys that describe the run rather than its numbers (sweep.run_grid sets them):
+# a resumed or repeated run equals another with these left out.
+RUN_KEYS = ("seconds", "device", "rss_gib", "peak_rss_gib")
+
 CSV_COLUMNS = ("dtype", "heads", "seed", "engine", "n", "linf", "l1", "max_ulp", "bitwise_equal",
                "nonfinite", "head_linf_mean", "head_linf_min", "head_linf_max")
 

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from collapse_jax import engines
+from collapse_jax import memory
 from collapse_jax import metrics
 from collapse_jax import model as model_lib
 from collapse_jax import pairs as pairs_lib
@@ -120,13 +121,16 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
     m, name = models[cell.model], cell.pairs
     rec = records_lib.summarize(engines.fetch(launched), lengths, 0)
     where = "+".join(str(d) for d in devs)
+    rss, peak = memory.process_rss_gib()
     rec.update(dtype=cell.policy.name, **m.labels, seed=cell.seed, engine=resolved[name],
                pairs=name, copy=pair_sets[name][cell.seed_index].copy,
-               seconds=round(time.perf_counter() - t1, 2), device=where)
+               seconds=round(time.perf_counter() - t1, 2), device=where, rss_gib=rss,
+               peak_rss_gib=peak)
     records.append(rec)
     free.extend(devs)
-    log(f"{cell.id} [{resolved[name]}] {rec['seconds']:.1f}s on {where}: y collapse onset "
-        f"{rec['collapse_onset']}, sustained from {rec['sustained_onset']}")
+    log(f"{cell.id} [{resolved[name]}] {rec['seconds']:.1f}s on {where}, RSS {rss:.2f} GiB "
+        f"(process peak {peak:.2f}): y collapse onset {rec['collapse_onset']}, sustained "
+        f"from {rec['sustained_onset']}")
     if on_cell is not None:
       on_cell(cell, rec)
 

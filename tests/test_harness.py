@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from collapse_jax import cli, harness, hosts, jobs, model, pairs, precision, results, sweep
+from collapse_jax import cli, harness, hosts, jobs, model, pairs, precision, records, results, sweep
 
 GRID = np.array([3, 5, 8])
 
@@ -49,8 +49,8 @@ def _killed_then_resumed(run_cells, assemble, fail_after: int, **job) -> list[st
 
 
 def _stable(rec: dict) -> dict:
-  """A record without what depends on the run (its seconds and device)."""
-  return {k: v for k, v in rec.items() if k not in ("seconds", "device")}
+  """A record without what depends on the run (records.RUN_KEYS)."""
+  return {k: v for k, v in rec.items() if k not in records.RUN_KEYS}
 
 
 @pytest.mark.slow

@@ -48,3 +48,15 @@ def test_appended_stage_grows_with_the_chunk_of_lengths():
 def test_size_reads_in_mib_or_gib():
   assert memory.size(3 * 2 ** 20) == "3.0 MiB"
   assert memory.size(2 * memory.GiB) == "2.00 GiB"
+
+
+def test_process_rss_sees_a_quarter_gib_touched_and_never_exceeds_the_peak():
+  """memory.process_rss_gib (what sweep.run_grid writes into each cell's record): resident
+  and peak GiB; touching 256 MiB raises both by about that much."""
+  import numpy as np
+  now0, peak0 = memory.process_rss_gib()
+  assert 0 < now0 <= peak0 + 1e-3
+  block = np.ones(2 ** 25, np.float64)  # 256 MiB, every page written
+  now1, peak1 = memory.process_rss_gib()
+  assert now1 - now0 >= 0.2 and peak1 >= now1 - 1e-3 and peak1 >= peak0
+  del block
