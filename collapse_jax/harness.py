@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from collapse_jax import engines, generate, records, sweep, tasks
+from collapse_jax import engines, generate, memory, records, sweep, tasks
 
 DIRECT_TOKENS, COT_TOKENS = 24, 192  # default max_new_tokens per mode
 
@@ -222,7 +222,10 @@ def run_task_cells(ckpt, cells: dict, ids: Sequence[str], save: Callable[[str, d
   for i in ids:
     t0 = time.perf_counter()
     rec = run_task_cell(ckpt, *cells[i], ns, **kw)
-    save(i, {**rec, "seconds": round(time.perf_counter() - t0, 2)})
+    memory.release()
+    rss, peak = memory.process_rss_gib()
+    save(i, {**rec, "seconds": round(time.perf_counter() - t0, 2), "rss_gib": rss,
+             "peak_rss_gib": peak})
 
 
 def assemble_tasks(cells: dict, recs: dict[str, dict]) -> dict:

@@ -121,6 +121,7 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
     m, name = models[cell.model], cell.pairs
     rec = records_lib.summarize(engines.fetch(launched), lengths, 0)
     where = "+".join(str(d) for d in devs)
+    memory.release()  # what the cell freed goes back to the OS before the next one
     rss, peak = memory.process_rss_gib()
     rec.update(dtype=cell.policy.name, **m.labels, seed=cell.seed, engine=resolved[name],
                pairs=name, copy=pair_sets[name][cell.seed_index].copy,

@@ -262,9 +262,9 @@ def _real_job(out, model_dir, extra=()):
 
 
 def _real_runs(out):
-  """results.json's records without their timings."""
+  """results.json's records without what describes the run (records.RUN_KEYS)."""
   runs = json.loads((out / "results.json").read_text())["runs"]
-  return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
+  return [{k: v for k, v in r.items() if k not in records.RUN_KEYS} for r in runs]
 
 
 @NEEDS_TOKENIZER_AND_HF
