@@ -215,14 +215,16 @@ def run_task_cell(ckpt, policy, task: str, mode: str, ns, *, samples: int = 1,
 
 
 def run_task_cells(ckpt, cells: dict, ids: Sequence[str], save: Callable[[str, dict], None],
-                   ns, **kw) -> None:
+                   ns, drop_compiled: bool = False, **kw) -> None:
   """Run the cells ``ids`` of ``cells`` (:func:`task_cells`) with ``kw`` for
   :func:`run_task_cell` and call ``save(id, record)`` as each ends (``jobs.run_job``'s
-  ``run_cells``); each record carries its 'seconds'."""
+  ``run_cells``); each record carries its 'seconds' and the process's RSS after
+  ``memory.release(drop_compiled)`` (the apps drop each cell's programs: a real model's
+  cell is long, and held programs built up)."""
   for i in ids:
     t0 = time.perf_counter()
     rec = run_task_cell(ckpt, *cells[i], ns, **kw)
-    memory.release()
+    memory.release(drop_compiled)
     rss, peak = memory.process_rss_gib()
     save(i, {**rec, "seconds": round(time.perf_counter() - t0, 2), "rss_gib": rss,
              "peak_rss_gib": peak})
@@ -310,7 +312,7 @@ def figure5_job(params, groups, cfgs, policies, cross_check: bool = False) -> Fi
 def figure5_run_cells(job: Figure5Job, ids: Sequence[str], save: Callable[[str, dict], None],
                       grid, *, position: str = "digit", engine: str | None = None,
                       chunk: int = 32, memory_budget: float | None = None, thin: bool = False,
-                      log: Callable[[str], None] = print) -> None:
+                      drop_compiled: bool = False, log: Callable[[str], None] = print) -> None:
   """Run the cells ``ids`` of ``job`` on the n of ``grid`` (shape [N]) and call
   ``save(id, record)`` as each finishes (``jobs.run_job``'s ``run_cells``). Records are
   ``records.compact``, labelled with the window mode ('window'); a run's with ``position``
@@ -318,7 +320,8 @@ def figure5_run_cells(job: Figure5Job, ids: Sequence[str], save: Callable[[str, 
   ``thin``: a cell whose engine pays per n (``sweep.PER_N_ENGINES``) runs on
   ``sweep.thinned(grid)`` and, where y is bitwise equal there, again with every n of the
   first equal n's octave (``sweep.first_equal_octave``); its record says so ('grid':
-  'thinned', 'refined': 'lo:hi' or '')."""
+  'thinned', 'refined': 'lo:hi' or ''). ``drop_compiled``: ``sweep.run_grid``'s (the app
+  sets it: each real-model cell compiles its own programs, and held ones built up)."""
   for g, (models, sets, seeds) in enumerate(job.grids):
     mine = [i for i in ids if job.cells[i][0] == g]
     for prefix in ("", CHECK):
@@ -330,7 +333,8 @@ def figure5_run_cells(job: Figure5Job, ids: Sequence[str], save: Callable[[str, 
                                                    **more})
       eng = None if prefix else engine
       run = functools.partial(sweep.run_grid, models, job.policies, sets, seeds=seeds,
-                              engine=eng, chunk=chunk, memory_budget=memory_budget, log=log)
+                              engine=eng, chunk=chunk, memory_budget=memory_budget, log=log,
+                              drop_compiled=drop_compiled)
       few = sweep.thinned(grid) if thin else grid
       per_n = [c for c in todo if len(few) < len(grid) and engines.resolve(
           eng, sets[c.pairs][0]) in sweep.PER_N_ENGINES]

@@ -14,6 +14,7 @@ import gc
 import os
 import resource
 
+import jax
 import jax.numpy as jnp
 
 from collapse_jax.config import DecoderConfig
@@ -26,12 +27,17 @@ MIN_QUERY_CHUNK = 16
 GiB = 2 ** 30
 
 
-def release() -> None:
+def release(drop_compiled: bool = False) -> None:
   """Give freed memory back to the OS between cells: collect Python's cycles (which can hold
-  device buffers) and, on glibc, ``malloc_trim(0)``. glibc keeps what a cell freed in its
-  arenas, so one process's resident memory built up across cells: a SmolLM2 kv_cache cell
-  (n to 256, float32) left 2.64 GiB resident, 2.04 after gc.collect and 0.40 after
-  malloc_trim (BUILD_NOTES, issue 27)."""
+  device buffers) and, on glibc, ``malloc_trim(0)``; with ``drop_compiled`` also drop every
+  compiled program (``jax.clear_caches()``: the next cell compiles its own again). glibc
+  keeps what a cell freed in its arenas, and held programs add up over a run's cells: a
+  SmolLM2 kv_cache cell (n to 256, float32) left 2.64 GiB resident, 2.04 after gc.collect
+  and 0.40 after malloc_trim; over SmolLM2's cells to n = 128 the resident memory after
+  each cell grew 2.05 -> 2.71 GiB in four cells without dropping programs and stayed at
+  1.9-2.0 GiB with it (BUILD_NOTES, issue 27)."""
+  if drop_compiled:
+    jax.clear_caches()
   gc.collect()
   if _LIBC is not None:
     _LIBC.malloc_trim(0)

@@ -83,7 +83,7 @@ def grid_cells(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequen
 def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence],
              lengths, seeds, *, engine: str | None = None, chunk: int = 32,
              memory_budget: float | None = None, log=print, cells=None, devices=None,
-             on_cell=None) -> list[dict]:
+             on_cell=None, drop_compiled: bool = False) -> list[dict]:
   """Run the cells of a grid (``cells``: a subset of :func:`grid_cells`, default all) and
   return one record (``records.summarize``) per cell, in the cells' order, labelled with
   dtype, the model's labels, seed, engine, pairs (the set's name), copy and seconds.
@@ -96,7 +96,10 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
   and spreads its chunks over all of them. Either way a cell's bits equal a one-device run's
   (measured; BUILD_NOTES). One-pass sets resolved to the causal engine are padded to a
   common length so that they share one program. ``on_cell(cell, record)`` is called as each
-  cell finishes (e.g. to save it)."""
+  cell finishes (e.g. to save it). After each cell, ``memory.release(drop_compiled)`` gives
+  freed memory back (real-model cells drop their compiled programs too: each compiles its
+  own, and held programs built up over a run); the record's 'rss_gib' and 'peak_rss_gib' are
+  the process's then."""
   for name, sets in pair_sets.items():
     if len(sets) != len(seeds):
       raise ValueError(f"pair set {name!r}: {len(sets)} sets for {len(seeds)} seeds")
@@ -121,7 +124,7 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
     m, name = models[cell.model], cell.pairs
     rec = records_lib.summarize(engines.fetch(launched), lengths, 0)
     where = "+".join(str(d) for d in devs)
-    memory.release()  # what the cell freed goes back to the OS before the next one
+    memory.release(drop_compiled)  # what the cell freed goes back to the OS
     rss, peak = memory.process_rss_gib()
     rec.update(dtype=cell.policy.name, **m.labels, seed=cell.seed, engine=resolved[name],
                pairs=name, copy=pair_sets[name][cell.seed_index].copy,

@@ -126,7 +126,7 @@ def main(argv):
   run_cells = functools.partial(
       harness.figure5_run_cells, job, grid=spec.grid, position=fl["position"],
       engine=fl["engine"], chunk=fl["chunk"], memory_budget=spec.budget,
-      thin=fl["lengths"] is None, log=logging.info)
+      thin=fl["lengths"] is None, drop_compiled=True, log=logging.info)
   settings = {k: v[0] for sets, _ in groups for k, v in sets.items()}
   with jobs.exit_on_failure():
     out = jobs.run_job(run_cells, functools.partial(_assemble, spec, ckpt, cfgs, job, settings,

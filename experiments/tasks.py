@@ -111,7 +111,7 @@ def main(argv):
     logging.warning("skipping %s: CoT modes are for the count tasks", ", ".join(skipped))
   run_cells = functools.partial(harness.run_task_cells, ckpt, cells, ns=spec.lengths,
                                 samples=spec.samples, max_new_tokens=fl["max_new_tokens"],
-                                batch=fl["batch"])
+                                batch=fl["batch"], drop_compiled=True)
   with jobs.exit_on_failure():
     out = jobs.run_job(run_cells, functools.partial(_assemble, spec, ckpt, cells, t0),
                        out=fl["out"], prefix="tasks", experiment="tasks",

@@ -60,3 +60,15 @@ def test_process_rss_sees_a_quarter_gib_touched_and_never_exceeds_the_peak():
   now1, peak1 = memory.process_rss_gib()
   assert now1 - now0 >= 0.2 and peak1 >= now1 - 1e-3 and peak1 >= peak0
   del block
+
+
+def test_release_keeps_compiled_programs_unless_told_to_drop_them():
+  """memory.release between cells: programs stay (a sweep's seeds share them) unless
+  ``drop_compiled`` (the real-model apps: each cell compiles its own)."""
+  import jax
+  f = jax.jit(lambda x: x + 1)
+  f(1.0)
+  memory.release()
+  assert f._cache_size() == 1
+  memory.release(drop_compiled=True)
+  assert f._cache_size() == 0
