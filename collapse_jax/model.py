@@ -49,14 +49,12 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import functools
 import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from collapse_jax import attention, positional
 from collapse_jax.attention import QUERY_AXIS  # the mesh axis over which query tiles are spread
@@ -83,16 +81,16 @@ def _wdot(mod: nn.Module, spec: str, x, name: str, w, first: int = 0, at: str = 
   return pol.row_dot(spec, x, w, first, at=(at,))
 
 
-# init_params' plan pass: a list that records each Gaussian draw (key, shape, std, stand-in)
+# param_init's plan pass: a list that records each Gaussian draw (key, shape, std, stand-in)
 # instead of making it; None (the default) draws.
-_PLAN = contextvars.ContextVar("collapse_jax_init_plan", default=None)
+PLAN = contextvars.ContextVar("collapse_jax_init_plan", default=None)
 
 
 def _normal(var: float):
   std = math.sqrt(var)
 
   def init(key, shape, dtype=jnp.float32):
-    plan = _PLAN.get()
+    plan = PLAN.get()
     if plan is None:
       return std * jax.random.normal(key, shape, dtype)
     stand_in = jnp.zeros(shape, dtype)
@@ -354,67 +352,11 @@ class Decoder(nn.Module):
 
 
 def init_params(config: DecoderConfig, key) -> dict:
-  """float32 parameters (C.3 Gaussian init). Cast with ``policy.cast_params`` before use.
-
-  The values are those of ``jax.jit(Decoder.init)`` bit for bit (tests/test_model.py), but
-  compiled in parts that configs share: one small program per config derives Flax's keys
-  (and the constant leaves: norm scales, biases), and the Gaussian draws come from a few
-  programs of power-of-two sizes. jax's partitionable threefry makes element i of a draw a
-  function of (key, i) alone, so a draw of shape S is the first prod(S) values of a longer
-  one. A whole-init program took 2-3 s to compile per config on CPU (op-by-op Flax init
-  takes seconds too). Call it outside jit: it reads the draws on the host."""
-  keys_fn, plan = _init_fn(config)
-  fixed, keys = keys_fn(key)
-  fixed = iter(fixed)
-  leaves = []
-  for i in plan["slots"]:
-    if i is None:
-      leaves.append(next(fixed))
-      continue
-    shape, std = plan["draws"][i]
-    size = math.prod(shape)
-    flat = np.asarray(_draw(max(256, 1 << (size - 1).bit_length()))(keys[i], np.float32(std)))
-    leaves.append(jnp.asarray(flat[:size].reshape(shape)))
-  return jax.tree_util.tree_unflatten(plan["treedef"], leaves)
-
-
-@functools.lru_cache(maxsize=None)
-def _draw(size: int):
-  """``std`` times a float32 Gaussian draw of ``size`` values: the init's own ``std *
-  normal`` (the product rounds once in float32 whether ``std`` is a constant or an
-  argument)."""
-  return jax.jit(lambda key, std: std * jax.random.normal(key, (size,), jnp.float32))
-
-
-@functools.lru_cache(maxsize=None)
-def _init_fn(config: DecoderConfig):
-  """(jitted key -> (constant leaves, one key per draw), plan): the plan (filled when the
-  program is traced) holds the params treedef, each leaf's draw number (None: a constant
-  leaf) and each draw's (shape, std)."""
-  from collapse_jax.precision import get_policy
-  dec = Decoder(config, get_policy("float32"), collect=("logits",) if (
-      config.vocab_size and not config.tie_embeddings) else ())
-  dummy = (jnp.zeros((1, 2), jnp.int32) if config.vocab_size
-           else jnp.zeros((1, 2, config.d_model), jnp.float32))
-  plan = {}
-
-  def keys_and_constants(key):
-    draws = []
-    token = _PLAN.set(draws)
-    try:
-      params = dec.init(key, dummy)["params"]
-    finally:
-      _PLAN.reset(token)
-    leaves, plan["treedef"] = jax.tree_util.tree_flatten(params)
-    where = {id(d[3]): i for i, d in enumerate(draws)}  # Flax stores the stand-in itself
-    plan["slots"] = [where.get(id(x)) for x in leaves]
-    plan["draws"] = [(shape, std) for _, shape, std, _ in draws]
-    if sorted(i for i in plan["slots"] if i is not None) != list(range(len(draws))):
-      raise AssertionError("init_params: the Gaussian draws do not map one to one onto the "
-                           "parameter leaves")
-    return ([x.astype(jnp.float32) for x, i in zip(leaves, plan["slots"]) if i is None],
-            [d[0] for d in draws])
-  return jax.jit(keys_and_constants), plan
+  """float32 parameters (C.3 Gaussian init), the bits of ``jax.jit(Decoder.init)``, compiled
+  in parts that configs share (collapse_jax/param_init.py). Cast with
+  ``policy.cast_params`` before use; call it outside jit."""
+  from collapse_jax import param_init  # it builds on Decoder
+  return param_init.init_params(config, key)
 
 
 def forward(config: DecoderConfig, policy: Policy, params, inputs, *, collect=(),
