@@ -219,15 +219,13 @@ def run_task_cells(ckpt, cells: dict, ids: Sequence[str], save: Callable[[str, d
   """Run the cells ``ids`` of ``cells`` (:func:`task_cells`) with ``kw`` for
   :func:`run_task_cell` and call ``save(id, record)`` as each ends (``jobs.run_job``'s
   ``run_cells``); each record carries its 'seconds' and the process's RSS after
-  ``memory.release(drop_compiled)`` (the apps drop each cell's programs: a real model's
+  ``memory.end_cell(drop_compiled)`` (the apps drop each cell's programs: a real model's
   cell is long, and held programs built up)."""
   for i in ids:
     t0 = time.perf_counter()
     rec = run_task_cell(ckpt, *cells[i], ns, **kw)
-    memory.release(drop_compiled)
-    rss, peak = memory.process_rss_gib()
-    save(i, {**rec, "seconds": round(time.perf_counter() - t0, 2), "rss_gib": rss,
-             "peak_rss_gib": peak})
+    seconds = round(time.perf_counter() - t0, 2)
+    save(i, {**rec, "seconds": seconds, **memory.end_cell(drop_compiled)})
 
 
 def assemble_tasks(cells: dict, recs: dict[str, dict]) -> dict:

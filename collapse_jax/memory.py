@@ -43,6 +43,14 @@ def release(drop_compiled: bool = False) -> None:
     _LIBC.malloc_trim(0)
 
 
+def end_cell(drop_compiled: bool = False) -> dict:
+  """:func:`release`, then the process's RSS as a record's keys {'rss_gib', 'peak_rss_gib'}
+  (:func:`process_rss_gib`; ``records.RUN_KEYS``): what sweep and task cells store."""
+  release(drop_compiled)
+  rss, peak = process_rss_gib()
+  return {"rss_gib": rss, "peak_rss_gib": peak}
+
+
 def _glibc():
   try:
     libc = ctypes.CDLL(None)

@@ -49,15 +49,23 @@ def _draw(size: int):
   return jax.jit(lambda key, std: std * jax.random.normal(key, (size,), jnp.float32))
 
 
+def flax_init_args(config: DecoderConfig) -> tuple:
+  """(``model.Decoder`` in float32 with the untied head collected, a [1, 2] dummy input):
+  what ``Decoder.init`` takes to create every parameter (tests/test_model.py's reference,
+  ``jax.jit(Decoder.init)``, uses it too)."""
+  dec = model.Decoder(config, precision.get_policy("float32"), collect=("logits",) if (
+      config.vocab_size and not config.tie_embeddings) else ())
+  dummy = (jnp.zeros((1, 2), jnp.int32) if config.vocab_size
+           else jnp.zeros((1, 2, config.d_model), jnp.float32))
+  return dec, dummy
+
+
 @functools.lru_cache(maxsize=None)
 def _init_fn(config: DecoderConfig):
   """(jitted key -> (constant leaves, one key per draw), plan): the plan (filled when the
   program is traced) holds the params treedef, each leaf's draw number (None: a constant
   leaf) and each draw's (shape, std)."""
-  dec = model.Decoder(config, precision.get_policy("float32"), collect=("logits",) if (
-      config.vocab_size and not config.tie_embeddings) else ())
-  dummy = (jnp.zeros((1, 2), jnp.int32) if config.vocab_size
-           else jnp.zeros((1, 2, config.d_model), jnp.float32))
+  dec, dummy = flax_init_args(config)
   plan = {}
 
   def keys_and_constants(key):

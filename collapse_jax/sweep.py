@@ -96,7 +96,7 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
   and spreads its chunks over all of them. Either way a cell's bits equal a one-device run's
   (measured; BUILD_NOTES). One-pass sets resolved to the causal engine are padded to a
   common length so that they share one program. ``on_cell(cell, record)`` is called as each
-  cell finishes (e.g. to save it). After each cell, ``memory.release(drop_compiled)`` gives
+  cell finishes (e.g. to save it). After each cell, ``memory.end_cell(drop_compiled)`` gives
   freed memory back (real-model cells drop their compiled programs too: each compiles its
   own, and held programs built up over a run); the record's 'rss_gib' and 'peak_rss_gib' are
   the process's then."""
@@ -124,17 +124,15 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
     m, name = models[cell.model], cell.pairs
     rec = records_lib.summarize(engines.fetch(launched), lengths, 0)
     where = "+".join(str(d) for d in devs)
-    memory.release(drop_compiled)  # what the cell freed goes back to the OS
-    rss, peak = memory.process_rss_gib()
+    seconds = round(time.perf_counter() - t1, 2)
     rec.update(dtype=cell.policy.name, **m.labels, seed=cell.seed, engine=resolved[name],
-               pairs=name, copy=pair_sets[name][cell.seed_index].copy,
-               seconds=round(time.perf_counter() - t1, 2), device=where, rss_gib=rss,
-               peak_rss_gib=peak)
+               pairs=name, copy=pair_sets[name][cell.seed_index].copy, seconds=seconds,
+               device=where, **memory.end_cell(drop_compiled))  # freed memory back to the OS
     records.append(rec)
     free.extend(devs)
-    log(f"{cell.id} [{resolved[name]}] {rec['seconds']:.1f}s on {where}, RSS {rss:.2f} GiB "
-        f"(process peak {peak:.2f}): y collapse onset {rec['collapse_onset']}, sustained "
-        f"from {rec['sustained_onset']}")
+    log(f"{cell.id} [{resolved[name]}] {seconds:.1f}s on {where}, RSS {rec['rss_gib']:.2f} "
+        f"GiB (process peak {rec['peak_rss_gib']:.2f}): y collapse onset "
+        f"{rec['collapse_onset']}, sustained from {rec['sustained_onset']}")
     if on_cell is not None:
       on_cell(cell, rec)
 

@@ -54,6 +54,7 @@ def test_process_rss_sees_a_quarter_gib_touched_and_never_exceeds_the_peak():
   """memory.process_rss_gib (what sweep.run_grid writes into each cell's record): resident
   and peak GiB; touching 256 MiB raises both by about that much."""
   import numpy as np
+  memory.release()  # garbage from earlier tests, freed during the allocation, would offset it
   now0, peak0 = memory.process_rss_gib()
   assert 0 < now0 <= peak0 + 1e-3
   block = np.ones(2 ** 25, np.float64)  # 256 MiB, every page written
@@ -72,3 +73,7 @@ def test_release_keeps_compiled_programs_unless_told_to_drop_them():
   assert f._cache_size() == 1
   memory.release(drop_compiled=True)
   assert f._cache_size() == 0
+  from collapse_jax import records  # end_cell: release, then the record's RUN_KEYS for RSS
+  f(1.0)
+  got = memory.end_cell()
+  assert f._cache_size() == 1 and set(got) < set(records.RUN_KEYS) and got["rss_gib"] > 0

@@ -28,7 +28,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from collapse_jax import model, precision
+from collapse_jax import model, param_init, precision
 from collapse_jax.config import MLP_KINDS, NORM_KINDS, PE_KINDS, DecoderConfig
 
 try:
@@ -224,10 +224,7 @@ def test_init_params_are_the_whole_flax_init_bit_for_bit(cfg, raw_key):
   power-of-two programs) equals ``jax.jit(Decoder.init)`` bit for bit, with a typed key
   and (slow) a raw uint32 key. Broken on purpose, it fails: with the draws' std left out
   (run 2026-12-07)."""
-  dec = model.Decoder(cfg, precision.get_policy("float32"), collect=(
-      ("logits",) if cfg.vocab_size and not cfg.tie_embeddings else ()))
-  dummy = (jnp.zeros((1, 2), jnp.int32) if cfg.vocab_size
-           else jnp.zeros((1, 2, cfg.d_model), jnp.float32))
+  dec, dummy = param_init.flax_init_args(cfg)
   whole = jax.jit(lambda k: dec.init(k, dummy)["params"])
   bits = lambda t: [(p, np.asarray(x).dtype, np.asarray(x).view(np.uint32).tobytes())
                     for p, x in jax.tree_util.tree_leaves_with_path(t)]
