@@ -64,14 +64,16 @@ _LIBC = _glibc()
 
 def process_rss_gib() -> tuple[float, float]:
   """(resident, peak resident) GiB of this process now: /proc/self/statm (Linux; the peak
-  where that is missing) and getrusage's ru_maxrss (KiB on Linux)."""
+  where that is missing) and getrusage's ru_maxrss (KiB on Linux). The kernel updates
+  ru_maxrss lazily, so it can trail statm by a few pages; the peak returned is never below
+  the resident figure."""
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
   try:
     with open("/proc/self/statm") as f:
       now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GiB
   except (OSError, ValueError, IndexError):
     now = peak
-  return round(now, 3), round(peak, 3)
+  return round(now, 3), round(max(peak, now), 3)
 
 
 def _itemsizes(pol: Policy) -> tuple[int, int, int, int]:
