@@ -35,6 +35,11 @@ Intermediates (``collect``) come from the same forward, never a second copy:
     'heads'         [L, B, N, H, Dh]   per-head attention outputs sum_j p_ij v_j
     'attn_weights'  [L, B, H, N, M]    attention matrices (M = cache + N keys)
     'kv'            [L, B, N, KV, Dh]  keys (post-RoPE) and values, for a KV cache
+    'cache'         {'k','v': [L, B, M0, KV, Dh]}  with a cache 'length' only: the cache with
+                                       the new rows' keys and values written in (one array per
+                                       key and value, updated layer by layer in place, where
+                                       per-layer slices would be copies: on XLA:CPU every
+                                       layer's copy of its M0 slots stayed alive together)
     'q'             [L, B, N, H, Dh]   queries as the score dot takes them (post-RoPE)
     'logits'        [B, N, V]          (token models)
     'last_logits'   [B, V]             the logits of the last row only (token models): what
@@ -62,7 +67,7 @@ from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
 COLLECTABLE = ("residual", "attn_out", "mid_residual", "heads", "attn_weights", "kv", "q",
-               "logits", "last_logits", "blocked")
+               "cache", "logits", "last_logits", "blocked")
 BLOCKED = "blocked"  # the variable collection of pre-blocked weights (``Policy.preblock``)
 
 
@@ -168,8 +173,17 @@ class Attention(nn.Module):
       q, k = rope(q), rope(k)
     if pol.kv_cache_dtype is not None:  # the keys and values as a KV cache holds them
       k, v = k.astype(pol.kv_cache_dtype), v.astype(pol.kv_cache_dtype)
-    new_kv = (k, v, q)  # (and the queries, for collect 'q')
-    if insert:  # written into the cache's slots first.. (later slots: causally unseen)
+    new_kv = (k, v, q, None)  # (and the queries, for collect 'q'; the whole cache, below)
+    if insert and cache_kv[0].ndim == 5:  # the whole cache [L, B, M0, KV, Dh] (collect
+      # 'cache'): this layer's rows written in place, the layer's slots read from it
+      if cache_kv[0].dtype != k.dtype or cache_kv[1].dtype != v.dtype:
+        raise ValueError(f"collect 'cache': the cache holds {cache_kv[0].dtype}, the keys are "
+                         f"{k.dtype}; give it the keys' dtype")
+      at = tuple(jnp.asarray(i, jnp.int32) for i in (self.layer, 0, first, 0, 0))
+      whole = tuple(jax.lax.dynamic_update_slice(c, x[None], at) for c, x in zip(cache_kv, (k, v)))
+      new_kv = (k, v, q, whole)
+      k, v = whole[0][self.layer], whole[1][self.layer]
+    elif insert:  # written into the cache's slots first.. (later slots: causally unseen)
       k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0].astype(k.dtype), k, first, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1].astype(v.dtype), v, first, axis=1)
     elif cache_kv is not None:  # prefix keys/values [B, M0, KV, Dh] (stored dtype)
@@ -222,8 +236,8 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, v_BND, q_pos, k_pos, k_valid, cache_kv=None, first=None):
     """Returns (v^(l+1), heads, probs, kv, attention output a, z = v + a), all [B, N, ...];
-    kv is (keys, values, queries): the new rows' keys and values and, for collect 'q', their
-    queries.
+    kv is (keys, values, queries, whole): the new rows' keys and values, for collect 'q' their
+    queries, and for collect 'cache' the whole cache (k, v) with them written in (else None).
     ``first``: :class:`Attention`'s."""
     cfg, pol = self.config, self.policy
     a, heads, probs, kv = Attention(cfg, pol, self.schedule, self.layer, name="attn")(
@@ -306,11 +320,17 @@ class Decoder(nn.Module):
       k_valid = jnp.concatenate([cache["valid"], key_valid], axis=1)
     else:
       k_pos, k_valid = positions, key_valid
+    whole = "cache" in self.collect  # the cache threaded through the layers, written in place
+    if whole and first is None:
+      raise ValueError("collect 'cache' needs a cache with a 'length' (the slots to write)")
     residual, heads, weights, ks, vs, qs, attn_out, mid = [v], [], [], [], [], [], [], []
     for l in range(cfg.num_layers):
-      cache_kv = None if cache is None else (cache["k"][l], cache["v"][l])
+      cache_kv = (None if cache is None else (cache["k"], cache["v"]) if whole else
+                  (cache["k"][l], cache["v"][l]))
       v, h, p, kv, a, z = Block(cfg, pol, sched, l, name=f"layer_{l}")(
           v, positions, k_pos, k_valid, cache_kv, first)
+      if whole:
+        cache = {**cache, "k": kv[3][0], "v": kv[3][1]}
       residual.append(v); heads.append(h); weights.append(p); ks.append(kv[0]); vs.append(kv[1])
       qs.append(kv[2])
       attn_out.append(a); mid.append(z)
@@ -331,6 +351,8 @@ class Decoder(nn.Module):
       out["k"], out["v"] = jnp.stack(ks), jnp.stack(vs)
     if "q" in self.collect:
       out["q"] = jnp.stack(qs)
+    if whole:
+      out["cache"] = {"k": cache["k"], "v": cache["v"]}
     wants = [k for k in ("logits", "last_logits") if k in self.collect]
     if wants and not cfg.vocab_size:
       raise ValueError(f"{wants[0]!r} needs a token model (vocab_size > 0)")

@@ -408,6 +408,41 @@ def test_kv_cache_matches_full_pass(preset, pe):
 
 
 @pytest.mark.bitwise
+@pytest.mark.parametrize("preset", ["float32", *(pytest.param(p, marks=pytest.mark.slow)
+                                                for p in ("bfloat16", "float8_e4m3fn"))])
+def test_collect_cache_writes_the_new_keys_in_place_with_the_per_layer_bits(preset):
+  """collect 'cache' (the whole cache threaded through the layers, written in place) gives the
+  per-layer path's rows bit for bit, and its cache is the old one with the new keys and values
+  at slots length .. length + N - 1."""
+  cfg = DecoderConfig(num_layers=2, d_model=16, num_heads=4, num_kv_heads=2, head_dim=4,
+                      pe="rope", mlp="swiglu", vocab_size=16)
+  pol = precision.get_policy(preset)
+  params = pol.cast_params(_params(cfg))
+  x = _inputs(cfg, n=3)
+  M, length = 16, 5
+  rng = np.random.default_rng(1)
+  old = {k: jnp.asarray(rng.standard_normal((cfg.num_layers, B, M, 2, 4)).astype(np.float32)
+                        ).astype(pol.storage_dtype) for k in ("k", "v")}
+  cache = {**old, "length": length, "pos": np.broadcast_to(np.arange(M, dtype=np.int32), (B, M)),
+           "valid": np.broadcast_to(np.arange(M) < length, (B, M))}
+  pos = np.broadcast_to(np.arange(length, length + 3, dtype=np.int32), (B, 3))
+  run = lambda collect: model.forward(cfg, pol, params, x, positions=pos, cache=cache,
+                                      collect=collect)
+  per_layer, whole = run(("kv", "residual", "heads")), run(("kv", "residual", "heads", "cache"))
+  for key in ("y", "residual", "heads", "k", "v"):
+    np.testing.assert_array_equal(np.asarray(whole[key]), np.asarray(per_layer[key]), key)
+  for key in ("k", "v"):
+    want = np.asarray(old[key]).copy()
+    want[:, :, length:length + 3] = np.asarray(per_layer[key])
+    np.testing.assert_array_equal(np.asarray(whole["cache"][key]), want, key)
+  with pytest.raises(ValueError, match="needs a cache with a 'length'"):
+    model.forward(cfg, pol, params, x, collect=("cache",))
+  wrong = {**cache, "k": old["k"].astype(jnp.float16 if preset != "float16" else jnp.float32)}
+  with pytest.raises(ValueError, match="collect 'cache': the cache holds"):
+    model.forward(cfg, pol, params, x, positions=pos, cache=wrong, collect=("cache",))
+
+
+@pytest.mark.bitwise
 @pytest.mark.parametrize("preset,causal", [("float64", False), ("float32", False),
                                            ("bfloat16", False), ("float16", False),
                                            ("bfloat16", True)])
