@@ -542,6 +542,9 @@ def plan(cfg: DecoderConfig, pol: Policy, pair_set: pairs_lib.PairSet, ns, engin
   if engine in ("causal", "kv_cache"):
     qc = memory.plan_query_chunk(cfg, pol, seeds, tokens, memory_budget)
     peak = memory.causal_peak_bytes(cfg, pol, seeds, tokens, qc)
+    segment = segment_rows(pol, tokens)
+    if engine == "causal" and segment is not None:  # one device runs it in segments
+      peak = memory.segmented_peak_bytes(cfg, pol, seeds, tokens, segment)
   if engine == "kv_cache":
     stage = memory.appended_peak_bytes(cfg, pol, seeds, tokens, chunk, ns.size)
     peak = max(peak, stage)

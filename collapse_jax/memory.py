@@ -92,30 +92,65 @@ def _rows_bytes(cfg: DecoderConfig, pol: Policy, lengths: int) -> int:
 
 def causal_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
                       query_chunk: int | None) -> int:
-  """Estimated peak bytes of the causal engine for ``seeds`` (vmapped) passes of ``tokens``:
-  the collected residual stream and heads; one layer's activations (q, k, v, MLP hidden,
-  norms) in the compute dtype, plus their stored copies where the storage dtype differs;
-  one chunk of attention: scores in the accumulation dtype, the softmax's exponentials and
-  probabilities in its dtype, stored copies of scores and probabilities where the storage
-  dtype differs, the mask, and the blocked value dot's partial sums; and the compared rows
-  of every n with their metrics. An estimate from the shapes; BUILD_NOTES compares it with
-  measured peak RSS. It models one whole pass, not the segments a long pass on one device
-  runs in (``engines.segmented_pass``); and XLA:CPU keeps more than one layer's activations
-  alive in a whole forward (Gemma 3 bf16, N = 8204: 4.5 GiB of temporaries measured,
-  against 7.0 GiB estimated for the whole run)."""
-  s, c, sm, acc = _itemsizes(pol)
-  N, D, L, H, KV, Dh = tokens, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dh
-  F = cfg.ff if cfg.use_mlp else 0
+  """Estimated peak bytes of the causal engine for ``seeds`` (vmapped) passes of ``tokens``
+  as one whole forward: the collected residual stream and heads; one layer's activations and
+  one chunk of attention (:func:`_step_bytes`); and the compared rows of every n with their
+  metrics. An estimate from the shapes; BUILD_NOTES compares it with measured peak RSS.
+  XLA:CPU keeps more than one layer's activations alive in a whole forward (Gemma 3 bf16,
+  N = 8204: 4.5 GiB of temporaries measured, against 7.0 GiB estimated for the whole run);
+  a long pass on one device runs in segments instead (:func:`segmented_peak_bytes`)."""
+  s = _itemsizes(pol)[0]
+  N, D, L, H, Dh = tokens, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.dh
   C = N if query_chunk is None else min(query_chunk, N)
   if pol.row_tile is not None:  # the length-invariant schedule attends a whole tile at a time
     C = max(C, min(pol.row_tile, N))
-  copy = lambda wide: wide + (s if s != wide else 0)  # a rounding point makes a new array
   collected = N * ((L + 1) * D + L * H * Dh) * s
-  layer = N * ((H + 2 * KV) * Dh + 4 * D + 3 * F) * copy(c)
-  blocks = -(-N // (pol.accum_block or N))
+  return int(seeds * (collected + _step_bytes(cfg, pol, N, N, C)
+                      + _rows_bytes(cfg, pol, N)))
+
+
+def segmented_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
+                         segment: int) -> int:
+  """Estimated peak bytes of a causal pass of ``tokens`` run in segments of ``segment`` rows
+  (``engines.segmented_pass``): the host rows of the whole pass (residual [L+1], y, the last
+  layer's heads), stored; one segment's step (:func:`segment_step_bytes`); and the compared
+  rows of every n with their metrics."""
+  s = _itemsizes(pol)[0]
+  D, L, H, Dh = cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.dh
+  host = tokens * ((L + 2) * D + H * Dh) * s
+  M = -(-tokens // segment) * segment
+  return int(seeds * (host + segment_step_bytes(cfg, pol, segment, M)
+                      + _rows_bytes(cfg, pol, tokens)))
+
+
+def segment_step_bytes(cfg: DecoderConfig, pol: Policy, segment: int, cache_tokens: int) -> int:
+  """Estimated bytes of one step of a segmented pass (one seed) beyond the weights: the K/V
+  cache of every layer over M = ``cache_tokens`` slots, stored (written in place); one
+  layer's activations for the segment's rows; one row tile's attention over all M keys
+  (:func:`_step_bytes`). Per key that is 2 L KV Dh stored bytes plus a tile's scores: on
+  Gemma 3 float32, 36 + 6.4 KB, where ``memory_analysis`` of the compiled step grows 36 + 6.5
+  KB (its argument and temporaries; tested on a small config)."""
+  s = _itemsizes(pol)[0]
+  cache = 2 * cfg.num_layers * cache_tokens * cfg.kv_heads * cfg.dh * s
+  C = min(pol.row_tile or segment, segment)
+  return cache + _step_bytes(cfg, pol, segment, cache_tokens, C)
+
+
+def _step_bytes(cfg: DecoderConfig, pol: Policy, rows: int, keys: int, C: int) -> int:
+  """One layer's activations for ``rows`` query rows (q, k, v, MLP hidden, norms) in the
+  compute dtype, plus their stored copies where the storage dtype differs; one chunk of C
+  query rows attending to ``keys`` keys: scores in the accumulation dtype, the softmax's
+  exponentials and probabilities in its dtype, stored copies of scores and probabilities
+  where the storage dtype differs, the mask, and the blocked value dot's partial sums."""
+  s, c, sm, acc = _itemsizes(pol)
+  D, H, KV, Dh = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dh
+  F = cfg.ff if cfg.use_mlp else 0
+  copy = lambda wide: wide + (s if s != wide else 0)  # a rounding point makes a new array
+  layer = rows * ((H + 2 * KV) * Dh + 4 * D + 3 * F) * copy(c)
+  blocks = -(-keys // (pol.accum_block or keys))
   per_score = copy(acc) + sm + copy(sm)  # scores, exp, probabilities
-  attention = C * N * (H * per_score + 1 + KV) + H * C * blocks * Dh * acc
-  return int(seeds * (collected + layer + attention + _rows_bytes(cfg, pol, N)))
+  attention = C * keys * (H * per_score + 1 + KV) + H * C * blocks * Dh * acc
+  return layer + attention
 
 
 def size(b: float) -> str:

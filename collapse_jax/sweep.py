@@ -116,7 +116,8 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
   cells = grid_cells(models, policies, pair_sets, seeds) if cells is None else list(cells)
   every = list(devices or jax.local_devices())
   free = list(every)
-  cast: dict = {}  # (params object, policy) -> cast params; real models share one per seed
+  cast: dict = {}  # (params object, policy) -> cast params with a seed axis [1, ...]; real
+  #                 models share one per seed
   records, running = [], collections.deque()
 
   def finish():
@@ -152,9 +153,12 @@ def run_grid(models: Sequence[Model], policies, pair_sets: Mapping[str, Sequence
     p = m.params[cell.seed_index]
     key = (id(p), pol)
     if key not in cast:
+      params_B = None  # the last cell's, if dropped below, is freed before the new cast
       cast = {k: v for k, v in cast.items() if k[1] == pol and k[0] in map(id, m.params)}
-      cast[key] = pol.cast_params(p)
-    params_B = jax.tree_util.tree_map(lambda x: x[None], cast[key])
+      # leaf by leaf, so that the cast copy of the whole model never sits beside the one with
+      # the seed axis (1 GiB for Gemma 3 in float32)
+      cast[key] = jax.tree_util.tree_map(lambda x: pol.cast_params(x)[None], p)
+    params_B = cast[key]
     t1 = time.perf_counter()
     running.append((cell, devs, t1, engines.launch(
         m.cfg, pol, params_B, [sets[cell.seed_index]], lengths, engine=resolved[name],
