@@ -544,7 +544,7 @@ def plan(cfg: DecoderConfig, pol: Policy, pair_set: pairs_lib.PairSet, ns, engin
     peak = memory.causal_peak_bytes(cfg, pol, seeds, tokens, qc)
     segment = segment_rows(pol, tokens)
     if engine == "causal" and segment is not None:  # one device runs it in segments
-      peak = memory.segmented_peak_bytes(cfg, pol, seeds, tokens, segment)
+      peak = memory.segmented_peak_bytes(cfg, pol, seeds, tokens, segment, METRIC_CHUNK)
   if engine == "kv_cache":
     stage = memory.appended_peak_bytes(cfg, pol, seeds, tokens, chunk, ns.size)
     peak = max(peak, stage)

@@ -110,17 +110,18 @@ def causal_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
 
 
 def segmented_peak_bytes(cfg: DecoderConfig, pol: Policy, seeds: int, tokens: int,
-                         segment: int) -> int:
+                         segment: int, metric_chunk: int) -> int:
   """Estimated peak bytes of a causal pass of ``tokens`` run in segments of ``segment`` rows
   (``engines.segmented_pass``): the host rows of the whole pass (residual [L+1], y, the last
   layer's heads), stored; one segment's step (:func:`segment_step_bytes`); and the compared
-  rows of every n with their metrics."""
+  rows of ``metric_chunk`` n with their metrics (the metrics run that many n per call).
+  Like every estimate here it leaves out the weights."""
   s = _itemsizes(pol)[0]
   D, L, H, Dh = cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.dh
   host = tokens * ((L + 2) * D + H * Dh) * s
   M = -(-tokens // segment) * segment
   return int(seeds * (host + segment_step_bytes(cfg, pol, segment, M)
-                      + _rows_bytes(cfg, pol, tokens)))
+                      + _rows_bytes(cfg, pol, min(metric_chunk, tokens))))
 
 
 def segment_step_bytes(cfg: DecoderConfig, pol: Policy, segment: int, cache_tokens: int) -> int:
