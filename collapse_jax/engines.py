@@ -443,10 +443,10 @@ def _rows_fn(cfg: DecoderConfig, pol: Policy):
 EXACT_SHARES_PREFIXES = True
 
 
-def _exact(cfg, pol, params, pair_set, ns, progress=None) -> dict:
-  """Exact engine for one seed: metrics as pair_metrics returns them. Every distinct
-  sequence (tokens and positions) is computed once (B_n is often A_{n+1}). On the
-  length-invariant schedule a sequence with plain positions that is a prefix of another
+def _exact(cfg, pol, params_B, seed, pair_set, ns, progress=None) -> dict:
+  """Exact engine for seed ``seed`` of params_B (weights with a seed axis): metrics as
+  pair_metrics returns them. Every distinct sequence (tokens and positions) is computed once
+  (B_n is often A_{n+1}). On the length-invariant schedule a sequence with plain positions that is a prefix of another
   needed one is read from that one's forward (:func:`_shared_prefixes`; Figure 5's setting
   (d): A_n is a prefix of A_{n+3}, so three forwards hold every n). A forward longer than
   one segment runs as :func:`segmented_pass`. ``progress(message)``: about every 30 s."""
@@ -472,6 +472,16 @@ def _exact(cfg, pol, params, pair_set, ns, progress=None) -> dict:
              for h, g in _shared_prefixes([seqs[i] for i in shared])]
             + [(i, [(i, len(seqs[i]) - 1)]) for i in alone])
   last, every = _exact_fn(cfg, pol), _rows_fn(cfg, pol)
+  # the seed's weights, without (for exact forwards) and with (segmented passes) a seed axis:
+  # each a copy, made only when a forward needs it (a float32 model is 0.5-1 GiB)
+  made: dict = {}
+
+  def weights(axis: bool):
+    if axis not in made:
+      one = axis and len(jax.tree_util.tree_leaves(params_B)[0]) == 1
+      made[axis] = params_B if one else jax.tree_util.tree_map(
+          lambda x: x[seed:seed + 1] if axis else x[seed], params_B)
+    return made[axis]
   host: dict = {}
   t0 = tick = time.perf_counter()
   for g, (h, members) in enumerate(groups):
@@ -480,18 +490,17 @@ def _exact(cfg, pol, params, pair_set, ns, progress=None) -> dict:
     if segment is not None:  # a long forward: in segments (the same bits, less memory)
       note = None if progress is None else (
           lambda msg, g=g: progress(f"exact forward {g + 1} of {len(groups)}: {msg}"))
-      out = segmented_pass(cfg, pol, jax.tree_util.tree_map(lambda x: x[None], params),
-                           tokens[None], segment, progress=note)
+      out = segmented_pass(cfg, pol, weights(True), tokens[None], segment, progress=note)
       got = {k: np.asarray(v)[0] for k, v in _host_rows(out, [r for _, r in members]).items()}
       del out
     elif len(members) == 1 and members[0][1] == len(tokens) - 1:  # its last row only
-      got = last(params, jnp.asarray(tokens), None if plain[h] else jnp.asarray(poss[h]))
+      got = last(weights(False), jnp.asarray(tokens), None if plain[h] else jnp.asarray(poss[h]))
       got = {k: np.asarray(v)[None] if k != "residual" else np.asarray(v)[:, None]
              for k, v in got.items()}
     else:
       rows = np.asarray([r for _, r in members])
       got = {k: np.take(np.asarray(v), rows, axis=1 if k == "residual" else 0)
-             for k, v in every(params, jnp.asarray(tokens)).items()}
+             for k, v in every(weights(False), jnp.asarray(tokens)).items()}
     if not host:  # every sequence's rows: y [1, R, D], residual [1, L+1, R, D], heads [1, R, H, Dh]
       R = len(seqs)
       host = {k: np.empty((1, v.shape[0], R) + v.shape[2:] if k == "residual"
@@ -634,8 +643,7 @@ def launch(cfg: DecoderConfig, pol: Policy, params_B, pair_sets: Sequence[pairs_
     put = lambda x: jax.device_put(x, where)
   params_B = put(params_B)
   if engine == "exact":
-    out = [_exact(cfg, pol, jax.tree_util.tree_map(lambda x: x[i], params_B), s, ns, progress)
-           for i, s in enumerate(pair_sets)]
+    out = [_exact(cfg, pol, params_B, i, s, ns, progress) for i, s in enumerate(pair_sets)]
     return {k: np.stack([np.asarray(o[k]) for o in out]) for k in out[0]}
   planned = plan(cfg, pol, first, ns, engine, chunk=chunk, min_tokens=min_tokens,
                  memory_budget=memory_budget, seeds=len(pair_sets))
