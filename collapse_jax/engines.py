@@ -446,10 +446,11 @@ EXACT_SHARES_PREFIXES = True
 def _exact(cfg, pol, params_B, seed, pair_set, ns, progress=None) -> dict:
   """Exact engine for seed ``seed`` of params_B (weights with a seed axis): metrics as
   pair_metrics returns them. Every distinct sequence (tokens and positions) is computed once
-  (B_n is often A_{n+1}). On the length-invariant schedule a sequence with plain positions that is a prefix of another
-  needed one is read from that one's forward (:func:`_shared_prefixes`; Figure 5's setting
-  (d): A_n is a prefix of A_{n+3}, so three forwards hold every n). A forward longer than
-  one segment runs as :func:`segmented_pass`. ``progress(message)``: about every 30 s."""
+  (B_n is often A_{n+1}). On the length-invariant schedule a sequence with plain positions
+  that is a prefix of another needed one is read from that one's forward
+  (:func:`_shared_prefixes`; Figure 5's setting (d): A_n is a prefix of A_{n+3}, so three
+  forwards hold every n). A forward longer than one segment runs as :func:`segmented_pass`.
+  ``progress(message)``: about every 30 s."""
   keys: dict = {}
   seqs, poss = [], []
   idx = np.empty((2, len(ns)), np.int64)

@@ -180,7 +180,8 @@ class Attention(nn.Module):
         raise ValueError(f"collect 'cache': the cache holds {cache_kv[0].dtype}, the keys are "
                          f"{k.dtype}; give it the keys' dtype")
       at = tuple(jnp.asarray(i, jnp.int32) for i in (self.layer, 0, first, 0, 0))
-      whole = tuple(jax.lax.dynamic_update_slice(c, x[None], at) for c, x in zip(cache_kv, (k, v)))
+      whole = tuple(jax.lax.dynamic_update_slice(c, x[None], at)
+                    for c, x in zip(cache_kv, (k, v)))
       new_kv = (k, v, q, whole)
       k, v = whole[0][self.layer], whole[1][self.layer]
     elif insert:  # written into the cache's slots first.. (later slots: causally unseen)
