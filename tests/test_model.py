@@ -437,7 +437,9 @@ def test_collect_cache_writes_the_new_keys_in_place_with_the_per_layer_bits(pres
     np.testing.assert_array_equal(np.asarray(whole["cache"][key]), want, key)
   with pytest.raises(ValueError, match="needs a cache with a 'length'"):
     model.forward(cfg, pol, params, x, collect=("cache",))
-  wrong = {**cache, "k": old["k"].astype(jnp.float16 if preset != "float16" else jnp.float32)}
+  # (bfloat16, not float16: XLA:CPU cannot convert to float16 under --xla_cpu_max_isa=SSE4_2)
+  wrong = {**cache, "k": old["k"].astype(
+      jnp.float32 if pol.storage_dtype == jnp.bfloat16 else jnp.bfloat16)}
   with pytest.raises(ValueError, match="collect 'cache': the cache holds"):
     model.forward(cfg, pol, params, x, positions=pos, cache=wrong, collect=("cache",))
 
