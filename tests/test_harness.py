@@ -77,6 +77,7 @@ def test_figure5_runs_labels_every_cell_and_cross_checks_the_exact_engine(tiny):
   assert extras["engines"] == {"p": "exact"} and extras["token_counts"]["p"] == [3, 5, 8]
 
 
+@pytest.mark.slow  # 12 s; the default tier keeps the README's 5 minutes
 def test_a_per_n_engine_runs_a_thinned_grid_and_refines_the_first_equal_octave(monkeypatch):
   """``thin``: a kv_cache cell runs ``sweep.thinned(grid)`` (here thresholds made tiny: n =
   5..16 thins to 5, 8, 16); with its embeddings zeroed, y is bitwise equal at every n, so
