@@ -1,7 +1,7 @@
 """The task harness: ask a real model the paper's copy and count tasks (collapse_jax/tasks.py
 holds the words), under each precision policy, and tie its answers to the measured collapse.
 
-  evaluate(ckpt, policies, tasks, modes, ns, ...) -> {'samples', 'summary', 'bridge'}
+  evaluate(ckpt, policies, tasks, modes, ns, ...) -> {'samples', 'summary', 'octaves', 'bridge'}
 
 * samples  one record per (task, mode, dtype, n, sample): the prompt's size, the greedy
            output (collapse_jax.generate), the strict and flexible answers, and the answer
@@ -9,6 +9,8 @@ holds the words), under each precision policy, and tie its answers to the measur
            numbers, margin).
 * summary  one row per (task, mode, dtype, n): strict and flexible accuracy with 95% Wilson
            intervals, the mean / min / max margin.
+* octaves  the same pooled per octave of n (:func:`summarize_octaves`): the intervals of the
+           tasks with one sequence per n.
 * bridge   for the tasks of tasks.BRIDGE_TASKS in the run (direct mode): per (task, dtype, n)
            a pair of prompts whose correct answers differ (tasks.bridge_sequences: count_ones
            n vs n + 1 ones; copy_last 1^(n-1)0 vs 1^n, the asked digit flipped), the
@@ -104,25 +106,45 @@ def _sample_row(it: tasks.Item, dtype: str, rec: dict) -> dict:
           "correct_flexible": rec["flexible"] == it.answer}
 
 
+def _scores(ss: Sequence[dict]) -> dict:
+  """strict, flexible and preferred (margin > 0: the answer slot ranks the right number
+  first, whatever the model's own text) as {'accuracy', 'lo', 'hi'} (Wilson 95%), and the
+  margin's mean / min / max, over the samples ``ss``."""
+  m = np.asarray([s["margin"] for s in ss])
+  hits = {kind: sum(s[f"correct_{kind}"] for s in ss) for kind in ("strict", "flexible")}
+  hits["preferred"] = int((m > 0).sum())
+  row = {}
+  for kind, k in hits.items():
+    lo, hi = tasks.wilson(k, len(ss))
+    row[kind] = {"accuracy": k / len(ss), "lo": lo, "hi": hi}
+  row["margin"] = {"mean": float(m.mean()), "min": float(m.min()), "max": float(m.max())}
+  return row
+
+
 def summarize(samples: Sequence[dict]) -> list[dict]:
-  """Accuracy (strict, flexible; Wilson 95%), margins and 'preferred' (the fraction of samples
-  whose margin is > 0: the answer slot ranks the right number first, whatever the model's own
-  text; Wilson 95%) per (task, mode, dtype, n)."""
+  """Accuracy (strict, flexible; Wilson 95%), margins and 'preferred' (:func:`_scores`) per
+  (task, mode, dtype, n)."""
   groups: dict = {}
   for s in samples:
     groups.setdefault((s["task"], s["mode"], s["dtype"], s["n"]), []).append(s)
-  rows = []
-  for (task, mode, dtype, n), ss in groups.items():
-    row = {"task": task, "mode": mode, "dtype": dtype, "n": n, "samples": len(ss)}
-    m = np.asarray([s["margin"] for s in ss])
-    hits = {kind: sum(s[f"correct_{kind}"] for s in ss) for kind in ("strict", "flexible")}
-    hits["preferred"] = int((m > 0).sum())  # the answer slot prefers the right number
-    for kind, k in hits.items():
-      lo, hi = tasks.wilson(k, len(ss))
-      row[kind] = {"accuracy": k / len(ss), "lo": lo, "hi": hi}
-    row["margin"] = {"mean": float(m.mean()), "min": float(m.min()), "max": float(m.max())}
-    rows.append(row)
-  return rows
+  return [{"task": task, "mode": mode, "dtype": dtype, "n": n, "samples": len(ss),
+           **_scores(ss)} for (task, mode, dtype, n), ss in groups.items()]
+
+
+def summarize_octaves(samples: Sequence[dict]) -> list[dict]:
+  """:func:`summarize` pooled per octave of n, [n_lo, n_hi) = [2^k, 2^(k+1)): every sample
+  of every n in the octave counts once. This is what gives the tasks with one fixed sequence
+  per n (the copy tasks, count_ones, sum) an interval: on a dense grid an octave holds many
+  n. The interval is for the accuracy averaged over the octave's n (the n differ, so the
+  samples are not one Bernoulli draw repeated). Rows add 'n_lo', 'n_hi' and 'lengths' (the
+  number of distinct n), sorted by task, mode, dtype and octave."""
+  groups: dict = {}
+  for s in samples:
+    lo = 1 << (int(s["n"]).bit_length() - 1)
+    groups.setdefault((s["task"], s["mode"], s["dtype"], lo), []).append(s)
+  return [{"task": task, "mode": mode, "dtype": dtype, "n_lo": lo, "n_hi": 2 * lo,
+           "lengths": len({s["n"] for s in ss}), "samples": len(ss), **_scores(ss)}
+          for (task, mode, dtype, lo), ss in sorted(groups.items())]
 
 
 def bridge_consequence(y_equal: bool, answer_a: int, answer_b: int, slot_digit_a: int,
@@ -230,9 +252,10 @@ def run_task_cells(ckpt, cells: dict, ids: Sequence[str], save: Callable[[str, d
 
 def assemble_tasks(cells: dict, recs: dict[str, dict]) -> dict:
   """The task grid's results from every cell's record (``recs``: id -> record):
-  {'samples', 'summary', 'bridge', 'cells', 'timings_s'}, in the cells' order."""
+  {'samples', 'summary', 'octaves', 'bridge', 'cells', 'timings_s'}, in the cells' order."""
   samples = [row for i in cells for row in recs[i].get("samples", [])]
   return {"samples": samples, "summary": summarize(samples),
+          "octaves": summarize_octaves(samples),
           "bridge": [row for i in cells for row in recs[i].get("bridge", [])],
           "cells": list(cells), "timings_s": {i: recs[i]["seconds"] for i in cells}}
 
@@ -258,6 +281,16 @@ def summary_line(r: dict) -> str:
           f"[{r['flexible']['lo']:.2f}, {r['flexible']['hi']:.2f}] margin "
           f"{r['margin']['mean']:+.3f} preferred {r['preferred']['accuracy']:.2f} "
           f"[{r['preferred']['lo']:.2f}, {r['preferred']['hi']:.2f}]")
+
+
+def octave_line(r: dict) -> str:
+  """One console line for a pooled row (:func:`summarize_octaves`)."""
+  n = f"n in [{r['n_lo']}, {r['n_hi']})"
+  return (f"{r['task']:>22s} {r['mode']:>12s} {r['dtype']:>9s} {n:<18s} {r['lengths']:>4d} n, "
+          f"{r['samples']:>4d} samples: flexible {r['flexible']['accuracy']:.2f} "
+          f"[{r['flexible']['lo']:.2f}, {r['flexible']['hi']:.2f}] preferred "
+          f"{r['preferred']['accuracy']:.2f} [{r['preferred']['lo']:.2f}, "
+          f"{r['preferred']['hi']:.2f}] margin {r['margin']['mean']:+.3f}")
 
 
 def bridge_line(b: dict) -> str:

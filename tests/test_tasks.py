@@ -87,6 +87,34 @@ def test_summarize():
   assert "preferred 0.50 [0.09, 0.91]" in line, line
 
 
+
+def test_summarize_octaves_pools_every_n_of_an_octave():
+  """One fixed sequence per n (copy_last): n = 2, 3 pool into [2, 4), n = 4..7 into [4, 8),
+  n = 8 alone into [8, 16); each row's counts and Wilson interval are those of its samples,
+  and the two dtypes and the two tasks stay apart."""
+  rows = []
+  for task in ("copy_last", "copy_first"):
+    for dtype in ("float32", "bfloat16"):
+      for n in range(2, 9):
+        right = task == "copy_first" and n % 2 == 0
+        rows.append(dict(task=task, mode="direct", dtype=dtype, n=n, correct_strict=right,
+                         correct_flexible=right, margin=1.0 if n < 4 else -1.0))
+  octs = harness.summarize_octaves(rows)
+  assert len(octs) == 2 * 2 * 3
+  key = lambda r: (r["task"], r["dtype"], r["n_lo"], r["n_hi"], r["lengths"], r["samples"])
+  assert [key(r) for r in octs[:3]] == [("copy_first", "bfloat16", 2, 4, 2, 2),
+                                        ("copy_first", "bfloat16", 4, 8, 4, 4),
+                                        ("copy_first", "bfloat16", 8, 16, 1, 1)]
+  mid = next(r for r in octs if r["task"] == "copy_first" and r["n_lo"] == 4)
+  assert mid["flexible"] == dict(zip(("lo", "hi"), tasks.wilson(2, 4)), accuracy=0.5)
+  assert mid["preferred"]["accuracy"] == 0.0 and mid["margin"]["mean"] == -1.0
+  first = next(r for r in octs if r["task"] == "copy_last" and r["n_lo"] == 2)
+  assert first["preferred"] == dict(zip(("lo", "hi"), tasks.wilson(2, 2)), accuracy=1.0)
+  assert first["flexible"]["accuracy"] == 0.0
+  line = harness.octave_line(mid)
+  assert "n in [4, 8)" in line and "4 n" in line and "flexible 0.50 [0.15, 0.85]" in line, line
+
+
 TINY = DecoderConfig(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, vocab_size=30,
                      mlp="swiglu", norm="rmsnorm", tie_embeddings=False)
 DIGITS = list(range(10, 20))  # token ids of '0'..'9' in the tiny vocabulary
