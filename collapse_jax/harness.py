@@ -206,13 +206,14 @@ def bridge(ckpt, runner: _Runner, task: str, ns, prompt_format: str) -> list[dic
 BRIDGE = "bridge"  # the mode word of a bridge cell: id '<dtype>/bridge/<task>'
 
 
-def task_cells(policies, task_names: Sequence[str], modes: Sequence[str]) -> dict[str, tuple]:
+def task_cells(policies, task_names: Sequence[str], modes: Sequence[str],
+               bridge: bool = True) -> dict[str, tuple]:
   """The cells of the task grid, in the results' order: id -> (policy, task, mode). Per
   policy, '<dtype>/<task>/<mode>' for each (task, mode) that applies (CoT modes: count tasks
-  only), then '<dtype>/bridge/<task>' (mode :data:`BRIDGE`) for each of
+  only), then, with ``bridge``, '<dtype>/bridge/<task>' (mode :data:`BRIDGE`) for each of
   ``tasks.BRIDGE_TASKS`` in ``task_names``."""
   pairs = [(t, m) for t in task_names for m in modes if m == "direct" or t in tasks.COUNT_TASKS]
-  pairs += [(t, BRIDGE) for t in tasks.BRIDGE_TASKS if t in task_names]
+  pairs += [(t, BRIDGE) for t in tasks.BRIDGE_TASKS if bridge and t in task_names]
   return {(f"{p.name}/{BRIDGE}/{t}" if m == BRIDGE else f"{p.name}/{t}/{m}"): (p, t, m)
           for p in policies for t, m in pairs}
 

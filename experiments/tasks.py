@@ -58,6 +58,9 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("max_new_tokens", None, f"greedy tokens per answer (default "
                        f"{harness.DIRECT_TOKENS} direct, {harness.COT_TOKENS} CoT)", flag_values=fv)
   flags.DEFINE_integer("batch", 8, "prompts decoded together", flag_values=fv)
+  flags.DEFINE_boolean("bridge", True, "run the bridge cells of count_ones and copy_last (an "
+                       "exact-length forward pair per n, compiled per length: costly on a "
+                       "dense --lengths grid)", flag_values=fv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +105,7 @@ def main(argv):
                                   fl["distributed"])
   t0 = time.perf_counter()
   ckpt = cli.load_model(fl["model"], logging.info)
-  cells = harness.task_cells(spec.policies, spec.tasks, spec.modes)
+  cells = harness.task_cells(spec.policies, spec.tasks, spec.modes, fl["bridge"])
   logging.info("tasks %s on %s, modes %s, n %s, dtypes %s: %d cells", ",".join(spec.tasks),
                ckpt.label, ",".join(spec.modes), [int(n) for n in spec.lengths],
                ",".join(p.name for p in spec.policies), len(cells))

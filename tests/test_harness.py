@@ -164,6 +164,9 @@ def test_task_cells_name_each_dtype_task_mode_and_bridge():
       "copy_last/cot_no_shot"]
   assert list(harness.task_cells(pols[:1], ["copy_first"], ["direct"])) == [
       "float32/copy_first/direct"]
+  assert list(harness.task_cells(pols[:1], ["copy_last", "count_ones"], ["direct"],
+                                 bridge=False)) == [  # experiments.tasks --nobridge
+      "float32/copy_last/direct", "float32/count_ones/direct"]
 
 
 @pytest.mark.slow
