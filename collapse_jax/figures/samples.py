@@ -335,6 +335,12 @@ def _tasks_modes(path):
   return tasks.tasks_figure(harness.summarize(rows), path, CAPTION_TASKS)
 
 
+@_sample("tasks_octaves", tasks.octaves_figure)
+def _octaves(path):  # --task=copy_last,copy_first --lengths=2:63 --nobridge
+  rows = task_samples(("copy_last", "copy_first"), ns=tuple(range(2, 64)))
+  return tasks.octaves_figure(harness.summarize_octaves(rows), path, CAPTION_TASKS)
+
+
 @_sample("tasks_counts", tasks.counts_figure)
 def _counts(path):
   rows = task_samples(("count_ones", "count_bernoulli"), ns=(2, 5, 10, 20, 40), samples=3)

@@ -1,5 +1,5 @@
 """Figures of the task harness (collapse_jax/harness.py, experiments.tasks): ``tasks_figure``,
-``counts_figure``, ``bridge_figure``; ``write_all`` writes the ones a run draws."""
+``octaves_figure``, ``counts_figure``, ``bridge_figure``; ``write_all`` writes the ones a run draws."""
 from __future__ import annotations
 
 import os
@@ -46,6 +46,41 @@ def tasks_figure(summary, path: str | None, caption: str):
     for ax in axes[:, j]:
       log_x(ax)
   axes[0, 0].legend(fontsize=7, title="bars: Wilson 95% interval", title_fontsize=7)
+  footer(fig, caption)
+  return save(fig, path)
+
+
+def octaves_figure(octaves, path: str | None, caption: str):
+  """The tasks pooled per octave of n (``harness.summarize_octaves`` rows), one column per
+  task: flexible accuracy and 'preferred' (margin > 0 at the answer slot), each with its
+  Wilson 95% interval, at the octave's geometric middle; a line per dtype and mode, nudged
+  by DODGE; the octave's span [n_lo, n_hi) drawn as a thin horizontal bar under each point.
+  The copy tasks and count_ones have one sequence per n: this is where their intervals are."""
+  names = list(dict.fromkeys(r["task"] for r in octaves))
+  fig, axes = subplots(2, len(names), figsize=(4.2 * len(names), 7.0))
+  for j, task in enumerate(names):
+    curves = list(dict.fromkeys((r["dtype"], r["mode"]) for r in octaves if r["task"] == task))
+    for k, (dtype, mode) in enumerate(curves):
+      rs = sorted((r for r in octaves if (r["task"], r["dtype"], r["mode"]) ==
+                   (task, dtype, mode)), key=lambda r: r["n_lo"])
+      lo, hi = (np.asarray([r[key] for r in rs], np.float64) for key in ("n_lo", "n_hi"))
+      mid = np.sqrt(lo * (hi - 1)) * DODGE ** (k - (len(curves) - 1) / 2)
+      st = dtype_style(dtype)
+      for row, key in ((0, "flexible"), (1, "preferred")):
+        acc = np.asarray([r[key]["accuracy"] for r in rs])
+        bars = [acc - [r[key]["lo"] for r in rs], [r[key]["hi"] for r in rs] - acc]
+        axes[row, j].errorbar(mid, acc, yerr=bars, ls=st["ls"], lw=st["lw"], capsize=2.5,
+                              elinewidth=0.8, color=st["color"], ms=4,
+                              marker=MODE_MARKERS.get(mode, "o"),
+                              label=f"{dtype} {mode} ({', '.join(str(r['lengths']) for r in rs)} n)")
+        axes[row, j].hlines(acc, lo, hi - 1, color=st["color"], lw=0.6, alpha=0.5)
+    axes[0, j].set(title=f"{task}, pooled per octave of n", ylim=(-0.05, 1.05),
+                   ylabel="accuracy (flexible)")
+    axes[1, j].set(ylim=(-0.05, 1.05), xlabel="n (octave [2^k, 2^(k+1)))",
+                   ylabel="preferred: margin > 0 at the answer slot")
+    for ax in axes[:, j]:
+      log_x(ax)
+    axes[0, j].legend(fontsize=6, title="bars: Wilson 95%; (n per octave)", title_fontsize=6)
   footer(fig, caption)
   return save(fig, path)
 
@@ -115,10 +150,14 @@ def bridge_figure(bridge, path: str | None, caption: str):
 
 def write_all(res: dict, out: str, caption: str, count_tasks) -> list[str]:
   """experiments.tasks' figures in ``out`` from ``harness.assemble_tasks``' ``res``:
-  :func:`tasks_figure`, :func:`counts_figure` when samples of ``count_tasks`` exist and
+  :func:`tasks_figure`, :func:`octaves_figure` when an octave of n holds several n,
+  :func:`counts_figure` when samples of ``count_tasks`` exist and
   :func:`bridge_figure` when the run has a bridge. Returns the file names written."""
   files = ["tasks_accuracy.png"]
   tasks_figure(res["summary"], os.path.join(out, files[-1]), caption)
+  if any(r["lengths"] > 1 for r in res.get("octaves", [])):
+    files.append("tasks_octaves.png")
+    octaves_figure(res["octaves"], os.path.join(out, files[-1]), caption)
   counts = [s for s in res["samples"] if s["task"] in count_tasks]
   if counts:
     files.append("tasks_counts.png")
