@@ -88,7 +88,8 @@ def test_every_engine_gives_the_exact_engines_bits(pol_name, family):
   """Issue 24 for every engine and preset: causal, kv_cache and masked records (distances,
   ulps, equal flags) equal the exact engine's bit for bit, n on and around the 8-row tiles
   and 16-key blocks (float32 on one-pass pairs, the preset whose low bits the untiled path
-  changed most, in the default tier; appended pairs and the other presets in the slow step). Broken on purpose, it fails: with the engines
+  changed most, in the default tier; appended pairs and the other presets in the slow step).
+  Broken on purpose, it fails: with the engines
   on 8-key blocks against the exact engine's 16 (a summation order the schedule itself
   decides), every engine's float32 distances differ (run 2026-12-07, n = 8, 9, 17), and so
   they did with the old kv_cache engine, which appended its keys after the whole cached

@@ -1,5 +1,6 @@
 """Figures of the task harness (collapse_jax/harness.py, experiments.tasks): ``tasks_figure``,
-``octaves_figure``, ``counts_figure``, ``bridge_figure``; ``write_all`` writes the ones a run draws."""
+``octaves_figure``, ``counts_figure``, ``bridge_figure``; ``write_all`` writes the ones a run
+draws."""
 from __future__ import annotations
 
 import os
@@ -66,13 +67,14 @@ def octaves_figure(octaves, path: str | None, caption: str):
       lo, hi = (np.asarray([r[key] for r in rs], np.float64) for key in ("n_lo", "n_hi"))
       mid = np.sqrt(lo * (hi - 1)) * DODGE ** (k - (len(curves) - 1) / 2)
       st = dtype_style(dtype)
+      counts = ", ".join(str(r["lengths"]) for r in rs)
       for row, key in ((0, "flexible"), (1, "preferred")):
         acc = np.asarray([r[key]["accuracy"] for r in rs])
         bars = [acc - [r[key]["lo"] for r in rs], [r[key]["hi"] for r in rs] - acc]
         axes[row, j].errorbar(mid, acc, yerr=bars, ls=st["ls"], lw=st["lw"], capsize=2.5,
                               elinewidth=0.8, color=st["color"], ms=4,
                               marker=MODE_MARKERS.get(mode, "o"),
-                              label=f"{dtype} {mode} ({', '.join(str(r['lengths']) for r in rs)} n)")
+                              label=f"{dtype} {mode} ({counts} n)")
         axes[row, j].hlines(acc, lo, hi - 1, color=st["color"], lw=0.6, alpha=0.5)
     axes[0, j].set(title=f"{task}, pooled per octave of n", ylim=(-0.05, 1.05),
                    ylabel="accuracy (flexible)")
