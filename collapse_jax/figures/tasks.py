@@ -16,6 +16,27 @@ MODE_MARKERS = {"direct": "o", "cot_no_shot": "s", "cot_few_shot": "^"}
 DODGE = 1.04  # tasks_figure: the curves of a panel sit this factor apart in n, so bars stay apart
 
 
+def _curves(rows, task: str, order: str):
+  """One task's curves: (dodge factor, dtype, mode, its rows sorted by ``order``) for each
+  (dtype, mode) in ``rows``; the dodge factors (DODGE to a power) keep the curves' bars apart."""
+  curves = list(dict.fromkeys((r["dtype"], r["mode"]) for r in rows if r["task"] == task))
+  for k, (dtype, mode) in enumerate(curves):
+    rs = sorted((r for r in rows if (r["task"], r["dtype"], r["mode"]) == (task, dtype, mode)),
+                key=lambda r: r[order])
+    yield DODGE ** (k - (len(curves) - 1) / 2), dtype, mode, rs
+
+
+def _interval_bars(axes, x, rs, dtype: str, mode: str, label: str) -> None:
+  """Flexible accuracy on ``axes[0]`` and preferred on ``axes[1]``, each with its Wilson
+  interval as error bars, at ``x``."""
+  st = dtype_style(dtype)
+  for ax, key in zip(axes, ("flexible", "preferred")):
+    acc = np.asarray([r[key]["accuracy"] for r in rs])
+    bars = [acc - [r[key]["lo"] for r in rs], [r[key]["hi"] for r in rs] - acc]
+    ax.errorbar(x, acc, yerr=bars, ls=st["ls"], lw=st["lw"], capsize=2.5, elinewidth=0.8,
+                color=st["color"], marker=MODE_MARKERS.get(mode, "o"), ms=4, label=label)
+
+
 def tasks_figure(summary, path: str | None, caption: str):
   """Figures 2/3 style, one column per task (``harness.summarize`` rows): flexible accuracy
   with its Wilson 95% interval as error bars (strict accuracy dotted), the fraction of
@@ -25,18 +46,11 @@ def tasks_figure(summary, path: str | None, caption: str):
   names = list(dict.fromkeys(r["task"] for r in summary))
   fig, axes = subplots(3, len(names), figsize=(4.2 * len(names), 10.0))
   for j, task in enumerate(names):
-    curves = list(dict.fromkeys((r["dtype"], r["mode"]) for r in summary if r["task"] == task))
-    for k, (dtype, mode) in enumerate(curves):
-      rs = sorted((r for r in summary if (r["task"], r["dtype"], r["mode"]) ==
-                   (task, dtype, mode)), key=lambda r: r["n"])
-      n = np.asarray([r["n"] for r in rs], np.float64) * DODGE ** (k - (len(curves) - 1) / 2)
+    for dodge, dtype, mode, rs in _curves(summary, task, "n"):
+      n = np.asarray([r["n"] for r in rs], np.float64) * dodge
       st = dtype_style(dtype)
       kw = dict(color=st["color"], marker=MODE_MARKERS.get(mode, "o"), ms=4)
-      for row, key in ((0, "flexible"), (1, "preferred")):
-        acc = np.asarray([r[key]["accuracy"] for r in rs])
-        bars = [acc - [r[key]["lo"] for r in rs], [r[key]["hi"] for r in rs] - acc]
-        axes[row, j].errorbar(n, acc, yerr=bars, ls=st["ls"], lw=st["lw"], capsize=2.5,
-                              elinewidth=0.8, label=f"{dtype} {mode}", **kw)
+      _interval_bars(axes[:2, j], n, rs, dtype, mode, f"{dtype} {mode}")
       axes[0, j].plot(n, [r["strict"]["accuracy"] for r in rs], ls=":", lw=0.9,
                       color=st["color"])
       axes[2, j].plot(n, [r["margin"]["mean"] for r in rs], ls=st["ls"], lw=st["lw"], **kw)
@@ -60,22 +74,14 @@ def octaves_figure(octaves, path: str | None, caption: str):
   names = list(dict.fromkeys(r["task"] for r in octaves))
   fig, axes = subplots(2, len(names), figsize=(4.2 * len(names), 7.0))
   for j, task in enumerate(names):
-    curves = list(dict.fromkeys((r["dtype"], r["mode"]) for r in octaves if r["task"] == task))
-    for k, (dtype, mode) in enumerate(curves):
-      rs = sorted((r for r in octaves if (r["task"], r["dtype"], r["mode"]) ==
-                   (task, dtype, mode)), key=lambda r: r["n_lo"])
+    for dodge, dtype, mode, rs in _curves(octaves, task, "n_lo"):
       lo, hi = (np.asarray([r[key] for r in rs], np.float64) for key in ("n_lo", "n_hi"))
-      mid = np.sqrt(lo * (hi - 1)) * DODGE ** (k - (len(curves) - 1) / 2)
-      st = dtype_style(dtype)
       counts = ", ".join(str(r["lengths"]) for r in rs)
+      _interval_bars(axes[:, j], np.sqrt(lo * (hi - 1)) * dodge, rs, dtype, mode,
+                     f"{dtype} {mode} ({counts} n)")
       for row, key in ((0, "flexible"), (1, "preferred")):
-        acc = np.asarray([r[key]["accuracy"] for r in rs])
-        bars = [acc - [r[key]["lo"] for r in rs], [r[key]["hi"] for r in rs] - acc]
-        axes[row, j].errorbar(mid, acc, yerr=bars, ls=st["ls"], lw=st["lw"], capsize=2.5,
-                              elinewidth=0.8, color=st["color"], ms=4,
-                              marker=MODE_MARKERS.get(mode, "o"),
-                              label=f"{dtype} {mode} ({counts} n)")
-        axes[row, j].hlines(acc, lo, hi - 1, color=st["color"], lw=0.6, alpha=0.5)
+        axes[row, j].hlines([r[key]["accuracy"] for r in rs], lo, hi - 1,
+                            color=dtype_style(dtype)["color"], lw=0.6, alpha=0.5)
     axes[0, j].set(title=f"{task}, pooled per octave of n", ylim=(-0.05, 1.05),
                    ylabel="accuracy (flexible)")
     axes[1, j].set(ylim=(-0.05, 1.05), xlabel="n (octave [2^k, 2^(k+1)))",
