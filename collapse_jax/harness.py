@@ -140,8 +140,7 @@ def summarize_octaves(samples: Sequence[dict]) -> list[dict]:
   number of distinct n), sorted by task, mode, dtype and octave."""
   groups: dict = {}
   for s in samples:
-    lo = 1 << (int(s["n"]).bit_length() - 1)
-    groups.setdefault((s["task"], s["mode"], s["dtype"], lo), []).append(s)
+    groups.setdefault((s["task"], s["mode"], s["dtype"], sweep.octave_lo(s["n"])), []).append(s)
   return [{"task": task, "mode": mode, "dtype": dtype, "n_lo": lo, "n_hi": 2 * lo,
            "lengths": len({s["n"] for s in ss}), "samples": len(ss), **_scores(ss)}
           for (task, mode, dtype, lo), ss in sorted(groups.items())]
