@@ -19,7 +19,7 @@ template; base models (--model=gemma3) plain text: '<bos>{prompt}\n', the model 
 Writes to --out: samples.jsonl (every raw sample), results.json (accuracy with Wilson 95%
 intervals and margins per task, mode, dtype and n, and pooled per octave of n, which gives
 the tasks with one sequence per n their intervals on a dense --lengths grid; the bridge;
-timings), tasks_accuracy.png,
+timings), tasks_accuracy.png, tasks_octaves.png (where an octave holds several n),
 tasks_counts.png (count tasks) and tasks_bridge.png. A job of cells (dtype x task x mode, and
 dtype x bridge task; collapse_jax/jobs.py), as precision_sweep: --resume, signals, hosts.
 """
@@ -139,8 +139,8 @@ def _assemble(spec: Spec, ckpt, cells, t0, out, shards):
       "tasks", fl, config=ckpt.config, policies=spec.policies, model=ckpt.label,
       model_name=ckpt.name, prompt_format=ckpt.prompt_format, caption=caption,
       lengths=spec.lengths, stop_ids=harness.stop_ids(ckpt), summary=res["summary"],
-      octaves=res["octaves"], bridge=res["bridge"], cells=res["cells"], timings_s=res["timings_s"],
-      total_s=round(total, 1)), compact=True)
+      octaves=res["octaves"], bridge=res["bridge"], cells=res["cells"],
+      timings_s=res["timings_s"], total_s=round(total, 1)), compact=True)
   files = ["samples.jsonl", "results.json"] + (
       figures.tasks.write_all(res, out, caption, tasks.COUNT_TASKS) if fl["plot"] else [])
   print("\n".join([harness.summary_line(r) for r in res["summary"]]

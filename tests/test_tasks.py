@@ -87,7 +87,6 @@ def test_summarize():
   assert "preferred 0.50 [0.09, 0.91]" in line, line
 
 
-
 def test_summarize_octaves_pools_every_n_of_an_octave():
   """One fixed sequence per n (copy_last): n = 2, 3 pool into [2, 4), n = 4..7 into [4, 8),
   n = 8 alone into [8, 16); each row's counts and Wilson interval are those of its samples,
