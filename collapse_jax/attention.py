@@ -305,27 +305,50 @@ def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_B
   # token may repeat a position, yet must not see the tokens after it
   q_idx_N = jnp.arange(M - N, M) if q_start is None else q_start + jnp.arange(N)
 
+  def mask_bias(q_idx_C, q_pos_BC, k_valid_BM, k_pos_BM):
+    """Which keys rows C may see [B, C, M], and the ALiBi bias [B, H, C, M] or None."""
+    mask_BCM = k_valid_BM[:, None, :]
+    if causal:
+      mask_BCM = mask_BCM & (jnp.arange(k_pos_BM.shape[1])[None, None, :] <= q_idx_C[None, :, None])
+    if window is not None:
+      mask_BCM = mask_BCM & (jnp.abs(q_pos_BC[:, :, None] - k_pos_BM[:, None, :]) < window)
+    bias = None if alibi_heads is None else positional.alibi_bias(
+        q_pos_BC, k_pos_BM, alibi_heads, causal, pol.compute_dtype)
+    return mask_BCM, bias
+
+  def sees_bad(mask_BCM, bad_BMK):  # [B, C, KV, 1, 1]: rows that attend to a bad value
+    return jnp.any(mask_BCM[:, :, :, None] & bad_BMK[:, None, :, :], axis=2)[..., None, None]
+
   def rows(q_BCKGD, q_idx_C, q_pos_BC, k, v_safe, bad_BMK, k_valid_BM, k_pos_BM):
     """Rows C of the attention: heads [B, C, KV, G, Dh], probs [B, KV, G, C, M]."""
     C = q_idx_C.shape[0]
     scores = pol.round(pol.dot("bnhgk,bmhk->bhgnm", q_BCKGD, k, scale=qk_scale, at=(qk_at,)),
                        "scores")
     scores = pol.softcap(scores, softcap, "attn_softcap")
-    mask_BCM = k_valid_BM[:, None, :]
-    if causal:
-      mask_BCM = mask_BCM & (jnp.arange(k.shape[1])[None, None, :] <= q_idx_C[None, :, None])
-    if window is not None:
-      dist = jnp.abs(q_pos_BC[:, :, None] - k_pos_BM[:, None, :])
-      mask_BCM = mask_BCM & (dist < window)
-    bias = None
-    if alibi_heads is not None:
-      bias = positional.alibi_bias(q_pos_BC, k_pos_BM, alibi_heads, causal, pol.compute_dtype)
+    mask_BCM, bias = mask_bias(q_idx_C, q_pos_BC, k_valid_BM, k_pos_BM)
+    if bias is not None:
       bias = bias.reshape(B, KV, G, C, -1)
     probs = pol.softmax(scores, mask_BCM[:, None, None], bias)
     heads = pol.round(pol.dot("bhgnm,bmhk->bnhgk", probs, v_safe, at=VALUE_AT), "heads")
-    sees_bad_BCK = jnp.any(mask_BCM[:, :, :, None] & bad_BMK[:, None, :, :], axis=2)
     nan = jnp.asarray(jnp.nan, heads.dtype)
-    return jnp.where(sees_bad_BCK[:, :, :, None, None], nan, heads), probs
+    return jnp.where(sees_bad(mask_BCM, bad_BMK), nan, heads), probs
+
+  def rows_by_head(q_BKCGD, q_idx_C, q_pos_BC, k_BKSD, v_BKSD, bad_BSK, k_valid_BS, k_pos_BS):
+    """:func:`rows` (heads only) with queries [B, KV, C, G, Dh] and keys and values
+    [B, KV, S, Dh] head-major: each dot is a plain batched matrix product over KV, a KV
+    head's C * G rows one operand. Returns heads [B, KV, C, G, Dh]."""
+    C, S = q_idx_C.shape[0], k_BKSD.shape[2]
+    s = pol.dot("bhrd,bhmd->bhrm", q_BKCGD.reshape(B, KV, C * G, Dh), k_BKSD, scale=qk_scale,
+                at=(qk_at,))
+    s = pol.softcap(pol.round(s, "scores"), softcap, "attn_softcap").reshape(B, KV, C, G, S)
+    mask_BCS, bias = mask_bias(q_idx_C, q_pos_BC, k_valid_BS, k_pos_BS)
+    if bias is not None:
+      bias = jnp.swapaxes(bias.reshape(B, KV, G, C, S), 2, 3)
+    probs = pol.softmax(s, mask_BCS[:, None, :, None], bias).reshape(B, KV, C * G, S)
+    heads = pol.round(pol.dot("bhrm,bhmd->bhrd", probs, v_BKSD, at=VALUE_AT), "heads")
+    heads = jnp.where(jnp.moveaxis(sees_bad(mask_BCS, bad_BSK), 2, 1),
+                      jnp.asarray(jnp.nan, heads.dtype), heads.reshape(B, KV, C, G, Dh))
+    return heads
 
   keys = (k_BMKD, v_safe, bad_BMK, k_valid_BM, k_pos_BM)
   C, mesh = schedule.query_chunk, schedule.query_mesh
@@ -339,20 +362,30 @@ def _untiled_attention(pol: Policy, q_BNKGD, k_BMKD, v_BMKD, k_pos_BM, k_valid_B
   qp = jnp.pad(q_BNKGD, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
   ip = jnp.pad(q_idx_N, (0, pad), constant_values=M - 1)
   pp = jnp.pad(q_pos_BN, ((0, 0), (0, pad)), mode="edge")
-  chunks = (jnp.moveaxis(qp.reshape(B, nc, C, KV, G, Dh), 1, 0), ip.reshape(nc, C),
-            jnp.moveaxis(pp.reshape(B, nc, C), 1, 0))
-  run = lambda chunks, *keys: jax.lax.map(lambda a: rows(*a, *keys)[0], chunks)
   KB = schedule.key_block
   if mesh is None and KB is not None and causal:
-    parts, i = [], 0  # chunk i sees keys [0, M - N + (i + 1) C)
+    # Key blocks, head-major: chunk i's rows see keys [0, seen_i) (their last index + 1 up
+    # to a multiple of KB; the rest have weight exactly 0), one lax.map per seen_i. The
+    # values of `rows`, other dot shapes: low bits may differ (tests/test_model.py).
+    q_BKNGD = jnp.moveaxis(qp, 2, 1)
+    k_BKMD, v_BKMD = jnp.moveaxis(k_BMKD, 2, 1), jnp.moveaxis(v_safe, 2, 1)
+    parts, i = [], 0
     while i < nc:
       seen = min(M, -(-(M - N + (i + 1) * C) // KB) * KB)
       j = max(i + 1, min(nc, (seen - (M - N)) // C))  # chunks i..j-1 see at most `seen`
-      parts.append(run(jax.tree_util.tree_map(lambda x: x[i:j], chunks),
-                       *(x[:, :seen] for x in keys)))
+      chunk = lambda t, seen=seen: rows_by_head(
+          jax.lax.dynamic_slice_in_dim(q_BKNGD, t * C, C, axis=2),
+          jax.lax.dynamic_slice_in_dim(ip, t * C, C), jax.lax.dynamic_slice_in_dim(pp, t * C, C, 1),
+          k_BKMD[:, :, :seen], v_BKMD[:, :, :seen], bad_BMK[:, :seen], k_valid_BM[:, :seen],
+          k_pos_BM[:, :seen])
+      parts.append(jax.lax.map(chunk, jnp.arange(i, j)))  # [j - i, B, KV, C, G, Dh]
       i = j
-    heads = jnp.concatenate(parts, 0)
-  elif mesh is None:
+    heads = jnp.transpose(jnp.concatenate(parts, 0), (1, 0, 3, 2, 4, 5))
+    return heads.reshape(B, nc * C, KV, G, Dh)[:, :N], None
+  chunks = (jnp.moveaxis(qp.reshape(B, nc, C, KV, G, Dh), 1, 0), ip.reshape(nc, C),
+            jnp.moveaxis(pp.reshape(B, nc, C), 1, 0))
+  run = lambda chunks, *keys: jax.lax.map(lambda a: rows(*a, *keys)[0], chunks)
+  if mesh is None:
     heads = run(chunks, *keys)  # [nc, B, C, KV, G, Dh]
   else:
     # Only the chunks are split. Everything around them is pinned replicated: left free,

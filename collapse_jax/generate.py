@@ -21,22 +21,20 @@ Compiles: the prefill once per (policy, B, P, S), the decode program (``block_st
 in one device loop) once per (policy, B, S) (``bucket`` rounds P, and S - P, the slots for
 new tokens, up to a power of two, so a sweep over prompt lengths reuses a few programs).
 
-Speed (measured numbers in BUILD_NOTES): the weights are cast, split into the policy's
-accumulation blocks and laid out as the blocked dots read them once
-(:func:`blocked_weights`), not at every step (XLA does not hoist those copies out of the
-decode loop), and the prefill's attention runs in chunks of :data:`PREFILL_CHUNK` query
-rows. A row stops after it emits a stop id or its decoded text contains a stop string
-(the stopping token is kept, as HF transformers' ``generate`` keeps its EOS), or after
-``max_new_tokens``; the batch stops when every row has.
+Speed (measured numbers in BUILD_NOTES): the weights are cast and laid out as the dots
+read them once (:func:`blocked_weights`), not at every step (XLA does not hoist those copies
+out of the decode loop), and the prefill's attention runs in chunks of :data:`PREFILL_CHUNK`
+query rows over only the key blocks they can see. A row stops after it emits a stop id or
+its decoded text contains a stop string (the stopping token is kept, as HF transformers'
+``generate`` keeps its EOS), or after ``max_new_tokens``; the batch stops when every row has.
 
 Bits. Two decoders, one stopping rule:
-  * fast (default): the prefill runs on the policy's length-invariant schedule
-    (``Policy.row_tile``), so a prompt alone in its batch with no left padding (its length
-    a bucket) gets the bits of an exact-length forward of it. Left padding moves a row's
-    tokens to other stream indices, and the decode steps and ``scoring.score``'s continuations
-    run off the schedule (``Policy.untiled``: a row alone in a 128-row tile costs more), so
-    low bits can differ from fresh forwards (tests/test_generate.py
-    states the tolerance, and checks every greedy token against fresh forwards).
+  * fast (default): the prefill, the decode steps and ``scoring.score``'s continuations run
+    under :func:`fast_policy`: the policy's dtypes and rounding points, off the
+    length-invariant schedule and in the backend's dot order (a row alone in a 128-row tile
+    would cost more; blocked, zero-padded contractions too). Low bits can differ from fresh
+    forwards and from one CPU to another (tests/test_generate.py states the tolerance, and
+    checks every greedy token against fresh forwards).
   * ``on_path=True``: each prompt alone (B = 1), its tokens at stream indices 0.. (right
     padding, never left), and every decode step on the schedule: the new row placed in its
     row tile at its own stream index, its key written into the cache at that slot (the
@@ -62,17 +60,25 @@ from collapse_jax.config import DecoderConfig
 from collapse_jax.precision import Policy
 
 
-# The prefill's attention runs in chunks of this many query rows: measured on SmolLM2 (f32,
-# 2-core AVX-512 EPYC), a 2048-token prefill takes 20.5 s as one [P, P] pass, 8.4 / 7.0 / 6.2 s
-# in chunks of 256 / 128 / 64 (the scores of a chunk stay in cache); at P = 128, 0.36-0.41 s
-# either way. Chunks change the attention's dot shapes, so low bits may differ from a whole
-# pass (BUILD_NOTES: f32 rtol 1e-5); generation is checked against uncached forwards with a
+# The prefill's attention runs in chunks of this many query rows, each chunk attending only
+# to the keys it can see (causal models), in multiples of PREFILL_KEY_BLOCK
+# (``model.forward(key_block=)``, head-major: ``attention._untiled_attention``). SmolLM2 f32,
+# 2000-token prefill on a 2-core Xeon (BUILD_NOTES, "Speed"): 64/512 5.02 s, 64/256 4.56 s,
+# 128/256 4.35 s. Chunks change the attention's dot shapes, so low bits may differ from a
+# whole pass (f32 rtol 1e-5); generation is checked against uncached forwards with a
 # tolerance in any case.
-PREFILL_CHUNK = 64
-# ... and each chunk attends only to the keys it can see (causal models), in multiples of
-# this many (``model.forward(key_block=)``): about 5/8 of the attention work at P = 2048
-# (SmolLM2 f32, 2-core AVX2 EPYC: 20.8 -> 14.7 s).
-PREFILL_KEY_BLOCK = 512
+PREFILL_CHUNK = 128
+PREFILL_KEY_BLOCK = 256
+
+
+def fast_policy(policy: Policy) -> Policy:
+  """The policy of the fast decoder (the prefill, the decode steps and ``scoring.score``):
+  ``policy``'s dtypes and rounding points, off the length-invariant schedule
+  (``Policy.untiled``) and with the backend's order inside each dot (``accum_block`` None:
+  one dot per contraction, weights without zero padding, accumulated in ``accum_dtype``).
+  Low bits then depend on shapes and the CPU; ``greedy_decode(on_path=True)`` keeps the
+  schedule's bits."""
+  return dataclasses.replace(policy.untiled(), accum_block=None)
 
 
 def bucket(n: int, minimum: int = 64) -> int:
@@ -127,16 +133,16 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
     return _filled(out, pos_BP, valid_BP, S), jnp.argmax(logits, -1).astype(jnp.int32), logits
 
   def step(params, blocked, cache, tok_B, pos_B, slot):
-    # one row per sequence: off the length-invariant schedule (Policy.untiled), where a row
-    # alone would cost a whole tile; its low bits are those of a one-row dot
-    out = model_lib.forward(cfg, pol.untiled(), params, tok_B[:, None], positions=pos_B[:, None],
+    # one row per sequence, off the schedule (``pol`` is a fast_policy), where a row alone
+    # would cost a whole tile; its low bits are those of a one-row dot
+    out = model_lib.forward(cfg, pol, params, tok_B[:, None], positions=pos_B[:, None],
                             cache=cache, collect=("kv", "last_logits"), blocked=blocked)
     return (_written(cache, out, slot, pos_B),
             jnp.argmax(out["last_logits"], -1).astype(jnp.int32))
 
   def steps(params, blocked, cache, tok_B, pos_B, slot, K):
     """K decode steps in one program (a loop on the device), with the weights pre-blocked
-    (:func:`blocked_weights`: cast, padded and laid out once, not once per token). Returns
+    (:func:`blocked_weights`: cast and laid out once, not once per token). Returns
     the cache and the K new tokens [K, B]."""
     def body(i, carry):
       cache, tok, toks = carry
@@ -206,8 +212,9 @@ def prefill(cfg: DecoderConfig, policy: Policy, params, prompts: Sequence[Sequen
   valid = np.zeros((B, P), bool)
   for i, p in enumerate(prompts):
     tokens[i, P - len(p):], pos[i, P - len(p):], valid[i, P - len(p):] = p, np.arange(len(p)), True
-  fill, _ = _programs(cfg, policy, query_chunk)
-  blocked = blocked_weights(cfg, policy, params)
+  fast = fast_policy(policy)
+  fill, _ = _programs(cfg, fast, query_chunk)
+  blocked = blocked_weights(cfg, fast, params)
   cache, nxt, logits = fill(params, blocked, tokens, pos, valid, max(int(slots), P))
   return cache, nxt, logits, lengths, P, blocked
 
@@ -348,7 +355,7 @@ def greedy_decode(cfg: DecoderConfig, policy: Policy, params,
                                                query_chunk=query_chunk)
   last = np.asarray(nxt)  # waits for the prefill
   t1 = time.perf_counter()
-  _, steps = _programs(cfg, policy, query_chunk)
+  _, steps = _programs(cfg, fast_policy(policy), query_chunk)
 
   def blocks():
     nonlocal cache, last

@@ -3,9 +3,9 @@
 
 Words as in :mod:`collapse_jax.generate`. A prompt is run once (:func:`context`: the
 generation prefill, batch 1) and every continuation is scored against its cache in batched
-passes of :data:`SCORE_ROWS` rows. Bits: the continuation rows run off the length-invariant
-schedule (``Policy.untiled``), so their low bits may differ from fresh forwards
-(tests/test_scoring.py states the tolerance).
+passes of :data:`SCORE_ROWS` rows. Bits: the prompt and the continuation rows run under
+``generate.fast_policy`` (off the length-invariant schedule, the backend's dot order), so
+their low bits may differ from fresh forwards (tests/test_scoring.py states the tolerance).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from collapse_jax import model as model_lib
 from collapse_jax.config import DecoderConfig
-from collapse_jax.generate import PREFILL_CHUNK, blocked_weights, prefill
+from collapse_jax.generate import PREFILL_CHUNK, blocked_weights, fast_policy, prefill
 from collapse_jax.precision import Policy
 
 
@@ -55,7 +55,7 @@ def _score_fn(cfg: DecoderConfig, pol: Policy):
          "valid": jnp.broadcast_to(cache["valid"], (C,) + cache["valid"].shape[1:])}
     pos = jnp.broadcast_to(pos0 + jnp.arange(T, dtype=jnp.int32), (C, T))
     valid = jnp.arange(T)[None, :] < len_C[:, None]
-    out = model_lib.forward(cfg, pol.untiled(), params, conts_CT, positions=pos,
+    out = model_lib.forward(cfg, pol, params, conts_CT, positions=pos,
                             key_valid=valid, cache=c, collect=("logits",), blocked=blocked)
     # the distribution before each continuation token: the prompt's, then each row's own
     first = jnp.broadcast_to(first_logits_V, (C, 1, first_logits_V.shape[-1]))
@@ -89,8 +89,9 @@ def score(cfg: DecoderConfig, policy: Policy, params, ctx: Context,
     cfg.check_token_ids(c, "continuation tokens")
     conts[i, :len(c)] = c
   lens = np.asarray([len(c) for c in continuations], np.int32)
-  fn, ids = _score_fn(cfg, policy), jnp.asarray(list(next_ids), jnp.int32)
-  blocked = blocked_weights(cfg, policy, params)
+  fast = fast_policy(policy)
+  fn, ids = _score_fn(cfg, fast), jnp.asarray(list(next_ids), jnp.int32)
+  blocked = blocked_weights(cfg, fast, params)
   parts = []
   for a in range(0, len(conts), SCORE_ROWS):
     rows = np.arange(a, a + SCORE_ROWS) % len(conts)  # a short last chunk repeats rows

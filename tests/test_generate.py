@@ -255,19 +255,20 @@ def test_real_model_greedy_matches_transformers(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_long_prompt_with_blocked_weights_equals_fresh_forwards(dtype):
-  """A prompt longer than the prefill's chunk (100 tokens: P = 128, two chunks of
-  PREFILL_CHUNK = 64 query rows) on a model whose dots are blocked (d_model 320, ff 600 >
-  256 terms: the decode steps use ``blocked_weights``' padded copies): every decided greedy
-  token is the argmax of an uncached whole-pass forward."""
+  """A prompt of 300 tokens (P = 512: four chunks of PREFILL_CHUNK = 128 query rows, in two
+  groups of key blocks, 256 and 512 keys) on a model whose policy blocks its dots (d_model
+  320, ff 600 > 256 terms; the fast decoder runs each as one dot): every decided greedy token
+  is the argmax of an uncached whole-pass forward on the policy's own schedule."""
   cfg, pol = BLOCKED_CFG, get_policy(dtype)
   params = pol.cast_params(model.init_params(cfg, jax.random.key(4)))
-  assert generate.PREFILL_CHUNK < 100 <= generate.bucket(100) - generate.PREFILL_CHUNK + 64
-  prompt = list(np.random.default_rng(5).integers(0, 50, size=100))
+  P, C, KB = generate.bucket(300), generate.PREFILL_CHUNK, generate.PREFILL_KEY_BLOCK
+  assert (P, C, KB) == (512, 128, 256)  # the chunks and key groups the docstring names
+  prompt = list(np.random.default_rng(5).integers(0, 50, size=300))
   out = generate.greedy(cfg, pol, params, [prompt], 8)[0]
   fresh = jax.jit(lambda p, x: model.forward(cfg, pol, p, x, collect=("logits",))["logits"][0])
   seq, checked = list(prompt), 0
   for tok in out:
-    x = np.zeros((1, 128), np.int32)
+    x = np.zeros((1, 320), np.int32)
     x[0, :len(seq)] = seq
     lg = np.asarray(fresh(params, x)[len(seq) - 1], np.float64)
     top2 = np.sort(lg)[-2:]
