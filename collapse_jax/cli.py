@@ -106,7 +106,7 @@ VOCABULARY = {
 # happens, never its results, so --resume does not compare them (:func:`job_spec`).
 JOB = {"resume": False, "heartbeat": 60.0, "coordinator": None, "num_processes": None,
        "process_id": None, "distributed": False}
-NOT_RESULTS = set(JOB) | {"out", "plot"}
+NOT_RESULTS = set(JOB) | {"out", "plot", "beside"}  # beside: tasks' --beside (a figure)
 
 
 def define(flag_values: flags.FlagValues | None = None, **defaults) -> None:

@@ -82,6 +82,12 @@ PROMPT_FORMATS = {  # name -> how results and figures describe it
     "template": "the checkpoint's own chat template",
 }
 PLAIN_CUE = "\nAnswer:"  # the end of a 'plain' prompt (its "turn end")
+
+
+def task_format_name(prompt_format: str) -> str:
+  """How the tasks' results and figures name a prompt format (their 'plain' prompts have
+  no answer cue: plain text)."""
+  return "plain text" if prompt_format == "plain" else PROMPT_FORMATS[prompt_format]
 COUNT_QUESTION = "How many ones are in the following sequences?"
 COPY_QUESTION = "Can you copy the following number?"
 _MARK = "\x00DIGITS\x00"

@@ -171,3 +171,18 @@ def write_csv(path: str, rows: Iterable[Mapping[str, Any]], columns: Sequence[st
 def write_jsonl(path: str, rows: Iterable[Any]) -> None:
   """Atomic JSON-lines write: one JSON object per row."""
   _atomic_write(path, "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
+
+
+def read_results(directory: str, experiment: str) -> dict:
+  """The results.json of an earlier ``experiment`` run in ``directory``; ValueError (one
+  line) where there is none, it does not parse, or another experiment wrote it."""
+  path = os.path.join(directory, "results.json")
+  try:
+    with open(path) as f:
+      res = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: no readable results.json ({type(e).__name__})") from None
+  if not isinstance(res, dict) or res.get("experiment") != experiment:
+    got = res.get("experiment") if isinstance(res, dict) else None
+    raise ValueError(f"{path}: written by {got!r}, not {experiment!r}")
+  return res

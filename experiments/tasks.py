@@ -20,7 +20,8 @@ Writes to --out: samples.jsonl (every raw sample), results.json (accuracy with W
 intervals and margins per task, mode, dtype and n, and pooled per octave of n, which gives
 the tasks with one sequence per n their intervals on a dense --lengths grid; the bridge;
 timings), tasks_accuracy.png, tasks_octaves.png (where an octave holds several n),
-tasks_counts.png (count tasks) and tasks_bridge.png. A job of cells (dtype x task x mode, and
+tasks_counts.png (count tasks), tasks_bridge.png and, with --beside (earlier runs' --out,
+e.g. another model's), tasks_models.png: the runs side by side, each in its prompt format. A job of cells (dtype x task x mode, and
 dtype x bridge task; collapse_jax/jobs.py), as precision_sweep: --resume, signals, hosts.
 """
 from __future__ import annotations
@@ -58,6 +59,8 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("max_new_tokens", None, f"greedy tokens per answer (default "
                        f"{harness.DIRECT_TOKENS} direct, {harness.COT_TOKENS} CoT)", flag_values=fv)
   flags.DEFINE_integer("batch", 8, "prompts decoded together", flag_values=fv)
+  flags.DEFINE_list("beside", [], "earlier tasks runs' --out directories (other models) drawn "
+                    "beside this run in tasks_models.png", flag_values=fv)
   flags.DEFINE_boolean("bridge", True, "run the bridge cells of count_ones and copy_last (an "
                        "exact-length forward pair per n, compiled per length: costly on a "
                        "dense --lengths grid)", flag_values=fv)
@@ -73,6 +76,7 @@ class Spec:
   lengths: object
   samples: int
   flags: dict
+  beside: list = dataclasses.field(default_factory=list)  # (label, summary) per --beside run
 
 
 def parse(fl: dict) -> Spec:
@@ -93,7 +97,10 @@ def parse(fl: dict) -> Spec:
     if fl[name] is not None and fl[name] < 1:
       raise ValueError(f"--{name} must be >= 1, got {fl[name]}")
   jobs.check_job_flags(fl, cli.job_spec(fl))
-  return Spec(policies, names, modes, ns, fl["samples"], fl)
+  beside = [results.read_results(d, "tasks") for d in fl["beside"]]
+  return Spec(policies, names, modes, ns, fl["samples"], fl, [
+      (f"{r['model']} ({prompts.task_format_name(r['prompt_format'])})", r["summary"])
+      for r in beside])
 
 
 def main(argv):
@@ -130,8 +137,8 @@ def _assemble(spec: Spec, ckpt, cells, t0, out, shards):
   """Process 0: samples.jsonl, results.json and the figures from every cell's shard."""
   fl = spec.flags
   res = harness.assemble_tasks(cells, {i: s["record"] for i, s in shards.items()})
-  caption = (f"{ckpt.label}; {'plain text' if ckpt.prompt_format == 'plain' else prompts.PROMPT_FORMATS[ckpt.prompt_format]}"
-             f"; greedy, max {fl['max_new_tokens'] or 'default'} new tokens; n = sequence length "
+  fmt = prompts.task_format_name(ckpt.prompt_format)
+  caption = (f"{ckpt.label}; {fmt}; greedy, max {fl['max_new_tokens'] or 'default'} new tokens; n = sequence length "
              "(digits / ones / words); prompts from Appendix C.1 (collapse_jax/tasks.py)")
   results.write_jsonl(os.path.join(out, "samples.jsonl"), res["samples"])
   total = time.perf_counter() - t0  # this process's wall time (a resumed run: since then)
@@ -142,7 +149,9 @@ def _assemble(spec: Spec, ckpt, cells, t0, out, shards):
       octaves=res["octaves"], bridge=res["bridge"], cells=res["cells"],
       timings_s=res["timings_s"], total_s=round(total, 1)), compact=True)
   files = ["samples.jsonl", "results.json"] + (
-      figures.tasks.write_all(res, out, caption, tasks.COUNT_TASKS) if fl["plot"] else [])
+      figures.tasks.write_all(res, out, caption, tasks.COUNT_TASKS,
+                              [(f"{ckpt.label} ({fmt})", res["summary"])] + spec.beside)
+      if fl["plot"] else [])
   print("\n".join([harness.summary_line(r) for r in res["summary"]]
                   + [harness.octave_line(r) for r in res["octaves"] if r["lengths"] > 1]
                   + [harness.bridge_line(b) for b in res["bridge"]]))

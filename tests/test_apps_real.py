@@ -138,6 +138,28 @@ def test_tasks_refuses_bad_values(args, msg, tmp_path):
   assert not (tmp_path / "x").exists()
 
 
+def test_tasks_beside_reads_earlier_tasks_runs_and_refuses_anything_else(tmp_path):
+  """--beside: each directory's results.json, written by experiments.tasks, gives a label
+  (its model and prompt format) and its summary for tasks_models.png; a directory without
+  one, or with another experiment's, is one line before anything runs."""
+  from collapse_jax import harness, results
+  from collapse_jax.figures import samples
+  summary = harness.summarize(samples.task_samples(("copy_last",), ns=(5, 40)))
+  for name, experiment in (("gemma", "tasks"), ("sweep", "precision_sweep")):
+    (tmp_path / name).mkdir()
+    results.write_json(str(tmp_path / name / "results.json"),
+                       {"experiment": experiment, "model": "Gemma 3 270M",
+                        "prompt_format": "plain", "summary": summary})
+  spec = _tasks(tmp_path, f"--beside={tmp_path / 'gemma'}")
+  assert spec.beside == [("Gemma 3 270M (plain text)", summary)]
+  assert _tasks(tmp_path).beside == [] and "beside" not in cli.job_spec(spec.flags)
+  for where, msg in (("sweep", "written by 'precision_sweep', not 'tasks'"),
+                     ("nowhere", "no readable results.json (FileNotFoundError)")):
+    with pytest.raises(ValueError, match=re.escape(msg)):
+      _tasks(tmp_path, f"--beside={tmp_path / where}")
+  assert not (tmp_path / "x").exists()
+
+
 def test_importing_the_apps_defines_no_flags():
   for name in ("settings", "position", "cross_check", "task", "mode", "samples"):
     module = flags.FLAGS.find_module_defining_flag(name) if name in flags.FLAGS else None

@@ -300,10 +300,12 @@ CAPTION_TASKS = ("SmolLM2-135M-Instruct (Q8_0 GGUF); chat template; greedy, max 
 
 
 def task_samples(names=("copy_last", "copy_first", "count_ones"), modes=("direct",),
-                 ns=(5, 40), dtypes=("float32", "bfloat16"), samples: int = 1) -> list[dict]:
+                 ns=(5, 40), dtypes=("float32", "bfloat16"), samples: int = 1,
+                 seed: int = 0) -> list[dict]:
   """Sample rows as ``harness.evaluate`` writes them (the fields the summary and the figures
-  read): a small model, right mostly at short n, its counts off by a few."""
-  rng = np.random.default_rng(0)
+  read): a small model, right mostly at short n, its counts off by a few (``seed``: another
+  such model)."""
+  rng = np.random.default_rng(seed)
   rows = []
   for task in names:
     for mode in modes:
@@ -339,6 +341,16 @@ def _tasks_modes(path):
 def _octaves(path):  # --task=copy_last,copy_first --lengths=2:63 --nobridge
   rows = task_samples(("copy_last", "copy_first"), ns=tuple(range(2, 64)))
   return tasks.octaves_figure(harness.summarize_octaves(rows), path, CAPTION_TASKS)
+
+
+@_sample("tasks_models", tasks.models_figure)
+def _models(path):  # a Gemma 3 run with --beside=<a SmolLM2 run's --out>
+  copy = lambda seed: harness.summarize(task_samples(("copy_last", "copy_first"),
+                                                     ns=(5, 40, 300), seed=seed))
+  runs = [("SmolLM2-135M-Instruct (the chat template)", copy(0)),
+          ("Gemma 3 270M (plain text)", copy(1))]
+  return tasks.models_figure(runs, path, "greedy; n = sequence length (digits); prompts from "
+                             "Appendix C.1 (collapse_jax/tasks.py), each model's own format")
 
 
 @_sample("tasks_counts", tasks.counts_figure)

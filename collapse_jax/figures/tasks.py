@@ -1,6 +1,6 @@
 """Figures of the task harness (collapse_jax/harness.py, experiments.tasks): ``tasks_figure``,
-``octaves_figure``, ``counts_figure``, ``bridge_figure``; ``write_all`` writes the ones a run
-draws."""
+``octaves_figure``, ``counts_figure``, ``bridge_figure``, ``models_figure`` (runs of several
+models side by side); ``write_all`` writes the ones a run draws."""
 from __future__ import annotations
 
 import os
@@ -26,15 +26,26 @@ def _curves(rows, task: str, order: str):
     yield DODGE ** (k - (len(curves) - 1) / 2), dtype, mode, rs
 
 
-def _interval_bars(axes, x, rs, dtype: str, mode: str, label: str) -> None:
+def _interval_bars(axes, x, rs, dtype: str, mode: str, label: str, color=None) -> None:
   """Flexible accuracy on ``axes[0]`` and preferred on ``axes[1]``, each with its Wilson
-  interval as error bars, at ``x``."""
+  interval as error bars, at ``x``; in the dtype's colour unless ``color`` is given."""
   st = dtype_style(dtype)
   for ax, key in zip(axes, ("flexible", "preferred")):
     acc = np.asarray([r[key]["accuracy"] for r in rs])
     bars = [acc - [r[key]["lo"] for r in rs], [r[key]["hi"] for r in rs] - acc]
     ax.errorbar(x, acc, yerr=bars, ls=st["ls"], lw=st["lw"], capsize=2.5, elinewidth=0.8,
-                color=st["color"], marker=MODE_MARKERS.get(mode, "o"), ms=4, label=label)
+                color=color or st["color"], marker=MODE_MARKERS.get(mode, "o"), ms=4,
+                label=label)
+
+
+def _task_axes(col, task: str, title: str) -> None:
+  """The labels of a task's column of three panels (accuracy, preferred, margin), log n."""
+  col[0].set(title=title, ylim=(-0.05, 1.05), ylabel="accuracy (flexible; dotted: strict)")
+  col[1].set(ylim=(-0.05, 1.05), ylabel="preferred: margin > 0 at the answer slot")
+  col[2].axhline(0, color="0.5", lw=0.8)
+  col[2].set(xlabel="n", ylabel="margin: log p(correct) - log p(best wrong)")
+  for ax in col:
+    log_x(ax)
 
 
 def tasks_figure(summary, path: str | None, caption: str):
@@ -54,13 +65,35 @@ def tasks_figure(summary, path: str | None, caption: str):
       axes[0, j].plot(n, [r["strict"]["accuracy"] for r in rs], ls=":", lw=0.9,
                       color=st["color"])
       axes[2, j].plot(n, [r["margin"]["mean"] for r in rs], ls=st["ls"], lw=st["lw"], **kw)
-    axes[0, j].set(title=task, ylim=(-0.05, 1.05), ylabel="accuracy (flexible; dotted: strict)")
-    axes[1, j].set(ylim=(-0.05, 1.05), ylabel="preferred: margin > 0 at the answer slot")
-    axes[2, j].axhline(0, color="0.5", lw=0.8)
-    axes[2, j].set(xlabel="n", ylabel="margin: log p(correct) - log p(best wrong)")
-    for ax in axes[:, j]:
-      log_x(ax)
+    _task_axes(axes[:, j], task, task)
   axes[0, 0].legend(fontsize=7, title="bars: Wilson 95% interval", title_fontsize=7)
+  footer(fig, caption)
+  return save(fig, path)
+
+
+MODEL_COLORS = ("C0", "C3", "C2", "C4", "C1", "C5")  # models_figure: one per model
+
+
+def models_figure(runs, path: str | None, caption: str):
+  """Models side by side (issue 29): ``runs`` is a list of (label, summary) pairs, the label
+  naming a model and its prompt format, the summary its run's ``harness.summarize`` rows.
+  One column per task any run has, the panels of :func:`tasks_figure` (flexible accuracy
+  with strict dotted, 'preferred', mean margin; Wilson 95% bars); a colour per model, the
+  dtype's line style and the mode's marker, every curve of a panel nudged by DODGE in n."""
+  names = list(dict.fromkeys(r["task"] for _, rows in runs for r in rows))
+  fig, axes = subplots(3, len(names), figsize=(4.6 * len(names), 10.0))
+  for j, task in enumerate(names):
+    curves = [(m, label, c) for m, (label, rows) in enumerate(runs)
+              for c in _curves(rows, task, "n")]
+    for k, (m, label, (_, dtype, mode, rs)) in enumerate(curves):
+      n = np.asarray([r["n"] for r in rs], np.float64) * DODGE ** (k - (len(curves) - 1) / 2)
+      color, st = MODEL_COLORS[m % len(MODEL_COLORS)], dtype_style(dtype)
+      _interval_bars(axes[:2, j], n, rs, dtype, mode, f"{label}: {dtype} {mode}", color)
+      axes[0, j].plot(n, [r["strict"]["accuracy"] for r in rs], ls=":", lw=0.9, color=color)
+      axes[2, j].plot(n, [r["margin"]["mean"] for r in rs], ls=st["ls"], lw=st["lw"],
+                      color=color, marker=MODE_MARKERS.get(mode, "o"), ms=4)
+    _task_axes(axes[:, j], task, f"{task}: {len(runs)} models")
+  axes[0, 0].legend(fontsize=6, title="colour: model; bars: Wilson 95%", title_fontsize=6)
   footer(fig, caption)
   return save(fig, path)
 
@@ -156,13 +189,19 @@ def bridge_figure(bridge, path: str | None, caption: str):
   return save(fig, path)
 
 
-def write_all(res: dict, out: str, caption: str, count_tasks) -> list[str]:
+def write_all(res: dict, out: str, caption: str, count_tasks, runs=()) -> list[str]:
   """experiments.tasks' figures in ``out`` from ``harness.assemble_tasks``' ``res``:
   :func:`tasks_figure`, :func:`octaves_figure` when an octave of n holds several n,
-  :func:`counts_figure` when samples of ``count_tasks`` exist and
-  :func:`bridge_figure` when the run has a bridge. Returns the file names written."""
+  :func:`counts_figure` when samples of ``count_tasks`` exist,
+  :func:`bridge_figure` when the run has a bridge and :func:`models_figure` of ``runs``
+  ((label, summary) pairs, this run's first) when there are several. Returns the file
+  names written."""
   files = ["tasks_accuracy.png"]
   tasks_figure(res["summary"], os.path.join(out, files[-1]), caption)
+  if len(runs) > 1:
+    files.append("tasks_models.png")
+    # the caption after this run's model and format (the legend names every run's)
+    models_figure(runs, os.path.join(out, files[-1]), caption.split("; ", 2)[-1])
   if any(r["lengths"] > 1 for r in res.get("octaves", [])):
     files.append("tasks_octaves.png")
     octaves_figure(res["octaves"], os.path.join(out, files[-1]), caption)
