@@ -112,13 +112,19 @@ def _filled(out, pos_BP, valid_BP, S: int) -> dict:
   return {"k": kv(out["k"]), "v": kv(out["v"]), "pos": row(pos_BP), "valid": row(valid_BP)}
 
 
+def _marked(cache: dict, kv: dict, slot, pos_B) -> dict:
+  """The cache of keys and values ``kv`` ('k', 'v'), with slot ``slot`` (may be traced) at
+  position ``pos_B`` [B] and valid."""
+  return {"k": kv["k"], "v": kv["v"], "pos": cache["pos"].at[:, slot].set(pos_B),
+          "valid": cache["valid"].at[:, slot].set(True)}
+
+
 def _written(cache: dict, out, slot, pos_B) -> dict:
   """``cache`` with one decode step's new key and value (``out``'s 'k', 'v' [L, B, 1, KV,
   Dh]) at ``slot`` (may be traced), its position ``pos_B`` [B], and that slot valid."""
   put = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2)
-  return {"k": put(cache["k"], out["k"]), "v": put(cache["v"], out["v"]),
-          "pos": cache["pos"].at[:, slot].set(pos_B),
-          "valid": cache["valid"].at[:, slot].set(True)}
+  return _marked(cache, {"k": put(cache["k"], out["k"]), "v": put(cache["v"], out["v"])},
+                 slot, pos_B)
 
 
 @functools.lru_cache(maxsize=32)
@@ -134,10 +140,14 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
 
   def step(params, blocked, cache, tok_B, pos_B, slot):
     # one row per sequence, off the schedule (``pol`` is a fast_policy), where a row alone
-    # would cost a whole tile; its low bits are those of a one-row dot
+    # would cost a whole tile; its low bits are those of a one-row dot. Its key and value go
+    # into the cache at ``slot`` layer by layer, in place (collect 'cache'), and attention
+    # reads the S slots from there: no per-layer copy of the cache with the new key appended
+    # (SmolLM2 f32 at S = 2112: 84 -> 65 ms per step, the same tokens; BUILD_NOTES).
     out = model_lib.forward(cfg, pol, params, tok_B[:, None], positions=pos_B[:, None],
-                            cache=cache, collect=("kv", "last_logits"), blocked=blocked)
-    return (_written(cache, out, slot, pos_B),
+                            cache={**cache, "length": slot}, collect=("cache", "last_logits"),
+                            blocked=blocked)
+    return (_marked(cache, out["cache"], slot, pos_B),
             jnp.argmax(out["last_logits"], -1).astype(jnp.int32))
 
   def steps(params, blocked, cache, tok_B, pos_B, slot, K):
