@@ -56,6 +56,22 @@ def test_masked_softmax_never_nan_and_rounded(name):
   np.testing.assert_allclose(p32[:2].sum(-1), 1.0, atol=0.2 if pol.is_fp8 else 2e-2)
 
 
+def test_xla_divides_by_a_row_total_as_a_reciprocal_multiply():
+  """A fact of XLA:CPU that the softmax's last step (``sm_step(jnp.divide, e, total)``,
+  total [..., 1]) and tests/reference.py's emulation of it rest on: x / t with t broadcast
+  along a row is computed as x * (1 / t), the reciprocal rounded once per row. It differs
+  from true division in about a quarter of the elements, so this fails on a jaxlib that
+  divides (the emulator's softmax divide must then follow)."""
+  e = np.random.default_rng(0).random((64, 1024)).astype(np.float32)
+  t = e.sum(-1, keepdims=True, dtype=np.float32)
+  recip = e * (np.float32(1) / t)
+  got = np.asarray(jax.jit(lambda a, b: a / b)(e, t))
+  np.testing.assert_array_equal(got, recip)
+  step = np.asarray(jax.jit(lambda a, b: get_policy("float32").sm_step(jnp.divide, a, b))(e, t))
+  np.testing.assert_array_equal(step, recip)
+  assert (got != e / t).mean() > 0.1
+
+
 def test_pure_softmax_rounds_every_step():
   s = (jax.random.normal(jax.random.key(1), (64, 32)) * 2).astype(jnp.bfloat16)
   mask = jnp.ones((64, 32), bool)
