@@ -98,8 +98,8 @@ def octave_fractions(lengths, equal) -> dict[str, float]:
   """{'2^k': fraction of swept n in [2^k, 2^(k+1)) that are bitwise equal}, for every
   octave with a swept n."""
   n, e = np.asarray(lengths), np.asarray(equal, bool)
-  k = np.floor(np.log2(n)).astype(int)
-  return {f"2^{o}": float(e[k == o].mean()) for o in np.unique(k)}
+  lo = np.asarray([metrics.octave_lo(x) for x in n])
+  return {f"2^{o.bit_length() - 1}": float(e[lo == o].mean()) for o in map(int, np.unique(lo))}
 
 
 def _y_view(rec: dict):

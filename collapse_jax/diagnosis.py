@@ -108,13 +108,10 @@ def octaves(ns, **series) -> list[dict]:
   [{'lo', 'hi', 'count', <name>: mean, ...}]."""
   ns = np.asarray(ns)
   vals = {k: np.asarray(v, np.float64) for k, v in series.items()}
-  out = []
-  for k in range(int(np.log2(ns.min())), int(np.log2(ns.max())) + 1):
-    m = (ns >= 2 ** k) & (ns < 2 ** (k + 1))
-    if m.any():
-      out.append({"lo": 2 ** k, "hi": 2 ** (k + 1), "count": int(m.sum()),
-                  **{name: float(v[m].mean()) for name, v in vals.items()}})
-  return out
+  lo_K = np.asarray([metrics.octave_lo(n) for n in ns])
+  return [{"lo": lo, "hi": 2 * lo, "count": int((lo_K == lo).sum()),
+           **{name: float(v[lo_K == lo].mean()) for name, v in vals.items()}}
+          for lo in map(int, np.unique(lo_K))]
 
 
 def from_sweep_run(path: str, heads: int, seed: int, dtypes) -> tuple:

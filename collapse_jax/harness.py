@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from collapse_jax import engines, generate, memory, records, sweep, tasks
+from collapse_jax import engines, generate, memory, metrics, records, sweep, tasks
 
 DIRECT_TOKENS, COT_TOKENS = 24, 192  # default max_new_tokens per mode
 
@@ -140,7 +140,7 @@ def summarize_octaves(samples: Sequence[dict]) -> list[dict]:
   number of distinct n), sorted by task, mode, dtype and octave."""
   groups: dict = {}
   for s in samples:
-    groups.setdefault((s["task"], s["mode"], s["dtype"], sweep.octave_lo(s["n"])), []).append(s)
+    groups.setdefault((s["task"], s["mode"], s["dtype"], metrics.octave_lo(s["n"])), []).append(s)
   return [{"task": task, "mode": mode, "dtype": dtype, "n_lo": lo, "n_hi": 2 * lo,
            "lengths": len({s["n"] for s in ss}), "samples": len(ss), **_scores(ss)}
           for (task, mode, dtype, lo), ss in sorted(groups.items())]

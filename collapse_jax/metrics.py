@@ -123,6 +123,13 @@ def nonfinite_count(x, axis=None):
   return jnp.sum(~jnp.isfinite(jnp.asarray(x)), axis=axis)
 
 
+def octave_lo(n: int) -> int:
+  """The start 2^k of the octave [2^k, 2^(k+1)) that holds n >= 1 (every octave grouping:
+  ``sweep.first_equal_octave``, ``harness.summarize_octaves``, ``attribution``,
+  ``diagnosis``)."""
+  return 1 << (int(n).bit_length() - 1)
+
+
 def _onset_args(equal_N, lengths_N):
   """Shapes are static under jit, so a mismatch raises here instead of indexing out of
   range (jnp clamps out-of-range indices: 6 flags and 3 lengths would report 30)."""

@@ -238,11 +238,6 @@ def thinned(grid) -> np.ndarray:
   return np.unique(np.concatenate([dense, near, rest[-1:]]))
 
 
-def octave_lo(n: int) -> int:
-  """The start 2^k of the octave [2^k, 2^(k+1)) that holds n >= 1."""
-  return 1 << (int(n).bit_length() - 1)
-
-
 def first_equal_octave(grid, ran, first_equal: int) -> tuple[int, int, np.ndarray] | None:
   """Where a thinned cell (run on ``ran``, a subset of ``grid``) found y bitwise equal first
   at n = ``first_equal`` (-1: never): (lo, hi, the n of the octave [lo, hi) = [2^k, 2^(k+1))
@@ -250,7 +245,7 @@ def first_equal_octave(grid, ran, first_equal: int) -> tuple[int, int, np.ndarra
   else None."""
   if first_equal < 1:
     return None
-  lo = octave_lo(first_equal)
+  lo = metrics.octave_lo(first_equal)
   grid, ran = np.asarray(grid), np.asarray(ran)
   octave = grid[(grid >= lo) & (grid < 2 * lo)]
   if np.isin(octave, ran).all():

@@ -73,3 +73,10 @@ def test_floor_in_ulps_and_first_differing_layer():
   rec["linf"] = np.array([2 ** -6, 2 ** -8, 2 ** -5])
   row = attribution.summarize(rec, BF16.storage_dtype)
   assert row["floor_ulps"] == 0.5 and row["floor_n"] == 40 and row["first_differing_layer"] == 2
+
+
+def test_octave_fractions_pool_each_power_of_two():
+  """The fraction of swept n that are equal, per octave [2^k, 2^(k+1)) (metrics.octave_lo);
+  2^k itself opens its octave."""
+  got = attribution.octave_fractions([3, 4, 5, 7, 8, 20], [1, 0, 1, 1, 0, 1])
+  assert got == {"2^1": 1.0, "2^2": 2 / 3, "2^3": 0.0, "2^4": 1.0}
