@@ -21,7 +21,8 @@ intervals and margins per task, mode, dtype and n, and pooled per octave of n, w
 the tasks with one sequence per n their intervals on a dense --lengths grid; the bridge;
 timings), tasks_accuracy.png, tasks_octaves.png (where an octave holds several n),
 tasks_counts.png (count tasks), tasks_bridge.png and, with --beside (earlier runs' --out,
-e.g. another model's), tasks_models.png: the runs side by side, each in its prompt format. A job of cells (dtype x task x mode, and
+e.g. another model's), tasks_models.png (and tasks_models_octaves.png on dense grids): the
+runs side by side, each in its prompt format. A job of cells (dtype x task x mode, and
 dtype x bridge task; collapse_jax/jobs.py), as precision_sweep: --resume, signals, hosts.
 """
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Spec:
   lengths: object
   samples: int
   flags: dict
-  beside: list = dataclasses.field(default_factory=list)  # (label, summary) per --beside run
+  beside: list = dataclasses.field(default_factory=list)  # (label, results) per --beside run
 
 
 def parse(fl: dict) -> Spec:
@@ -99,8 +100,7 @@ def parse(fl: dict) -> Spec:
   jobs.check_job_flags(fl, cli.job_spec(fl))
   beside = [results.read_results(d, "tasks") for d in fl["beside"]]
   return Spec(policies, names, modes, ns, fl["samples"], fl, [
-      (f"{r['model']} ({prompts.task_format_name(r['prompt_format'])})", r["summary"])
-      for r in beside])
+      (f"{r['model']} ({prompts.task_format_name(r['prompt_format'])})", r) for r in beside])
 
 
 def main(argv):
@@ -150,7 +150,7 @@ def _assemble(spec: Spec, ckpt, cells, t0, out, shards):
       timings_s=res["timings_s"], total_s=round(total, 1)), compact=True)
   files = ["samples.jsonl", "results.json"] + (
       figures.tasks.write_all(res, out, caption, tasks.COUNT_TASKS,
-                              [(f"{ckpt.label} ({fmt})", res["summary"])] + spec.beside)
+                              [(f"{ckpt.label} ({fmt})", res)] + spec.beside)
       if fl["plot"] else [])
   print("\n".join([harness.summary_line(r) for r in res["summary"]]
                   + [harness.octave_line(r) for r in res["octaves"] if r["lengths"] > 1]

@@ -151,7 +151,8 @@ def test_tasks_beside_reads_earlier_tasks_runs_and_refuses_anything_else(tmp_pat
                        {"experiment": experiment, "model": "Gemma 3 270M",
                         "prompt_format": "plain", "summary": summary})
   spec = _tasks(tmp_path, f"--beside={tmp_path / 'gemma'}")
-  assert spec.beside == [("Gemma 3 270M (plain text)", summary)]
+  [(label, res)] = spec.beside
+  assert label == "Gemma 3 270M (plain text)" and res["summary"] == summary
   assert _tasks(tmp_path).beside == [] and "beside" not in cli.job_spec(spec.flags)
   for where, msg in (("sweep", "written by 'precision_sweep', not 'tasks'"),
                      ("nowhere", "no readable results.json (FileNotFoundError)")):

@@ -346,11 +346,23 @@ def _octaves(path):  # --task=copy_last,copy_first --lengths=2:63 --nobridge
 @_sample("tasks_models", tasks.models_figure)
 def _models(path):  # a Gemma 3 run with --beside=<a SmolLM2 run's --out>
   copy = lambda seed: harness.summarize(task_samples(("copy_last", "copy_first"),
-                                                     ns=(5, 40, 300), seed=seed))
+                                                     ns=(5, 40, 300), seed=seed))  # per n
   runs = [("SmolLM2-135M-Instruct (the chat template)", copy(0)),
           ("Gemma 3 270M (plain text)", copy(1))]
-  return tasks.models_figure(runs, path, "greedy; n = sequence length (digits); prompts from "
-                             "Appendix C.1 (collapse_jax/tasks.py), each model's own format")
+  return tasks.models_figure(runs, path, CAPTION_MODELS)
+
+
+CAPTION_MODELS = ("greedy; n = sequence length (digits); prompts from Appendix C.1 "
+                  "(collapse_jax/tasks.py), each model's own format")
+
+
+@_sample("tasks_models_octaves", tasks.models_figure)
+def _models_octaves(path):  # the same on a dense grid (--lengths=16:511:8), pooled per octave
+  copy = lambda seed: harness.summarize_octaves(task_samples(
+      ("copy_last", "copy_first"), ns=tuple(range(16, 512, 8)), dtypes=("float32",), seed=seed))
+  runs = [("SmolLM2-135M-Instruct (the chat template)", copy(0)),
+          ("Gemma 3 270M (plain text)", copy(1))]
+  return tasks.models_figure(runs, path, CAPTION_MODELS)
 
 
 @_sample("tasks_counts", tasks.counts_figure)

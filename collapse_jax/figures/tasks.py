@@ -38,12 +38,20 @@ def _interval_bars(axes, x, rs, dtype: str, mode: str, label: str, color=None) -
                 label=label)
 
 
-def _task_axes(col, task: str, title: str) -> None:
+def _at(rs) -> np.ndarray:
+  """Where summary rows sit on the n axis: their n, or an octave row's geometric middle."""
+  if "n_lo" in rs[0]:
+    lo, hi = (np.asarray([r[key] for r in rs], np.float64) for key in ("n_lo", "n_hi"))
+    return np.sqrt(lo * (hi - 1))
+  return np.asarray([r["n"] for r in rs], np.float64)
+
+
+def _task_axes(col, task: str, title: str, xlabel: str = "n") -> None:
   """The labels of a task's column of three panels (accuracy, preferred, margin), log n."""
   col[0].set(title=title, ylim=(-0.05, 1.05), ylabel="accuracy (flexible; dotted: strict)")
   col[1].set(ylim=(-0.05, 1.05), ylabel="preferred: margin > 0 at the answer slot")
   col[2].axhline(0, color="0.5", lw=0.8)
-  col[2].set(xlabel="n", ylabel="margin: log p(correct) - log p(best wrong)")
+  col[2].set(xlabel=xlabel, ylabel="margin: log p(correct) - log p(best wrong)")
   for ax in col:
     log_x(ax)
 
@@ -75,24 +83,28 @@ MODEL_COLORS = ("C0", "C3", "C2", "C4", "C1", "C5")  # models_figure: one per mo
 
 
 def models_figure(runs, path: str | None, caption: str):
-  """Models side by side (issue 29): ``runs`` is a list of (label, summary) pairs, the label
-  naming a model and its prompt format, the summary its run's ``harness.summarize`` rows.
-  One column per task any run has, the panels of :func:`tasks_figure` (flexible accuracy
-  with strict dotted, 'preferred', mean margin; Wilson 95% bars); a colour per model, the
-  dtype's line style and the mode's marker, every curve of a panel nudged by DODGE in n."""
+  """Models side by side (issue 29): ``runs`` is a list of (label, rows) pairs, the label
+  naming a model and its prompt format, the rows its run's ``harness.summarize`` rows (per
+  n) or ``harness.summarize_octaves`` rows (pooled per octave, at the octave's geometric
+  middle). One column per task any run has, the panels of :func:`tasks_figure` (flexible
+  accuracy with strict dotted, 'preferred', mean margin; Wilson 95% bars); a colour per
+  model, the dtype's line style and the mode's marker, every curve nudged by DODGE in n."""
   names = list(dict.fromkeys(r["task"] for _, rows in runs for r in rows))
+  pooled = "n_lo" in runs[0][1][0]
   fig, axes = subplots(3, len(names), figsize=(4.6 * len(names), 10.0))
   for j, task in enumerate(names):
     curves = [(m, label, c) for m, (label, rows) in enumerate(runs)
-              for c in _curves(rows, task, "n")]
+              for c in _curves(rows, task, "n_lo" if pooled else "n")]
     for k, (m, label, (_, dtype, mode, rs)) in enumerate(curves):
-      n = np.asarray([r["n"] for r in rs], np.float64) * DODGE ** (k - (len(curves) - 1) / 2)
+      n = _at(rs) * DODGE ** (k - (len(curves) - 1) / 2)
       color, st = MODEL_COLORS[m % len(MODEL_COLORS)], dtype_style(dtype)
       _interval_bars(axes[:2, j], n, rs, dtype, mode, f"{label}: {dtype} {mode}", color)
       axes[0, j].plot(n, [r["strict"]["accuracy"] for r in rs], ls=":", lw=0.9, color=color)
       axes[2, j].plot(n, [r["margin"]["mean"] for r in rs], ls=st["ls"], lw=st["lw"],
                       color=color, marker=MODE_MARKERS.get(mode, "o"), ms=4)
-    _task_axes(axes[:, j], task, f"{task}: {len(runs)} models")
+    _task_axes(axes[:, j], task, f"{task}: {len(runs)} models"
+               + (", pooled per octave" if pooled else ""),
+               "n (octave [2^k, 2^(k+1)))" if pooled else "n")
   axes[0, 0].legend(fontsize=6, title="colour: model; bars: Wilson 95%", title_fontsize=6)
   footer(fig, caption)
   return save(fig, path)
@@ -110,7 +122,7 @@ def octaves_figure(octaves, path: str | None, caption: str):
     for dodge, dtype, mode, rs in _curves(octaves, task, "n_lo"):
       lo, hi = (np.asarray([r[key] for r in rs], np.float64) for key in ("n_lo", "n_hi"))
       counts = ", ".join(str(r["lengths"]) for r in rs)
-      _interval_bars(axes[:, j], np.sqrt(lo * (hi - 1)) * dodge, rs, dtype, mode,
+      _interval_bars(axes[:, j], _at(rs) * dodge, rs, dtype, mode,
                      f"{dtype} {mode} ({counts} n)")
       for row, key in ((0, "flexible"), (1, "preferred")):
         axes[row, j].hlines([r[key]["accuracy"] for r in rs], lo, hi - 1,
@@ -193,15 +205,21 @@ def write_all(res: dict, out: str, caption: str, count_tasks, runs=()) -> list[s
   """experiments.tasks' figures in ``out`` from ``harness.assemble_tasks``' ``res``:
   :func:`tasks_figure`, :func:`octaves_figure` when an octave of n holds several n,
   :func:`counts_figure` when samples of ``count_tasks`` exist,
-  :func:`bridge_figure` when the run has a bridge and :func:`models_figure` of ``runs``
-  ((label, summary) pairs, this run's first) when there are several. Returns the file
-  names written."""
+  :func:`bridge_figure` when the run has a bridge, and where ``runs`` ((label, results)
+  pairs, this run's first; results with 'summary' and 'octaves') holds several,
+  :func:`models_figure` per n and, when every run has an octave with several n, pooled per
+  octave. Returns the file names written."""
   files = ["tasks_accuracy.png"]
   tasks_figure(res["summary"], os.path.join(out, files[-1]), caption)
-  if len(runs) > 1:
-    files.append("tasks_models.png")
-    # the caption after this run's model and format (the legend names every run's)
-    models_figure(runs, os.path.join(out, files[-1]), caption.split("; ", 2)[-1])
+  dense = lambda r: any(o["lengths"] > 1 for o in r.get("octaves", []))
+  # the caption after this run's model and format (the legend names every run's)
+  common = caption.split("; ", 2)[-1]
+  for name, key, draw in (("tasks_models.png", "summary", len(runs) > 1),
+                          ("tasks_models_octaves.png", "octaves",
+                           len(runs) > 1 and all(dense(r) for _, r in runs))):
+    if draw:
+      files.append(name)
+      models_figure([(label, r[key]) for label, r in runs], os.path.join(out, name), common)
   if any(r["lengths"] > 1 for r in res.get("octaves", [])):
     files.append("tasks_octaves.png")
     octaves_figure(res["octaves"], os.path.join(out, files[-1]), caption)
