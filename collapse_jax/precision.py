@@ -102,7 +102,7 @@ class Policy:
       and a row sits at one place in it whatever the sequence length, so row i of a pass
       has the bits of the last row of a forward of exactly i + 1 tokens. None: one dot over
       all rows and one softmax reduction per row (shape-dependent low bits; generation's
-      decode steps use it, see ``untiled``).
+      fast decoder uses it, see ``untiled``).
     rope_angle_dtype: the dtype RoPE's angles p * theta_i and their cos/sin are computed in,
       the cos/sin then cast to the compute dtype (None: the compute dtype; float64 needs
       x64). In f32 the angle of a late position carries an absolute error that grows with
@@ -290,8 +290,9 @@ class Policy:
 
   def untiled(self) -> "Policy":
     """This policy off the length-invariant schedule (``row_tile`` None): same dtypes and
-    rounding points, shape-dependent low bits. Generation's one-row decode steps use it: a
-    row in a tile of ``row_tile`` rows would cost ``row_tile`` times the work."""
+    rounding points, shape-dependent low bits. Generation's fast decoder builds on it
+    (``generate.fast_policy``): a row in a tile of ``row_tile`` rows would cost ``row_tile``
+    times the work."""
     return dataclasses.replace(self, row_tile=None) if self.row_tile is not None else self
 
   def preblock(self, spec: str, w) -> "Blocked":
