@@ -91,7 +91,8 @@ def models_figure(runs, path: str | None, caption: str):
   model, the dtype's line style and the mode's marker, every curve nudged by DODGE in n."""
   names = list(dict.fromkeys(r["task"] for _, rows in runs for r in rows))
   pooled = "n_lo" in runs[0][1][0]
-  fig, axes = subplots(3, len(names), figsize=(4.6 * len(names), 10.0))
+  entries = sum(len({(r["dtype"], r["mode"]) for r in rows}) for _, rows in runs)
+  fig, axes = subplots(3, len(names), figsize=(4.6 * len(names), 10.6 + 0.2 * entries))
   for j, task in enumerate(names):
     curves = [(m, label, c) for m, (label, rows) in enumerate(runs)
               for c in _curves(rows, task, "n_lo" if pooled else "n")]
@@ -105,7 +106,10 @@ def models_figure(runs, path: str | None, caption: str):
     _task_axes(axes[:, j], task, f"{task}: {len(runs)} models"
                + (", pooled per octave" if pooled else ""),
                "n (octave [2^k, 2^(k+1)))" if pooled else "n")
-  axes[0, 0].legend(fontsize=6, title="colour: model; bars: Wilson 95%", title_fontsize=6)
+  # under the first column, where long model labels cover no curve
+  axes[2, 0].legend(*axes[0, 0].get_legend_handles_labels(), fontsize=6.5, loc="upper left",
+                    bbox_to_anchor=(0, -0.14), frameon=False,
+                    title="colour: model; bars: Wilson 95%", title_fontsize=6.5)
   footer(fig, caption)
   return save(fig, path)
 
