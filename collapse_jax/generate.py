@@ -140,10 +140,16 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
 
   def step(params, blocked, cache, tok_B, pos_B, slot):
     # one row per sequence, off the schedule (``pol`` is a fast_policy), where a row alone
-    # would cost a whole tile; its low bits are those of a one-row dot. Its key and value go
-    # into the cache at ``slot`` layer by layer, in place (collect 'cache'), and attention
-    # reads the S slots from there: no per-layer copy of the cache with the new key appended
-    # (SmolLM2 f32 at S = 2112: 84 -> 65 ms per step, the same tokens; BUILD_NOTES).
+    # would cost a whole tile; its low bits are those of a one-row dot. A float32 cache takes
+    # its key and value at ``slot`` layer by layer, in place (collect 'cache'), and attention
+    # reads the S slots from there (SmolLM2 at S = 2112: 84 -> 65 ms per step). Any other
+    # dtype appends them to a per-layer copy instead: in place, bf16 steps were slower on
+    # XLA:CPU (96 -> 152 ms; 366 -> 1575 ms at batch 8). BUILD_NOTES, "Speed".
+    if cache["k"].dtype != jnp.float32:
+      out = model_lib.forward(cfg, pol, params, tok_B[:, None], positions=pos_B[:, None],
+                              cache=cache, collect=("kv", "last_logits"), blocked=blocked)
+      return (_written(cache, out, slot, pos_B),
+              jnp.argmax(out["last_logits"], -1).astype(jnp.int32))
     out = model_lib.forward(cfg, pol, params, tok_B[:, None], positions=pos_B[:, None],
                             cache={**cache, "length": slot}, collect=("cache", "last_logits"),
                             blocked=blocked)
