@@ -145,16 +145,14 @@ def _programs(cfg: DecoderConfig, pol: Policy, query_chunk: int | None):
     # reads the S slots from there (SmolLM2 at S = 2112: 84 -> 65 ms per step). Any other
     # dtype appends them to a per-layer copy instead: in place, bf16 steps were slower on
     # XLA:CPU (96 -> 152 ms; 366 -> 1575 ms at batch 8). BUILD_NOTES, "Speed".
-    if cache["k"].dtype != jnp.float32:
-      out = model_lib.forward(cfg, pol, params, tok_B[:, None], positions=pos_B[:, None],
-                              cache=cache, collect=("kv", "last_logits"), blocked=blocked)
-      return (_written(cache, out, slot, pos_B),
-              jnp.argmax(out["last_logits"], -1).astype(jnp.int32))
+    in_place = cache["k"].dtype == jnp.float32
     out = model_lib.forward(cfg, pol, params, tok_B[:, None], positions=pos_B[:, None],
-                            cache={**cache, "length": slot}, collect=("cache", "last_logits"),
+                            cache={**cache, "length": slot} if in_place else cache,
+                            collect=("cache" if in_place else "kv", "last_logits"),
                             blocked=blocked)
-    return (_marked(cache, out["cache"], slot, pos_B),
-            jnp.argmax(out["last_logits"], -1).astype(jnp.int32))
+    new = (_marked(cache, out["cache"], slot, pos_B) if in_place else
+           _written(cache, out, slot, pos_B))
+    return new, jnp.argmax(out["last_logits"], -1).astype(jnp.int32)
 
   def steps(params, blocked, cache, tok_B, pos_B, slot, K):
     """K decode steps in one program (a loop on the device), with the weights pre-blocked

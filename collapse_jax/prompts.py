@@ -82,12 +82,6 @@ PROMPT_FORMATS = {  # name -> how results and figures describe it
     "template": "the checkpoint's own chat template",
 }
 PLAIN_CUE = "\nAnswer:"  # the end of a 'plain' prompt (its "turn end")
-
-
-def task_format_name(prompt_format: str) -> str:
-  """How the tasks' results and figures name a prompt format (their 'plain' prompts have
-  no answer cue: plain text)."""
-  return "plain text" if prompt_format == "plain" else PROMPT_FORMATS[prompt_format]
 COUNT_QUESTION = "How many ones are in the following sequences?"
 COPY_QUESTION = "Can you copy the following number?"
 _MARK = "\x00DIGITS\x00"
@@ -251,6 +245,12 @@ class PromptSetting(pairs.PairSet):
             "prefix_tokens": self.prefix_len, "suffix_tokens": len(self.suffix_ids),
             "one_id": self.one_id, "comma_id": self.comma_id, "digit_ids": list(self.digit_ids),
             "seed": self.seed if self.random_digits else None}
+
+
+def task_format_name(prompt_format: str) -> str:
+  """How the tasks' results and figures name a prompt format (their 'plain' prompts have
+  no answer cue: plain text)."""
+  return "plain text" if prompt_format == "plain" else PROMPT_FORMATS[prompt_format]
 
 
 def _single(tokenizer, text: str) -> int:

@@ -138,8 +138,9 @@ def _assemble(spec: Spec, ckpt, cells, t0, out, shards):
   fl = spec.flags
   res = harness.assemble_tasks(cells, {i: s["record"] for i, s in shards.items()})
   fmt = prompts.task_format_name(ckpt.prompt_format)
-  caption = (f"{ckpt.label}; {fmt}; greedy, max {fl['max_new_tokens'] or 'default'} new tokens; n = sequence length "
-             "(digits / ones / words); prompts from Appendix C.1 (collapse_jax/tasks.py)")
+  common = (f"greedy, max {fl['max_new_tokens'] or 'default'} new tokens; n = sequence length "
+            "(digits / ones / words); prompts from Appendix C.1 (collapse_jax/tasks.py)")
+  caption = f"{ckpt.label}; {fmt}; {common}"
   results.write_jsonl(os.path.join(out, "samples.jsonl"), res["samples"])
   total = time.perf_counter() - t0  # this process's wall time (a resumed run: since then)
   results.write_json(os.path.join(out, "results.json"), results.header(
@@ -150,7 +151,7 @@ def _assemble(spec: Spec, ckpt, cells, t0, out, shards):
       timings_s=res["timings_s"], total_s=round(total, 1)), compact=True)
   files = ["samples.jsonl", "results.json"] + (
       figures.tasks.write_all(res, out, caption, tasks.COUNT_TASKS,
-                              [(f"{ckpt.label} ({fmt})", res)] + spec.beside)
+                              [(f"{ckpt.label} ({fmt})", res)] + spec.beside, common)
       if fl["plot"] else [])
   print("\n".join([harness.summary_line(r) for r in res["summary"]]
                   + [harness.octave_line(r) for r in res["octaves"] if r["lengths"] > 1]

@@ -90,9 +90,9 @@ def test_every_engine_gives_the_exact_engines_bits(pol_name, family):
   and 16-key blocks (float32 on one-pass pairs, the preset whose low bits the untiled path
   changed most, in the default tier; appended pairs and the other presets in the slow step).
   Broken on purpose, it fails: with the engines on 8-key blocks against the exact engine's 16
-  (a summation order the schedule itself decides), every engine's float32 distances differ (run 2026-12-07, n = 8, 9, 17), and so
-  they did with the old kv_cache engine, which appended its keys after the whole cached
-  stream (BUILD_NOTES). ``row_tile=None`` (one dot over all rows) changes bits only where the
+  (a summation order the schedule itself decides), every engine's float32 distances differ
+  (run 2026-12-07, n = 8, 9, 17), and so they did with the old kv_cache engine, which
+  appended its keys after the whole cached stream (BUILD_NOTES). ``row_tile=None`` (one dot over all rows) changes bits only where the
   CPU's dot kernels block by row count: at these sizes it did not on an AMD EPYC."""
   import dataclasses
   pol = dataclasses.replace(cj.get_policy(pol_name), name=pol_name + "_t8", **SMALL_TILES)

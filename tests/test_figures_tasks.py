@@ -36,6 +36,6 @@ def test_write_all_writes_the_figures_a_run_has(names, ns, expected, tmp_path):
     other = samples.task_samples(names, ns=ns, seed=1)
     runs.append(("another model", {"summary": harness.summarize(other),
                                    "octaves": harness.summarize_octaves(other)}))
-  files = tasks.write_all(res, str(tmp_path), "cap", tasks_lib.COUNT_TASKS, runs)
+  files = tasks.write_all(res, str(tmp_path), "cap", tasks_lib.COUNT_TASKS, runs, "runs cap")
   assert files == expected and sorted(p.name for p in tmp_path.iterdir()) == sorted(expected)
   assert all((tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in files)

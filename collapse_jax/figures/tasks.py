@@ -92,14 +92,15 @@ def models_figure(runs, path: str | None, caption: str):
   names = list(dict.fromkeys(r["task"] for _, rows in runs for r in rows))
   pooled = "n_lo" in runs[0][1][0]
   entries = sum(len({(r["dtype"], r["mode"]) for r in rows}) for _, rows in runs)
-  fig, axes = subplots(3, len(names), figsize=(4.6 * len(names), 10.6 + 0.2 * entries))
+  fig, axes = subplots(3, len(names), figsize=(4.6 * len(names), 10.6 + 0.35 * entries))
   for j, task in enumerate(names):
     curves = [(m, label, c) for m, (label, rows) in enumerate(runs)
               for c in _curves(rows, task, "n_lo" if pooled else "n")]
     for k, (m, label, (_, dtype, mode, rs)) in enumerate(curves):
       n = _at(rs) * DODGE ** (k - (len(curves) - 1) / 2)
       color, st = MODEL_COLORS[m % len(MODEL_COLORS)], dtype_style(dtype)
-      _interval_bars(axes[:2, j], n, rs, dtype, mode, f"{label}: {dtype} {mode}", color)
+      # two lines per entry: a real model's label is as wide as a column
+      _interval_bars(axes[:2, j], n, rs, dtype, mode, f"{label}:\n{dtype} {mode}", color)
       axes[0, j].plot(n, [r["strict"]["accuracy"] for r in rs], ls=":", lw=0.9, color=color)
       axes[2, j].plot(n, [r["margin"]["mean"] for r in rs], ls=st["ls"], lw=st["lw"],
                       color=color, marker=MODE_MARKERS.get(mode, "o"), ms=4)
@@ -205,25 +206,27 @@ def bridge_figure(bridge, path: str | None, caption: str):
   return save(fig, path)
 
 
-def write_all(res: dict, out: str, caption: str, count_tasks, runs=()) -> list[str]:
+def write_all(res: dict, out: str, caption: str, count_tasks, runs=(),
+              runs_caption: str | None = None) -> list[str]:
   """experiments.tasks' figures in ``out`` from ``harness.assemble_tasks``' ``res``:
   :func:`tasks_figure`, :func:`octaves_figure` when an octave of n holds several n,
   :func:`counts_figure` when samples of ``count_tasks`` exist,
   :func:`bridge_figure` when the run has a bridge, and where ``runs`` ((label, results)
   pairs, this run's first; results with 'summary' and 'octaves') holds several,
   :func:`models_figure` per n and, when every run has an octave with several n, pooled per
-  octave. Returns the file names written."""
+  octave, captioned ``runs_caption`` (default ``caption``; the legend names each run's
+  model and format).
+  Returns the file names written."""
   files = ["tasks_accuracy.png"]
   tasks_figure(res["summary"], os.path.join(out, files[-1]), caption)
   dense = lambda r: any(o["lengths"] > 1 for o in r.get("octaves", []))
-  # the caption after this run's model and format (the legend names every run's)
-  common = caption.split("; ", 2)[-1]
   for name, key, draw in (("tasks_models.png", "summary", len(runs) > 1),
                           ("tasks_models_octaves.png", "octaves",
                            len(runs) > 1 and all(dense(r) for _, r in runs))):
     if draw:
       files.append(name)
-      models_figure([(label, r[key]) for label, r in runs], os.path.join(out, name), common)
+      models_figure([(label, r[key]) for label, r in runs], os.path.join(out, name),
+                    runs_caption or caption)
   if any(r["lengths"] > 1 for r in res.get("octaves", [])):
     files.append("tasks_octaves.png")
     octaves_figure(res["octaves"], os.path.join(out, files[-1]), caption)
